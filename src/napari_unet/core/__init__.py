@@ -1,0 +1,1 @@
+"""The headless engine: numpy, scipy, scikit-image and torch only (never Qt or napari)."""

@@ -1,0 +1,62 @@
+"""Keep glibc from returning large freed blocks to the system while a prediction runs.
+
+glibc serves every block over its mmap threshold (at most 32 MB) with a fresh ``mmap`` and gives
+it back on ``free``: each U-Net layer then page-faults its whole output in again, which cost
+5.7 s of system time against 13 s of user time for a 2048x2048 image. Inside
+:func:`keep_freed_memory` large blocks come from the heap and stay there for reuse; on exit the
+defaults are restored and ``malloc_trim`` hands the memory back, so nothing leaks.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import sys
+import threading
+from contextlib import contextmanager
+
+__all__ = ["keep_freed_memory"]
+
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_MAX = -4
+_DEFAULT_TRIM_THRESHOLD = 128 * 1024
+_DEFAULT_MMAP_MAX = 65536
+
+_lock = threading.Lock()
+_users = 0
+
+
+def _libc():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
+
+
+_LIBC = _libc()
+
+
+@contextmanager
+def keep_freed_memory():
+    """Context in which freed memory is kept by the process for reuse (glibc only; else no-op)."""
+    global _users
+    if _LIBC is None:
+        yield
+        return
+    with _lock:
+        _users += 1
+        if _users == 1:
+            _LIBC.mallopt(_M_MMAP_MAX, 0)
+            _LIBC.mallopt(_M_TRIM_THRESHOLD, 2**30)
+    try:
+        yield
+    finally:
+        with _lock:
+            _users -= 1
+            if _users == 0:
+                _LIBC.mallopt(_M_MMAP_MAX, _DEFAULT_MMAP_MAX)
+                _LIBC.mallopt(_M_TRIM_THRESHOLD, _DEFAULT_TRIM_THRESHOLD)
+                _LIBC.malloc_trim(0)

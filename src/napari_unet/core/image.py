@@ -1,0 +1,106 @@
+"""Checking, normalising and reshaping input images.
+
+Layout convention: a plane is ``(H, W)`` or ``(H, W, C)`` (channels last, as napari shows RGB);
+a stack adds leading axes (Z, T, ...). Intensities are normalised per plane, never per tile.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["normalize", "to_grey", "grey_if_rgb", "split_channels", "check_finite"]
+
+MAX_CHANNELS = 4  # a last axis this short holds channels, not a spatial dimension
+
+
+def check_finite(image: np.ndarray, name: str = "image") -> None:
+    """Raise ValueError if ``image`` holds NaN or infinite values."""
+    if np.issubdtype(image.dtype, np.floating) and not np.isfinite(image).all():
+        bad = int(np.size(image) - np.count_nonzero(np.isfinite(image)))
+        raise ValueError(
+            f"{name} holds {bad} NaN or infinite pixel(s); expected finite values "
+            "(replace them, for example with np.nan_to_num, before segmenting)"
+        )
+
+
+def normalize(image: np.ndarray, low: float = 1.0, high: float = 99.8) -> np.ndarray:
+    """Percentile normalisation of one image to float32.
+
+    Parameters
+    ----------
+    image
+        ``(H, W)`` or ``(H, W, C)`` of any real dtype; channels are normalised separately.
+    low, high
+        Percentiles mapped to 0 and 1 (values outside are not clipped).
+
+    Returns
+    -------
+    (H, W) or (H, W, C) float32.
+    """
+    image = np.asarray(image)
+    if image.size == 0:
+        raise ValueError(f"image is empty (shape {image.shape}); expected an (H, W) image")
+    if not (np.issubdtype(image.dtype, np.number) or image.dtype == bool):
+        raise ValueError(f"image has dtype {image.dtype}; expected integer or float pixels")
+    if np.iscomplexobj(image):
+        raise ValueError("image is complex; expected real-valued pixels")
+    if not 0 <= low < high <= 100:
+        raise ValueError(f"percentiles must satisfy 0 <= low < high <= 100, got {low}, {high}")
+    check_finite(image)
+    axes = (0, 1) if image.ndim == 3 else None
+    lo, hi = np.percentile(image, [low, high], axis=axes, keepdims=image.ndim == 3)
+    scale = np.where(hi > lo, hi - lo, 1.0)
+    return ((image - lo) / scale).astype(np.float32)
+
+
+def to_grey(image: np.ndarray) -> np.ndarray:
+    """Convert ``(..., H, W, 3|4)`` RGB(A) to ``(..., H, W)`` float32 luminance (alpha ignored)."""
+    image = np.asarray(image)
+    if image.ndim < 3 or image.shape[-1] not in (3, 4):
+        raise ValueError(
+            f"to_grey expects RGB or RGBA with channels last (..., H, W, 3 or 4), got {image.shape}"
+        )
+    weights = np.array([0.2125, 0.7154, 0.0721], dtype=np.float32)  # as skimage.color.rgb2gray
+    return image[..., :3].astype(np.float32) @ weights
+
+
+def split_channels(image: np.ndarray, in_channels: int) -> tuple[np.ndarray, bool]:
+    """Decide whether the last axis holds channels for a model taking ``in_channels``.
+
+    Returns the image and ``True`` when its last axis is channels. Raises ValueError with advice
+    when the layout does not fit the model.
+    """
+    image = np.asarray(image)
+    if image.size == 0:
+        raise ValueError(f"image is empty (shape {image.shape}); expected an (H, W) image")
+    if image.ndim < 2:
+        raise ValueError(f"image has shape {image.shape}; expected at least (H, W)")
+    channels_last = image.ndim >= 3 and image.shape[-1] <= MAX_CHANNELS
+    if in_channels == 1:
+        if channels_last and image.shape[-1] > 1:
+            hint = " (convert RGB with napari_unet.to_grey)" if image.shape[-1] in (3, 4) else ""
+            raise ValueError(
+                f"image of shape {image.shape} has {image.shape[-1]} channels on its last axis "
+                f"but the model takes 1{hint}; expected (H, W) or a stack (..., H, W)"
+            )
+        if channels_last:
+            return image[..., 0], False
+        return image, False
+    if not channels_last or image.shape[-1] != in_channels:
+        got = image.shape[-1] if channels_last else 1
+        raise ValueError(
+            f"image of shape {image.shape} has {got} channel(s) but the model takes "
+            f"{in_channels}; expected (H, W, {in_channels}) or a stack (..., H, W, {in_channels})"
+        )
+    return image, True
+
+
+def grey_if_rgb(image: np.ndarray, in_channels: int) -> np.ndarray:
+    """``image`` converted with :func:`to_grey` when it is RGB(A) and the model takes one channel.
+
+    The one place where napari-unet turns colour into grey; other layouts pass unchanged.
+    """
+    image = np.asarray(image)
+    if in_channels == 1 and image.ndim >= 3 and image.shape[-1] in (3, 4):
+        return to_grey(image)
+    return image

@@ -1,0 +1,151 @@
+"""Models on disk: safetensors weights with the architecture and metadata in the header.
+
+Files are never unpickled. ``napari_unet/models/<name>.safetensors`` are the bundled models.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from .io import atomic_path
+from .model import UNet
+
+__all__ = [
+    "save_model", "load_model", "read_metadata", "bundled_models", "load_bundled", "open_model",
+]
+
+FORMAT = "napari-unet/1"
+_PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".ckpt", ".bin")
+
+
+def save_model(model: UNet, path: str | os.PathLike, metadata: dict | None = None) -> Path:
+    """Save ``model`` to a ``.safetensors`` file, atomically.
+
+    The header holds the architecture (``UNet.config()``) and ``metadata`` (any JSON-serialisable
+    dict: training data, steps, scores). Returns the path.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise ValueError(f"model files end in .safetensors, got {path.name}")
+    if not isinstance(model, UNet):
+        raise TypeError(f"save_model expects a napari_unet.UNet, got {type(model).__name__}")
+    try:
+        meta_json = json.dumps(metadata or {})
+    except TypeError as err:
+        raise ValueError(f"metadata must be JSON-serialisable: {err}") from err
+    header = {
+        "format": FORMAT,
+        "architecture": json.dumps(model.config()),
+        "metadata": meta_json,
+    }
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=header)
+    return path
+
+
+def _looks_pickled(path: Path) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(2)
+    return head == b"PK" or head[:1] == b"\x80"  # torch's zip container or a bare pickle
+
+
+def _pickle_error(path: Path) -> ValueError:
+    return ValueError(
+            f"{path.name} looks like a PyTorch pickle; napari-unet never unpickles files (they can "
+            "run code). If you trust it, convert it once: model = napari_unet.UNet(...); "
+            "model.load_state_dict(torch.load(path, weights_only=True)); "
+            "napari_unet.save_model(model, 'model.safetensors')"
+    )
+
+
+def read_metadata(path: str | os.PathLike) -> tuple[dict, dict]:
+    """``(architecture, metadata)`` from a model file's header, without loading the weights."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such model file: {path}")
+    if path.suffix.lower() in _PICKLE_SUFFIXES:
+        raise _pickle_error(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+    except Exception as err:  # safetensors raises its own error types for damaged files
+        if _looks_pickled(path):
+            raise _pickle_error(path) from err
+        raise ValueError(
+            f"{path} is not a readable model file (truncated or not safetensors): {err}"
+        ) from err
+    if header.get("format") != FORMAT:
+        raise ValueError(
+            f"{path} is a safetensors file but not a napari-unet model (no '{FORMAT}' header); "
+            "save models with napari_unet.save_model"
+        )
+    try:
+        return json.loads(header["architecture"]), json.loads(header.get("metadata", "{}"))
+    except (KeyError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path} has a damaged napari-unet header: {err}") from err
+
+
+def load_model(path: str | os.PathLike, device=None) -> UNet:
+    """Rebuild the :class:`UNet` saved in ``path``; its ``metadata`` dict is attached to it."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    architecture, metadata = read_metadata(path)
+    try:
+        model = UNet(**architecture)
+        state = load_file(str(path), device="cpu")
+        model.load_state_dict(state)
+    except Exception as err:
+        raise ValueError(f"{path} does not hold a consistent napari-unet model: {err}") from err
+    model.metadata = metadata
+    model.eval()
+    return model.to(device) if device is not None else model
+
+
+def _models_folder():
+    return resources.files("napari_unet") / "models"
+
+
+def bundled_models() -> list[str]:
+    """Names of the models shipped in ``napari_unet/models`` (file stems), sorted."""
+    folder = _models_folder()
+    if not folder.is_dir():
+        return []
+    suffix = ".safetensors"
+    return sorted(p.name[: -len(suffix)] for p in folder.iterdir() if p.name.endswith(suffix))
+
+
+def load_bundled(name: str | None = None, device=None) -> UNet:
+    """Load a bundled model by name; ``None`` loads the default (the first listed)."""
+    names = bundled_models()
+    if not names:
+        raise FileNotFoundError(
+            "no bundled model ships with this installation of napari-unet "
+            "(napari_unet/models/*.safetensors is empty); load a file with load_model(path)"
+        )
+    if name is None:
+        name = names[0]
+    if name not in names:
+        raise ValueError(f"unknown bundled model {name!r}; available: {', '.join(names)}")
+    with resources.as_file(_models_folder() / f"{name}.safetensors") as path:
+        return load_model(path, device=device)
+
+
+def open_model(name_or_path: str | os.PathLike | None = None, device=None) -> UNet:
+    """A model file's path, a bundled model's name, or ``None`` for the default bundled model."""
+    if name_or_path is None:
+        return load_bundled(device=device)
+    path = Path(name_or_path)
+    if path.suffix or path.exists() or len(path.parts) > 1:
+        return load_model(path, device=device)
+    return load_bundled(str(name_or_path), device=device)

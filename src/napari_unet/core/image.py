@@ -47,6 +47,8 @@ def normalize(image: np.ndarray, low: float = 1.0, high: float = 99.8) -> np.nda
     if not 0 <= low < high <= 100:
         raise ValueError(f"percentiles must satisfy 0 <= low < high <= 100, got {low}, {high}")
     check_finite(image)
+    if image.dtype == bool:
+        image = image.view(np.uint8)
     axes = (0, 1) if image.ndim == 3 else None
     lo, hi = np.percentile(image, [low, high], axis=axes, keepdims=image.ndim == 3)
     scale = np.where(hi > lo, hi - lo, 1.0)

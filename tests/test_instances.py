@@ -1,0 +1,85 @@
+"""Instances from probabilities, and the scores that measure them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+from napari_unet import to_instances
+from napari_unet.core.metrics import foreground_iou, instance_f1, seg_score
+from napari_unet.core.weightmap import carve_borders
+
+
+def two_cells_with_a_faint_bridge():
+    prob = np.zeros((40, 60), np.float32)
+    prob[10:30, 5:28] = 0.97
+    prob[10:30, 32:55] = 0.97
+    prob[10:30, 28:32] = 0.6  # the border between them, predicted faintly
+    return prob
+
+
+def test_watershed_splits_a_faint_bridge_that_components_merge():
+    prob = two_cells_with_a_faint_bridge()
+    assert to_instances(prob, method="components").max() == 1
+    labels = to_instances(prob)
+    assert labels.max() == 2 and labels.dtype == np.uint16
+    assert (labels > 0).sum() == (prob > 0.5).sum()  # the bridge is shared, not lost
+
+
+def test_cells_without_a_confident_core_are_kept_and_small_ones_dropped():
+    prob = np.zeros((30, 30), np.float32)
+    prob[2:12, 2:12] = 0.7  # no pixel above the core threshold
+    prob[20:22, 20:22] = 0.99  # 4 px
+    labels = to_instances(prob, min_size=5)
+    assert labels.max() == 1 and (labels[2:12, 2:12] == 1).all()
+    assert to_instances(prob, min_size=4).max() == 2
+
+
+def test_stack_planes_are_labelled_separately():
+    prob = np.stack([two_cells_with_a_faint_bridge()] * 3)
+    labels = to_instances(prob)
+    assert labels.shape == prob.shape and [p.max() for p in labels] == [2, 2, 2]
+
+
+def test_on_real_cells_watershed_beats_components(usiigaci_crop):
+    """Probabilities built from real touching cells: carved borders blurred to a faint dip."""
+    _, truth = usiigaci_crop
+    prob = ndi.gaussian_filter((carve_borders(truth) > 0).astype(np.float32), 1.5)
+    f1_cc = instance_f1(truth, to_instances(prob, method="components"))
+    f1_ws = instance_f1(truth, to_instances(prob))
+    assert f1_ws > f1_cc + 0.05
+    assert f1_ws > 0.8
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"threshold": 1.5}, "threshold"), ({"core": 0.2}, "core must be"),
+     ({"method": "magic"}, "unknown method"), ({"min_size": -1}, "min_size")],
+)
+def test_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        to_instances(np.zeros((5, 5), np.float32), **kwargs)
+
+
+def test_bad_probabilities():
+    with pytest.raises(ValueError, match="floats in"):
+        to_instances(np.zeros((5, 5), np.uint8))
+    with pytest.raises(ValueError, match="NaN"):
+        to_instances(np.full((5, 5), np.nan))
+    with pytest.raises(ValueError, match="expected"):
+        to_instances(np.zeros(5))
+
+
+def test_scores_on_a_hand_made_example():
+    truth = np.zeros((10, 10), int)
+    truth[0:4, 0:4] = 1  # 16 px
+    truth[6:10, 6:10] = 2  # 16 px, missed entirely
+    pred = np.zeros((10, 10), int)
+    pred[0:4, 0:3] = 5  # 12 px inside cell 1: IoU 0.75
+    pred[5:6, 0:2] = 7  # a false positive
+    assert foreground_iou(truth, pred) == pytest.approx(12 / 34)
+    assert instance_f1(truth, pred) == pytest.approx(2 * 1 / 4)
+    total, n = seg_score(truth, pred)
+    assert n == 2 and total == pytest.approx(0.75)
+    assert seg_score(truth, truth) == (2.0, 2)

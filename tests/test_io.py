@@ -1,0 +1,111 @@
+"""Reading images as microscopes write them; writing label masks atomically."""
+
+from __future__ import annotations
+
+import os
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import tifffile
+
+from napari_unet import read_image, write_labels
+from napari_unet.core.io import atomic_path
+
+from .conftest import data_path
+
+
+@pytest.mark.parametrize("compression", [None, "lzw", "zlib"])
+def test_tiff_compressions_round_trip(tmp_path, rng, compression):
+    image = rng.integers(0, 65535, (37, 53), dtype=np.uint16)
+    path = tmp_path / "a.tif"
+    tifffile.imwrite(path, image, compression=compression)
+    out = read_image(path)
+    assert out.dtype == np.uint16
+    np.testing.assert_array_equal(out, image)
+
+
+def test_fiji_style_stack_and_png_and_npy(tmp_path, rng):
+    stack = rng.integers(0, 255, (3, 20, 30), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "s.tif", stack, imagej=True)
+    np.testing.assert_array_equal(read_image(tmp_path / "s.tif"), stack)
+    rgb = rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)
+    iio.imwrite(tmp_path / "c.png", rgb)
+    np.testing.assert_array_equal(read_image(tmp_path / "c.png"), rgb)
+    np.save(tmp_path / "f.npy", stack.astype(np.float32))
+    np.testing.assert_array_equal(read_image(tmp_path / "f.npy"), stack)
+
+
+def test_real_files_read(tmp_path):
+    em = read_image(data_path("isbi2012", "train", "images", "00.png"))
+    assert em.shape == (512, 512) and em.dtype == np.uint8
+    cells = read_image(data_path("usiigaci", "val", "images", "set46.tif"))
+    assert cells.shape == (1022, 1024) and cells.dtype == np.uint16
+
+
+def test_read_errors_name_the_problem(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such image file"):
+        read_image(tmp_path / "missing.tif")
+    (tmp_path / "x.jpg").write_bytes(b"x")
+    with pytest.raises(ValueError, match=r"unsupported file type \.jpg"):
+        read_image(tmp_path / "x.jpg")
+    (tmp_path / "broken.tif").write_bytes(b"II*\x00garbage")
+    with pytest.raises(ValueError, match="broken.tif"):
+        read_image(tmp_path / "broken.tif")
+    np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match="cannot read"):
+        read_image(tmp_path / "obj.npy")  # never unpickled
+
+
+@pytest.mark.parametrize(
+    ("suffix", "top", "dtype"),
+    [(".tif", 70000, np.uint32), (".tif", 300, np.uint16), (".png", 200, np.uint8),
+     (".png", 3000, np.uint16), (".npy", 5, np.uint16)],
+)
+def test_labels_written_in_the_smallest_type_that_fits(tmp_path, suffix, top, dtype):
+    labels = np.zeros((10, 12), np.int64)
+    labels[2:5, 3:6] = top
+    labels[6:8, 1:3] = 1
+    path = write_labels(tmp_path / f"l{suffix}", labels)
+    back = read_image(path)
+    assert back.dtype == dtype
+    np.testing.assert_array_equal(back, labels)
+
+
+def test_label_write_errors(tmp_path):
+    with pytest.raises(ValueError, match="must be integers"):
+        write_labels(tmp_path / "l.tif", np.zeros((4, 4), np.float32))
+    with pytest.raises(ValueError, match="must not be negative"):
+        write_labels(tmp_path / "l.tif", -np.ones((4, 4), np.int32))
+    with pytest.raises(ValueError, match="do not fit a PNG"):
+        write_labels(tmp_path / "l.png", np.full((4, 4), 70000, np.uint32))
+    with pytest.raises(ValueError, match=r"unsupported suffix \.jpg"):
+        write_labels(tmp_path / "l.jpg", np.ones((4, 4), np.uint8))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        write_labels(tmp_path / "no" / "l.tif", np.ones((4, 4), np.uint8))
+    assert sorted(os.listdir(tmp_path)) == []
+
+
+def test_output_folder_that_is_a_file(tmp_path):
+    (tmp_path / "file").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match="folder .*file does not exist"):
+        write_labels(tmp_path / "file" / "l.tif", np.ones((4, 4), np.uint8))
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write into read-only folders")
+def test_unwritable_folder(tmp_path):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o500)
+    with pytest.raises(PermissionError, match="not writable"):
+        write_labels(folder / "l.tif", np.ones((4, 4), np.uint8))
+
+
+def test_failed_write_leaves_the_old_file_and_no_partial_file(tmp_path):
+    target = tmp_path / "labels.tif"
+    target.write_bytes(b"old contents")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("disk full")
+    assert target.read_bytes() == b"old contents"
+    assert os.listdir(tmp_path) == ["labels.tif"]

@@ -54,8 +54,12 @@ def test_on_real_cells_watershed_beats_components(usiigaci_crop):
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
-    [({"threshold": 1.5}, "threshold"), ({"core": 0.2}, "core must be"),
-     ({"method": "magic"}, "unknown method"), ({"min_size": -1}, "min_size")],
+    [
+        ({"threshold": 1.5}, "threshold"),
+        ({"core": 0.2}, "core must be"),
+        ({"method": "magic"}, "unknown method"),
+        ({"min_size": -1}, "min_size"),
+    ],
 )
 def test_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):

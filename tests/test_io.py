@@ -59,8 +59,13 @@ def test_read_errors_name_the_problem(tmp_path):
 
 @pytest.mark.parametrize(
     ("suffix", "top", "dtype"),
-    [(".tif", 70000, np.uint32), (".tif", 300, np.uint16), (".png", 200, np.uint8),
-     (".png", 3000, np.uint16), (".npy", 5, np.uint16)],
+    [
+        (".tif", 70000, np.uint32),
+        (".tif", 300, np.uint16),
+        (".png", 200, np.uint8),
+        (".png", 3000, np.uint16),
+        (".npy", 5, np.uint16),
+    ],
 )
 def test_labels_written_in_the_smallest_type_that_fits(tmp_path, suffix, top, dtype):
     labels = np.zeros((10, 12), np.int64)

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
+import tifffile
 from scipy import ndimage as ndi
 
 from napari_unet.core.weightmap import (
@@ -15,8 +14,7 @@ from napari_unet.core.weightmap import (
     separation_weight_map,
     training_target,
 )
-
-DATA = Path(__file__).parents[2] / "shared" / "data"
+from tests.conftest import data_path
 
 
 def naive_weight_map(labels, w0=10.0, sigma=5.0, class_balance=True):
@@ -59,11 +57,7 @@ def voronoi(size=128, n_seeds=30, radius=12.0, seed=1):
 
 @pytest.fixture(scope="module")
 def real_crop():
-    path = DATA / "usiigaci" / "train" / "masks" / "set01.tif"
-    if not path.exists():
-        pytest.skip(f"data folder absent: {path} not found")
-    tifffile = pytest.importorskip("tifffile")
-    return tifffile.imread(path)[:256, :256]
+    return tifffile.imread(data_path("usiigaci", "train", "masks", "set01.tif"))[:256, :256]
 
 
 @pytest.mark.parametrize("make", [discs_and_rectangles, voronoi])

@@ -75,8 +75,9 @@ def _predict(args) -> None:
                 bar.total = result.total
                 bar.update(1)
 
-            probabilities = predict(model, image, tile=args.tile, device=args.device,
-                                    progress=progress)
+            probabilities = predict(
+                model, image, tile=args.tile, device=args.device, progress=progress
+            )
         labels = to_instances(probabilities, args.threshold, args.min_size)
         write_labels(target, labels)
         if args.probabilities:
@@ -121,11 +122,18 @@ def _train(args) -> None:
         start = args.model or "bundled default"
     samples = [
         (_load_image(Path(i), model.in_channels), read_image(lab))
-        for i, lab in zip(args.images, args.labels)
+        for i, lab in zip(args.images, args.labels, strict=True)
     ]
     events = finetune(
-        model, samples, steps=args.steps, lr=args.lr, batch_size=args.batch_size,
-        tile=args.tile, augment=not args.no_augment, seed=args.seed, device=args.device,
+        model,
+        samples,
+        steps=args.steps,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        tile=args.tile,
+        augment=not args.no_augment,
+        seed=args.seed,
+        device=args.device,
         max_seconds=args.minutes * 60 if args.minutes else None,
     )
     last = None
@@ -161,10 +169,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", metavar="IMAGE", help="TIFF, PNG or NPY images")
     p.add_argument("--model", help="bundled model name or .safetensors file (default: bundled)")
     p.add_argument("--out", required=True, help="output folder for IMAGE_labels.tif files")
-    p.add_argument("--tile", type=_positive_int, help="output side of a tile in px (default: auto)")
+    p.add_argument(
+        "--tile", type=_positive_int, help="output side of a tile in px (default: auto)"
+    )
     p.add_argument("--threshold", type=float, default=0.5, help="foreground probability cut")
     p.add_argument("--min-size", type=int, default=16, help="smallest cell kept, in px")
-    p.add_argument("--probabilities", action="store_true", help="also write IMAGE_probabilities.tif")
+    p.add_argument(
+        "--probabilities", action="store_true", help="also write IMAGE_probabilities.tif"
+    )
     p.add_argument("--device", help="torch device, e.g. cpu or cuda (default: cpu)")
     p.set_defaults(run=_predict)
 
@@ -183,8 +195,12 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--minutes", type=_positive_float, help="stop after this many minutes")
     t.add_argument("--out", required=True, help="output model file (.safetensors)")
     t.add_argument("--model", help="start model: bundled name or file (default: bundled)")
-    t.add_argument("--base-channels", type=_positive_int, default=16,
-                   help="width of a new model when no bundled model ships")
+    t.add_argument(
+        "--base-channels",
+        type=_positive_int,
+        default=16,
+        help="width of a new model when no bundled model ships",
+    )
     t.add_argument("--lr", type=_positive_float, default=3e-4)
     t.add_argument("--batch-size", type=_positive_int, default=4)
     t.add_argument("--tile", type=_positive_int, default=128, help="output side of a crop in px")
@@ -198,7 +214,9 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s"
+    )
     try:
         args.run(args)
     except (ValueError, TypeError, OSError) as err:

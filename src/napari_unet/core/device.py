@@ -13,6 +13,8 @@ def resolve_device(device: str | torch.device | None, model: torch.nn.Module) ->
         try:
             return torch.device(device)
         except RuntimeError as err:
-            raise ValueError(f"unknown device {device!r}; expected 'cpu', 'cuda' or 'mps'") from err
+            raise ValueError(
+                f"unknown device {device!r}; expected 'cpu', 'cuda' or 'mps'"
+            ) from err
     param = next(model.parameters(), None)
     return param.device if param is not None else torch.device("cpu")

@@ -60,7 +60,8 @@ def to_grey(image: np.ndarray) -> np.ndarray:
     image = np.asarray(image)
     if image.ndim < 3 or image.shape[-1] not in (3, 4):
         raise ValueError(
-            f"to_grey expects RGB or RGBA with channels last (..., H, W, 3 or 4), got {image.shape}"
+            "to_grey expects RGB or RGBA with channels last (..., H, W, 3 or 4), "
+            f"got {image.shape}"
         )
     weights = np.array([0.2125, 0.7154, 0.0721], dtype=np.float32)  # as skimage.color.rgb2gray
     return image[..., :3].astype(np.float32) @ weights

@@ -51,6 +51,12 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     return image
 
 
+def _new_file_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike):
     """Yield a temporary path beside ``path``; on success it replaces ``path`` in one step.
@@ -67,6 +73,7 @@ def atomic_path(path: str | os.PathLike):
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, _new_file_mode())  # mkstemp makes 0600; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -93,6 +100,7 @@ def _writer(fmt: str) -> Callable[[Path, np.ndarray], None]:
         import imageio.v3 as iio
 
         return lambda p, a: iio.imwrite(p, a, extension=".png")
+
     def save_npy(p: Path, a: np.ndarray) -> None:
         with open(p, "wb") as f:  # a file object: np.save would append .npy to the name
             np.save(f, a, allow_pickle=False)

@@ -65,7 +65,10 @@ class UNet(nn.Module):
             + [_double_conv(widths[k - 1], widths[k]) for k in range(1, depth + 1)]
         )
         self.upconv = nn.ModuleList(
-            [nn.ConvTranspose2d(widths[k + 1], widths[k], 2, stride=2) for k in reversed(range(depth))]
+            [
+                nn.ConvTranspose2d(widths[k + 1], widths[k], 2, stride=2)
+                for k in reversed(range(depth))
+            ]
         )
         self.up = nn.ModuleList(
             [_double_conv(2 * widths[k], widths[k]) for k in reversed(range(depth))]
@@ -106,7 +109,7 @@ class UNet(nn.Module):
 
     @property
     def margin(self) -> int:
-        """Pixels lost on each side: ``(i - output_size(i)) / 2`` for every valid ``i`` (paper: 92)."""
+        """Pixels lost on each side: ``(i - output_size(i)) / 2`` for valid ``i`` (paper: 92)."""
         n = self.min_input_size
         return (n - self._try_output_size(n)) // 2
 
@@ -119,7 +122,7 @@ class UNet(nn.Module):
         return n
 
     def output_size(self, n: int) -> int:
-        """Output side for input side ``n``; ValueError naming the nearest valid sizes if invalid."""
+        """Output side for input side ``n``; ValueError naming the nearest valid sizes."""
         out = self._try_output_size(int(n))
         if out is None:
             low = self.min_input_size
@@ -152,7 +155,7 @@ class UNet(nn.Module):
             if k < self.depth:
                 skips.append(x)
                 x = F.max_pool2d(x, 2)
-        for upconv, block, skip in zip(self.upconv, self.up, reversed(skips)):
+        for upconv, block, skip in zip(self.upconv, self.up, reversed(skips), strict=True):
             x = upconv(x)
             dy = (skip.shape[-2] - x.shape[-2]) // 2
             dx = (skip.shape[-1] - x.shape[-1]) // 2
@@ -180,6 +183,8 @@ class UNet(nn.Module):
         for k in reversed(range(self.depth)):
             h, w = 2 * h, 2 * w
             total += h * w * widths[k + 1] * widths[k]  # 2x2 stride-2 transposed conv
-            total += conv(h, w, 2 * widths[k], widths[k]) + conv(h - 2, w - 2, widths[k], widths[k])
+            total += conv(h, w, 2 * widths[k], widths[k]) + conv(
+                h - 2, w - 2, widths[k], widths[k]
+            )
             h, w = h - 4, w - 4
         return total + h * w * widths[0] * self.n_classes

@@ -114,7 +114,9 @@ def predict_tiles(
     image, stack_shape, plane_shape = _planes(np.asarray(image), model.in_channels)
     if tile is not None and (not isinstance(tile, (int, np.integer)) or tile < 1):
         raise ValueError(f"tile must be a positive number of pixels, got {tile!r}")
-    if batch_size is not None and (not isinstance(batch_size, (int, np.integer)) or batch_size < 1):
+    if batch_size is not None and (
+        not isinstance(batch_size, (int, np.integer)) or batch_size < 1
+    ):
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     step = int(tile) if tile is not None else auto_tile(plane_shape, model)
     tiles = _order(plan_tiles(plane_shape, model, step), center)
@@ -145,7 +147,7 @@ def predict_tiles(
                     logits = model(inputs)
                     fg = 1.0 - torch.softmax(logits, dim=1)[:, 0]
                     fg = fg.float().cpu().numpy()
-                    for t, probs in zip(batch, fg):
+                    for t, probs in zip(batch, fg, strict=True):
                         yield TileResult(
                             plane=plane,
                             region=t.inner,

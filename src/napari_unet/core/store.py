@@ -10,13 +10,16 @@ import os
 from importlib import resources
 from pathlib import Path
 
-import torch
-
 from .io import atomic_path
 from .model import UNet
 
 __all__ = [
-    "save_model", "load_model", "read_metadata", "bundled_models", "load_bundled", "open_model",
+    "save_model",
+    "load_model",
+    "read_metadata",
+    "bundled_models",
+    "load_bundled",
+    "open_model",
 ]
 
 FORMAT = "napari-unet/1"
@@ -59,10 +62,10 @@ def _looks_pickled(path: Path) -> bool:
 
 def _pickle_error(path: Path) -> ValueError:
     return ValueError(
-            f"{path.name} looks like a PyTorch pickle; napari-unet never unpickles files (they can "
-            "run code). If you trust it, convert it once: model = napari_unet.UNet(...); "
-            "model.load_state_dict(torch.load(path, weights_only=True)); "
-            "napari_unet.save_model(model, 'model.safetensors')"
+        f"{path.name} looks like a PyTorch pickle; napari-unet never unpickles files (they can "
+        "run code). If you trust it, convert it once: model = napari_unet.UNet(...); "
+        "model.load_state_dict(torch.load(path, weights_only=True)); "
+        "napari_unet.save_model(model, 'model.safetensors')"
     )
 
 

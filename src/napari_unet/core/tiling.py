@@ -58,7 +58,7 @@ def plan_tiles(shape: tuple[int, int], model, step: int | tuple[int, int]) -> li
     steps = (step, step) if isinstance(step, int) else step
     if min(shape) < 1:
         raise ValueError(f"cannot tile an empty plane of shape {shape}")
-    ys, xs = (_axis_plan(n, s, model) for n, s in zip(shape, steps))
+    ys, xs = (_axis_plan(n, s, model) for n, s in zip(shape, steps, strict=True))
     tiles = []
     for y0, hy, iy in ys:
         for x0, hx, ix in xs:

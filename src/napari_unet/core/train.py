@@ -1,0 +1,354 @@
+"""Fine-tuning as a generator of progress events.
+
+The paper's recipe: weighted cross-entropy with the separation weight map (touching cells split by
+carved background borders), elastic deformation on the fly, loss only on real annotated pixels.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from .augment import random_displacement, random_flip_rot, random_intensity, warp
+from .device import resolve_device
+from .image import normalize, split_channels
+from .weightmap import check_labels, training_target
+
+__all__ = ["FinetuneEvent", "TrainingSample", "prepare_samples", "finetune"]
+
+
+@dataclass(frozen=True)
+class FinetuneEvent:
+    """Progress after one optimisation step.
+
+    ``step`` counts finished steps (1-based) of ``total`` planned; ``loss`` is the weighted
+    cross-entropy of this step's batch; ``lr`` the learning rate used; ``elapsed`` and
+    ``remaining`` are seconds (``remaining`` an estimate); ``done`` marks the last event (the step
+    budget or ``max_seconds`` is used up); ``val_iou`` is the foreground IoU on the validation
+    samples when it was measured at this step, else ``None``.
+    """
+
+    step: int
+    total: int
+    loss: float
+    lr: float
+    elapsed: float
+    remaining: float
+    done: bool
+    val_iou: float | None = None
+
+
+@dataclass(frozen=True)
+class TrainingSample:
+    """One prepared image: padded ``(C, H', W')`` float32 pixels, ``(H', W')`` target and
+    weights (0 on mirrored and unannotated pixels), the image's own ``shape`` and the
+    ``(N, 2)`` coordinates of its annotated pixels."""
+
+    pixels: np.ndarray
+    target: np.ndarray
+    weights: np.ndarray
+    shape: tuple[int, int]
+    annotated: np.ndarray
+
+
+def _as_triplet(sample, index: int):
+    if not isinstance(sample, (tuple, list)) or len(sample) not in (2, 3):
+        raise ValueError(
+            f"training sample {index} must be (image, labels) or (image, labels, mask), "
+            f"got {type(sample).__name__}"
+        )
+    return (*sample, None) if len(sample) == 2 else tuple(sample)
+
+
+def prepare_samples(
+    samples: Sequence,
+    model,
+    *,
+    out_side: int,
+    w0: float,
+    sigma: float,
+    class_balance: bool,
+    percentiles: tuple[float, float] = (1.0, 99.8),
+) -> list[TrainingSample]:
+    """Validate ``(image, labels[, mask])`` samples and precompute padded inputs and targets.
+
+    Each image is normalised on its own, mirror-padded by the network margin (and up to one
+    output tile where it is smaller than one); targets and weights are zero-padded, so mirrored
+    pixels never count in the loss.
+    """
+    if samples is None or len(samples) == 0:
+        raise ValueError("no training samples; expected a sequence of (image, labels) pairs")
+    prepared = []
+    for i, sample in enumerate(samples):
+        image, labels, mask = _as_triplet(sample, i)
+        image, has_channels = split_channels(np.asarray(image), model.in_channels)
+        plane = image.shape[:-1] if has_channels else image.shape
+        if len(plane) != 2:
+            raise ValueError(
+                f"training image {i} has shape {image.shape}; expected one plane (H, W) or "
+                f"(H, W, C); pass the planes of a stack as separate samples"
+            )
+        labels = check_labels(labels, f"labels of sample {i}")
+        if labels.shape != plane:
+            raise ValueError(
+                f"sample {i}: image plane {plane} and labels {labels.shape} differ in shape; "
+                "expected labels with the image's (H, W)"
+            )
+        if mask is not None:
+            mask = np.asarray(mask).astype(bool)
+        if not (labels > 0).any():
+            raise ValueError(f"sample {i} has no annotated cell; expected at least one")
+        target, weights = training_target(
+            labels, mask, w0=w0, sigma=sigma, class_balance=class_balance
+        )
+        if not (weights > 0).any():
+            raise ValueError(f"sample {i}: its mask marks no pixel; expected annotated pixels")
+        pixels = normalize(image, *percentiles)
+        if pixels.ndim == 2:
+            pixels = pixels[..., None]
+        m = model.margin
+        extra = [max(out_side - n, 0) for n in plane]
+        pad = ((m, m + extra[0]), (m, m + extra[1]))
+        pixels = np.pad(pixels, (*pad, (0, 0)), mode="symmetric").transpose(2, 0, 1)
+        prepared.append(
+            TrainingSample(
+                pixels=np.ascontiguousarray(pixels),
+                target=np.pad(target, pad),
+                weights=np.pad(weights, pad),
+                shape=plane,
+                annotated=np.argwhere(weights > 0),
+            )
+        )
+    return prepared
+
+
+def _crop(sample: TrainingSample, side: int, out_side: int, rng: np.random.Generator):
+    """A random ``side``-pixel input crop centred near an annotated pixel; returns
+    ``(C, side, side)`` pixels and the ``(side, side)`` target and weights aligned with it."""
+    h, w = sample.shape
+    cy, cx = sample.annotated[rng.integers(len(sample.annotated))]
+    y0 = int(np.clip(cy - out_side // 2, 0, max(h - out_side, 0)))
+    x0 = int(np.clip(cx - out_side // 2, 0, max(w - out_side, 0)))
+    window = (slice(y0, y0 + side), slice(x0, x0 + side))
+    return sample.pixels[(slice(None), *window)], sample.target[window], sample.weights[window]
+
+
+def _augmented_batch(samples, n: int, side: int, out_side: int, margin: int, augment, rng):
+    """``(n, C, side, side)`` inputs, ``(n, o, o)`` targets and weights for one step."""
+    pixels, targets, weights = [], [], []
+    inner = slice(margin, margin + out_side)
+    for _ in range(n):
+        sample = samples[rng.integers(len(samples))]
+        image, target, weight = _crop(sample, side, out_side, rng)
+        image = image.transpose(1, 2, 0)  # (side, side, C) for the augment functions
+        if augment:
+            field = random_displacement((side, side), rng=rng)
+            image = warp(image, field, order=1)
+            target = warp(target, field, order=0)
+            weight = warp(weight, field, order=1)
+            image, target, weight = random_flip_rot([image, target, weight], rng=rng)
+            image = random_intensity(image, rng=rng)
+        pixels.append(image.transpose(2, 0, 1))
+        targets.append(target[inner, inner])
+        weights.append(weight[inner, inner])
+    return (
+        torch.from_numpy(np.stack(pixels).astype(np.float32)),
+        torch.from_numpy(np.stack(targets).astype(np.int64)),
+        torch.from_numpy(np.stack(weights).astype(np.float32)),
+    )
+
+
+def _learning_rate(base: float, progress: float) -> float:
+    """Short linear warm-up, then cosine decay to 5 % of ``base`` at ``progress == 1``."""
+    warmup = 0.05
+    if progress < warmup:
+        return base * (0.1 + 0.9 * progress / warmup)
+    t = min((progress - warmup) / (1 - warmup), 1.0)
+    return base * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def weighted_loss(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor):
+    """Pixel-weighted cross-entropy averaged over pixels with weight > 0.
+
+    ``logits`` (N, K, o, o), ``target`` (N, o, o) int64, ``weights`` (N, o, o) float32.
+    """
+    ce = F.cross_entropy(logits, target, reduction="none")
+    counted = (weights > 0).sum().clamp(min=1)
+    return (ce * weights).sum() / counted
+
+
+def finetune(
+    model,
+    samples: Sequence,
+    *,
+    steps: int,
+    max_seconds: float | None = None,
+    lr: float = 3e-4,
+    batch_size: int = 4,
+    tile: int = 128,
+    augment: bool = True,
+    w0: float = 10.0,
+    sigma: float = 5.0,
+    class_balance: bool = False,
+    validation: Sequence | None = None,
+    validate_every: int = 50,
+    device=None,
+    seed: int | None = None,
+) -> Iterator[FinetuneEvent]:
+    """Train ``model`` in place on a few annotated images; a generator of :class:`FinetuneEvent`.
+
+    Parameters
+    ----------
+    model
+        A :class:`~napari_unet.UNet`, trained in place.
+    samples
+        Sequence of ``(image, labels)`` or ``(image, labels, mask)``: image ``(H, W)`` or
+        ``(H, W, C)``; labels ``(H, W)`` integer instance ids (0 = background); mask ``(H, W)``
+        bool, the pixels whose labels count (partial annotation; weight 0 elsewhere).
+    steps
+        Optimisation steps.
+    max_seconds
+        Stop after this much time even if steps remain; the learning-rate schedule follows
+        whichever of steps and time runs out first.
+    lr, batch_size
+        Adam learning rate (peak; warm-up then cosine decay) and crops per step.
+    tile
+        About the output side (px) of a training crop; rounded up to a valid size.
+    augment
+        Elastic deformation (paper: 3x3 grid, 10 px), flips/turns and intensity changes.
+    w0, sigma, class_balance
+        Separation weight map (see :func:`~napari_unet.separation_weight_map`).
+    validation
+        Optional ``(image, labels)`` pairs held out; their foreground IoU is reported every
+        ``validate_every`` steps and at the end, in ``FinetuneEvent.val_iou``.
+    device, seed
+        Torch device (default: where the model is) and the seed of the crop/augment sampling.
+
+    Inputs are checked before the generator is returned, so bad samples raise ValueError here.
+    Closing the generator at any yield leaves a usable model (in eval mode).
+    """
+    if not isinstance(steps, (int, np.integer)) or steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    if max_seconds is not None and not max_seconds > 0:
+        raise ValueError(f"max_seconds must be positive, got {max_seconds!r}")
+    if not lr > 0 or batch_size < 1 or tile < 1:
+        raise ValueError(
+            f"lr, batch_size and tile must be positive, got {lr!r}, {batch_size!r}, {tile!r}"
+        )
+    side = model.input_size(tile)
+    out_side = model.output_size(side)
+    prepared = prepare_samples(
+        samples, model, out_side=out_side, w0=w0, sigma=sigma, class_balance=class_balance
+    )
+    held_out = _validation_pairs(validation, model)
+    return _finetune(
+        model,
+        prepared,
+        held_out,
+        int(steps),
+        max_seconds,
+        lr,
+        batch_size,
+        side,
+        out_side,
+        augment,
+        validate_every,
+        resolve_device(device, model),
+        np.random.default_rng(seed),
+    )
+
+
+def _validation_pairs(validation, model):
+    pairs = []
+    for i, sample in enumerate(validation or ()):
+        image, labels, _ = _as_triplet(sample, i)
+        labels = check_labels(labels, f"labels of validation sample {i}")
+        image, has_channels = split_channels(np.asarray(image), model.in_channels)
+        plane = image.shape[:-1] if has_channels else image.shape
+        if plane != labels.shape:
+            raise ValueError(
+                f"validation sample {i}: image {plane} and labels {labels.shape} differ"
+            )
+        pairs.append((image, labels > 0))
+    return pairs
+
+
+def _foreground_iou(model, pairs, device) -> float:
+    from .predict import predict
+
+    inter = union = 0
+    for image, truth in pairs:
+        pred = predict(model, image, device=device) > 0.5
+        inter += np.count_nonzero(pred & truth)
+        union += np.count_nonzero(pred | truth)
+    return inter / union if union else 1.0
+
+
+def _finetune(
+    model,
+    samples,
+    held_out,
+    steps,
+    max_seconds,
+    lr,
+    batch_size,
+    side,
+    out_side,
+    augment,
+    validate_every,
+    device,
+    rng,
+) -> Iterator[FinetuneEvent]:
+    model.to(device=device, memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    start = time.perf_counter()
+    step = 0
+    try:
+        while True:
+            elapsed = time.perf_counter() - start
+            progress = step / steps
+            if max_seconds is not None:
+                progress = max(progress, elapsed / max_seconds)
+            rate = _learning_rate(lr, progress)
+            for group in optimizer.param_groups:
+                group["lr"] = rate
+            model.train()
+            x, y, w = _augmented_batch(
+                samples, batch_size, side, out_side, model.margin, augment, rng
+            )
+            x = x.to(device).contiguous(memory_format=torch.channels_last)
+            loss = weighted_loss(model(x), y.to(device), w.to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            elapsed = time.perf_counter() - start
+            done = step >= steps or (max_seconds is not None and elapsed >= max_seconds)
+            per_step = elapsed / step
+            remaining = (steps - step) * per_step
+            if max_seconds is not None:
+                remaining = min(remaining, max(max_seconds - elapsed, 0.0))
+            val_iou = None
+            if held_out and (done or step % validate_every == 0):
+                val_iou = _foreground_iou(model, held_out, device)
+            yield FinetuneEvent(
+                step=step,
+                total=steps,
+                loss=float(loss.detach()),
+                lr=rate,
+                elapsed=elapsed,
+                remaining=0.0 if done else remaining,
+                done=done,
+                val_iou=val_iou,
+            )
+            if done:
+                return
+    finally:
+        optimizer.zero_grad(set_to_none=True)
+        model.eval()

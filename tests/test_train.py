@@ -1,0 +1,163 @@
+"""Fine-tuning as a generator: it learns from real cells, stops cleanly, checks its input."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from napari_unet import UNet, finetune, predict, training_target
+from napari_unet.core.train import _learning_rate
+
+
+def weighted_error(model, image, labels) -> float:
+    """Independent check: the pixel-weighted cross-entropy of a whole-image prediction."""
+    target, weights = training_target(labels)
+    p = np.clip(predict(model, image), 1e-6, 1 - 1e-6)
+    ce = -np.where(target == 1, np.log(p), np.log(1 - p))
+    return float((weights * ce).sum() / np.count_nonzero(weights))
+
+
+@pytest.fixture
+def small_model():
+    torch.manual_seed(0)
+    return UNet(base_channels=8, depth=3)
+
+
+def test_finetuning_on_real_cells_lowers_the_loss(small_model, usiigaci_crop):
+    image, labels = usiigaci_crop
+    before = weighted_error(small_model, image, labels)
+    events = list(
+        finetune(
+            small_model,
+            [(image, labels)],
+            steps=100,
+            lr=1e-2,
+            batch_size=2,
+            tile=64,
+            augment=False,
+            seed=0,
+        )
+    )
+    after = weighted_error(small_model, image, labels)
+    assert [e.step for e in events] == list(range(1, 101))
+    assert events[-1].done and not any(e.done for e in events[:-1])
+    assert all(e.total == 100 and np.isfinite(e.loss) for e in events)
+    assert after < 0.9 * before
+    assert not small_model.training
+
+
+def test_augmented_training_runs_and_learns(small_model, usiigaci_crop):
+    image, labels = usiigaci_crop
+    before = weighted_error(small_model, image, labels)
+    for _ in finetune(
+        small_model, [(image, labels)], steps=40, lr=1e-2, batch_size=2, tile=64, seed=1
+    ):
+        pass
+    assert weighted_error(small_model, image, labels) < before
+
+
+def test_max_seconds_ends_training_and_fits_the_schedule(usiigaci_crop):
+    model = UNet(base_channels=2, depth=2)
+    start = time.perf_counter()
+    events = list(
+        finetune(
+            model, [usiigaci_crop], steps=100_000, max_seconds=2, lr=1e-3, batch_size=1, tile=16
+        )
+    )
+    assert events[-1].elapsed >= 2 and time.perf_counter() - start < 20
+    assert events[-1].done and len(events) < 100_000
+    peak = max(e.lr for e in events)
+    assert events[0].lr < peak  # warm-up
+    assert events[-1].lr < 0.3 * peak  # the cosine decay reached its end in the time given
+
+
+def test_learning_rate_schedule():
+    assert _learning_rate(1.0, 0.0) == pytest.approx(0.1)
+    assert _learning_rate(1.0, 0.05) == pytest.approx(1.0)
+    assert _learning_rate(1.0, 1.0) == pytest.approx(0.05)
+    values = [_learning_rate(1.0, t) for t in np.linspace(0.05, 1, 50)]
+    assert all(a >= b for a, b in zip(values, values[1:], strict=False))
+
+
+def test_closing_midway_leaves_a_usable_model(small_model, usiigaci_crop, rng):
+    events = finetune(small_model, [usiigaci_crop], steps=50, batch_size=1, tile=32)
+    next(events), next(events)
+    events.close()
+    assert not small_model.training
+    assert all(torch.isfinite(p).all() for p in small_model.parameters())
+    out = predict(small_model, rng.random((50, 50)))
+    assert np.isfinite(out).all()
+
+
+def test_pixels_outside_the_mask_do_not_count(small_model, usiigaci_crop):
+    image, labels = usiigaci_crop
+    mask = np.zeros(labels.shape, bool)
+    mask[:128, :128] = True
+    scribbled = labels.copy()
+    scribbled[200:, 200:] = 999  # far from the annotated region (more than the border reach)
+    losses = []
+    for lab in (labels, scribbled):
+        torch.manual_seed(0)
+        model = UNet(base_channels=4, depth=2)
+        losses.append(
+            [
+                e.loss
+                for e in finetune(
+                    model, [(image, lab, mask)], steps=3, seed=3, batch_size=2, tile=48
+                )
+            ]
+        )
+    np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
+
+
+def test_validation_score_is_reported(small_model, usiigaci_crop):
+    image, labels = usiigaci_crop
+    events = list(
+        finetune(
+            small_model,
+            [(image, labels)],
+            steps=4,
+            validate_every=2,
+            validation=[(image[:96, :96], labels[:96, :96])],
+            batch_size=1,
+            tile=32,
+        )
+    )
+    scores = [e.val_iou for e in events]
+    assert scores[0] is None and scores[2] is None
+    assert all(0 <= s <= 1 for s in (scores[1], scores[3]))
+
+
+@pytest.mark.parametrize(
+    ("samples", "message"),
+    [
+        ([], "no training samples"),
+        ([np.zeros((8, 8))], r"must be \(image, labels\)"),
+        ([(np.zeros((20, 20)), np.zeros((20, 20), np.float32))], "integers"),
+        ([(np.zeros((20, 20)), -np.ones((20, 20), np.int32))], "negative"),
+        ([(np.zeros((20, 20)), np.ones((20, 21), np.uint8))], "differ in shape"),
+        ([(np.zeros((20, 20)), np.zeros((20, 20), np.uint8))], "no annotated cell"),
+        ([(np.zeros((2, 20, 20)), np.ones((20, 20), np.uint8))], "one plane"),
+        (
+            [(np.zeros((20, 20)), np.ones((20, 20), np.uint8), np.zeros((20, 20)))],
+            "marks no pixel",
+        ),
+        ([(np.full((20, 20), np.nan), np.ones((20, 20), np.uint8))], "NaN"),
+    ],
+)
+def test_bad_samples_raise_before_training(small_model, samples, message):
+    with pytest.raises(ValueError, match=message):
+        finetune(small_model, samples, steps=1)
+
+
+def test_bad_settings(small_model, usiigaci_crop):
+    for kwargs, message in [
+        ({"steps": 0}, "steps"),
+        ({"steps": 1, "max_seconds": 0}, "max_seconds"),
+        ({"steps": 1, "lr": -1}, "positive"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            finetune(small_model, [usiigaci_crop], **kwargs)

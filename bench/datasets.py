@@ -39,8 +39,11 @@ def dsb2018(split: str, root: Path = DATA):
     folder = _folder(root, "dsb2018")
     names = (folder / f"{split}.txt").read_text().split()
     return [
-        (Path(n).stem[:12], grey_if_rgb(read_image(folder / n), 1),
-         read_image(folder / n.replace("images", "masks")))
+        (
+            Path(n).stem[:12],
+            grey_if_rgb(read_image(folder / n), 1),
+            read_image(folder / n.replace("images", "masks")),
+        )
         for n in names
     ]
 
@@ -51,6 +54,11 @@ def isbi2012(indices, root: Path = DATA):
     out = []
     for i in indices:
         interior = read_image(folder / "labels" / f"{i:02d}.png") > 127
-        out.append((f"{i:02d}", read_image(folder / "images" / f"{i:02d}.png"),
-                    ndi.label(interior)[0].astype(np.uint32)))
+        out.append(
+            (
+                f"{i:02d}",
+                read_image(folder / "images" / f"{i:02d}.png"),
+                ndi.label(interior)[0].astype(np.uint32),
+            )
+        )
     return out

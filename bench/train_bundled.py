@@ -21,8 +21,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-import datasets
 from napari_unet import UNet, finetune, load_model, save_model
+
+import datasets
 
 MODELS = Path(__file__).resolve().parents[1] / "src" / "napari_unet" / "models"
 
@@ -62,8 +63,14 @@ def main() -> None:
     while state["stage"] < args.stages:
         left = stage_seconds - state["stage_seconds"]
         events = finetune(
-            model, pairs, steps=10**7, max_seconds=left, lr=args.lr, batch_size=args.batch_size,
-            tile=args.tile, seed=args.seed + 1000 * state["stage"] + state["steps"],
+            model,
+            pairs,
+            steps=10**7,
+            max_seconds=left,
+            lr=args.lr,
+            batch_size=args.batch_size,
+            tile=args.tile,
+            seed=args.seed + 1000 * state["stage"] + state["steps"],
         )
         last_save = time.perf_counter()
         base_seconds, base_steps = state["stage_seconds"], state["steps"]
@@ -89,10 +96,17 @@ def main() -> None:
             "dsb2018/train.txt (53 nuclei images, BBBC038v1, Caicedo et al. 2019)",
         ],
         "recipe": {
-            "steps": state["steps"], "minutes": round(state["seconds"] / 60, 1),
-            "stages": args.stages, "lr": args.lr, "batch_size": args.batch_size,
-            "tile": args.tile, "seed": args.seed, "w0": 10.0, "sigma": 5.0,
-            "class_balance": False, "augment": "elastic 3x3 grid 10 px, flips/turns, intensity",
+            "steps": state["steps"],
+            "minutes": round(state["seconds"] / 60, 1),
+            "stages": args.stages,
+            "lr": args.lr,
+            "batch_size": args.batch_size,
+            "tile": args.tile,
+            "seed": args.seed,
+            "w0": 10.0,
+            "sigma": 5.0,
+            "class_balance": False,
+            "augment": "elastic 3x3 grid 10 px, flips/turns, intensity",
         },
         "hardware": f"{platform.processor() or platform.machine()}, "
         f"{torch.get_num_threads()} threads, torch {torch.__version__}",

@@ -13,18 +13,16 @@ from napari_unet.core.augment import (
     random_intensity,
     warp,
 )
-from tests.conftest import data_path
+
+from .conftest import data_path
 
 
 @pytest.fixture(scope="module")
 def crop():
     """A real 384x384 phase-contrast image (uint16) and its instance labels (uint16)."""
-    image = tifffile.imread(data_path("usiigaci", "train", "images", "set01.tif"))[
-        256:640, 256:640
-    ]
-    labels = tifffile.imread(data_path("usiigaci", "train", "masks", "set01.tif"))[
-        256:640, 256:640
-    ]
+    window = (slice(256, 640), slice(256, 640))
+    image = tifffile.imread(data_path("usiigaci", "train", "images", "set01.tif"))[window]
+    labels = tifffile.imread(data_path("usiigaci", "train", "masks", "set01.tif"))[window]
     assert len(np.unique(labels)) > 10
     return image, labels
 

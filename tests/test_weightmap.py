@@ -14,7 +14,8 @@ from napari_unet.core.weightmap import (
     separation_weight_map,
     training_target,
 )
-from tests.conftest import data_path
+
+from .conftest import data_path
 
 
 def naive_weight_map(labels, w0=10.0, sigma=5.0, class_balance=True):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["foreground_iou", "overlaps", "instance_f1", "seg_score"]
+__all__ = ["foreground_iou", "overlaps", "match_counts", "instance_f1", "seg_score"]
 
 
 def foreground_iou(truth: np.ndarray, prediction: np.ndarray) -> float:
@@ -38,12 +38,13 @@ def _iou_matrix(truth, prediction) -> np.ndarray:
     return np.where(union > 0, inter / np.maximum(union, 1), 0.0)
 
 
-def instance_f1(truth: np.ndarray, prediction: np.ndarray, threshold: float = 0.5) -> float:
-    """F1 of instances matched one-to-one at IoU >= ``threshold`` (>= 0.5 makes matches unique)."""
+def match_counts(truth: np.ndarray, prediction: np.ndarray, threshold: float = 0.5):
+    """``(matched, n_truth, n_predicted)``: instances matched one-to-one at IoU >= ``threshold``.
+
+    For ``threshold >= 0.5`` a match is unique; below it an optimal assignment is used.
+    """
     iou = _iou_matrix(truth, prediction)
     n_t, n_p = iou.shape
-    if n_t + n_p == 0:
-        return 1.0
     if threshold >= 0.5:
         tp = int(np.count_nonzero(iou >= threshold))
     else:
@@ -51,7 +52,13 @@ def instance_f1(truth: np.ndarray, prediction: np.ndarray, threshold: float = 0.
 
         rows, cols = linear_sum_assignment(-iou)
         tp = int(np.count_nonzero(iou[rows, cols] >= threshold))
-    return 2 * tp / (n_t + n_p)
+    return tp, n_t, n_p
+
+
+def instance_f1(truth: np.ndarray, prediction: np.ndarray, threshold: float = 0.5) -> float:
+    """F1 of instances matched one-to-one at IoU >= ``threshold`` (1.0 when both are empty)."""
+    tp, n_t, n_p = match_counts(truth, prediction, threshold)
+    return 2 * tp / (n_t + n_p) if n_t + n_p else 1.0
 
 
 def seg_score(truth: np.ndarray, prediction: np.ndarray) -> tuple[float, int]:

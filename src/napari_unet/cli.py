@@ -1,4 +1,4 @@
-"""The ``napari-unet`` command: predict, train and weightmap for batch work.
+"""The ``napari-unet`` command: predict, train and weightmap for batch work; gui for napari.
 
 Errors print one line, ``napari-unet: error: ...``, and exit with status 1 (2 for bad usage).
 """
@@ -158,6 +158,42 @@ def _train(args) -> None:
     print(f"{steps_done} steps, final loss {metadata['loss']} -> {out}")
 
 
+WIDGETS = ("Annotate", "Weight map", "Fine-tune", "Predict", "Export")
+
+
+def open_viewer(images: list[str], viewer=None):
+    """A napari viewer with ``images`` (or the sample data) and the five widgets docked."""
+    import napari
+
+    from .core.io import read_image
+
+    viewer = viewer or napari.Viewer()
+    if images:
+        for path in map(Path, images):
+            image = read_image(path)
+            viewer.add_image(
+                image, name=path.stem, rgb=image.ndim == 3 and image.shape[-1] in (3, 4)
+            )
+    else:
+        viewer.open_sample("napari-unet", "phase_contrast_cells")
+    docks = [
+        viewer.window.add_plugin_dock_widget("napari-unet", name, tabify=True)[0]
+        for name in WIDGETS
+    ]
+    docks[0].raise_()  # Annotate in front: the first step
+    return viewer
+
+
+def _gui(args) -> None:
+    import napari
+
+    missing = [p for p in args.images if not Path(p).is_file()]
+    if missing:
+        raise FileNotFoundError(f"no such image file: {', '.join(missing)}")
+    open_viewer(args.images)
+    napari.run()
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="napari-unet", description="U-Net segmentation of microscopy images."
@@ -208,6 +244,10 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", help="torch device, e.g. cpu or cuda (default: cpu)")
     t.set_defaults(run=_train)
+
+    g = sub.add_parser("gui", help="open napari with the images (or the sample) and the widgets")
+    g.add_argument("images", nargs="*", metavar="IMAGE", help="images to open (default: sample)")
+    g.set_defaults(run=_gui)
     return parser
 
 

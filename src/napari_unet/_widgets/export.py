@@ -1,0 +1,198 @@
+"""Export dock widget: labels layers to TIFF / PNG / NPY files, and the current model to a file."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from magicgui.widgets import ComboBox, Container, FileEdit, PushButton, Select
+from napari.layers import Labels
+from napari.utils.notifications import show_error, show_info
+
+from ._session import session_for
+
+if TYPE_CHECKING:
+    import napari
+
+__all__ = ["ExportWidget", "safe_file_name"]
+
+FORMATS = {"TIFF": "tif", "PNG": "png", "NPY": "npy"}
+_SUFFIXES = {"tif": (".tif", ".tiff"), "png": (".png",), "npy": (".npy",)}
+_PNG_MAX_ID = np.iinfo(np.uint16).max
+
+
+def safe_file_name(name: str) -> str:
+    """``name`` with characters that file systems reject (``/ \\ : * ? " < > |``...) as ``_``."""
+    name = re.sub(r"[^\w\-. ()]+", "_", name).strip(" .")
+    return name or "labels"
+
+
+def _file_with_format(path: Path, ext: str) -> Path:
+    """``path`` ending in the suffix of ``ext``; raises if it ends in another format's suffix."""
+    suffix = path.suffix.lower()
+    if suffix in _SUFFIXES[ext]:
+        return path
+    if any(suffix in known for known in _SUFFIXES.values()):
+        raise ValueError(
+            f"the file name {path.name} ends in {suffix}, but the format is .{ext}; "
+            "change the file name or the format"
+        )
+    return path.with_name(f"{path.name}.{ext}")
+
+
+def _check_folder(path: Path) -> None:
+    folder = path.parent
+    if not folder.is_dir():
+        raise FileNotFoundError(f"cannot write {path}: {folder} is not an existing folder")
+    if not os.access(folder, os.W_OK):
+        raise PermissionError(f"cannot write {path}: folder {folder} is not writable")
+
+
+def _labels_data(layer: Labels, ext: str) -> np.ndarray:
+    """The layer's ids as an array, checked against what format ``ext`` can hold."""
+    data = np.asarray(layer.data[0] if layer.multiscale else layer.data)
+    if data.size and data.min() < 0:
+        raise ValueError(f"layer '{layer.name}' holds negative ids; label files hold ids >= 0")
+    if ext == "png":
+        if data.ndim != 2:
+            raise ValueError(
+                f"layer '{layer.name}' has shape {data.shape}: a PNG holds one 2-D plane; "
+                "choose TIFF (it holds stacks)"
+            )
+        if data.max(initial=0) > _PNG_MAX_ID:
+            raise ValueError(
+                f"layer '{layer.name}' has ids up to {data.max()}: a PNG holds ids up to "
+                f"{_PNG_MAX_ID}; choose TIFF"
+            )
+    return data
+
+
+class ExportWidget(Container):
+    """Write labels layers as label masks, and save the current model."""
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        self._viewer = viewer
+        self._session = session_for(viewer)
+        self._layers = Select(
+            label="labels",
+            choices=self._labels_choices,
+            tooltip="Labels layers to export (Ctrl/Shift-click for several)",
+        )
+        self._format = ComboBox(label="format", choices=list(FORMATS), value="TIFF")
+        self._destination = FileEdit(
+            label="save to",
+            mode="w",
+            tooltip="A file for one layer; a folder for several ('<layer name>.<format>' each)",
+        )
+        self._export = PushButton(text="Export labels")
+        self._model_path = FileEdit(label="model file", mode="w", filter="*.safetensors")
+        self._save_model = PushButton(
+            text="Save model",
+            tooltip="Save the current model (weights and metadata) to a .safetensors file",
+        )
+        super().__init__(
+            widgets=[
+                self._layers,
+                self._format,
+                self._destination,
+                self._export,
+                self._model_path,
+                self._save_model,
+            ]
+        )
+        self._connect_signals()
+        self._on_busy_changed(self._session.busy)
+
+    def _connect_signals(self) -> None:
+        layer_events = self._viewer.layers.events
+        for event in (layer_events.inserted, layer_events.removed, layer_events.renamed):
+            event.connect(self._on_layers_changed)
+        self._layers.changed.connect(self._on_selection_changed)
+        self._export.changed.connect(self._on_export)
+        self._save_model.changed.connect(self._on_save_model)
+        self._session.busy_changed.connect(self._on_busy_changed)
+
+    def _labels_choices(self, _widget=None) -> list[tuple[str, Labels]]:
+        return [(layer.name, layer) for layer in self._viewer.layers if isinstance(layer, Labels)]
+
+    def _on_layers_changed(self, event=None) -> None:
+        self._layers.reset_choices()
+
+    def _on_selection_changed(self, value=None) -> None:
+        self._destination.mode = "d" if len(self._layers.value) > 1 else "w"
+
+    def _on_busy_changed(self, task: str) -> None:
+        self._save_model.enabled = task != "training"
+
+    def _targets(self, layers: list[Labels], ext: str) -> list[tuple[Path, np.ndarray]]:
+        """``(path, ids)`` for every layer; raises before anything is written."""
+        destination = Path(self._destination.value)
+        if str(destination) in ("", "."):
+            raise ValueError("choose where to save: a file for one layer, a folder for several")
+        if len(layers) == 1 and not destination.is_dir():
+            paths = [_file_with_format(destination, ext)]
+        elif destination.is_dir():
+            paths, used = [], set()
+            for layer in layers:
+                stem, n = safe_file_name(layer.name), 1
+                while f"{stem}.{ext}".lower() in used:  # names that sanitise alike
+                    n += 1
+                    stem = f"{safe_file_name(layer.name)}-{n}"
+                used.add(f"{stem}.{ext}".lower())
+                paths.append(destination / f"{stem}.{ext}")
+        else:
+            raise FileNotFoundError(
+                f"{destination} is not an existing folder; several layers are written as "
+                f"'<layer name>.{ext}' into a folder"
+            )
+        data = [_labels_data(layer, ext) for layer in layers]
+        for path in paths:
+            _check_folder(path)
+        return list(zip(paths, data, strict=True))
+
+    def _on_export(self, value=None) -> None:
+        from ..core.io import write_labels
+
+        layers = list(self._layers.value)
+        if not layers:
+            show_error("select one or more labels layers to export")
+            return
+        written: list[Path] = []
+        try:
+            for path, data in self._targets(layers, FORMATS[self._format.value]):
+                written.append(write_labels(path, data))
+        except (OSError, ValueError) as err:
+            done = ", ".join(map(str, written))
+            message = f"{err} (already written: {done})" if written else f"nothing exported: {err}"
+            show_error(message)
+            return
+        show_info(f"wrote {len(written)} label file(s): {', '.join(map(str, written))}")
+
+    def _on_save_model(self, value=None) -> None:
+        from ..core.store import save_model
+
+        if self._session.busy == "training":
+            show_error("the model is busy training; stop it or wait")
+            return
+        path = Path(self._model_path.value)
+        if str(path) in ("", "."):
+            show_error("choose a model file to save to (*.safetensors)")
+            return
+        if path.suffix != ".safetensors":
+            path = path.with_name(f"{path.name}.safetensors")
+        try:
+            model = self._session.model
+        except (OSError, ValueError) as err:
+            show_error(f"no model to save ({err}); load a model file or fine-tune one first")
+            return
+        metadata = dict(getattr(model, "metadata", None) or {})
+        metadata["source"] = self._session.source
+        try:
+            save_model(model, path, metadata)
+        except (OSError, ValueError) as err:
+            show_error(f"could not save the model: {err}")
+            return
+        show_info(f"saved the model ({self._session.source}) to {path}")

@@ -1,0 +1,126 @@
+"""Export widget in a real viewer: label files read back equal; the model round trip."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_unet import load_model, read_image
+from napari_unet._sample_data import phase_contrast_cells
+from napari_unet._widgets import export
+from napari_unet._widgets._session import session_for
+from napari_unet._widgets.export import ExportWidget, safe_file_name
+
+
+@pytest.fixture
+def messages(monkeypatch):
+    found = {"error": [], "info": []}
+    monkeypatch.setattr(export, "show_error", found["error"].append)
+    monkeypatch.setattr(export, "show_info", found["info"].append)
+    return found
+
+
+@pytest.fixture
+def labels():
+    return phase_contrast_cells()[1][0]
+
+
+def _export(widget, layers, fmt, destination):
+    widget._layers.value = layers
+    widget._format.value = fmt
+    widget._destination.value = destination
+    widget._export.native.click()
+
+
+@pytest.mark.parametrize(("fmt", "ext"), [("TIFF", "tif"), ("PNG", "png"), ("NPY", "npy")])
+def test_export_one_layer_reads_back(make_napari_viewer, labels, messages, tmp_path, fmt, ext):
+    viewer = make_napari_viewer()
+    layer = viewer.add_labels(labels, name="cells annotation")
+    widget = ExportWidget(viewer)
+    _export(widget, [layer], fmt, tmp_path / "mask")  # the suffix follows the format
+    assert messages["error"] == []
+    np.testing.assert_array_equal(read_image(tmp_path / f"mask.{ext}"), labels)
+    assert str(tmp_path / f"mask.{ext}") in messages["info"][-1]
+
+
+def test_export_several_layers_to_a_folder(make_napari_viewer, labels, messages, tmp_path):
+    viewer = make_napari_viewer()
+    first = viewer.add_labels(labels, name="cells annotation")
+    big = np.zeros((100, 80), np.uint32)
+    big[10:20, 10:20], big[30:40, 30:40] = 70_000, 3  # an id beyond uint16
+    second = viewer.add_labels(big, name="crop: a/b")
+    widget = ExportWidget(viewer)
+    _export(widget, [first, second], "TIFF", tmp_path)
+    assert messages["error"] == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cells annotation.tif", "crop_ a_b.tif"]
+    back = read_image(tmp_path / "crop_ a_b.tif")
+    assert back.dtype == np.uint32
+    np.testing.assert_array_equal(back, second.data)
+
+
+def test_png_of_a_stack_is_refused_and_nothing_written(
+    make_napari_viewer, labels, messages, tmp_path
+):
+    viewer = make_napari_viewer()
+    plane = viewer.add_labels(labels, name="plane")
+    stack = viewer.add_labels(np.stack([labels[:64, :64]] * 3), name="stack")
+    widget = ExportWidget(viewer)
+    _export(widget, [plane, stack], "PNG", tmp_path)
+    assert len(messages["error"]) == 1
+    assert "'stack'" in messages["error"][0] and "TIFF" in messages["error"][0]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unwritable_destination(make_napari_viewer, labels, messages, tmp_path):
+    viewer = make_napari_viewer()
+    layer = viewer.add_labels(labels, name="cells")
+    (tmp_path / "file.txt").write_text("not a folder")
+    widget = ExportWidget(viewer)
+    _export(widget, [layer], "TIFF", tmp_path / "file.txt" / "mask.tif")
+    assert len(messages["error"]) == 1 and "file.txt" in messages["error"][0]
+    assert messages["info"] == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt"]
+
+
+def test_save_model_round_trip(make_napari_viewer, tiny_unet, messages, tmp_path):
+    import torch
+
+    viewer = make_napari_viewer()
+    widget = ExportWidget(viewer)
+    session = session_for(viewer)
+    tiny_unet.metadata = {"steps": 3}
+    session.set_model(tiny_unet, "fine-tuned in a test")
+    widget._model_path.value = tmp_path / "tuned"
+
+    assert session.claim("training")
+    assert not widget._save_model.enabled
+    widget._on_save_model()
+    assert "busy training" in messages["error"][-1]
+    assert not (tmp_path / "tuned.safetensors").exists()
+    session.release()
+    assert widget._save_model.enabled
+
+    widget._save_model.native.click()
+    model = load_model(tmp_path / "tuned.safetensors")
+    assert model.metadata == {"steps": 3, "source": "fine-tuned in a test"}
+    for name, tensor in tiny_unet.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[name], tensor)
+    assert "tuned.safetensors" in messages["info"][-1]
+
+
+def test_save_without_model_is_refused(make_napari_viewer, messages, tmp_path, monkeypatch):
+    from napari_unet.core import store
+
+    monkeypatch.setattr(store, "bundled_models", list)  # no bundled model ships
+    viewer = make_napari_viewer()
+    widget = ExportWidget(viewer)
+    widget._model_path.value = tmp_path / "model.safetensors"
+    widget._save_model.native.click()
+    assert "no model to save" in messages["error"][-1]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_safe_file_name():
+    assert safe_file_name('a/b\\c:d*e?"<>|') == "a_b_c_d_e_"
+    assert safe_file_name("..") == "labels"
+    assert safe_file_name("cells annotation (2)") == "cells annotation (2)"

@@ -161,3 +161,29 @@ def test_bad_settings(small_model, usiigaci_crop):
     ]:
         with pytest.raises(ValueError, match=message):
             finetune(small_model, [usiigaci_crop], **kwargs)
+
+
+def test_augmentations_can_be_chosen(usiigaci_crop):
+    for augment in (False, ["flips"], ("elastic", "intensity"), True):
+        model = UNet(base_channels=2, depth=2)
+        events = list(finetune(model, [usiigaci_crop], steps=2, augment=augment, tile=16))
+        assert len(events) == 2
+    with pytest.raises(ValueError, match=r"unknown augmentation\(s\) \['blur'\]"):
+        finetune(UNet(base_channels=2, depth=2), [usiigaci_crop], steps=1, augment=["blur"])
+
+
+def test_validation_is_scored_inside_its_mask(usiigaci_crop):
+    image, labels = usiigaci_crop
+    mask = np.zeros(labels.shape, bool)
+    mask[:64, :64] = True
+    wrong = labels.copy()
+    wrong[100:, 100:] = 0  # errors outside the mask must not change the score
+    scores = []
+    for truth in (labels, wrong):
+        torch.manual_seed(0)
+        model = UNet(base_channels=2, depth=2)
+        events = finetune(
+            model, [usiigaci_crop], steps=1, tile=16, seed=0, validation=[(image, truth, mask)]
+        )
+        scores.append([e.val_iou for e in events][-1])
+    assert scores[0] == pytest.approx(scores[1])

@@ -49,7 +49,7 @@ class ModelSession:
         return self._model is not None
 
     def set_model(self, model: UNet, source: str) -> None:
-        """Make ``model`` the current model; ``source`` says where it came from (shown to users)."""
+        """Make ``model`` the current model; ``source`` says where it came from (for users)."""
         if self.busy:
             raise RuntimeError(f"the model is busy {self.busy}; wait or stop it first")
         self._model, self.source = model, source

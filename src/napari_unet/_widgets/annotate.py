@@ -18,7 +18,14 @@ from qtpy.QtCore import QTimer
 if TYPE_CHECKING:
     import napari
 
-__all__ = ["AnnotateWidget", "annotation_pair", "spatial_shape", "WHOLE_IMAGE"]
+__all__ = [
+    "AnnotateWidget",
+    "annotation_pair",
+    "plane_index",
+    "spatial_shape",
+    "viewed_plane",
+    "WHOLE_IMAGE",
+]
 
 WHOLE_IMAGE = "whole image"
 ANNOTATION_DTYPE = np.uint32
@@ -40,7 +47,7 @@ def spatial_shape(image_layer: napari.layers.Image) -> tuple[int, ...]:
     return shape[:-1] if image_layer.rgb else shape
 
 
-def _plane_index(shape: tuple[int, ...], step: Sequence[float]) -> tuple[int, ...]:
+def plane_index(shape: tuple[int, ...], step: Sequence[float]) -> tuple[int, ...]:
     """The indices of the leading (non-plane) axes of ``shape`` at ``step``, clipped."""
     if len(step) < len(shape):
         raise ValueError(f"step {tuple(step)} has fewer axes than the image {shape}")
@@ -48,6 +55,11 @@ def _plane_index(shape: tuple[int, ...], step: Sequence[float]) -> tuple[int, ..
     return tuple(
         min(max(round(float(s)), 0), n - 1) for s, n in zip(lead, shape[:-2], strict=True)
     )
+
+
+def viewed_plane(layer, viewer: napari.viewer.Viewer) -> tuple[int, ...]:
+    """Index, along the leading (non-plane) axes of ``layer``, of the plane the viewer shows."""
+    return plane_index(layer.data.shape, layer.world_to_data(viewer.dims.point))
 
 
 def _check_grid(layer, image_layer) -> None:
@@ -140,7 +152,7 @@ def annotation_pair(
             f"but image '{image_layer.name}' has {shape}; they must match"
         )
     _check_grid(labels_layer, image_layer)
-    lead = _plane_index(shape, step)
+    lead = plane_index(shape, step)
     mask = None
     if region_layer is not None:
         _check_grid(region_layer, image_layer)
@@ -415,10 +427,6 @@ class AnnotateWidget(Container):
         if annotation is not None:
             self._delete_cell_in(annotation)
 
-    def _plane_of(self, layer: Labels) -> tuple[int, ...]:
-        """Index of the leading axes of ``layer`` at the viewer's current plane."""
-        return _plane_index(layer.data.shape, layer.world_to_data(self._viewer.dims.point))
-
     @staticmethod
     def _new_cell_in(annotation: Labels) -> None:
         """Select the next free id (max + 1 over the whole layer) and paint."""
@@ -434,7 +442,7 @@ class AnnotateWidget(Container):
         from scipy import ndimage
 
         cell_id = annotation.selected_label
-        lead = self._plane_of(annotation)
+        lead = viewed_plane(annotation, self._viewer)
         plane = np.asarray(annotation.data[lead])
         cell = plane == cell_id
         if not cell.any():
@@ -477,7 +485,7 @@ class AnnotateWidget(Container):
                     f"annotation's {data.shape} or one plane {data.shape[-2:]}"
                 )
                 return
-            lead = self._plane_of(annotation)
+            lead = viewed_plane(annotation, self._viewer)
         target = data[lead]
         fill = (target == 0) & (source != 0)
         offset = int(data.max(initial=0))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,7 +20,9 @@ from .device import resolve_device
 from .image import normalize, split_channels
 from .weightmap import check_labels, training_target
 
-__all__ = ["FinetuneEvent", "TrainingSample", "prepare_samples", "finetune"]
+__all__ = ["FinetuneEvent", "TrainingSample", "prepare_samples", "finetune", "AUGMENTATIONS"]
+
+AUGMENTATIONS = ("elastic", "flips", "intensity")
 
 
 @dataclass(frozen=True)
@@ -147,12 +149,14 @@ def _augmented_batch(samples, n: int, side: int, out_side: int, margin: int, aug
         sample = samples[rng.integers(len(samples))]
         image, target, weight = _crop(sample, side, out_side, rng)
         image = image.transpose(1, 2, 0)  # (side, side, C) for the augment functions
-        if augment:
+        if "elastic" in augment:
             field = random_displacement((side, side), rng=rng)
             image = warp(image, field, order=1)
             target = warp(target, field, order=0)
             weight = warp(weight, field, order=1)
+        if "flips" in augment:
             image, target, weight = random_flip_rot([image, target, weight], rng=rng)
+        if "intensity" in augment:
             image = random_intensity(image, rng=rng)
         pixels.append(image.transpose(2, 0, 1))
         targets.append(target[inner, inner])
@@ -192,7 +196,7 @@ def finetune(
     lr: float = 3e-4,
     batch_size: int = 4,
     tile: int = 128,
-    augment: bool = True,
+    augment: bool | Collection[str] = True,
     w0: float = 10.0,
     sigma: float = 5.0,
     class_balance: bool = False,
@@ -221,11 +225,14 @@ def finetune(
     tile
         About the output side (px) of a training crop; rounded up to a valid size.
     augment
-        Elastic deformation (paper: 3x3 grid, 10 px), flips/turns and intensity changes.
+        ``True`` for all of ``AUGMENTATIONS``: ``"elastic"`` deformation (paper: 3x3 grid,
+        10 px), ``"flips"`` (flips and 90-degree turns), ``"intensity"`` (gain and offset);
+        ``False`` for none, or a collection of those names.
     w0, sigma, class_balance
         Separation weight map (see :func:`~napari_unet.separation_weight_map`).
     validation
-        Optional ``(image, labels)`` pairs held out; their foreground IoU is reported every
+        Optional ``(image, labels[, mask])`` held out; their foreground IoU (inside the mask,
+        if any) is reported every
         ``validate_every`` steps and at the end, in ``FinetuneEvent.val_iou``.
     device, seed
         Torch device (default: where the model is) and the seed of the crop/augment sampling.
@@ -241,6 +248,7 @@ def finetune(
         raise ValueError(
             f"lr, batch_size and tile must be positive, got {lr!r}, {batch_size!r}, {tile!r}"
         )
+    augment = _augmentations(augment)
     side = model.input_size(tile)
     out_side = model.output_size(side)
     prepared = prepare_samples(
@@ -264,10 +272,22 @@ def finetune(
     )
 
 
+def _augmentations(augment) -> frozenset[str]:
+    if augment is True or augment is False:
+        return frozenset(AUGMENTATIONS if augment else ())
+    chosen = frozenset(augment)
+    unknown = chosen - set(AUGMENTATIONS)
+    if unknown:
+        raise ValueError(
+            f"unknown augmentation(s) {sorted(unknown)}; expected some of {list(AUGMENTATIONS)}"
+        )
+    return chosen
+
+
 def _validation_pairs(validation, model):
     pairs = []
     for i, sample in enumerate(validation or ()):
-        image, labels, _ = _as_triplet(sample, i)
+        image, labels, mask = _as_triplet(sample, i)
         labels = check_labels(labels, f"labels of validation sample {i}")
         image, has_channels = split_channels(np.asarray(image), model.in_channels)
         plane = image.shape[:-1] if has_channels else image.shape
@@ -275,7 +295,12 @@ def _validation_pairs(validation, model):
             raise ValueError(
                 f"validation sample {i}: image {plane} and labels {labels.shape} differ"
             )
-        pairs.append((image, labels > 0))
+        region = None if mask is None else np.asarray(mask).astype(bool)
+        if region is not None and region.shape != plane:
+            raise ValueError(
+                f"validation sample {i}: mask {region.shape} and image {plane} differ"
+            )
+        pairs.append((image, labels > 0, region))
     return pairs
 
 
@@ -283,8 +308,10 @@ def _foreground_iou(model, pairs, device) -> float:
     from .predict import predict
 
     inter = union = 0
-    for image, truth in pairs:
+    for image, truth, region in pairs:
         pred = predict(model, image, device=device) > 0.5
+        if region is not None:  # partial annotation: score only the annotated pixels
+            pred, truth = pred[region], truth[region]
         inter += np.count_nonzero(pred & truth)
         union += np.count_nonzero(pred | truth)
     return inter / union if union else 1.0

@@ -1,0 +1,185 @@
+"""Fine-tune widget: pairs, a short real training run, Stop, busy model, bad input, validation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from napari_unet import UNet, predict
+from napari_unet._sample_data import phase_contrast_cells
+from napari_unet._widgets._session import session_for
+from napari_unet._widgets.finetune import NEW_NETWORK, FinetuneWidget
+
+TIMEOUT = 120_000  # ms; the machine is shared, timings are noisy
+
+
+@pytest.fixture(scope="module")
+def crops():
+    """Two 128x128 crops of the sample: (image uint16, labels uint16), each with 4+ cells."""
+    image, labels = (data for data, _, _ in phase_contrast_cells())
+    return [
+        (image[a:b, c:d], labels[a:b, c:d])
+        for a, b, c, d in ((64, 192, 64, 192), (192, 320, 192, 320))
+    ]
+
+
+@pytest.fixture
+def notes():
+    """Notifications shown during the test."""
+    from napari.utils.notifications import notification_manager
+
+    seen = []
+    notification_manager.notification_ready.connect(seen.append)
+    yield seen
+    notification_manager.notification_ready.disconnect(seen.append)
+
+
+@pytest.fixture
+def setup(make_napari_viewer, crops):
+    """A viewer with one cropped image + annotation, a tiny current model, a docked widget
+    set up for short runs (tile 32, batch 1)."""
+    viewer = make_napari_viewer()
+    image, labels = crops[0]
+    viewer.add_image(image, name="cells")
+    viewer.add_labels(labels, name="cells annotation")
+    torch.manual_seed(0)
+    model = UNet(base_channels=4, depth=3)
+    session_for(viewer).set_model(model, "test")
+    widget = FinetuneWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget._tile.value, widget._batch.value = 32, 1
+    return viewer, widget, model
+
+
+def _add(widget, viewer, image, labels):
+    widget._image.value = viewer.layers[image]
+    widget._annotation.value = viewer.layers[labels]
+    widget._add.native.click()
+
+
+def _train(widget, qtbot, steps):
+    widget._steps.value = steps
+    widget._start.native.click()
+    assert widget.worker is not None
+    with qtbot.waitSignal(widget.worker.finished, timeout=TIMEOUT):
+        pass
+
+
+def test_short_run_trains_the_current_model(setup, crops, qtbot):
+    viewer, widget, model = setup
+    _add(widget, viewer, "cells", "cells annotation")
+    assert widget._list.item(0).text() == "cells / cells annotation"
+    before = [p.detach().clone() for p in model.parameters()]
+    _train(widget, qtbot, steps=4)
+    session = session_for(viewer)
+    assert [step for step, _ in widget._plot.points] == [1, 2, 3, 4]
+    assert not widget._plot.grab().isNull()
+    assert session.model is model and session.source == "fine-tuned on 1 pair, 4 steps"
+    assert session.busy == ""
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    assert not model.training
+    assert widget._start.enabled and not widget._stop.enabled
+    assert widget._status.text().startswith("done: step 4")
+    assert widget._bar.value() == widget._bar.maximum() == 4
+    np.testing.assert_array_equal(viewer.layers["cells annotation"].data, crops[0][1])
+
+
+def test_stop_keeps_a_usable_model(setup, crops, qtbot):
+    viewer, widget, model = setup
+    _add(widget, viewer, "cells", "cells annotation")
+    widget._steps.value = 100_000
+    widget._start.native.click()
+    assert widget._stop.enabled and not widget._start.enabled
+    widget.worker.yielded.connect(lambda _event: widget._stop.native.click())
+    with qtbot.waitSignal(widget.worker.finished, timeout=TIMEOUT):
+        pass
+    steps = len(widget._plot.points)
+    assert 1 <= steps < 100_000
+    assert widget._status.text().startswith("stopped at step")
+    assert widget._start.enabled and not widget._stop.enabled
+    session = session_for(viewer)
+    assert session.busy == "" and session.model is model
+    assert session.source.endswith(f"{steps} steps")
+    assert not model.training
+    probabilities = predict(model, crops[0][0])
+    assert probabilities.shape == (128, 128) and np.isfinite(probabilities).all()
+
+
+def test_busy_model_is_refused(setup, notes):
+    viewer, widget, _ = setup
+    _add(widget, viewer, "cells", "cells annotation")
+    session = session_for(viewer)
+    assert session.claim("predicting")
+    widget._start.native.click()
+    assert widget.worker is None and session.busy == "predicting"
+    assert any("busy predicting" in str(n.message) for n in notes)
+    assert widget._start.enabled
+    session.release()
+
+
+def test_empty_annotation_is_refused(setup, notes):
+    viewer, widget, _ = setup
+    viewer.add_labels(np.zeros((128, 128), np.uint16), name="empty")
+    _add(widget, viewer, "cells", "empty")
+    widget._start.native.click()
+    assert widget.worker is None and session_for(viewer).busy == ""
+    assert any("no annotated cell" in str(n.message) for n in notes)
+
+
+def test_mismatched_pair_is_not_added(setup, notes):
+    viewer, widget, _ = setup
+    viewer.add_labels(np.zeros((64, 64), np.uint16), name="small")
+    _add(widget, viewer, "cells", "small")
+    assert widget._list.count() == 0 and widget._pairs == []
+    assert any("must match" in str(n.message) for n in notes)
+
+
+def test_held_out_stack_plane_reports_validation_iou(setup, crops, qtbot):
+    from qtpy.QtCore import Qt
+
+    viewer, widget, _ = setup
+    _add(widget, viewer, "cells", "cells annotation")
+    image, labels = crops[1]
+    viewer.add_image(np.stack([crops[0][0], image]), name="stack")
+    viewer.add_labels(np.stack([crops[0][1], labels]), name="stack annotation")
+    viewer.dims.set_current_step(0, 1)
+    _add(widget, viewer, "stack", "stack annotation")
+    assert widget._list.item(1).text() == "stack / stack annotation [z=1]"
+    widget._list.item(1).setCheckState(Qt.CheckState.Checked)
+    _train(widget, qtbot, steps=3)
+    assert widget._validation.text().startswith("validation IoU")
+    assert session_for(viewer).source == "fine-tuned on 1 pair, 3 steps"
+
+
+def test_remove_pair_and_start_from_new_network(setup, qtbot):
+    viewer, widget, tiny = setup
+    _add(widget, viewer, "cells", "cells annotation")
+    _add(widget, viewer, "cells", "cells annotation")  # the same plane again: not added twice
+    assert widget._list.count() == 1
+    widget._list.setCurrentRow(0)
+    widget._remove.native.click()
+    assert widget._list.count() == 0
+    _add(widget, viewer, "cells", "cells annotation")
+    widget._start_from.value = NEW_NETWORK
+    widget._tile.value = 16
+    _train(widget, qtbot, steps=1)
+    model = session_for(viewer).model
+    assert model is not tiny and model.base_channels == 16
+    assert widget._model_info.value.endswith("fine-tuned on 1 pair, 1 step")
+
+
+def test_worker_error_is_shown_and_ui_reenabled(setup, notes, qtbot):
+    viewer, widget, model = setup
+    rgb = np.zeros((128, 128, 3), np.uint8)
+    rgb[..., 0] = viewer.layers["cells"].data >> 8
+    viewer.add_image(rgb, name="rgb")
+    _add(widget, viewer, "rgb", "cells annotation")
+    widget._grey.value = False  # a one-channel model cannot take the RGB image as it is
+    widget._steps.value = 2
+    widget._start.native.click()
+    qtbot.waitUntil(lambda: widget._start.enabled, timeout=TIMEOUT)
+    assert any("Fine-tuning failed" in str(n.message) for n in notes)
+    assert not widget._stop.enabled and widget._settings.enabled
+    session = session_for(viewer)
+    assert session.busy == "" and session.model is model and session.source == "test"

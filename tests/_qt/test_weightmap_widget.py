@@ -1,0 +1,122 @@
+"""Weight map widget: preview layers, carved borders, live debounced updates, stacks, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from skimage import measure
+
+from napari_unet._sample_data import phase_contrast_cells
+from napari_unet._widgets.weightmap import WeightMapWidget
+
+TIMEOUT = 10_000  # ms; the machine is shared, timings are noisy
+
+
+@pytest.fixture(scope="module")
+def sample():
+    (image, image_kwargs, _), (labels, labels_kwargs, _) = phase_contrast_cells()
+    return image, image_kwargs, labels, labels_kwargs
+
+
+@pytest.fixture
+def notes():
+    """Messages of the notifications shown during the test."""
+    from napari.utils.notifications import notification_manager
+
+    seen = []
+    notification_manager.notification_ready.connect(seen.append)
+    yield seen
+    notification_manager.notification_ready.disconnect(seen.append)
+
+
+@pytest.fixture
+def docked(make_napari_viewer, sample):
+    """A viewer with the sample image and annotation, and a docked WeightMapWidget."""
+    image, image_kwargs, labels, labels_kwargs = sample
+    viewer = make_napari_viewer()
+    viewer.add_image(image, **image_kwargs)
+    viewer.add_labels(labels, **labels_kwargs)
+    widget = WeightMapWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    return viewer, widget
+
+
+def _preview(viewer, qtbot, name="cells annotation"):
+    qtbot.waitUntil(lambda: f"{name} weights" in viewer.layers, timeout=TIMEOUT)
+    return viewer.layers[f"{name} target"], viewer.layers[f"{name} weights"]
+
+
+def test_preview_layers_with_carved_borders(docked, sample, qtbot):
+    viewer, widget = docked
+    labels = sample[2]
+    target, weights = _preview(viewer, qtbot)
+    assert target.data.shape == weights.data.shape == (512, 512)
+    assert target.data.dtype == np.uint8 and weights.data.dtype == np.float32
+    assert set(np.unique(target.data)) == {0, 1}
+    # Touching cells are split: pixels of cells were carved away, and every connected piece
+    # of the target lies within a single cell.
+    assert np.count_nonzero((labels > 0) & (target.data == 0)) > 0
+    pieces = measure.label(target.data, connectivity=2)
+    for piece in range(1, pieces.max() + 1):
+        assert len(np.unique(labels[pieces == piece])) == 1
+    # Border weights between close cells (w0 = 10), 1 elsewhere without class balance.
+    assert 8 < weights.data.max() <= 11
+    assert weights.data.min() == pytest.approx(1.0)
+    assert weights.contrast_limits[1] == pytest.approx(float(weights.data.max()))
+    assert weights.colormap.name == "magma"
+    np.testing.assert_array_equal(viewer.layers["cells annotation"].data, labels)
+
+
+def test_sliders_and_class_balance_update_in_place(docked, qtbot):
+    viewer, widget = docked
+    target, weights = _preview(viewer, qtbot)
+    n_layers = len(viewer.layers)
+    widget._w0.value = 25
+    qtbot.waitUntil(lambda: weights.data.max() > 20, timeout=TIMEOUT)
+    assert weights.contrast_limits[1] == pytest.approx(float(weights.data.max()))
+    widget._sigma.value = 2
+    before = weights.data
+    qtbot.waitUntil(lambda: weights.data is not before, timeout=TIMEOUT)
+    assert np.count_nonzero(weights.data > 1.01) < np.count_nonzero(before > 1.01)
+    widget._balance.value = True  # sparse cells: the foreground weighs more than 1 per pixel
+    qtbot.waitUntil(lambda: weights.data[target.data == 1].min() > 2, timeout=TIMEOUT)
+    assert weights.data[target.data == 0].min() < 1
+    assert len(viewer.layers) == n_layers  # updated in place, no new layers
+
+
+def test_painting_updates_the_preview(docked, qtbot):
+    viewer, widget = docked
+    target, _ = _preview(viewer, qtbot)
+    labels = viewer.layers["cells annotation"]
+    spot = np.argwhere(target.data == 0)[0]
+    labels.paint(tuple(spot), int(labels.data.max()) + 1)
+    qtbot.waitUntil(lambda: target.data[tuple(spot)] == 1, timeout=TIMEOUT)
+
+
+def test_stack_shows_the_current_plane(make_napari_viewer, sample, qtbot):
+    crop = sample[2][:128, :128]
+    stack = np.stack([np.zeros_like(crop), crop])
+    viewer = make_napari_viewer()
+    viewer.add_labels(stack, name="stack")
+    viewer.dims.set_current_step(0, 1)
+    widget = WeightMapWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    target, weights = _preview(viewer, qtbot, "stack")
+    assert target.data.shape == (128, 128)
+    qtbot.waitUntil(lambda: target.data.any(), timeout=TIMEOUT)
+    viewer.dims.set_current_step(0, 0)  # the empty plane
+    qtbot.waitUntil(lambda: not target.data.any(), timeout=TIMEOUT)
+    assert np.all(weights.data == 1)
+    np.testing.assert_array_equal(viewer.layers["stack"].data, stack)
+
+
+def test_no_labels_layer_is_reported(make_napari_viewer, sample, notes, qtbot):
+    viewer = make_napari_viewer()
+    viewer.add_image(sample[0], name="cells")
+    widget = WeightMapWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget._w0.value = 12
+    qtbot.waitUntil(
+        lambda: any("no annotation layer" in str(n.message) for n in notes), timeout=TIMEOUT
+    )
+    assert [layer.name for layer in viewer.layers] == ["cells"]

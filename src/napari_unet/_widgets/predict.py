@@ -1,0 +1,442 @@
+"""Predict: stream a U-Net prediction into a labels layer, tile by tile, visible region first.
+
+The result goes to a labels layer ``"<image> prediction"`` made before the worker starts. Each
+tile is shown as soon as it is done (its thresholded probability, label 1); when all tiles are in,
+the worker splits the foreground into cells (:func:`napari_unet.to_instances`) and the instance
+labels replace the preview. Cancel keeps the tiles done so far (thresholded, not yet split into
+cells) and says so. A prediction layer the user has painted on is never overwritten: the next
+run writes a new layer ``"<image> prediction [2]"``; an unedited one of the same image and shape
+is reused. With "current plane" only that plane of the layer is replaced, so planes can be
+predicted one at a time into one layer.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSpinBox,
+    Label,
+    ProgressBar,
+    PushButton,
+    RadioButtons,
+    SpinBox,
+)
+from napari.layers import Image, Labels
+from napari.utils.notifications import show_error, show_warning
+from qtpy.QtCore import QTimer
+
+from ._session import session_for
+
+if TYPE_CHECKING:
+    import napari
+
+    from ..core.model import UNet
+
+__all__ = ["PredictWidget"]
+
+CURRENT, FILE = "current model", "file…"
+PLANE, ALL_PLANES = "current plane", "all planes"
+PREDICTION_OF = "napari_unet_prediction_of"  # metadata key: name of the image predicted
+PROBABILITY_OF = "napari_unet_probability_of"
+EDITED = "napari_unet_edited"  # metadata flag: the user painted on the prediction layer
+REFRESH_INTERVAL = 0.1  # seconds; streamed tiles are shown at most this often
+
+
+def _predict_job(model, pixels, *, grey, shape, tile, center, threshold, min_size):
+    """Worker body: yield each :class:`~napari_unet.TileResult`, then return
+    ``(labels, probabilities)`` of ``shape``: uint16/uint32 instances and float32 foreground."""
+    from napari_unet import predict_tiles, to_instances
+    from napari_unet.core.image import grey_if_rgb
+
+    if grey:
+        pixels = grey_if_rgb(pixels, model.in_channels)
+    probabilities = np.zeros(shape, dtype=np.float32)
+    for result in predict_tiles(model, pixels, tile=tile, center=center):
+        probabilities[result.plane][result.region] = result.probabilities
+        yield result
+    return to_instances(probabilities, threshold, min_size), probabilities
+
+
+@dataclass
+class _Run:
+    """What the main thread needs to place the results of one prediction."""
+
+    labels: Labels
+    probability: Image | None
+    prefix: tuple[int, ...]  # index of the predicted plane in the layer ("current plane")
+    threshold: float
+    done: int = 0
+    total: int = 0
+    ended: bool = False  # the worker returned or failed (not cancelled)
+    dirty: bool = False  # tiles written since the last refresh
+
+
+class PredictWidget(Container):
+    """Predict an image layer with the current model (or a model file); tiles stream in."""
+
+    def __init__(self, viewer: napari.viewer.Viewer):
+        super().__init__()
+        self._viewer = viewer
+        self._session = session_for(viewer)
+        self.worker = None
+        self._run: _Run | None = None
+        self._last_refresh = 0.0
+        self._refresh_timer = QTimer()
+        self._refresh_timer.setSingleShot(True)
+        self._refresh_timer.setInterval(int(REFRESH_INTERVAL * 1000))
+
+        self._image = ComboBox(label="image", choices=self._image_layers)
+        self._model_choice = ComboBox(label="model", choices=[CURRENT, FILE], value=CURRENT)
+        self._source = Label(label="current")
+        self._model_file = FileEdit(label="model file", mode="r", filter="*.safetensors")
+        self._make_current = CheckBox(text="make current", value=False)
+        self._tile = SpinBox(label="tile size (0 = auto)", min=0, max=8192, step=16, value=0)
+        self._threshold = FloatSpinBox(label="threshold", min=0.05, max=0.9, step=0.05, value=0.5)
+        self._min_size = SpinBox(label="minimum size (px)", min=0, max=1_000_000, value=16)
+        self._with_probability = CheckBox(text="probability layer", value=False)
+        self._grey = CheckBox(text="convert RGB to grey", value=False)
+        self._planes = RadioButtons(label="stack", choices=[PLANE, ALL_PLANES], value=PLANE)
+        self._predict = PushButton(text="Predict")
+        self._cancel = PushButton(text="Cancel", enabled=False)
+        self._progress = ProgressBar(label="progress", min=0, max=1, value=0)
+        self._status = Label(value="")
+        self.extend(
+            [
+                self._image,
+                self._model_choice,
+                self._source,
+                self._model_file,
+                self._make_current,
+                self._tile,
+                self._threshold,
+                self._min_size,
+                self._with_probability,
+                self._grey,
+                self._planes,
+                self._predict,
+                self._cancel,
+                self._progress,
+                self._status,
+            ]
+        )
+        self._connect_signals()
+        self._on_model_choice()
+        self._on_model_changed()
+        self._on_image_changed()
+
+    def _connect_signals(self) -> None:
+        layers = self._viewer.layers.events
+        for event in (layers.inserted, layers.removed, layers.reordered):
+            event.connect(self._on_layers_changed)
+        self._image.changed.connect(self._on_image_changed)
+        self._model_choice.changed.connect(self._on_model_choice)
+        self._session.model_changed.connect(self._on_model_changed)
+        self._predict.clicked.connect(self._on_predict)
+        self._cancel.clicked.connect(self._on_cancel)
+        self._refresh_timer.timeout.connect(self._on_refresh_timer)
+
+    # ------------------------------------------------------------------ choices and state
+    def _image_layers(self, _widget=None) -> list[tuple[str, Image]]:
+        return [
+            (layer.name, layer)
+            for layer in self._viewer.layers
+            if isinstance(layer, Image) and PROBABILITY_OF not in layer.metadata
+        ]
+
+    def _on_layers_changed(self, _event=None) -> None:
+        self._image.reset_choices()
+
+    def _on_image_changed(self, _value=None) -> None:
+        layer = self._image.value
+        spatial = layer.ndim if layer is not None else 2
+        self._planes.enabled = spatial > 2
+        self._grey.enabled = layer is not None and layer.rgb
+
+    def _on_model_choice(self, _value=None) -> None:
+        from_file = self._model_choice.value == FILE
+        self._model_file.visible = from_file
+        self._make_current.visible = from_file
+
+    def _on_model_changed(self) -> None:
+        self._source.value = self._session.source if self._session.has_model else "bundled default"
+
+    def _set_running(self, running: bool) -> None:
+        for widget in self:
+            if widget not in (self._progress, self._status):
+                widget.enabled = not running
+        self._cancel.enabled = running
+        if not running:
+            self._on_image_changed()
+
+    # ------------------------------------------------------------------------- Predict
+    def _resolve_model(self) -> UNet | None:
+        """The model to predict with; None (and the user told why) if there is none."""
+        if self._model_choice.value == CURRENT:
+            try:
+                return self._session.model
+            except FileNotFoundError:
+                show_error(
+                    "No model yet: no bundled model ships with this installation. Choose "
+                    "'file…' to load a .safetensors model, or fine-tune one first."
+                )
+                return None
+        path = Path(self._model_file.value or "")
+        if str(path) in ("", "."):
+            show_error("Choose a .safetensors model file, or pick 'current model'.")
+            return None
+        from napari_unet import load_model
+
+        try:
+            return load_model(path)
+        except (OSError, ValueError) as err:
+            show_error(f"Could not load the model: {err}")
+            return None
+
+    def _view_center(self, layer: Image, n_spatial: int) -> tuple[float, float]:
+        """Centre of the current view as ``(y, x)`` in the layer's data coordinates."""
+        point = np.asarray(self._viewer.dims.point, dtype=float)
+        displayed = list(self._viewer.dims.displayed)
+        viewer = self._viewer
+        camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera  # napari<0.9
+        point[displayed] = camera.center[-len(displayed) :]
+        y, x = layer.world_to_data(point)[n_spatial - 2 : n_spatial]
+        return float(y), float(x)
+
+    def _current_plane(self, layer: Image, stack_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """Index into the layer's leading axes of the plane the viewer shows."""
+        data_point = layer.world_to_data(self._viewer.dims.point)[: len(stack_shape)]
+        return tuple(
+            int(np.clip(round(c), 0, n - 1)) for c, n in zip(data_point, stack_shape, strict=True)
+        )
+
+    def _check_layout(self, layer: Image, model: UNet) -> tuple[tuple[int, ...], bool] | None:
+        """``(spatial shape, convert to grey)`` of ``layer`` for ``model``; None (and the user
+        told why) when the image does not fit the model."""
+        grey = bool(layer.rgb and model.in_channels == 1)
+        if grey and not self._grey.value:
+            show_error(
+                f"'{layer.name}' is RGB but the model takes one channel; tick 'convert RGB to "
+                "grey' or choose a model trained on colour images."
+            )
+            return None
+        if grey:
+            return tuple(layer.data.shape[:-1]), True
+        from napari_unet.core.image import split_channels
+
+        try:  # checks the layout only: a zero-strided stand-in, nothing copied
+            checked, has_channels = split_channels(
+                np.broadcast_to(np.zeros((), np.uint8), layer.data.shape), model.in_channels
+            )
+        except ValueError as err:
+            show_error(f"'{layer.name}' does not fit the model: {err}")
+            return None
+        return tuple(checked.shape[:-1] if has_channels else checked.shape), False
+
+    def _on_predict(self) -> None:
+        layer = self._image.value
+        if layer is None:
+            show_warning("Add or open an image layer to predict.")
+            return
+        if layer.multiscale:
+            show_error(
+                f"'{layer.name}' is a multiscale image; predict its full-resolution level as "
+                "a separate layer (viewer.add_image(layer.data[0]))."
+            )
+            return
+        model = self._resolve_model()
+        layout = None if model is None else self._check_layout(layer, model)
+        if layout is None:
+            return
+        if self._session.busy:
+            show_warning(f"The model is busy {self._session.busy}; stop it or wait.")
+            return
+        if self._model_choice.value == FILE and self._make_current.value:
+            self._session.set_model(model, f"file: {Path(self._model_file.value).name}")
+        if not self._session.claim("predicting"):
+            show_warning(f"The model is busy {self._session.busy}; stop it or wait.")
+            return
+
+        shape, grey = layout
+        prefix = ()
+        if len(shape) > 2 and self._planes.value == PLANE:
+            prefix = self._current_plane(layer, shape[:-2])
+        pixels = np.array(layer.data[prefix] if prefix else layer.data)  # the worker's copy
+        center = self._view_center(layer, len(shape))
+        self._run = _Run(
+            labels=self._labels_layer(layer, shape, prefix),
+            probability=(
+                self._probability_layer(layer, shape, prefix)
+                if self._with_probability.value
+                else None
+            ),
+            prefix=prefix,
+            threshold=self._threshold.value,
+        )
+        self._start_worker(model, pixels, grey, shape[len(prefix) :], center)
+
+    def _start_worker(self, model, pixels, grey, shape, center) -> None:
+        from napari.qt.threading import create_worker
+
+        self.worker = create_worker(
+            _predict_job,
+            model,
+            pixels,
+            grey=grey,
+            shape=shape,
+            tile=self._tile.value or None,
+            center=center,
+            threshold=self._threshold.value,
+            min_size=self._min_size.value,
+            _start_thread=False,
+        )
+        self.worker.yielded.connect(self._on_tile)
+        self.worker.returned.connect(self._on_returned)
+        self.worker.errored.connect(self._on_errored)
+        self.worker.finished.connect(self._on_finished)
+        self._status.value = "starting…"
+        self._progress.value = 0
+        self._set_running(True)
+        self._last_refresh = 0.0
+        self.worker.start()
+
+    # ------------------------------------------------------------------- output layers
+    def _labels_layer(self, image: Image, shape, prefix) -> Labels:
+        """The unedited prediction layer of ``image`` (cleared), or a new one."""
+        for layer in reversed(self._viewer.layers):
+            if (
+                isinstance(layer, Labels)
+                and layer.metadata.get(PREDICTION_OF) == image.name
+                and not layer.metadata.get(EDITED)
+                and layer.data.shape == shape
+            ):
+                layer.data[prefix] = 0
+                layer.refresh()
+                return layer
+        layer = self._viewer.add_labels(
+            np.zeros(shape, dtype=np.uint16),
+            name=self._free_name(f"{image.name} prediction"),
+            scale=image.scale[: len(shape)],
+            translate=image.translate[: len(shape)],
+            metadata={PREDICTION_OF: image.name, EDITED: False},
+        )
+        layer.events.paint.connect(self._on_prediction_painted)
+        return layer
+
+    def _probability_layer(self, image: Image, shape, prefix) -> Image:
+        for layer in reversed(self._viewer.layers):
+            if (
+                isinstance(layer, Image)
+                and layer.metadata.get(PROBABILITY_OF) == image.name
+                and layer.data.shape == shape
+            ):
+                layer.data[prefix] = 0
+                layer.refresh()
+                return layer
+        return self._viewer.add_image(
+            np.zeros(shape, dtype=np.float32),
+            name=self._free_name(f"{image.name} probability"),
+            scale=image.scale[: len(shape)],
+            translate=image.translate[: len(shape)],
+            contrast_limits=(0.0, 1.0),
+            colormap="magma",
+            blending="additive",
+            metadata={PROBABILITY_OF: image.name},
+        )
+
+    def _free_name(self, base: str) -> str:
+        names = {layer.name for layer in self._viewer.layers}
+        if base not in names:
+            return base
+        n = 2
+        while f"{base} [{n}]" in names:
+            n += 1
+        return f"{base} [{n}]"
+
+    def _on_prediction_painted(self, event) -> None:
+        event.source.metadata[EDITED] = True
+
+    # --------------------------------------------------------------- worker callbacks
+    def _on_tile(self, result) -> None:
+        run = self._run
+        index = run.prefix + result.plane
+        run.labels.data[index][result.region] = result.probabilities > run.threshold
+        if run.probability is not None:
+            run.probability.data[index][result.region] = result.probabilities
+        run.total = result.total
+        run.done += 1
+        run.dirty = True
+        self._progress.max = run.total
+        self._progress.value = run.done
+        self._status.value = f"tile {run.done}/{run.total}"
+        if time.perf_counter() - self._last_refresh >= REFRESH_INTERVAL:
+            self._refresh_layers()
+        elif not self._refresh_timer.isActive():
+            self._refresh_timer.start()
+
+    def _on_refresh_timer(self) -> None:
+        if self._run is not None:
+            self._refresh_layers()
+
+    def _refresh_layers(self) -> None:
+        """Show the tiles written since the last refresh."""
+        self._refresh_timer.stop()
+        run = self._run
+        if not run.dirty:
+            return
+        run.labels.refresh()
+        if run.probability is not None:
+            run.probability.refresh()
+        run.dirty = False
+        self._last_refresh = time.perf_counter()
+
+    def _on_returned(self, value) -> None:
+        labels, probabilities = value
+        run = self._run
+        self._place(run.labels, labels, run.prefix)
+        if run.probability is not None:
+            self._place(run.probability, probabilities, run.prefix)
+        run.dirty = False
+        run.ended = True
+        cells = int(labels.max(initial=0))
+        self._status.value = f"done: {cells} cell(s) in {run.total} tile(s)"
+
+    @staticmethod
+    def _place(layer, values: np.ndarray, prefix: tuple[int, ...]) -> None:
+        if not prefix:
+            layer.data = values
+            return
+        if values.dtype.itemsize > layer.data.dtype.itemsize:
+            layer.data = layer.data.astype(values.dtype)
+        layer.data[prefix] = values
+        layer.refresh()
+
+    def _on_errored(self, err: Exception) -> None:
+        self._run.ended = True
+        self._status.value = "failed"
+        show_error(f"Prediction failed: {err}")
+
+    def _on_cancel(self) -> None:
+        if self.worker is not None:
+            self._status.value = "cancelling…"
+            self.worker.quit()
+
+    def _on_finished(self) -> None:
+        run = self._run
+        self._refresh_layers()
+        if not run.ended:
+            self._status.value = (
+                f"cancelled after {run.done}/{run.total} tiles; the layer keeps those tiles "
+                "(thresholded, not split into cells)"
+            )
+        self._run = None
+        self._session.release()
+        self._set_running(False)

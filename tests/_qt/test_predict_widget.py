@@ -1,0 +1,202 @@
+"""Predict widget: tiles stream into a labels layer, final instances, cancel, layer reuse."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_unet._sample_data import phase_contrast_cells
+from napari_unet._widgets._session import session_for
+from napari_unet._widgets.predict import ALL_PLANES, FILE, PLANE, PredictWidget
+
+TIMEOUT = 60_000  # ms; the machine is shared, timings are noisy
+
+
+@pytest.fixture(scope="module")
+def cells():
+    """The sample image, (512, 512) uint16."""
+    return phase_contrast_cells()[0][0]
+
+
+@pytest.fixture
+def tiny():
+    import torch
+
+    from napari_unet import UNet
+
+    torch.manual_seed(0)
+    return UNet(base_channels=4, depth=3)
+
+
+@pytest.fixture
+def setup(make_napari_viewer, cells, tiny):
+    """A viewer with the sample image, a tiny current model and a docked PredictWidget."""
+    viewer = make_napari_viewer()
+    viewer.add_image(cells, name="cells")
+    session_for(viewer).set_model(tiny, "test")
+    widget = PredictWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    return viewer, widget
+
+
+@pytest.fixture
+def notes():
+    """Notifications shown during the test."""
+    from napari.utils.notifications import notification_manager
+
+    seen = []
+    notification_manager.notification_ready.connect(seen.append)
+    yield seen
+    notification_manager.notification_ready.disconnect(seen.append)
+
+
+def run(widget, qtbot):
+    """Click Predict and wait for the worker to finish."""
+    widget._predict.native.click()
+    assert widget.worker is not None
+    with qtbot.waitSignal(widget.worker.finished, timeout=TIMEOUT):
+        pass
+
+
+def test_tiles_stream_in_before_the_worker_finishes(setup, qtbot):
+    viewer, widget = setup
+    before = viewer.layers["cells"].data.copy()
+    widget._tile.value = 64
+    widget._predict.native.click()
+    worker = widget.worker
+    layer = viewer.layers["cells prediction"]  # made before the first tile
+    assert layer.data.shape == (512, 512) and not layer.data.any()
+    seen, finished = [], []
+    worker.finished.connect(lambda: finished.append(True))
+
+    def check(result):  # runs after the widget wrote the tile
+        written = layer.data[result.region]
+        seen.append((bool(finished), np.array_equal(written, result.probabilities > 0.5)))
+
+    worker.yielded.connect(check)
+    with qtbot.waitSignal(worker.finished, timeout=TIMEOUT):
+        pass
+    assert len(seen) > 1
+    assert all(not done and ok for done, ok in seen)
+    assert layer.data.dtype in (np.uint16, np.uint32) and layer.data.shape == (512, 512)
+    ids = np.unique(layer.data[layer.data > 0])
+    np.testing.assert_array_equal(ids, np.arange(1, len(ids) + 1))  # instances, 1..N
+    np.testing.assert_array_equal(viewer.layers["cells"].data, before)
+    assert widget._status.value.startswith("done")
+    assert not session_for(viewer).busy and widget._predict.enabled
+
+
+def test_view_center_in_data_coordinates(make_napari_viewer, cells):
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(cells, scale=(2, 2), translate=(10, 0))
+    widget = PredictWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera
+    camera.center = (0, 110, 300)
+    assert widget._view_center(layer, 2) == pytest.approx((50, 150))
+
+
+def test_cancel_after_first_tile(setup, qtbot):
+    viewer, widget = setup
+    widget._tile.value = 32
+    widget._predict.native.click()
+    widget.worker.yielded.connect(lambda _: widget._cancel.native.click())
+    with qtbot.waitSignal(widget.worker.finished, timeout=TIMEOUT):
+        pass
+    assert widget._status.value.startswith("cancelled after")
+    assert "cells prediction" in viewer.layers  # the partial layer stays
+    assert not session_for(viewer).busy
+    assert widget._predict.enabled and not widget._cancel.enabled
+
+
+def test_refused_while_training(setup, notes):
+    viewer, widget = setup
+    session = session_for(viewer)
+    assert session.claim("training")
+    names = [layer.name for layer in viewer.layers]
+    widget._predict.native.click()
+    assert widget.worker is None
+    assert [layer.name for layer in viewer.layers] == names
+    assert session.busy == "training"
+    assert any("busy training" in str(n.message) for n in notes)
+
+
+def test_model_file(setup, qtbot, notes, tmp_path, tiny):
+    from napari_unet import save_model
+
+    viewer, widget = setup
+    session = session_for(viewer)
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a model")
+    widget._model_choice.value = FILE
+    widget._model_file.value = bad
+    widget._predict.native.click()
+    assert widget.worker is None and len(viewer.layers) == 1
+    assert any("not a readable model file" in str(n.message) for n in notes)
+    assert session.source == "test" and not session.busy
+
+    good = save_model(tiny, tmp_path / "good.safetensors")
+    widget._model_file.value = good
+    run(widget, qtbot)
+    assert "cells prediction" in viewer.layers
+    assert session.source == "test"  # not made current
+    widget._make_current.value = True
+    run(widget, qtbot)
+    assert session.source == "file: good.safetensors"
+    assert widget._source.value == "file: good.safetensors"
+
+
+def test_edited_layer_is_kept_unedited_reused(setup, qtbot):
+    viewer, widget = setup
+    run(widget, qtbot)
+    first = viewer.layers["cells prediction"]
+    run(widget, qtbot)
+    assert viewer.layers[-1] is first and len(viewer.layers) == 2
+
+    first.paint((20, 20), 99)  # the user edits the prediction
+    edited = first.data.copy()
+    assert first.metadata["napari_unet_edited"]
+    run(widget, qtbot)
+    assert [layer.name for layer in viewer.layers][1:] == [
+        "cells prediction",
+        "cells prediction [2]",
+    ]
+    np.testing.assert_array_equal(first.data, edited)
+
+
+def test_stack_current_plane_and_all_planes(setup, qtbot, cells):
+    viewer, widget = setup
+    stack = np.stack([cells[:128, :128], cells[128:256, :128], cells[256:384, :128]])
+    layer = viewer.add_image(stack, name="stack")
+    widget._image.value = layer
+    widget._with_probability.value = True
+    viewer.dims.set_current_step(0, 1)
+    widget._planes.value = PLANE
+    run(widget, qtbot)
+    labels = viewer.layers["stack prediction"]
+    probability = viewer.layers["stack probability"]
+    assert labels.data.shape == probability.data.shape == (3, 128, 128)
+    assert probability.data[1].any()
+    assert not probability.data[[0, 2]].any() and not labels.data[[0, 2]].any()
+
+    widget._planes.value = ALL_PLANES
+    run(widget, qtbot)
+    assert viewer.layers["stack prediction"] is labels  # unedited: reused
+    assert all(probability.data[i].any() for i in range(3))
+    np.testing.assert_array_equal(layer.data, stack)
+
+
+def test_rgb_needs_grey_conversion(setup, qtbot, notes, cells):
+    viewer, widget = setup
+    rgb = np.repeat((cells[:128, :128] >> 8).astype(np.uint8)[..., None], 3, axis=-1)
+    layer = viewer.add_image(rgb, name="rgb")
+    assert layer.rgb
+    widget._image.value = layer
+    widget._predict.native.click()
+    assert widget.worker is None and "rgb prediction" not in viewer.layers
+    assert any("convert RGB to grey" in str(n.message) for n in notes)
+
+    widget._grey.value = True
+    run(widget, qtbot)
+    assert viewer.layers["rgb prediction"].data.shape == (128, 128)
+    np.testing.assert_array_equal(layer.data, rgb)

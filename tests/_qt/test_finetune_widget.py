@@ -25,17 +25,6 @@ def crops():
 
 
 @pytest.fixture
-def notes():
-    """Notifications shown during the test."""
-    from napari.utils.notifications import notification_manager
-
-    seen = []
-    notification_manager.notification_ready.connect(seen.append)
-    yield seen
-    notification_manager.notification_ready.disconnect(seen.append)
-
-
-@pytest.fixture
 def setup(make_napari_viewer, crops):
     """A viewer with one cropped image + annotation, a tiny current model, a docked widget
     set up for short runs (tile 32, batch 1)."""

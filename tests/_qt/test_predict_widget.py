@@ -39,17 +39,6 @@ def setup(make_napari_viewer, cells, tiny):
     return viewer, widget
 
 
-@pytest.fixture
-def notes():
-    """Notifications shown during the test."""
-    from napari.utils.notifications import notification_manager
-
-    seen = []
-    notification_manager.notification_ready.connect(seen.append)
-    yield seen
-    notification_manager.notification_ready.disconnect(seen.append)
-
-
 def run(widget, qtbot):
     """Click Predict and wait for the worker to finish."""
     widget._predict.native.click()

@@ -19,17 +19,6 @@ def sample():
 
 
 @pytest.fixture
-def notes():
-    """Messages of the notifications shown during the test."""
-    from napari.utils.notifications import notification_manager
-
-    seen = []
-    notification_manager.notification_ready.connect(seen.append)
-    yield seen
-    notification_manager.notification_ready.disconnect(seen.append)
-
-
-@pytest.fixture
 def docked(make_napari_viewer, sample):
     """A viewer with the sample image and annotation, and a docked WeightMapWidget."""
     image, image_kwargs, labels, labels_kwargs = sample

@@ -59,13 +59,31 @@ class TrainingSample:
     annotated: np.ndarray
 
 
-def _as_triplet(sample, index: int):
+def _checked_sample(sample, name: str, in_channels: int):
+    """``(image, labels, mask)`` of one sample, checked: one plane, matching shapes."""
     if not isinstance(sample, (tuple, list)) or len(sample) not in (2, 3):
         raise ValueError(
-            f"training sample {index} must be (image, labels) or (image, labels, mask), "
-            f"got {type(sample).__name__}"
+            f"{name} must be (image, labels) or (image, labels, mask), got {type(sample).__name__}"
         )
-    return (*sample, None) if len(sample) == 2 else tuple(sample)
+    image, labels, mask = (*sample, None) if len(sample) == 2 else tuple(sample)
+    image, has_channels = split_channels(np.asarray(image), in_channels)
+    plane = image.shape[:-1] if has_channels else image.shape
+    if len(plane) != 2:
+        raise ValueError(
+            f"{name}: image has shape {image.shape}; expected one plane (H, W) or (H, W, C); "
+            "pass the planes of a stack as separate samples"
+        )
+    labels = check_labels(labels, f"labels of {name}")
+    if labels.shape != plane:
+        raise ValueError(
+            f"{name}: image plane {plane} and labels {labels.shape} differ in shape; "
+            "expected labels with the image's (H, W)"
+        )
+    if mask is not None:
+        mask = np.asarray(mask).astype(bool)
+        if mask.shape != plane:
+            raise ValueError(f"{name}: mask {mask.shape} and image plane {plane} differ in shape")
+    return image, labels, mask
 
 
 def prepare_samples(
@@ -88,22 +106,8 @@ def prepare_samples(
         raise ValueError("no training samples; expected a sequence of (image, labels) pairs")
     prepared = []
     for i, sample in enumerate(samples):
-        image, labels, mask = _as_triplet(sample, i)
-        image, has_channels = split_channels(np.asarray(image), model.in_channels)
-        plane = image.shape[:-1] if has_channels else image.shape
-        if len(plane) != 2:
-            raise ValueError(
-                f"training image {i} has shape {image.shape}; expected one plane (H, W) or "
-                f"(H, W, C); pass the planes of a stack as separate samples"
-            )
-        labels = check_labels(labels, f"labels of sample {i}")
-        if labels.shape != plane:
-            raise ValueError(
-                f"sample {i}: image plane {plane} and labels {labels.shape} differ in shape; "
-                "expected labels with the image's (H, W)"
-            )
-        if mask is not None:
-            mask = np.asarray(mask).astype(bool)
+        image, labels, mask = _checked_sample(sample, f"sample {i}", model.in_channels)
+        plane = labels.shape
         if not (labels > 0).any():
             raise ValueError(f"sample {i} has no annotated cell; expected at least one")
         target, weights = training_target(
@@ -287,20 +291,8 @@ def _augmentations(augment) -> frozenset[str]:
 def _validation_pairs(validation, model):
     pairs = []
     for i, sample in enumerate(validation or ()):
-        image, labels, mask = _as_triplet(sample, i)
-        labels = check_labels(labels, f"labels of validation sample {i}")
-        image, has_channels = split_channels(np.asarray(image), model.in_channels)
-        plane = image.shape[:-1] if has_channels else image.shape
-        if plane != labels.shape:
-            raise ValueError(
-                f"validation sample {i}: image {plane} and labels {labels.shape} differ"
-            )
-        region = None if mask is None else np.asarray(mask).astype(bool)
-        if region is not None and region.shape != plane:
-            raise ValueError(
-                f"validation sample {i}: mask {region.shape} and image {plane} differ"
-            )
-        pairs.append((image, labels > 0, region))
+        image, labels, mask = _checked_sample(sample, f"validation sample {i}", model.in_channels)
+        pairs.append((image, labels > 0, mask))
     return pairs
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import napari
-from qtpy.QtWidgets import QApplication
 
 from napari_unet import UNet, bundled_models
 from napari_unet._widgets._session import session_for
@@ -31,13 +30,14 @@ def settle(seconds: float = 0.5) -> None:
 
 
 def wait_for(worker, timeout: float = 600) -> None:
-    from qtpy.QtCore import QEventLoop, QTimer
+    """Process events until ``worker`` has finished (it may not have started yet)."""
+    import time
 
-    loop = QEventLoop()
-    worker.finished.connect(loop.quit)
-    QTimer.singleShot(int(timeout * 1000), loop.quit)
-    if worker.is_running:
-        loop.exec_()
+    done = []
+    worker.finished.connect(lambda: done.append(True))
+    start = time.perf_counter()
+    while not done and time.perf_counter() - start < timeout:
+        settle(0.2)
     settle(0.5)
 
 
@@ -131,14 +131,12 @@ def picture_model():
 
 
 def main() -> None:
-    app = QApplication.instance() or napari.qt.get_app()
     model = picture_model()
     annotate()
     weight_map()
     finetune(model)
     predict(model)
     export()
-    app.processEvents()
 
 
 if __name__ == "__main__":

@@ -31,9 +31,9 @@ import datasets
 
 POSTPROCESSING = {
     "components": {"method": "components"},
-    "watershed core 0.8": {"method": "watershed", "core": 0.8},
-    "watershed core 0.9": {"method": "watershed", "core": 0.9},
-    "watershed core 0.95": {"method": "watershed", "core": 0.95},
+    "watershed, no core filter": {"method": "watershed", "min_core": 1},
+    "watershed 0.8, cores>=100": {"method": "watershed", "core": 0.8, "min_core": 100},
+    "watershed (default)": {},
 }
 
 
@@ -68,7 +68,7 @@ def evaluate(model, samples, name: str) -> dict:
         results[label] = pooled_scores(pairs)
         r = results[label]
         print(
-            f"{name:14s} {label:20s} IoU {r['iou']:.3f}  F1@0.5 {r['f1']:.3f}  SEG {r['seg']:.3f}"
+            f"{name:14s} {label:26s} IoU {r['iou']:.3f}  F1@0.5 {r['f1']:.3f}  SEG {r['seg']:.3f}"
         )
     print(f"{name:14s} prediction of {len(samples)} images: {seconds:.1f} s")
     return results

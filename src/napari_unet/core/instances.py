@@ -13,14 +13,18 @@ __all__ = ["to_instances"]
 METHODS = ("watershed", "components")
 
 
-def _label_plane(prob: np.ndarray, threshold: float, core: float, min_size: int, method: str):
+def _label_plane(prob, threshold: float, core: float, min_core: int, min_size: int, method: str):
     foreground = prob > threshold
     if method == "components":
         labels, _ = ndi.label(foreground)
     else:
         # Cells are seeded from their confident cores and grown down the probability: a faint
         # bridge between two touching cells (0.5 < p < core) no longer merges them.
-        markers, n = ndi.label(prob > core)
+        markers, _ = ndi.label(prob > core)
+        tiny = np.bincount(markers.ravel()) < min_core  # specks of confidence over-split cells
+        tiny[0] = False
+        markers[tiny[markers]] = 0
+        markers, n = ndi.label(markers > 0)
         labels = watershed(-prob, markers, mask=foreground)
         orphans = foreground & (labels == 0)  # cells with no confident core keep their pixels
         if orphans.any():
@@ -39,6 +43,7 @@ def to_instances(
     min_size: int = 16,
     *,
     core: float = 0.9,
+    min_core: int = 200,
     method: str = "watershed",
 ) -> np.ndarray:
     """Instance labels from foreground probabilities.
@@ -55,6 +60,10 @@ def to_instances(
     core
         ``method="watershed"``: pixels above ``core`` seed the cells, which then grow over the
         foreground down the probability; splits touching cells joined by a faint bridge.
+    min_core
+        Cores smaller than this (px) seed nothing (their cell then grows from a larger core or
+        stays whole): without it, specks above ``core`` split cells. ``core=0.9, min_core=200``
+        was never worse than connected components on the held-out splits (bench_accuracy.py).
     method
         ``"watershed"`` (default) or ``"components"`` (plain connected components).
 
@@ -78,7 +87,7 @@ def to_instances(
     if min_size < 0:
         raise ValueError(f"min_size must be >= 0, got {min_size}")
     planes = [
-        _label_plane(prob[idx], threshold, core, int(min_size), method)
+        _label_plane(prob[idx], threshold, core, int(min_core), int(min_size), method)
         for idx in np.ndindex(*prob.shape[:-2])
     ]
     top = max(int(p.max(initial=0)) for p in planes)

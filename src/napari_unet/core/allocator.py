@@ -50,7 +50,7 @@ def keep_freed_memory():
         _users += 1
         if _users == 1:
             _LIBC.mallopt(_M_MMAP_MAX, 0)
-            _LIBC.mallopt(_M_TRIM_THRESHOLD, 2**30)
+            _LIBC.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)
     try:
         yield
     finally:

@@ -12,10 +12,20 @@ from dataclasses import dataclass
 
 __all__ = ["Tile", "plan_tiles", "padding", "auto_tile", "tiled_multiply_adds"]
 
-# Peak activation memory of one tile, in bytes per input pixel per base channel (measured with
-# torch 2.13 on the CPU, float32, batch 1; see bench/bench_predict.py).
-_BYTES_PER_PIXEL_CHANNEL = 24
-DEFAULT_MEMORY = 2 * 1024**3  # activation budget of one tile in bytes
+# Peak memory of one tile's forward pass in bytes per input pixel per base channel (float32, batch
+# 1): the VmHWM rise of a fresh process over three passes inside keep_freed_memory, as predict
+# runs tiles (torch 2.13, CPU, base 16 and 64, inputs 700-2236; bench/bench_predict.py section
+# 6): 21-25 after one pass, 25-31 (35 at 2236) once heap fragmentation settles. The live tensors
+# peak at the first up-convolution block at ~23.5 B (all skips ~1.9 x base channels, up-conv
+# output 1x, concatenation 2x, block output 1x; 4 B each). The former 24 was the live peak only.
+_BYTES_PER_PIXEL_CHANNEL = 32
+DEFAULT_MEMORY = 2 * 1024**3  # memory budget of one tile in bytes
+# Each prediction page-faults the memory of its largest tile in afresh (allocator.py hands it back
+# when the call ends; later tiles reuse it): 0.2-0.4 ns per byte, the time of 11-26 multiply-adds
+# per byte of the estimate above on a 2-core AVX2 CPU (bench section 6). auto_tile charges it, so
+# a base-16 network on 2048 x 2048 runs four 1212-px tiles (3.1 s) instead of one 2236-px tile
+# (3.5 s) that has 6% fewer multiply-adds; any value in 8-37 picks the same tiles there.
+_MULTIPLY_ADDS_PER_FAULTED_BYTE = 20
 
 
 @dataclass(frozen=True)
@@ -85,9 +95,11 @@ def tiled_multiply_adds(shape: tuple[int, int], model, step: int) -> int:
 
 
 def auto_tile(shape: tuple[int, int], model, memory: int = DEFAULT_MEMORY) -> int:
-    """The tile step (px) with the fewest multiply-adds for ``shape`` under a memory budget.
+    """The tile step (px) with the least work for ``shape`` under a memory budget.
 
-    ``memory`` bounds the activations of one tile in bytes (batch 1, float32).
+    Work is the multiply-adds of all tiles plus the page faults of one tile's activations (in
+    multiply-add equivalents). ``memory`` bounds the activations of one tile in bytes (batch 1,
+    float32).
     """
     per_pixel = _BYTES_PER_PIXEL_CHANNEL * model.base_channels
     largest_input = max(int(math.sqrt(memory / per_pixel)), model.min_input_size)
@@ -100,4 +112,11 @@ def auto_tile(shape: tuple[int, int], model, memory: int = DEFAULT_MEMORY) -> in
     candidates = sorted(s for s in candidates if s <= largest_step) or [largest_step]
     # beyond the cheapest few large steps the cost only grows; do not scan tiny tiles
     candidates = candidates[-12:]
-    return min(candidates, key=lambda s: (tiled_multiply_adds(shape, model, s), -s))
+
+    def work(step: int) -> int:
+        tiles = plan_tiles(shape, model, step)
+        largest = max(math.prod(t.input_shape) for t in tiles)
+        faults = _MULTIPLY_ADDS_PER_FAULTED_BYTE * per_pixel * largest
+        return sum(model.multiply_adds(*t.input_shape) for t in tiles) + faults
+
+    return min(candidates, key=lambda s: (work(s), -s))

@@ -426,8 +426,8 @@ def section_memory_model(quick):
         estimate = _BYTES_PER_PIXEL_CHANNEL * base * side * side
         print(
             f"  base {base:2d}, input {side}: {per:5.1f} B per input px and base channel after "
-            f"one pass ({peak / 2**20:.0f} MiB), {steady:5.1f} after three; fresh pages: first pass "
-            f"{first:.2f} s, second {second:.2f} s: {extra / peak * 1e9:.2f} ns/B, "
+            f"one pass ({peak / 2**20:.0f} MiB), {steady:5.1f} after three; fresh pages: first "
+            f"pass {first:.2f} s, second {second:.2f} s: {extra / peak * 1e9:.2f} ns/B, "
             f"{extra * macs / second / estimate:.0f} multiply-adds per estimated byte"
         )
     print(

@@ -15,9 +15,9 @@ __all__ = ["Tile", "plan_tiles", "padding", "auto_tile", "tiled_multiply_adds"]
 # Peak memory of one tile's forward pass in bytes per input pixel per base channel (float32, batch
 # 1): the VmHWM rise of a fresh process over three passes inside keep_freed_memory, as predict
 # runs tiles (torch 2.13, CPU, base 16 and 64, inputs 700-2236; bench/bench_predict.py section
-# 6): 21-25 after one pass, 25-31 (35 at 2236) once heap fragmentation settles. The live tensors
-# peak at the first up-convolution block at ~23.5 B (all skips ~1.9 x base channels, up-conv
-# output 1x, concatenation 2x, block output 1x; 4 B each). The former 24 was the live peak only.
+# 6): 21-27 after one pass, 24-35 after several (heap fragmentation varies from run to run). The
+# live tensors peak at the first up-convolution block at ~23.5 B (all skips ~1.9 x base channels,
+# up-conv output 1x, concatenation 2x, block output 1x; 4 B each); the former 24 was that alone.
 _BYTES_PER_PIXEL_CHANNEL = 32
 DEFAULT_MEMORY = 2 * 1024**3  # memory budget of one tile in bytes
 # Each prediction page-faults the memory of its largest tile in afresh (allocator.py hands it back

@@ -22,6 +22,7 @@ import torch
 from tqdm import tqdm
 
 from napari_unet import UNet, finetune, load_model, save_model
+from napari_unet.core.store import open_model
 
 import datasets
 
@@ -43,6 +44,7 @@ def main() -> None:
     p.add_argument("--checkpoint", type=Path, default=Path("runs/bundled-checkpoint.safetensors"))
     p.add_argument("--checkpoint-minutes", type=float, default=5.0)
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--init", help="start from these weights (bundled name or file), not at random")
     args = p.parse_args()
 
     samples = datasets.usiigaci("train", args.data) + datasets.dsb2018("train", args.data)
@@ -54,9 +56,13 @@ def main() -> None:
         model = load_model(args.checkpoint)
         state = model.metadata["progress"]
         print(f"resuming {args.checkpoint}: {state}")
+    elif args.init:
+        model = open_model(args.init)
+        print(f"starting from {args.init}: {model.metadata.get('recipe')}")
     else:
         torch.manual_seed(args.seed)
         model = UNet(base_channels=args.base_channels, depth=args.depth)
+    earlier = getattr(model, "metadata", {}).get("recipe") if args.init else None
     args.checkpoint.parent.mkdir(parents=True, exist_ok=True)
 
     stage_seconds = args.minutes * 60 / args.stages
@@ -108,6 +114,7 @@ def main() -> None:
             "class_balance": False,
             "augment": "elastic 3x3 grid 10 px, flips/turns, intensity",
         },
+        "continued_from": earlier,
         "hardware": f"{platform.processor() or platform.machine()}, "
         f"{torch.get_num_threads()} threads, torch {torch.__version__}",
         "normalisation": "percentiles 1 / 99.8 per image",

@@ -78,7 +78,7 @@ def _predict(args) -> None:
             probabilities = predict(
                 model, image, tile=args.tile, device=args.device, progress=progress
             )
-        labels = to_instances(probabilities, args.threshold, args.min_size)
+        labels = to_instances(probabilities, args.threshold, args.min_size, expand=args.expand)
         write_labels(target, labels)
         if args.probabilities:
             write_image(out / f"{path.stem}_probabilities.tif", probabilities)
@@ -210,6 +210,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--threshold", type=float, default=0.5, help="foreground probability cut")
     p.add_argument("--min-size", type=int, default=16, help="smallest cell kept, in px")
+    p.add_argument("--expand", type=int, default=1, help="grow cells by this many px")
     p.add_argument(
         "--probabilities", action="store_true", help="also write IMAGE_probabilities.tif"
     )

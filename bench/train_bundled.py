@@ -62,7 +62,8 @@ def main() -> None:
     else:
         torch.manual_seed(args.seed)
         model = UNet(base_channels=args.base_channels, depth=args.depth)
-    earlier = getattr(model, "metadata", {}).get("recipe") if args.init else None
+    prior = getattr(model, "metadata", {}) if args.init else {}
+    history = [*prior.get("continued_from", []), prior["recipe"]] if "recipe" in prior else []
     args.checkpoint.parent.mkdir(parents=True, exist_ok=True)
 
     stage_seconds = args.minutes * 60 / args.stages
@@ -95,26 +96,29 @@ def main() -> None:
         state["seconds"] = sum_seconds(state, stage_seconds)
         save_model(model, args.checkpoint, {"progress": state})
 
+    recipe = {
+        "steps": state["steps"],
+        "minutes": round(state["seconds"] / 60, 1),
+        "stages": args.stages,
+        "lr": args.lr,
+        "batch_size": args.batch_size,
+        "tile": args.tile,
+        "seed": args.seed,
+        "w0": 10.0,
+        "sigma": 5.0,
+        "class_balance": False,
+        "augment": "elastic 3x3 grid 10 px, flips/turns, intensity",
+    }
     metadata = {
         "name": args.name,
         "training_data": [
             "usiigaci/train (45 phase-contrast images, Tsai et al. 2019, MIT)",
             "dsb2018/train.txt (53 nuclei images, BBBC038v1, Caicedo et al. 2019)",
         ],
-        "recipe": {
-            "steps": state["steps"],
-            "minutes": round(state["seconds"] / 60, 1),
-            "stages": args.stages,
-            "lr": args.lr,
-            "batch_size": args.batch_size,
-            "tile": args.tile,
-            "seed": args.seed,
-            "w0": 10.0,
-            "sigma": 5.0,
-            "class_balance": False,
-            "augment": "elastic 3x3 grid 10 px, flips/turns, intensity",
-        },
-        "continued_from": earlier,
+        "recipe": recipe,
+        "continued_from": history,  # the runs these weights continued, oldest first
+        "total_steps": sum(r["steps"] for r in (*history, recipe)),
+        "total_minutes": round(sum(r["minutes"] for r in (*history, recipe)), 1),
         "hardware": f"{platform.processor() or platform.machine()}, "
         f"{torch.get_num_threads()} threads, torch {torch.__version__}",
         "normalisation": "percentiles 1 / 99.8 per image",

@@ -45,9 +45,14 @@ def main() -> None:
     p.add_argument("--checkpoint-minutes", type=float, default=5.0)
     p.add_argument("--resume", action="store_true")
     p.add_argument("--init", help="start from these weights (bundled name or file), not at random")
+    p.add_argument(
+        "--dsb-repeat", type=int, default=1, help="list each DSB image this many times (sampling)"
+    )
     args = p.parse_args()
 
-    samples = datasets.usiigaci("train", args.data) + datasets.dsb2018("train", args.data)
+    samples = datasets.usiigaci("train", args.data) + args.dsb_repeat * datasets.dsb2018(
+        "train", args.data
+    )
     print(f"{len(samples)} training images")
     pairs = [(image, labels) for _, image, labels in samples]
 
@@ -108,6 +113,7 @@ def main() -> None:
         "sigma": 5.0,
         "class_balance": False,
         "augment": "elastic 3x3 grid 10 px, flips/turns, intensity",
+        "dsb_repeat": args.dsb_repeat,
     }
     metadata = {
         "name": args.name,

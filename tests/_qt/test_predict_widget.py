@@ -75,6 +75,24 @@ def test_tiles_stream_in_before_the_worker_finishes(setup, qtbot):
     assert not session_for(viewer).busy and widget._predict.enabled
 
 
+def test_post_processing_settings_reach_the_instances(setup, qtbot):
+    from napari_unet import load_bundled, to_instances
+
+    viewer, widget = setup
+    session_for(viewer).set_model(load_bundled(), "bundled")  # finds cells, unlike a random net
+    widget._with_probability.value = True
+    widget._threshold.value = 0.45
+    results = []
+    for expand in (0, 2):
+        widget._expand.value = expand
+        run(widget, qtbot)
+        prob = viewer.layers["cells probability"].data
+        expected = to_instances(prob, 0.45, widget._min_size.value, expand=expand)
+        results.append(viewer.layers["cells prediction"].data.copy())
+        np.testing.assert_array_equal(results[-1], expected)
+    assert (results[1] > 0).sum() > (results[0] > 0).sum()  # grown cells cover more
+
+
 def test_view_center_in_data_coordinates(make_napari_viewer, cells):
     viewer = make_napari_viewer()
     layer = viewer.add_image(cells, scale=(2, 2), translate=(10, 0))

@@ -51,7 +51,7 @@ EDITED = "napari_unet_edited"  # metadata flag: the user painted on the predicti
 REFRESH_INTERVAL = 0.1  # seconds; streamed tiles are shown at most this often
 
 
-def _predict_job(model, pixels, *, grey, shape, tile, center, threshold, min_size):
+def _predict_job(model, pixels, *, grey, shape, tile, center, threshold, min_size, expand):
     """Worker body: yield each :class:`~napari_unet.TileResult`, then return
     ``(labels, probabilities)`` of ``shape``: uint16/uint32 instances and float32 foreground."""
     from napari_unet import predict_tiles, to_instances
@@ -63,7 +63,7 @@ def _predict_job(model, pixels, *, grey, shape, tile, center, threshold, min_siz
     for result in predict_tiles(model, pixels, tile=tile, center=center):
         probabilities[result.plane][result.region] = result.probabilities
         yield result
-    return to_instances(probabilities, threshold, min_size), probabilities
+    return to_instances(probabilities, threshold, min_size, expand=expand), probabilities
 
 
 @dataclass
@@ -102,6 +102,7 @@ class PredictWidget(Container):
         self._tile = SpinBox(label="tile size (0 = auto)", min=0, max=8192, step=16, value=0)
         self._threshold = FloatSpinBox(label="threshold", min=0.05, max=0.9, step=0.05, value=0.5)
         self._min_size = SpinBox(label="minimum size (px)", min=0, max=1_000_000, value=16)
+        self._expand = SpinBox(label="grow cells (px)", min=0, max=20, value=1)
         self._with_probability = CheckBox(text="probability layer", value=False)
         self._grey = CheckBox(text="convert RGB to grey", value=False)
         self._planes = RadioButtons(label="stack", choices=[PLANE, ALL_PLANES], value=PLANE)
@@ -119,6 +120,7 @@ class PredictWidget(Container):
                 self._tile,
                 self._threshold,
                 self._min_size,
+                self._expand,
                 self._with_probability,
                 self._grey,
                 self._planes,
@@ -296,6 +298,7 @@ class PredictWidget(Container):
             center=center,
             threshold=self._threshold.value,
             min_size=self._min_size.value,
+            expand=self._expand.value,
             _start_thread=False,
         )
         self.worker.yielded.connect(self._on_tile)

@@ -48,6 +48,7 @@ from napari_unet.core.tiling import (
     _MULTIPLY_ADDS_PER_FAULTED_BYTE,
     auto_tile,
     plan_tiles,
+    tiled_multiply_adds,
 )
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "usiigaci" / "val" / "images"
@@ -280,7 +281,7 @@ def section_predict(model, image, repeats, wait, monai_repeats, other_steps=()):
     step = auto_tile(shape, model)
     tiles = plan_tiles(shape, model, step)
     sides = sorted({t.input_shape for t in tiles})
-    tiled = sum(model.multiply_adds(*t.input_shape) for t in tiles)
+    tiled = tiled_multiply_adds(tiles, model)
     same = same_padded_multiply_adds(model, *shape)
     print(
         f"  auto tile: step {step}, {len(tiles)} tile(s) of input "
@@ -305,7 +306,7 @@ def section_predict(model, image, repeats, wait, monai_repeats, other_steps=()):
     )
     for s in other_steps:
         t = plan_tiles(shape, model, s)
-        macs = sum(model.multiply_adds(*x.input_shape) for x in t)
+        macs = tiled_multiply_adds(t, model)
         e, e_load = efficiency(macs, best[s])
         print(
             f"  tile={s:<5d}  {best[s][0]:7.2f} s  {mp / best[s][0]:6.3f} MP/s  "

@@ -60,15 +60,16 @@ def main() -> None:
     if args.resume and args.checkpoint.exists():
         model = load_model(args.checkpoint)
         state = model.metadata["progress"]
+        history = model.metadata.get("continued_from", [])
         print(f"resuming {args.checkpoint}: {state}")
     elif args.init:
         model = open_model(args.init)
         print(f"starting from {args.init}: {model.metadata.get('recipe')}")
+        history = [*model.metadata.get("continued_from", []), model.metadata["recipe"]]
     else:
         torch.manual_seed(args.seed)
         model = UNet(base_channels=args.base_channels, depth=args.depth)
-    prior = getattr(model, "metadata", {}) if args.init else {}
-    history = [*prior.get("continued_from", []), prior["recipe"]] if "recipe" in prior else []
+        history = []
     args.checkpoint.parent.mkdir(parents=True, exist_ok=True)
 
     stage_seconds = args.minutes * 60 / args.stages
@@ -94,12 +95,16 @@ def main() -> None:
             state["steps"] = base_steps + event.step
             if event.done or time.perf_counter() - last_save > args.checkpoint_minutes * 60:
                 state["seconds"] = sum_seconds(state, stage_seconds)
-                save_model(model, args.checkpoint, {"progress": state, "loss": event.loss})
+                save_model(
+                    model,
+                    args.checkpoint,
+                    {"progress": state, "loss": event.loss, "continued_from": history},
+                )
                 last_save = time.perf_counter()
         bar.close()
         state = {**state, "stage": state["stage"] + 1, "stage_seconds": 0.0}
         state["seconds"] = sum_seconds(state, stage_seconds)
-        save_model(model, args.checkpoint, {"progress": state})
+        save_model(model, args.checkpoint, {"progress": state, "continued_from": history})
 
     recipe = {
         "steps": state["steps"],

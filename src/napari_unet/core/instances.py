@@ -71,8 +71,9 @@ def to_instances(
         was never worse than connected components on the held-out splits (bench_accuracy.py).
     expand
         Grow every cell by this many px into the background, never into another cell. The
-        network learns targets in which touching cells were pulled apart by 1 px each (see
-        :func:`~napari_unet.training_target`); growing by 1 gives them back their shared border.
+        network tends to draw cells inside their outline (its weight map makes the pixels
+        between touching cells expensive, and its targets pull touching cells 1 px apart each);
+        1 px scored best on training images (bench_accuracy.py --training-images).
     method
         ``"watershed"`` (default) or ``"components"`` (plain connected components).
 

@@ -89,9 +89,9 @@ def padding(shape: tuple[int, int], tiles: list[Tile], margin: int) -> tuple[tup
     )
 
 
-def tiled_multiply_adds(shape: tuple[int, int], model, step: int) -> int:
-    """Multiply-adds of predicting an ``(H, W)`` plane with tiles of nominal side ``step``."""
-    return sum(model.multiply_adds(*t.input_shape) for t in plan_tiles(shape, model, step))
+def tiled_multiply_adds(tiles, model) -> int:
+    """Multiply-adds of running ``tiles`` (from :func:`plan_tiles`) through ``model``."""
+    return sum(model.multiply_adds(*t.input_shape) for t in tiles)
 
 
 def auto_tile(shape: tuple[int, int], model, memory: int = DEFAULT_MEMORY) -> int:
@@ -117,6 +117,6 @@ def auto_tile(shape: tuple[int, int], model, memory: int = DEFAULT_MEMORY) -> in
         tiles = plan_tiles(shape, model, step)
         largest = max(math.prod(t.input_shape) for t in tiles)
         faults = _MULTIPLY_ADDS_PER_FAULTED_BYTE * per_pixel * largest
-        return sum(model.multiply_adds(*t.input_shape) for t in tiles) + faults
+        return tiled_multiply_adds(tiles, model) + faults
 
     return min(candidates, key=lambda s: (work(s), -s))

@@ -397,7 +397,6 @@ class FinetuneWidget(QWidget):
     def _on_yielded(self, event: FinetuneEvent) -> None:
         run = self._run
         run.steps, run.loss = event.step, event.loss
-        run.bar.update(event.step - run.bar.n)
         self._bar.setRange(0, event.total)
         self._bar.setValue(event.total if event.done else event.step)
         if not run.stopped:
@@ -408,6 +407,8 @@ class FinetuneWidget(QWidget):
         self._plot.add(event.step, event.loss)
         if event.val_iou is not None:
             self._validation.setText(f"validation IoU {event.val_iou:.3f} (step {event.step})")
+        # last: napari's progress bar processes events, which may run _on_finished right here
+        run.bar.update(event.step - run.bar.n)
 
     def _on_errored(self, err: Exception) -> None:
         self._run.failed = True

@@ -41,6 +41,8 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--tile", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--w0", type=float, default=10.0, help="border weight height (paper: 10)")
+    p.add_argument("--sigma", type=float, default=5.0, help="border weight width, px (paper: 5)")
     p.add_argument("--checkpoint", type=Path, default=Path("runs/bundled-checkpoint.safetensors"))
     p.add_argument("--checkpoint-minutes", type=float, default=5.0)
     p.add_argument("--resume", action="store_true")
@@ -83,6 +85,8 @@ def main() -> None:
             lr=args.lr,
             batch_size=args.batch_size,
             tile=args.tile,
+            w0=args.w0,
+            sigma=args.sigma,
             seed=args.seed + 1000 * state["stage"] + state["steps"],
         )
         last_save = time.perf_counter()
@@ -114,8 +118,8 @@ def main() -> None:
         "batch_size": args.batch_size,
         "tile": args.tile,
         "seed": args.seed,
-        "w0": 10.0,
-        "sigma": 5.0,
+        "w0": args.w0,
+        "sigma": args.sigma,
         "class_balance": False,
         "augment": "elastic 3x3 grid 10 px, flips/turns, intensity",
         "dsb_repeat": args.dsb_repeat,

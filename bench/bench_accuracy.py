@@ -10,6 +10,7 @@ images). Scores pooled over each split, instances from ``to_instances``:
 Post-processing choices (connected components vs. watershed from cores, growing cells by 0-2
 px, threshold) are compared side by side on the same probabilities; ``--training-images`` also
 compares them on training images, so that the default is not chosen on held-out data alone.
+``--flips`` predicts with test-time flips (``predict(..., flips=True)``).
 Then: fine-tune a copy of the model on ISBI images 0 and 1 for at most ``--finetune-minutes``
 and report foreground IoU on images 20-29 before and after.
 """
@@ -59,9 +60,9 @@ def pooled_scores(pairs) -> dict:
     }
 
 
-def evaluate(model, samples, name: str) -> dict:
+def evaluate(model, samples, name: str, flips: bool = False) -> dict:
     start = time.perf_counter()
-    probs = [predict(model, image) for _, image, _ in samples]
+    probs = [predict(model, image, flips=flips) for _, image, _ in samples]
     seconds = time.perf_counter() - start
     results = {}
     for label, kwargs in POSTPROCESSING.items():
@@ -114,18 +115,21 @@ def main() -> None:
     p.add_argument(
         "--training-images", action="store_true", help="also score 5 + 11 training images"
     )
+    p.add_argument(
+        "--flips", action="store_true", help="predict with the 8 flips averaged (predict flips=)"
+    )
     args = p.parse_args()
     model = open_model(args.model)
-    print(f"model {args.model or 'bundled default'}: {model.config()}")
+    print(f"model {args.model or 'bundled default'}: {model.config()}, flips {args.flips}")
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, "
         f"{torch.get_num_threads()} torch threads, torch {torch.__version__}"
     )
     if args.training_images:
-        evaluate(model, datasets.usiigaci("train", args.data)[::9], "usiigaci/train")
-        evaluate(model, datasets.dsb2018("train", args.data)[::5], "dsb2018/train")
-    evaluate(model, datasets.usiigaci("val", args.data), "usiigaci/val")
-    evaluate(model, datasets.dsb2018("test", args.data), "dsb2018/test")
+        evaluate(model, datasets.usiigaci("train", args.data)[::9], "usiigaci/train", args.flips)
+        evaluate(model, datasets.dsb2018("train", args.data)[::5], "dsb2018/train", args.flips)
+    evaluate(model, datasets.usiigaci("val", args.data), "usiigaci/val", args.flips)
+    evaluate(model, datasets.dsb2018("test", args.data), "dsb2018/test", args.flips)
     if not args.skip_isbi:
         isbi_story(model, args.finetune_minutes, args.data)
 

@@ -59,6 +59,18 @@ def test_predict_writes_one_label_tiff_per_image(tmp_path, model_file):
     assert probs.dtype == np.float32 and 0 <= probs.min() <= probs.max() <= 1
 
 
+def test_flips_average_the_eight_orientations(tmp_path, model_file):
+    from napari_unet import predict
+
+    path = data_path("isbi2012", "train", "images", "20.png")
+    args = ["predict", str(path), "--model", str(model_file), "--probabilities", "--flips"]
+    assert main([*args, "--out", str(tmp_path)]) == 0
+    written = tifffile.imread(tmp_path / "20_probabilities.tif")
+    model, image = load_model(model_file), read_image(path)
+    np.testing.assert_allclose(written, predict(model, image, flips=True), atol=1e-6)
+    assert np.abs(written - predict(model, image)).max() > 1e-3
+
+
 def test_rgb_images_are_converted_to_grey(tmp_path, model_file):
     image = data_path("dsb2018", "color", "images")
     first = sorted(image.iterdir())[0]

@@ -93,6 +93,18 @@ def test_post_processing_settings_reach_the_instances(setup, qtbot):
     assert (results[1] > 0).sum() > (results[0] > 0).sum()  # grown cells cover more
 
 
+def test_flips_checkbox_averages_the_eight_orientations(setup, qtbot, cells, tiny):
+    from napari_unet import predict
+
+    viewer, widget = setup
+    widget._with_probability.value = True
+    widget._flips.value = True
+    run(widget, qtbot)
+    shown = viewer.layers["cells probability"].data
+    np.testing.assert_allclose(shown, predict(tiny, cells, flips=True), atol=1e-6)
+    assert np.abs(shown - predict(tiny, cells)).max() > 1e-3
+
+
 def test_view_center_in_data_coordinates(make_napari_viewer, cells):
     viewer = make_napari_viewer()
     layer = viewer.add_image(cells, scale=(2, 2), translate=(10, 0))

@@ -51,7 +51,7 @@ EDITED = "napari_unet_edited"  # metadata flag: the user painted on the predicti
 REFRESH_INTERVAL = 0.1  # seconds; streamed tiles are shown at most this often
 
 
-def _predict_job(model, pixels, *, grey, shape, tile, center, threshold, min_size, expand):
+def _predict_job(model, pixels, *, grey, shape, tile, center, flips, threshold, min_size, expand):
     """Worker body: yield each :class:`~napari_unet.TileResult`, then return
     ``(labels, probabilities)`` of ``shape``: uint16/uint32 instances and float32 foreground."""
     from napari_unet import predict_tiles, to_instances
@@ -60,7 +60,7 @@ def _predict_job(model, pixels, *, grey, shape, tile, center, threshold, min_siz
     if grey:
         pixels = grey_if_rgb(pixels, model.in_channels)
     probabilities = np.zeros(shape, dtype=np.float32)
-    for result in predict_tiles(model, pixels, tile=tile, center=center):
+    for result in predict_tiles(model, pixels, tile=tile, center=center, flips=flips):
         probabilities[result.plane][result.region] = result.probabilities
         yield result
     return to_instances(probabilities, threshold, min_size, expand=expand), probabilities
@@ -100,6 +100,7 @@ class PredictWidget(Container):
         self._model_file = FileEdit(label="model file", mode="r", filter="*.safetensors")
         self._make_current = CheckBox(text="make current", value=False)
         self._tile = SpinBox(label="tile size (0 = auto)", min=0, max=8192, step=16, value=0)
+        self._flips = CheckBox(text="average 8 flips (8x slower, more accurate)", value=False)
         self._threshold = FloatSpinBox(label="threshold", min=0.05, max=0.9, step=0.05, value=0.5)
         self._min_size = SpinBox(label="minimum size (px)", min=0, max=1_000_000, value=16)
         self._expand = SpinBox(label="grow cells (px)", min=0, max=20, value=1)
@@ -118,6 +119,7 @@ class PredictWidget(Container):
                 self._model_file,
                 self._make_current,
                 self._tile,
+                self._flips,
                 self._threshold,
                 self._min_size,
                 self._expand,
@@ -296,6 +298,7 @@ class PredictWidget(Container):
             shape=shape,
             tile=self._tile.value or None,
             center=center,
+            flips=self._flips.value,
             threshold=self._threshold.value,
             min_size=self._min_size.value,
             expand=self._expand.value,

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from napari_unet import UNet, finetune, load_model, save_model
 from napari_unet.core.store import open_model
+from napari_unet.core.train import AUGMENTATIONS, DEFAULT_AUGMENTATIONS
 
 import datasets
 
@@ -50,7 +51,13 @@ def main() -> None:
     p.add_argument(
         "--dsb-repeat", type=int, default=1, help="list each DSB image this many times (sampling)"
     )
+    p.add_argument(
+        "--augment",
+        default=",".join(DEFAULT_AUGMENTATIONS),
+        help=f"comma-separated, from {','.join(AUGMENTATIONS)}",
+    )
     args = p.parse_args()
+    augment = args.augment.split(",")
 
     samples = datasets.usiigaci("train", args.data) + args.dsb_repeat * datasets.dsb2018(
         "train", args.data
@@ -87,6 +94,7 @@ def main() -> None:
             tile=args.tile,
             w0=args.w0,
             sigma=args.sigma,
+            augment=augment,
             seed=args.seed + 1000 * state["stage"] + state["steps"],
         )
         last_save = time.perf_counter()
@@ -121,7 +129,7 @@ def main() -> None:
         "w0": args.w0,
         "sigma": args.sigma,
         "class_balance": False,
-        "augment": "elastic 3x3 grid 10 px, flips/turns, intensity",
+        "augment": augment,
         "dsb_repeat": args.dsb_repeat,
     }
     metadata = {

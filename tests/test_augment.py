@@ -10,7 +10,9 @@ from napari_unet.core.augment import (
     elastic_deform,
     random_displacement,
     random_flip_rot,
+    random_gamma,
     random_intensity,
+    random_zoom,
     warp,
 )
 
@@ -241,3 +243,38 @@ def test_random_intensity_gain_and_offset():
         assert 0.8 - 1e-6 <= gain <= 1.2 + 1e-6
     same = random_intensity(image.astype(np.uint8), rng=rng, gain=0, offset=0)
     np.testing.assert_array_equal(same, image)
+
+
+# random_gamma, random_zoom
+
+
+def test_random_gamma_bends_mid_tones_and_keeps_the_ends():
+    image = np.array([[-0.2, 0.0, 0.25, 1.0]])
+    rng = np.random.default_rng(3)
+    mids = []
+    for _ in range(50):
+        out = random_gamma(image, rng=rng, spread=1.5)
+        assert out.dtype == np.float32
+        np.testing.assert_allclose(out[0, [0, 1, 3]], [-0.2, 0.0, 1.0], atol=1e-6)
+        mids.append(out[0, 2])
+    assert 0.25**1.5 - 1e-6 <= min(mids) < 0.25 < max(mids) <= 0.25 ** (1 / 1.5) + 1e-6
+    with pytest.raises(ValueError, match="spread must be >= 1"):
+        random_gamma(image, rng=rng, spread=0.5)
+
+
+def test_random_zoom_scales_about_the_centre():
+    """A warped disc keeps its centre and changes its area by the square of one factor."""
+    yy, xx = np.mgrid[:101, :101]
+    disc = ((yy - 50) ** 2 + (xx - 50) ** 2 <= 20**2).astype(np.uint8)
+    rng = np.random.default_rng(5)
+    areas = []
+    for _ in range(20):
+        field = random_zoom(disc.shape, rng=rng, max_zoom=1.3)
+        zoomed = warp(disc, field, order=0)
+        ys, xs = np.nonzero(zoomed)
+        assert abs(ys.mean() - 50) < 0.5 and abs(xs.mean() - 50) < 0.5
+        areas.append(zoomed.sum() / disc.sum())
+    assert 1 / 1.3**2 - 0.05 < min(areas) < 0.9 and 1.1 < max(areas) < 1.3**2 + 0.05
+    assert not random_zoom((8, 8), rng=rng, max_zoom=1.0).any()
+    with pytest.raises(ValueError, match="max_zoom must be >= 1"):
+        random_zoom((8, 8), rng=rng, max_zoom=0.9)

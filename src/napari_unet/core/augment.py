@@ -17,7 +17,15 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-__all__ = ["elastic_deform", "random_displacement", "random_flip_rot", "random_intensity", "warp"]
+__all__ = [
+    "elastic_deform",
+    "random_displacement",
+    "random_flip_rot",
+    "random_gamma",
+    "random_intensity",
+    "random_zoom",
+    "warp",
+]
 
 
 def random_displacement(
@@ -48,6 +56,27 @@ def random_displacement(
     coarse = torch.from_numpy(rng.normal(0.0, sigma, size=(2, grid, grid)).astype(np.float32))
     # In torch, not numpy: numpy's BLAS threads would fight torch's threads for the cores.
     return (_cubic_weights(h, grid) @ coarse @ _cubic_weights(w, grid).T).numpy()
+
+
+def random_zoom(
+    shape: tuple[int, int], *, rng: np.random.Generator, max_zoom: float = 1.3
+) -> np.ndarray:
+    """Draw the displacement field of a zoom about the centre of an ``(H, W)`` array.
+
+    The factor is log-uniform in ``[1 / max_zoom, max_zoom]``; above 1 objects appear larger.
+    Add it to a field from :func:`random_displacement` to zoom and deform in one :func:`warp`.
+
+    Returns
+    -------
+    (2, H, W) float32
+        Displacement ``(dy, dx)`` in pixels.
+    """
+    if not max_zoom >= 1:
+        raise ValueError(f"max_zoom must be >= 1, got {max_zoom}")
+    zoom = np.exp(rng.uniform(-np.log(max_zoom), np.log(max_zoom)))
+    h, w = shape
+    centre = np.array([(h - 1) / 2, (w - 1) / 2], np.float32)[:, None, None]
+    return ((_pixel_grid(h, w) - centre) * np.float32(1 / zoom - 1)).astype(np.float32)
 
 
 def warp(array: np.ndarray, displacement: np.ndarray, *, order: int) -> np.ndarray:
@@ -178,6 +207,19 @@ def random_intensity(
     scale = np.float32(1.0 + rng.uniform(-gain, gain))
     shift = np.float32(rng.uniform(-offset, offset))
     return np.asarray(image, dtype=np.float32) * scale + shift
+
+
+def random_gamma(image: np.ndarray, *, rng: np.random.Generator, spread: float = 1.5):
+    """Random gamma for an image normalised to about [0, 1]: dims or brightens mid-tones.
+
+    ``gamma`` is log-uniform in ``[1 / spread, spread]``; pixels above 0 become ``x ** gamma``,
+    pixels below 0 stay. Returns float32 of the image's shape.
+    """
+    if not spread >= 1:
+        raise ValueError(f"spread must be >= 1, got {spread}")
+    gamma = np.float32(np.exp(rng.uniform(-np.log(spread), np.log(spread))))
+    image = np.asarray(image, dtype=np.float32)
+    return np.maximum(image, 0) ** gamma + np.minimum(image, 0)
 
 
 @lru_cache(maxsize=16)

@@ -15,14 +15,29 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from .augment import random_displacement, random_flip_rot, random_intensity, warp
+from .augment import (
+    random_displacement,
+    random_flip_rot,
+    random_gamma,
+    random_intensity,
+    random_zoom,
+    warp,
+)
 from .device import resolve_device
 from .image import normalize, split_channels
 from .weightmap import check_labels, training_target
 
-__all__ = ["FinetuneEvent", "TrainingSample", "prepare_samples", "finetune", "AUGMENTATIONS"]
+__all__ = [
+    "FinetuneEvent",
+    "TrainingSample",
+    "prepare_samples",
+    "finetune",
+    "AUGMENTATIONS",
+    "DEFAULT_AUGMENTATIONS",
+]
 
-AUGMENTATIONS = ("elastic", "flips", "intensity")
+AUGMENTATIONS = ("elastic", "flips", "intensity", "zoom", "gamma")
+DEFAULT_AUGMENTATIONS = ("elastic", "flips", "intensity")  # what augment=True means
 
 
 @dataclass(frozen=True)
@@ -153,13 +168,19 @@ def _augmented_batch(samples, n: int, side: int, out_side: int, margin: int, aug
         sample = samples[rng.integers(len(samples))]
         image, target, weight = _crop(sample, side, out_side, rng)
         image = image.transpose(1, 2, 0)  # (side, side, C) for the augment functions
+        field = np.zeros((2, side, side), np.float32)
         if "elastic" in augment:
-            field = random_displacement((side, side), rng=rng)
+            field += random_displacement((side, side), rng=rng)
+        if "zoom" in augment:
+            field += random_zoom((side, side), rng=rng)
+        if field.any():
             image = warp(image, field, order=1)
             target = warp(target, field, order=0)
             weight = warp(weight, field, order=1)
         if "flips" in augment:
             image, target, weight = random_flip_rot([image, target, weight], rng=rng)
+        if "gamma" in augment:
+            image = random_gamma(image, rng=rng)
         if "intensity" in augment:
             image = random_intensity(image, rng=rng)
         pixels.append(image.transpose(2, 0, 1))
@@ -229,9 +250,10 @@ def finetune(
     tile
         About the output side (px) of a training crop; rounded up to a valid size.
     augment
-        ``True`` for all of ``AUGMENTATIONS``: ``"elastic"`` deformation (paper: 3x3 grid,
+        ``True`` for ``DEFAULT_AUGMENTATIONS``: ``"elastic"`` deformation (paper: 3x3 grid,
         10 px), ``"flips"`` (flips and 90-degree turns), ``"intensity"`` (gain and offset);
-        ``False`` for none, or a collection of those names.
+        ``False`` for none, or a collection of names from ``AUGMENTATIONS``, which adds
+        ``"zoom"`` (0.77-1.3x about the crop centre) and ``"gamma"`` (0.67-1.5).
     w0, sigma, class_balance
         Separation weight map (see :func:`~napari_unet.separation_weight_map`).
     validation
@@ -278,7 +300,7 @@ def finetune(
 
 def _augmentations(augment) -> frozenset[str]:
     if augment is True or augment is False:
-        return frozenset(AUGMENTATIONS if augment else ())
+        return frozenset(DEFAULT_AUGMENTATIONS if augment else ())
     chosen = frozenset(augment)
     unknown = chosen - set(AUGMENTATIONS)
     if unknown:

@@ -6,6 +6,9 @@ The paper's recipe through the public ``finetune`` generator: separation weight 
 deformation, percentile normalisation. Training runs in ``--stages`` cosine cycles (warm
 restarts), each limited by time; a checkpoint is written every few minutes and at the end of
 each stage, and ``--resume`` continues from it (the interrupted stage gets its remaining time).
+``--hold-out K`` keeps every K-th DSB training image out of training as a validation set, scored
+(foreground IoU) every ``--validate-every`` steps; the best-scoring weights are the ones saved,
+so checkpoints are chosen without looking at the test split.
 The final weights go to ``src/napari_unet/models/<name>.safetensors``; then run
 ``bench/bench_accuracy.py --model <name>`` to measure it and fill in the model card.
 """
@@ -56,19 +59,23 @@ def main() -> None:
         default=",".join(DEFAULT_AUGMENTATIONS),
         help=f"comma-separated, from {','.join(AUGMENTATIONS)}",
     )
+    p.add_argument("--hold-out", type=int, default=0, help="validate on every K-th DSB image")
+    p.add_argument("--validate-every", type=int, default=500, help="steps between validations")
     args = p.parse_args()
     augment = args.augment.split(",")
 
-    samples = datasets.usiigaci("train", args.data) + args.dsb_repeat * datasets.dsb2018(
-        "train", args.data
-    )
-    print(f"{len(samples)} training images")
+    dsb = datasets.dsb2018("train", args.data)
+    held_out = dsb[:: args.hold_out] if args.hold_out else []
+    dsb = [s for s in dsb if not any(s is h for h in held_out)]
+    samples = datasets.usiigaci("train", args.data) + args.dsb_repeat * dsb
+    print(f"{len(samples)} training images, {len(held_out)} held out for validation")
     pairs = [(image, labels) for _, image, labels in samples]
+    validation = [(image, labels) for _, image, labels in held_out]
 
-    state = {"stage": 0, "stage_seconds": 0.0, "steps": 0, "seconds": 0.0}
+    state = {"stage": 0, "stage_seconds": 0.0, "steps": 0, "seconds": 0.0, "best": None}
     if args.resume and args.checkpoint.exists():
         model = load_model(args.checkpoint)
-        state = model.metadata["progress"]
+        state = {"best": None, **model.metadata["progress"]}
         history = model.metadata.get("continued_from", [])
         print(f"resuming {args.checkpoint}: {state}")
     elif args.init:
@@ -95,6 +102,8 @@ def main() -> None:
             w0=args.w0,
             sigma=args.sigma,
             augment=augment,
+            validation=validation,
+            validate_every=args.validate_every,
             seed=args.seed + 1000 * state["stage"] + state["steps"],
         )
         last_save = time.perf_counter()
@@ -105,6 +114,15 @@ def main() -> None:
             bar.set_postfix(loss=f"{event.loss:.4f}", lr=f"{event.lr:.1e}")
             state["stage_seconds"] = base_seconds + event.elapsed
             state["steps"] = base_steps + event.step
+            if event.val_iou is not None:
+                bar.write(f"step {state['steps']}: validation IoU {event.val_iou:.4f}")
+                if state["best"] is None or event.val_iou > state["best"]["val_iou"]:
+                    state["best"] = {
+                        "val_iou": event.val_iou,
+                        "steps": state["steps"],
+                        "seconds": sum_seconds(state, stage_seconds),
+                    }
+                    save_model(model, best_path(args.checkpoint), {"best": state["best"]})
             if event.done or time.perf_counter() - last_save > args.checkpoint_minutes * 60:
                 state["seconds"] = sum_seconds(state, stage_seconds)
                 save_model(
@@ -118,6 +136,10 @@ def main() -> None:
         state["seconds"] = sum_seconds(state, stage_seconds)
         save_model(model, args.checkpoint, {"progress": state, "continued_from": history})
 
+    if held_out:  # ship the best validation weights: their steps and time
+        print(f"keeping the best validation weights: {state['best']}")
+        model = load_model(best_path(args.checkpoint))
+        state = {**state, **state["best"]}
     recipe = {
         "steps": state["steps"],
         "minutes": round(state["seconds"] / 60, 1),
@@ -131,6 +153,8 @@ def main() -> None:
         "class_balance": False,
         "augment": augment,
         "dsb_repeat": args.dsb_repeat,
+        "held_out": [name for name, _, _ in held_out],
+        "best": state["best"],
     }
     metadata = {
         "name": args.name,
@@ -149,6 +173,11 @@ def main() -> None:
     path = save_model(model, MODELS / f"{args.name}.safetensors", metadata)
     print(json.dumps(metadata, indent=1))
     print(f"saved {path} ({path.stat().st_size / 1e6:.1f} MB)")
+
+
+def best_path(checkpoint: Path) -> Path:
+    """Where the best validation weights of a run are kept, beside its checkpoint."""
+    return checkpoint.with_name(f"{checkpoint.stem}-best.safetensors")
 
 
 def sum_seconds(state: dict, stage_seconds: float) -> float:

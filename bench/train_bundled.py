@@ -66,7 +66,8 @@ def main() -> None:
 
     dsb = datasets.dsb2018("train", args.data)
     held_out = dsb[:: args.hold_out] if args.hold_out else []
-    dsb = [s for s in dsb if not any(s is h for h in held_out)]
+    if args.hold_out:
+        del dsb[:: args.hold_out]
     samples = datasets.usiigaci("train", args.data) + args.dsb_repeat * dsb
     print(f"{len(samples)} training images, {len(held_out)} held out for validation")
     pairs = [(image, labels) for _, image, labels in samples]

@@ -11,6 +11,7 @@ from napari_unet.core.augment import (
     random_displacement,
     random_flip_rot,
     random_gamma,
+    random_illumination,
     random_intensity,
     random_zoom,
     warp,
@@ -245,7 +246,7 @@ def test_random_intensity_gain_and_offset():
     np.testing.assert_array_equal(same, image)
 
 
-# random_gamma, random_zoom
+# random_gamma, random_zoom, random_illumination
 
 
 def test_random_gamma_bends_mid_tones_and_keeps_the_ends():
@@ -278,3 +279,26 @@ def test_random_zoom_scales_about_the_centre():
     assert not random_zoom((8, 8), rng=rng, max_zoom=1.0).any()
     with pytest.raises(ValueError, match="max_zoom must be >= 1"):
         random_zoom((8, 8), rng=rng, max_zoom=0.9)
+
+
+def test_random_illumination_adds_one_smooth_bounded_background():
+    """The same slowly varying glow on every channel, within [0, strength], varying per draw."""
+    image = np.random.default_rng(0).random((96, 80, 3)).astype(np.float32)
+    rng = np.random.default_rng(7)
+    peaks = []
+    for _ in range(30):
+        out = random_illumination(image, rng=rng, strength=0.4)
+        assert out.dtype == np.float32 and out.shape == image.shape
+        glow = out - image
+        np.testing.assert_allclose(glow[..., 1], glow[..., 0], atol=1e-6)
+        np.testing.assert_allclose(glow[..., 2], glow[..., 0], atol=1e-6)
+        assert glow.min() >= -0.03 and glow.max() <= 0.43
+        steps = max(np.abs(np.diff(glow[..., 0], axis=a)).max() for a in (0, 1))
+        assert steps < 0.02  # smooth: no pixel-scale structure that could look like a cell
+        peaks.append(glow.max())
+    assert min(peaks) < 0.1 < 0.3 < max(peaks)
+    grey = random_illumination(image[..., 0], rng=rng)
+    assert grey.shape == (96, 80)
+    np.testing.assert_array_equal(random_illumination(image, rng=rng, strength=0), image)
+    with pytest.raises(ValueError, match="strength must be >= 0"):
+        random_illumination(image, rng=rng, strength=-1)

@@ -164,7 +164,13 @@ def test_bad_settings(small_model, usiigaci_crop):
 
 
 def test_augmentations_can_be_chosen(usiigaci_crop):
-    for augment in (False, ["flips"], ("elastic", "intensity"), ["zoom", "gamma"], True):
+    for augment in (
+        False,
+        ["flips"],
+        ("elastic", "intensity"),
+        ["zoom", "gamma", "illumination"],
+        True,
+    ):
         model = UNet(base_channels=2, depth=2)
         events = list(finetune(model, [usiigaci_crop], steps=2, augment=augment, tile=16))
         assert len(events) == 2

@@ -1,5 +1,7 @@
 """Training augmentation: the paper's elastic deformation, flips and 90-degree turns, intensity.
 
+Beyond the paper: zoom, gamma and a smooth random background (uneven illumination).
+
 Ronneberger et al. (2015): "smooth deformations using random displacement vectors on a coarse 3 by
 3 grid. The displacements are sampled from a Gaussian distribution with 10 pixels standard
 deviation. Per-pixel displacements are then computed using bicubic interpolation."
@@ -22,6 +24,7 @@ __all__ = [
     "random_displacement",
     "random_flip_rot",
     "random_gamma",
+    "random_illumination",
     "random_intensity",
     "random_zoom",
     "warp",
@@ -53,9 +56,7 @@ def random_displacement(
     if grid < 1:
         raise ValueError(f"grid must be >= 1, got {grid}")
     h, w = shape
-    coarse = torch.from_numpy(rng.normal(0.0, sigma, size=(2, grid, grid)).astype(np.float32))
-    # In torch, not numpy: numpy's BLAS threads would fight torch's threads for the cores.
-    return (_cubic_weights(h, grid) @ coarse @ _cubic_weights(w, grid).T).numpy()
+    return _bicubic(rng.normal(0.0, sigma, size=(2, grid, grid)), h, w)
 
 
 def random_zoom(
@@ -220,6 +221,42 @@ def random_gamma(image: np.ndarray, *, rng: np.random.Generator, spread: float =
     gamma = np.float32(np.exp(rng.uniform(-np.log(spread), np.log(spread))))
     image = np.asarray(image, dtype=np.float32)
     return np.maximum(image, 0) ** gamma + np.minimum(image, 0)
+
+
+def random_illumination(
+    image: np.ndarray, *, rng: np.random.Generator, strength: float = 0.4, grid: int = 3
+) -> np.ndarray:
+    """Add a smooth random background, as uneven illumination or tissue autofluorescence.
+
+    The background is bicubically interpolated from a coarse ``(grid, grid)`` grid of values
+    drawn from ``U(0, 1)`` and scaled by one ``U(0, strength)``, so it stays within about
+    ``[0, strength]``; it teaches the network that a slowly varying glow is not a cell.
+
+    Parameters
+    ----------
+    image
+        ``(H, W)`` or ``(H, W, C)`` image normalised to about [0, 1]; all channels get the
+        same background.
+
+    Returns
+    -------
+    float32, shape of ``image``
+    """
+    if not strength >= 0:
+        raise ValueError(f"strength must be >= 0, got {strength}")
+    h, w = image.shape[:2]
+    coarse = rng.uniform(0.0, 1.0, size=(grid, grid)) * rng.uniform(0.0, strength)
+    background = _bicubic(coarse, h, w)
+    image = np.asarray(image, dtype=np.float32)
+    return image + (background[..., None] if image.ndim == 3 else background)
+
+
+def _bicubic(coarse: np.ndarray, h: int, w: int) -> np.ndarray:
+    """``(..., grid, grid)`` coarse values bicubically upsampled to float32 ``(..., h, w)``."""
+    grid = coarse.shape[-1]
+    coarse = torch.from_numpy(np.asarray(coarse, np.float32))
+    # In torch, not numpy: numpy's BLAS threads would fight torch's threads for the cores.
+    return (_cubic_weights(h, grid) @ coarse @ _cubic_weights(w, grid).T).numpy()
 
 
 @lru_cache(maxsize=16)

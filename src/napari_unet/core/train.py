@@ -19,6 +19,7 @@ from .augment import (
     random_displacement,
     random_flip_rot,
     random_gamma,
+    random_illumination,
     random_intensity,
     random_zoom,
     warp,
@@ -36,7 +37,7 @@ __all__ = [
     "DEFAULT_AUGMENTATIONS",
 ]
 
-AUGMENTATIONS = ("elastic", "flips", "intensity", "zoom", "gamma")
+AUGMENTATIONS = ("elastic", "flips", "intensity", "zoom", "gamma", "illumination")
 DEFAULT_AUGMENTATIONS = ("elastic", "flips", "intensity")  # what augment=True means
 
 
@@ -181,6 +182,8 @@ def _augmented_batch(samples, n: int, side: int, out_side: int, margin: int, aug
             image, target, weight = random_flip_rot([image, target, weight], rng=rng)
         if "gamma" in augment:
             image = random_gamma(image, rng=rng)
+        if "illumination" in augment:
+            image = random_illumination(image, rng=rng)
         if "intensity" in augment:
             image = random_intensity(image, rng=rng)
         pixels.append(image.transpose(2, 0, 1))
@@ -253,7 +256,8 @@ def finetune(
         ``True`` for ``DEFAULT_AUGMENTATIONS``: ``"elastic"`` deformation (paper: 3x3 grid,
         10 px), ``"flips"`` (flips and 90-degree turns), ``"intensity"`` (gain and offset);
         ``False`` for none, or a collection of names from ``AUGMENTATIONS``, which adds
-        ``"zoom"`` (0.77-1.3x about the crop centre) and ``"gamma"`` (0.67-1.5).
+        ``"zoom"`` (0.77-1.3x about the crop centre), ``"gamma"`` (0.67-1.5) and
+        ``"illumination"`` (a smooth added background of up to 0.4).
     w0, sigma, class_balance
         Separation weight map (see :func:`~napari_unet.separation_weight_map`).
     validation

@@ -230,7 +230,8 @@ def random_illumination(
 
     The background is bicubically interpolated from a coarse ``(grid, grid)`` grid of values
     drawn from ``U(0, 1)`` and scaled by one ``U(0, strength)``, so it stays within about
-    ``[0, strength]``; it teaches the network that a slowly varying glow is not a cell.
+    ``[0, strength]``; meant to show the network that a slowly varying glow is not a cell
+    (it did not improve the bundled model, see its model card).
 
     Parameters
     ----------
@@ -244,10 +245,9 @@ def random_illumination(
     """
     if not strength >= 0:
         raise ValueError(f"strength must be >= 0, got {strength}")
-    h, w = image.shape[:2]
-    coarse = rng.uniform(0.0, 1.0, size=(grid, grid)) * rng.uniform(0.0, strength)
-    background = _bicubic(coarse, h, w)
     image = np.asarray(image, dtype=np.float32)
+    coarse = rng.uniform(0.0, 1.0, size=(grid, grid)) * rng.uniform(0.0, strength)
+    background = _bicubic(coarse, *image.shape[:2])
     return image + (background[..., None] if image.ndim == 3 else background)
 
 

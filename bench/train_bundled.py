@@ -112,7 +112,7 @@ def main() -> None:
         bar = tqdm(desc=f"stage {state['stage'] + 1}/{args.stages}", unit="step", mininterval=30)
         for event in events:
             bar.update(1)
-            bar.set_postfix(loss=f"{event.loss:.4f}", lr=f"{event.lr:.1e}")
+            bar.set_postfix(loss=f"{event.loss:.4f}", lr=f"{event.lr:.1e}", refresh=False)
             state["stage_seconds"] = base_seconds + event.elapsed
             state["steps"] = base_steps + event.step
             if event.val_iou is not None:

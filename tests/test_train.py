@@ -129,6 +129,7 @@ def test_validation_score_is_reported(small_model, usiigaci_crop):
     scores = [e.val_iou for e in events]
     assert scores[0] is None and scores[2] is None
     assert all(0 <= s <= 1 for s in (scores[1], scores[3]))
+    assert type(scores[1]) is float  # plain float: goes into JSON metadata as is
 
 
 @pytest.mark.parametrize(

@@ -332,7 +332,7 @@ def _foreground_iou(model, pairs, device) -> float:
             pred, truth = pred[region], truth[region]
         inter += np.count_nonzero(pred & truth)
         union += np.count_nonzero(pred | truth)
-    return inter / union if union else 1.0
+    return float(inter / union) if union else 1.0
 
 
 def _finetune(

@@ -1,6 +1,11 @@
 """Train the bundled U-Net on real data: Usiigaci train (phase contrast) + DSB 2018 train.txt.
 
-    python bench/train_bundled.py --minutes 90 --name unet-cells-nuclei
+    python tools/train_bundled.py --minutes 90 --name unet-cells-nuclei
+
+A release tool, not a benchmark: it writes the weights that ship in the package. ``--kinds``
+trains on some of the data sets only; ``--kinds dsb --out tools/models/unet-dsb-only.safetensors``
+makes the leave-one-kind-out base model of the few-shot benchmark (it has never seen Usiigaci's
+phase-contrast cells and is kept out of the package).
 
 The paper's recipe through the public ``finetune`` generator: separation weight maps, elastic
 deformation, percentile normalisation. Training runs in ``--stages`` cosine cycles (warm
@@ -9,7 +14,7 @@ each stage, and ``--resume`` continues from it (the interrupted stage gets its r
 ``--hold-out K`` keeps every K-th DSB training image out of training as a validation set, scored
 (foreground IoU) every ``--validate-every`` steps; the best-scoring weights are the ones saved,
 so checkpoints are chosen without looking at the test split.
-The final weights go to ``src/napari_unet/models/<name>.safetensors``; then run
+The final weights go to ``src/napari_unet/models/<name>.safetensors`` (or ``--out``); then run
 ``bench/bench_accuracy.py --model <name>`` to measure it and fill in the model card.
 """
 
@@ -18,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -28,15 +34,25 @@ from napari_unet import UNet, finetune, load_model, save_model
 from napari_unet.core.store import open_model
 from napari_unet.core.train import AUGMENTATIONS, DEFAULT_AUGMENTATIONS
 
-import datasets
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))  # the data loaders are shared with the benchmarks
+import datasets  # noqa: E402
 
-MODELS = Path(__file__).resolve().parents[1] / "src" / "napari_unet" / "models"
+MODELS = ROOT / "src" / "napari_unet" / "models"
+KINDS = {
+    "usiigaci": "usiigaci/train (45 phase-contrast images, Tsai et al. 2019, MIT)",
+    "dsb": "dsb2018/train.txt (53 nuclei images, BBBC038v1, Caicedo et al. 2019)",
+}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", type=Path, default=datasets.DATA)
     p.add_argument("--name", default="unet-cells-nuclei")
+    p.add_argument("--out", type=Path, help="weights file (default: the package's <name>)")
+    p.add_argument(
+        "--kinds", default=",".join(KINDS), help=f"data sets to train on, from {','.join(KINDS)}"
+    )
     p.add_argument("--minutes", type=float, default=90.0, help="total training time")
     p.add_argument("--stages", type=int, default=3)
     p.add_argument("--base-channels", type=int, default=16)
@@ -63,12 +79,16 @@ def main() -> None:
     p.add_argument("--validate-every", type=int, default=500, help="steps between validations")
     args = p.parse_args()
     augment = args.augment.split(",")
+    kinds = args.kinds.split(",")
+    if unknown := set(kinds) - set(KINDS):
+        p.error(f"unknown --kinds {sorted(unknown)}; expected some of {','.join(KINDS)}")
 
-    dsb = datasets.dsb2018("train", args.data)
+    dsb = datasets.dsb2018("train", args.data) if "dsb" in kinds else []
     held_out = dsb[:: args.hold_out] if args.hold_out else []
     if args.hold_out:
         del dsb[:: args.hold_out]
-    samples = datasets.usiigaci("train", args.data) + args.dsb_repeat * dsb
+    usiigaci = datasets.usiigaci("train", args.data) if "usiigaci" in kinds else []
+    samples = usiigaci + args.dsb_repeat * dsb
     print(f"{len(samples)} training images, {len(held_out)} held out for validation")
     pairs = [(image, labels) for _, image, labels in samples]
     validation = [(image, labels) for _, image, labels in held_out]
@@ -159,10 +179,7 @@ def main() -> None:
     }
     metadata = {
         "name": args.name,
-        "training_data": [
-            "usiigaci/train (45 phase-contrast images, Tsai et al. 2019, MIT)",
-            "dsb2018/train.txt (53 nuclei images, BBBC038v1, Caicedo et al. 2019)",
-        ],
+        "training_data": [KINDS[kind] for kind in kinds],
         "recipe": recipe,
         "continued_from": history,  # the runs these weights continued, oldest first
         "total_steps": sum(r["steps"] for r in (*history, recipe)),
@@ -171,7 +188,9 @@ def main() -> None:
         f"{torch.get_num_threads()} threads, torch {torch.__version__}",
         "normalisation": "percentiles 1 / 99.8 per image",
     }
-    path = save_model(model, MODELS / f"{args.name}.safetensors", metadata)
+    out = args.out or MODELS / f"{args.name}.safetensors"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    path = save_model(model, out, metadata)
     print(json.dumps(metadata, indent=1))
     print(f"saved {path} ({path.stat().st_size / 1e6:.1f} MB)")
 

@@ -21,6 +21,9 @@ from skimage import measure, segmentation
 
 __all__ = [
     "EPS",
+    "W0",
+    "SIGMA",
+    "CLASS_BALANCE",
     "carve_borders",
     "check_labels",
     "largest_piece",
@@ -30,6 +33,11 @@ __all__ = [
 
 EPS = 1e-4
 """Largest absolute error of the border term; values below it are set to 0."""
+
+W0, SIGMA, CLASS_BALANCE = 10.0, 5.0, False
+"""The one default weight map, used by training, the Weight map dock and ``napari-unet
+weightmap``: the paper's border term (w0 10, sigma 5 px) on the carved target, without the
+paper's class-balance term w_c (on sparse images balancing made a model over-predict cells)."""
 
 
 def check_labels(labels, name: str = "labels") -> np.ndarray:
@@ -144,7 +152,7 @@ def _weights(
 
 
 def separation_weight_map(
-    labels, w0: float = 10.0, sigma: float = 5.0, class_balance: bool = True
+    labels, w0: float = W0, sigma: float = SIGMA, class_balance: bool = True
 ) -> np.ndarray:
     """Weight map ``w = w_c + w0 * exp(-(d1 + d2)**2 / (2 sigma**2))`` of the U-Net paper.
 
@@ -233,9 +241,9 @@ def training_target(
     labels,
     mask=None,
     *,
-    w0: float = 10.0,
-    sigma: float = 5.0,
-    class_balance: bool = False,
+    w0: float = W0,
+    sigma: float = SIGMA,
+    class_balance: bool = CLASS_BALANCE,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Two-class target with carved borders and its separation weight map.
 

@@ -1,0 +1,239 @@
+"""Few-shot fine-tuning on a kind of image the base model has never seen, as a user would do it.
+
+    python bench/bench_fewshot.py [--protocol usiigaci|isbi|all] [--minutes 1,2,5,10]
+                                  [--frames 1,2,4] [--rounds 3] [--set lr=1e-3,tile=256]
+
+Protocols (leave one kind out; data from ``../shared/data`` only):
+
+- ``usiigaci``: touching phase-contrast cells. Base: ``tools/models/unet-dsb-only.safetensors``,
+  trained by ``tools/train_bundled.py --kinds dsb`` on DSB nuclei only (never Usiigaci, kept out
+  of the package). Fine-tuned on the first ``n`` of ``usiigaci/train``, scored on
+  ``usiigaci/val`` (5 images).
+- ``isbi``: ISBI 2012 EM, instances = membrane-enclosed regions (4-connected). Base: the bundled
+  model (never trained on EM). Fine-tuned on images 0-1 (more frames: 2, 3, ...), scored on
+  images 20-29 with the challenge's adapted Rand error beside SEG / F1 / IoU.
+
+Each fine-tune is ``finetune(copy_of_base, frames, steps=10**6, max_seconds=minutes*60)`` with
+the library's defaults (or ``--set`` overrides, the levers compared side by side), then
+``to_instances(predict(model, image))`` on the test frames. Scores (``bench/scoring.py``,
+independent of ``napari_unet.core.metrics``) pool over all reference cells as the Cell Tracking
+Challenge pools SEG; F1 counts cells matched at IoU > 0.5.
+
+Output: one line per run, ``--json`` with every run, and ``--plot`` a PNG of SEG against
+fine-tuning minutes and against annotated frames, and SEG per round of the correct-and-continue
+loop (each round replaces the prediction of one more frame by its ground truth, adds it, and
+continues fine-tuning the current model for ``--round-minutes``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import ndimage as ndi
+
+from napari_unet import finetune, predict, to_instances
+from napari_unet.core.store import open_model
+
+import datasets
+from scoring import Pooled
+
+ROOT = Path(__file__).resolve().parents[1]
+DSB_ONLY = ROOT / "tools" / "models" / "unet-dsb-only.safetensors"
+
+
+def isbi_frames(indices, root):
+    """ISBI slices with 4-connected interiors as instances (the membrane is background)."""
+    frames = []
+    for name, image, labels in datasets.isbi2012(indices, root):
+        frames.append((name, image, ndi.label(labels > 0)[0].astype(np.uint32)))
+    return frames
+
+
+def protocol(name: str, root: Path, base: str | None):
+    """``(base model path/name, training pool, test frames, score the Rand error)``."""
+    if name == "usiigaci":
+        return base or str(DSB_ONLY), datasets.usiigaci("train", root), datasets.usiigaci(
+            "val", root
+        ), False
+    if name == "isbi":
+        return base, isbi_frames(range(0, 20), root), isbi_frames(range(20, 30), root), True
+    raise SystemExit(f"unknown protocol {name!r}; expected usiigaci or isbi")
+
+
+def score(model, test, rand: bool) -> dict:
+    pooled = Pooled()
+    for _, image, truth in test:
+        pooled.add(truth, to_instances(predict(model, image)), rand=rand)
+    return pooled.row()
+
+
+def tune(model, frames, minutes: float, settings: dict, seed: int):
+    """Fine-tune ``model`` in place; returns ``(steps, seconds)``."""
+    start = time.perf_counter()
+    events = finetune(
+        model,
+        [(image, labels) for _, image, labels in frames],
+        steps=10**6,
+        max_seconds=minutes * 60,
+        seed=seed,
+        **settings,
+    )
+    steps = sum(1 for _ in events)
+    return steps, time.perf_counter() - start
+
+
+def report(results: list, kind: str, **row) -> None:
+    row = {"protocol": kind, **row}
+    results.append(row)
+    extra = f"  adapted Rand error {row['rand_error']:.4f}" if "rand_error" in row else ""
+    print(
+        f"{kind:9s} {row['run']:28s} SEG {row['seg']:.3f}  F1 {row['f1']:.3f}  "
+        f"IoU {row['iou']:.3f}{extra}  ({row.get('steps', 0)} steps, "
+        f"{row.get('seconds', 0) / 60:.1f} min)",
+        flush=True,
+    )
+
+
+def run_protocol(kind: str, args, settings: dict, results: list) -> None:
+    base_name, pool, test, rand = protocol(kind, args.data, args.base)
+    base = open_model(base_name)
+    report(results, kind, run="base (no fine-tuning)", curve="base", **score(base, test, rand))
+    frames = args.frames_fixed
+    for minutes in args.minutes:
+        model = copy.deepcopy(base)
+        steps, seconds = tune(model, pool[:frames], minutes, settings, args.seed)
+        report(
+            results,
+            kind,
+            run=f"{frames} frames, {minutes:g} min",
+            curve="minutes" + (",frames" if minutes == args.curve_minutes else ""),
+            frames=frames,
+            minutes=minutes,
+            steps=steps,
+            seconds=seconds,
+            **score(model, test, rand),
+        )
+    for frames in args.frames:
+        if frames == args.frames_fixed and args.curve_minutes in args.minutes:
+            continue  # measured above
+        model = copy.deepcopy(base)
+        steps, seconds = tune(model, pool[:frames], args.curve_minutes, settings, args.seed)
+        report(
+            results,
+            kind,
+            run=f"{frames} frames, {args.curve_minutes:g} min",
+            curve="frames",
+            frames=frames,
+            minutes=args.curve_minutes,
+            steps=steps,
+            seconds=seconds,
+            **score(model, test, rand),
+        )
+    if args.rounds:
+        correct_and_continue(kind, base, pool, test, rand, args, settings, results)
+
+
+def correct_and_continue(kind, base, pool, test, rand, args, settings, results) -> None:
+    """Simulated human-in-the-loop: each round adds one more frame, its prediction corrected to
+    the ground truth, and continues fine-tuning the current model on all pairs."""
+    model = copy.deepcopy(base)
+    frames = list(pool[: args.frames_fixed])
+    for round_ in range(args.rounds + 1):
+        if round_:
+            frames.append(pool[args.frames_fixed + round_ - 1])
+        steps, seconds = tune(model, frames, args.round_minutes, settings, args.seed + round_)
+        report(
+            results,
+            kind,
+            run=f"round {round_}: {len(frames)} frames",
+            curve="round",
+            round=round_,
+            frames=len(frames),
+            minutes=args.round_minutes,
+            steps=steps,
+            seconds=seconds,
+            **score(model, test, rand),
+        )
+
+
+def plot(results: list, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    curves = (("minutes", "fine-tuning minutes (CPU)"), ("frames", "annotated frames"))
+    for kind in sorted({r["protocol"] for r in results}):
+        rows = [r for r in results if r["protocol"] == kind]
+        base = next(r["seg"] for r in rows if r["curve"] == "base")
+        for ax, (curve, _) in zip(axes, curves, strict=False):
+            points = sorted((r[curve], r["seg"]) for r in rows if curve in r["curve"])
+            if points:
+                line = ax.plot(*zip(*points, strict=True), "o-", label=kind)[0]
+                ax.axhline(base, color=line.get_color(), ls=":", lw=1)
+        rounds = [(r["round"], r["seg"]) for r in rows if r["curve"] == "round"]
+        if rounds:
+            axes[2].plot(*zip(*rounds, strict=True), "o-", label=kind)
+    for ax, (_, label) in zip(axes, curves, strict=False):
+        ax.set(xlabel=label, ylabel="SEG", title=f"SEG vs. {label} (dotted: base)")
+    axes[2].set(xlabel="correct-and-continue round", ylabel="SEG", title="Correct and continue")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"plot -> {path}")
+
+
+def parse_settings(text: str) -> dict:
+    settings = {}
+    for item in filter(None, text.split(",")):
+        key, value = item.split("=")
+        settings[key] = json.loads(value) if value[:1] in "[{tf0123456789.-" else value
+    return settings
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--protocol", default="all", choices=["usiigaci", "isbi", "all"])
+    p.add_argument("--data", type=Path, default=datasets.DATA)
+    p.add_argument("--base", help="base model (default: per protocol, see above)")
+    p.add_argument("--minutes", default="1,2,5,10", help="fine-tuning budgets to compare")
+    p.add_argument("--frames", default="1,2,4", help="numbers of annotated frames to compare")
+    p.add_argument("--frames-fixed", type=int, default=2, help="frames for the minutes curve")
+    p.add_argument("--curve-minutes", type=float, default=5.0, help="minutes for frames curve")
+    p.add_argument("--rounds", type=int, default=0, help="correct-and-continue rounds")
+    p.add_argument("--round-minutes", type=float, default=2.0)
+    p.add_argument("--set", default="", help="finetune overrides, e.g. lr=1e-3,tile=256")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", type=Path, help="write every run here")
+    p.add_argument("--plot", type=Path, help="PNG of the curves")
+    args = p.parse_args()
+    args.minutes = [float(m) for m in args.minutes.split(",") if m]
+    args.frames = [int(f) for f in args.frames.split(",") if f]
+    settings = parse_settings(args.set)
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} "
+        f"torch threads, torch {torch.__version__}; finetune overrides: {settings or 'none'}"
+    )
+    results: list = []
+    kinds = ["usiigaci", "isbi"] if args.protocol == "all" else [args.protocol]
+    for kind in kinds:
+        run_protocol(kind, args, settings, results)
+    if args.json:
+        args.json.write_text(json.dumps({"settings": settings, "runs": results}, indent=1))
+    if args.plot:
+        plot(results, args.plot)
+
+
+if __name__ == "__main__":
+    main()

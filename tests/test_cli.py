@@ -107,6 +107,8 @@ def test_train_command_saves_a_loadable_model(tmp_path):
         str(labels),
         "--steps",
         "3",
+        "--model",
+        "new",
         "--base-channels",
         "4",
         "--tile",

@@ -200,39 +200,37 @@ def _plan_outputs(images: list[Path], out: Path, kinds: tuple[str, ...]) -> list
     """``(image, {kind: output path})`` per image to segment; raises before anything is written.
 
     Outputs are ``<stem>_<kind>.tif``; a stem met again gets ``<stem>-2``, ``-3``, ... in the
-    order given. An output that is also an input is not segmented when an earlier ``predict``
-    wrote it (it is replaced), and refused otherwise; an existing file is replaced only when an
-    earlier ``predict`` wrote it.
+    order given. Inputs that an earlier ``predict`` wrote are not segmented. An output may
+    replace a file only when an earlier ``predict`` wrote it, and never an input.
     """
     from .core.io import is_prediction_output
 
-    plan, taken = [], set()
+    todo = []
     for path in images:
+        if is_prediction_output(path):
+            log.warning("%s: not segmented, napari-unet predict wrote it", path)
+        else:
+            todo.append(path)
+    if not todo:
+        raise ValueError("nothing to segment: napari-unet predict wrote every input")
+    plan, taken = [], set()
+    for path in todo:
         k = 1
         while any(f"{_stem(path, k)}_{kind}.tif" in taken for kind in kinds):
             k += 1
         targets = {kind: out / f"{_stem(path, k)}_{kind}.tif" for kind in kinds}
         taken.update(t.name for t in targets.values())
         if k > 1:
-            log.warning(
-                "%s -> %s (another input has the name %s)", path, targets[kinds[0]].name, path.stem
-            )
+            name = targets[kinds[0]].name
+            log.warning("%s -> %s (another input has the name %s)", path, name, path.stem)
         plan.append((path, targets))
-    outputs = [(source, t) for source, targets in plan for t in targets.values()]
-    skipped = []
-    for path in images:
-        source = next((s for s, t in outputs if _same_file(t, path)), None)
-        if source is None:
-            continue
-        if not is_prediction_output(path):
-            raise FileExistsError(
-                f"the output for {source} would replace the input {path}; choose another --out"
-            )
-        log.warning("%s: not segmented, it is the output of %s in this run", path, source)
-        skipped.append(path)
-    plan = [(p, t) for p, t in plan if p not in skipped]
     for path, targets in plan:
         for target in targets.values():
+            hit = next((i for i in todo if _same_file(target, i)), None)
+            if hit is not None:
+                raise FileExistsError(
+                    f"the output for {path} would replace the input {hit}; choose another --out"
+                )
             if os.path.lexists(target) and not is_prediction_output(target):
                 raise FileExistsError(
                     f"{target} exists and napari-unet predict did not write it; refusing to "
@@ -322,7 +320,7 @@ def _check_model_out(out: Path) -> None:
 
 
 def _check_free_space(out: Path, needed: int) -> None:
-    existing = next(p for p in (out.parent, *out.parents) if p.exists())
+    existing = next(p for p in out.parents if p.exists())
     free = shutil.disk_usage(existing).free
     if free < needed:
         raise OSError(
@@ -486,7 +484,7 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
     """Shows ``(default: ...)`` for options with a default worth saying."""
 
     def _get_help_string(self, action):
-        if action.default in (None, False) or isinstance(action.default, list):
+        if action.default is None or action.default is False:
             return action.help
         return super()._get_help_string(action)
 
@@ -576,7 +574,7 @@ def _parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         default=CLASS_BALANCE,
         help="add the paper's class-balance term w_c (foreground and background weigh the "
-        "same in total) instead of 1",
+        f"same in total) instead of 1 (default: {'on' if CLASS_BALANCE else 'off'})",
     )
     w.add_argument("--max-pixels", **budget)
     w.set_defaults(run=_weightmap)
@@ -590,9 +588,17 @@ def _parser() -> argparse.ArgumentParser:
         "cannot be saved to --out, it is saved beside it or in the temp folder, and the error "
         "says where.",
     )
-    t.add_argument("--images", nargs="+", required=True, metavar="IMAGE")
-    t.add_argument("--labels", nargs="+", required=True, metavar="LABELS", help="one per image")
-    t.add_argument("--steps", type=_positive_int, required=True)
+    t.add_argument(
+        "--images", nargs="+", required=True, metavar="IMAGE", help="TIFF, PNG or NPY images"
+    )
+    t.add_argument(
+        "--labels",
+        nargs="+",
+        required=True,
+        metavar="LABELS",
+        help="instance label images (0 = background), one per image, in the same order",
+    )
+    t.add_argument("--steps", type=_positive_int, required=True, help="optimisation steps")
     t.add_argument("--minutes", type=_positive_float, help="stop after this many minutes")
     t.add_argument("--out", required=True, help="output model file (.safetensors)")
     t.add_argument(

@@ -18,7 +18,7 @@ __all__ = [
 ]
 
 MAX_CHANNELS = 4  # a last axis this short holds channels, not a spatial dimension
-_CHUNK_VALUES = 2**20  # normalize computes in float64 on chunks of this many values
+_CHUNK_VALUES = 2**16  # normalize computes in float64 on chunks of this many values
 _MAX_ID_CHANGES = 0.3
 """Largest share of neighbouring non-zero pixels with different ids in a plausible label image.
 Real label images (Usiigaci, DSB 2018, ISBI 2012 masks) have at most 0.04, microscopy images

@@ -2,7 +2,8 @@
 
 Reading checks the image's size from the file's header before decoding anything (``MAX_PIXELS``).
 Writing goes to a hidden ``.<stem>.napari-unet-<pid>-<random><suffix>.part`` file beside the
-target, which replaces the target only when it is complete; see :func:`atomic_path`.
+target (``.x.napari-unet-4242-k3j9.tif.part`` for ``x.tif``), which replaces the target only when
+it is complete; see :func:`atomic_path`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import os
 import re
 import shutil
 import stat
+import struct
 import tempfile
 import time
 from collections.abc import Callable
@@ -76,18 +78,15 @@ def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
 
 
 def _png_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
-    from PIL import Image
-
-    with Image.open(path) as im:  # lazy: reads the header (IHDR), decodes nothing
-        width, height = im.size
-        bands = 4 if im.mode == "P" else len(im.getbands())  # palettes decode to RGB(A)
-        frames = getattr(im, "n_frames", 1)
-        dtype = {"I;16": np.uint16, "I;16B": np.uint16, "I": np.int32, "F": np.float32}.get(
-            im.mode, np.uint8
-        )
-    shape = (frames,) if frames > 1 else ()
-    shape += (height, width) + ((bands,) if bands > 1 else ())
-    return shape, np.dtype(dtype)
+    """Shape and dtype from the IHDR chunk (the first frame; a palette counts as RGBA)."""
+    with open(path, "rb") as f:
+        head = f.read(29)
+    if len(head) < 29 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
+        raise ValueError("not a PNG file (no PNG signature and IHDR header)")
+    width, height, depth, colour = struct.unpack(">IIBB", head[16:26])
+    bands = {0: 1, 2: 3, 3: 4, 4: 2, 6: 4}.get(colour, 4)
+    shape = (height, width) + ((bands,) if bands > 1 else ())
+    return shape, np.dtype(np.uint16 if depth == 16 else np.uint8)
 
 
 def _checked_path(path: Path) -> str:
@@ -205,9 +204,14 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _part_affixes(target: Path) -> tuple[str, str]:
+    """Prefix and suffix of ``target``'s temporary names (the stem cut so that they stay short)."""
+    return f".{target.stem[:100]}{_PART_TAG}", f"{target.suffix}.part"
+
+
 def _remove_stale_parts(target: Path) -> None:
     """Remove the ``.part`` files of ``target`` that writers killed by SIGKILL left behind."""
-    prefix, suffix = f".{target.stem}{_PART_TAG}", f"{target.suffix}.part"
+    prefix, suffix = _part_affixes(target)
     pattern = re.compile(re.escape(prefix) + r"(\d+)-[^/]*" + re.escape(suffix))
     now = time.time()
     for part in target.parent.glob(glob.escape(prefix) + "*" + glob.escape(suffix)):
@@ -297,11 +301,8 @@ def atomic_path(path: str | os.PathLike):
     if target.is_dir():
         raise IsADirectoryError(f"cannot write {path}: it is a folder")
     _remove_stale_parts(target)
-    fd, tmp = tempfile.mkstemp(
-        dir=folder,
-        prefix=f".{target.stem}{_PART_TAG}{os.getpid()}-",
-        suffix=f"{target.suffix}.part",
-    )
+    prefix, suffix = _part_affixes(target)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f"{prefix}{os.getpid()}-", suffix=suffix)
     os.close(fd)
     tmp = Path(tmp)
     try:

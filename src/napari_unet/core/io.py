@@ -44,7 +44,7 @@ LABEL_FORMATS = ("tif", "png", "npy")
 MAX_PIXELS = 2**28
 """Default limit on the values one image may hold (H x W x channels x planes), checked from the
 file's header before decoding: 268 million, e.g. 16384 x 16384, or 64 planes of 2048 x 2048.
-Prediction needs about 12 bytes per value beyond the decoded image."""
+Prediction needs several times the decoded image in memory (float32 probabilities, labels)."""
 
 PREDICTION_SOFTWARE = "napari-unet predict"
 """TIFF ``Software`` tag of the files ``napari-unet predict`` writes: a later run recognises them

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import tempfile
+from importlib import resources
 
 import numpy as np
 import pytest
@@ -107,6 +110,8 @@ def test_train_command_saves_a_loadable_model(tmp_path):
         str(labels),
         "--steps",
         "3",
+        "--model",
+        "new",
         "--base-channels",
         "4",
         "--tile",
@@ -174,7 +179,202 @@ def test_errors_are_one_line_and_exit_non_zero(tmp_path, model_file, args, messa
     assert not (tmp_path / "o").exists() or not os.listdir(tmp_path / "o")
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["predict", "{img}", "--model", "{model}", "--out", "o", "--device", "foo"], "--device"),
+        pytest.param(
+            ["predict", "{img}", "--model", "{model}", "--out", "o", "--device", "cuda"],
+            "sees no CUDA GPU",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is here"),
+        ),
+        (["predict", "{img}", "--model", "{model}", "--out", "o", "--tile", "4"], "out of range"),
+        (
+            ["predict", "{img}", "--model", "{model}", "--out", "o", "--tile", "99999"],
+            "out of range",
+        ),
+        (
+            ["predict", "{img}", "--model", "{model}", "--out", "o", "--threshold", "0.95"],
+            "core must be in",
+        ),
+        (["weightmap", "{img}", "--out", "{file}/w.tif"], "file is a file, not a folder"),
+    ],
+)
+def test_device_tile_and_folder_errors_before_any_work(
+    tmp_path, model_file, capsys, args, message
+):
+    img = tmp_path / "img.npy"
+    np.save(img, np.random.default_rng(0).random((30, 30)))
+    file = tmp_path / "file"
+    file.write_bytes(b"")
+    args = [a.format(img=img, model=model_file, file=file) for a in args]
+    args = [str(tmp_path / a) if a in ("o", "w.tif") else a for a in args]
+    assert main(args) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("napari-unet: error: "), lines
+    assert __import__("re").search(message, lines[0]), lines[0]
+    assert sorted(os.listdir(tmp_path)) == ["file", "img.npy", "model.safetensors"]
+
+
 def test_help_for_each_command():
     for command in ("predict", "train", "weightmap"):
         result = run(command, "--help")
         assert result.returncode == 0 and "usage: napari-unet " + command in result.stdout
+
+
+def test_version_and_defaults_in_help(capsys):
+    from napari_unet import __version__
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert (
+        exit_.value.code == 0 and capsys.readouterr().out.strip() == f"napari-unet {__version__}"
+    )
+    with pytest.raises(SystemExit):
+        main(["predict", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "foreground probability cut (default: 0.5)" in text
+    assert "(default: 268435456)" in text
+
+
+def test_bad_option_values_are_one_line_before_any_work(capsys):
+    for value in ("2", "0", "nan", "x"):
+        with pytest.raises(SystemExit) as exit_:
+            main(["predict", "missing.tif", "--out", "o", "--threshold", value])
+        assert exit_.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "argument --threshold: expected a probability" in err[0]
+    with pytest.raises(SystemExit):
+        main(["predict", "missing.tif", "--out", "o", "--min-size", "-1"])
+    assert "expected an integer >= 0, got -1" in capsys.readouterr().err
+
+
+def test_weightmap_writes_the_map_training_uses(tmp_path):
+    from napari_unet import training_target
+
+    labels = resources.files("napari_unet") / "data" / "phase_contrast_cells_labels.tif"
+    out = tmp_path / "new" / "folder" / "w.tif"  # created, as predict and train do
+    assert main(["weightmap", str(labels), "--out", str(out)]) == 0
+    _, expected = training_target(read_image(labels))
+    np.testing.assert_array_equal(tifffile.imread(out), expected)
+    assert main(["weightmap", str(labels), "--out", str(out), "--class-balance"]) == 0
+    _, paper = training_target(read_image(labels), class_balance=True)
+    np.testing.assert_array_equal(tifffile.imread(out), paper)
+
+
+def test_images_passed_as_labels_are_refused_at_once(tmp_path, model_file, capsys):
+    data = resources.files("napari_unet") / "data"
+    image = str(data / "phase_contrast_cells.tif")
+    assert main(["weightmap", image, "--out", str(tmp_path / "new" / "w.tif")]) == 1
+    assert "does not look like a label image" in capsys.readouterr().err
+    args = ["train", "--images", image, "--labels", image, "--steps", "1", "--model"]
+    assert main([*args, str(model_file), "--out", str(tmp_path / "new" / "m.safetensors")]) == 1
+    assert "does not look like a label image" in capsys.readouterr().err
+    assert os.listdir(tmp_path) == ["model.safetensors"]  # no output folder left behind
+    assert main(["weightmap", image, "--out", image]) == 1
+    assert "is the label image itself" in capsys.readouterr().err
+
+
+def test_train_options_are_honest_and_checked_first(tmp_path, capsys):
+    data = resources.files("napari_unet") / "data"
+    image, labels = (
+        str(data / "phase_contrast_cells.tif"),
+        str(data / "phase_contrast_cells_labels.tif"),
+    )
+    args = ["train", "--images", image, "--labels", labels, "--steps", "1"]
+    (tmp_path / "m.safetensors").mkdir()
+    assert main([*args, "--base-channels", "4", "--out", str(tmp_path / "x.safetensors")]) == 1
+    assert (
+        "--base-channels sets the width of a new network (--model new)" in capsys.readouterr().err
+    )
+    assert main([*args, "--out", str(tmp_path / "m.safetensors"), "--model", "new"]) == 1
+    assert "is a folder; expected a .safetensors file" in capsys.readouterr().err
+
+
+def test_failed_runs_leave_no_folder_they_created(tmp_path, model_file, capsys):
+    image = tmp_path / "nan.npy"
+    np.save(image, np.full((30, 30), np.nan, np.float32))
+    out = tmp_path / "a" / "b"
+    assert main(["predict", str(image), "--model", str(model_file), "--out", str(out)]) == 1
+    assert "NaN" in capsys.readouterr().err
+    assert sorted(os.listdir(tmp_path)) == ["model.safetensors", "nan.npy"]
+
+
+def test_cells_are_counted_per_plane_as_distinct_ids():
+    from napari_unet.cli import _count_cells
+
+    stack = np.zeros((2, 6, 6), np.uint16)
+    stack[0, :2, :2], stack[0, 4:, 4:], stack[1, :3, :3] = 1, 5, 2
+    assert _count_cells(stack) == "3 cells in 2 planes"
+    assert _count_cells(stack[0]) == "2 cells"
+
+
+def test_memory_errors_are_one_line():
+    from napari_unet.cli import _error_line
+
+    for allocate in (
+        lambda: np.empty(2**58, np.uint8),
+        lambda: torch.empty(2**58, dtype=torch.uint8),
+    ):
+        with pytest.raises((MemoryError, RuntimeError)) as err:
+            allocate()
+        line = _error_line(err.value)
+        assert line.startswith("out of memory (") and "try a smaller --tile" in line
+        assert "\n" not in line
+
+
+def test_a_model_that_cannot_be_saved_is_saved_elsewhere(tmp_path, monkeypatch):
+    from napari_unet.cli import _check_free_space, _save_or_rescue
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    model = UNet(base_channels=2, depth=2)
+    with pytest.raises(OSError, match=r"cannot save the model to .*gone.*; saved it to") as err:
+        _save_or_rescue(model, tmp_path / "gone" / "m.safetensors", {"steps": 3})
+    rescued = err.value.args[0].rsplit("saved it to ", 1)[1].removesuffix(" instead")
+    assert load_model(rescued).metadata == {"steps": 3}
+    with pytest.raises(OSError, match="not enough free disk space"):
+        _check_free_space(tmp_path / "m.safetensors", 2**62)
+
+
+def interrupt_when(args: list[str], marker: str, cwd) -> subprocess.CompletedProcess:
+    """Run the command, send SIGTERM once ``marker`` appears on its stderr, wait for the end.
+
+    Bytes, not text: universal newlines would turn progress bars' ``\r`` into line ends.
+    """
+    child = subprocess.Popen(
+        [sys.executable, "-m", "napari_unet.cli", *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    seen = b""
+    while marker.encode() not in seen:
+        char = child.stderr.read(1)
+        assert char, f"ended before {marker!r}: {seen}"
+        seen += char
+    child.send_signal(signal.SIGTERM)
+    out, err = child.communicate(timeout=120)
+    return subprocess.CompletedProcess(args, child.returncode, out.decode(), (seen + err).decode())
+
+
+def test_sigterm_is_one_line_and_removes_what_the_run_started(tmp_path, model_file):
+    image = tmp_path / "big.npy"
+    np.save(image, np.random.default_rng(0).random((1500, 1500), np.float32))
+    args = ["predict", str(image), "--model", str(model_file), "--out", "new", "--tile", "8"]
+    result = interrupt_when(args, "%|", tmp_path)  # a tile done, the bar fully set up
+    assert result.returncode == 130
+    assert result.stderr.strip().splitlines()[-1] == "napari-unet: interrupted"
+    assert "Traceback" not in result.stderr
+    assert sorted(os.listdir(tmp_path)) == ["big.npy", "model.safetensors"]
+
+
+def test_sigterm_during_training_saves_the_model(tmp_path):
+    data = resources.files("napari_unet") / "data"
+    args = ["train", "--images", str(data / "phase_contrast_cells.tif"), "--labels"]
+    args += [str(data / "phase_contrast_cells_labels.tif"), "--steps", "100000", "--model"]
+    args += ["new", "--base-channels", "2", "--tile", "16", "--batch-size", "1"]
+    result = interrupt_when([*args, "--out", "m.safetensors"], "loss=", tmp_path)
+    assert result.returncode == 130, result.stderr
+    assert "interrupted: saving the model as trained so far" in result.stdout
+    assert load_model(tmp_path / "m.safetensors").metadata["steps"] < 100000
+    assert os.listdir(tmp_path) == ["m.safetensors"]

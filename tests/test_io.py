@@ -93,7 +93,7 @@ def test_label_write_errors(tmp_path):
 
 def test_output_folder_that_is_a_file(tmp_path):
     (tmp_path / "file").write_bytes(b"")
-    with pytest.raises(FileNotFoundError, match="folder .*file does not exist"):
+    with pytest.raises(NotADirectoryError, match="file is a file, not a folder"):
         write_labels(tmp_path / "file" / "l.tif", np.ones((4, 4), np.uint8))
 
 

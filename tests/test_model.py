@@ -79,3 +79,30 @@ def test_multiply_adds_count_matches_a_hook_count():
             m.register_forward_hook(hook)
     model(torch.zeros(1, 1, side, side))
     assert model.multiply_adds(side) == counted
+
+
+@pytest.mark.parametrize(
+    ("in_channels", "n_classes", "base_channels", "depth"),
+    [(1, 2, 4, 3), (3, 5, 2, 0), (2, 2, 3, 5)],
+)
+def test_tensor_shapes_are_predicted_without_building(
+    in_channels, n_classes, base_channels, depth
+):
+    from napari_unet.core.model import check_architecture, parameter_count, state_shapes
+
+    config = check_architecture(in_channels, n_classes, base_channels, depth)
+    model = UNet(**config)
+    assert state_shapes(config) == {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert parameter_count(config) == sum(p.numel() for p in model.parameters())
+
+
+def test_architecture_limits():
+    from napari_unet.core.model import check_architecture, parameter_count
+
+    assert parameter_count(check_architecture()) == 31_030_658  # the paper's network
+    with pytest.raises(ValueError, match="depth must be an integer >= 0 and <= 8"):
+        UNet(depth=9)
+    with pytest.raises(ValueError, match="parameters; at most"):
+        check_architecture(base_channels=1024)
+    with pytest.raises(ValueError, match="in_channels"):
+        check_architecture(in_channels=True)

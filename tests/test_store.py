@@ -90,3 +90,19 @@ def test_bundled_mechanism(tmp_path, monkeypatch):
         load_bundled("nope")
     assert store.open_model("nuclei").base_channels == 3
     assert store.open_model(tmp_path / "cells.safetensors").base_channels == 2
+
+
+def test_empty_files_are_called_empty_not_pickles(tmp_path):
+    for name in ("w.pt", "m.safetensors"):
+        (tmp_path / name).write_bytes(b"")
+        with pytest.raises(ValueError, match=r"is empty \(0 bytes\)"):
+            load_model(tmp_path / name)
+    (tmp_path / "text.pt").write_text("hello")
+    with pytest.raises(ValueError, match="not a model file napari-unet reads"):
+        load_model(tmp_path / "text.pt")
+
+
+def test_file_size_estimate_bounds_the_saved_file(tmp_path):
+    for model in (UNet(base_channels=2, depth=2), UNet(base_channels=8, depth=4)):
+        size = save_model(model, tmp_path / "m.safetensors").stat().st_size
+        assert size <= store.file_size_estimate(model.config()) < size + 2**17

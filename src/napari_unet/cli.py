@@ -1,133 +1,406 @@
 """The ``napari-unet`` command: predict, train and weightmap for batch work; gui for napari.
 
-Errors print one line, ``napari-unet: error: ...``, and exit with status 1 (2 for bad usage).
+Every option and input is checked before any work starts. Exit status: 0 done; 1 an error, told
+in one line ``napari-unet: error: ...`` on stderr; 2 bad usage (an option missing or out of
+range), also one line; 130 interrupted (Ctrl-C, or SIGTERM, which is handled the same way).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import math
+import os
+import re
+import shutil
+import signal
 import sys
+import tempfile
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 __all__ = ["main"]
 
 log = logging.getLogger("napari_unet")
 
+NEW_MODEL = "new"
+"""``train --model new`` starts a new network of ``--base-channels`` width."""
+NEW_BASE_CHANNELS = 16
+
+
+# ------------------------------------------------------------------------ option value checks
+def _number(text: str, kind, ok, expected: str):
+    try:
+        value = kind(text)
+    except ValueError:
+        value = None
+    if value is None or not ok(value):
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text}")
+    return value
+
 
 def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
+    return _number(text, int, lambda v: v >= 1, "a positive integer")
+
+
+def _non_negative_int(text: str) -> int:
+    return _number(text, int, lambda v: v >= 0, "an integer >= 0")
 
 
 def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
-    return value
+    return _number(text, float, lambda v: 0 < v < math.inf, "a positive number")
 
 
-def _output_folder(path: Path) -> Path:
+def _non_negative_float(text: str) -> float:
+    return _number(text, float, lambda v: 0 <= v < math.inf, "a number >= 0")
+
+
+def _probability(text: str) -> float:
+    return _number(text, float, lambda v: 0 < v < 1, "a probability between 0 and 1")
+
+
+def _checked_device(name: str | None) -> str | None:
+    """``name`` if torch can run on it here; ValueError saying why not."""
+    if name is None:
+        return None
+    import torch
+
     try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise PermissionError(f"cannot create output folder {path}: {err.strerror}") from err
-    if not path.is_dir():
-        raise NotADirectoryError(f"--out {path} exists and is not a folder")
-    return path
+        device = torch.device(name)
+    except (RuntimeError, ValueError) as err:
+        raise ValueError(f"unknown --device {name!r}; expected cpu, cuda, cuda:N or mps") from err
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(
+                f"--device {name}: PyTorch {torch.__version__} sees no CUDA GPU on this machine; "
+                "use --device cpu"
+            )
+        if device.index is not None and device.index >= count:
+            raise ValueError(
+                f"--device {name}: there are only {count} CUDA GPU(s) (0-{count - 1})"
+            )
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ValueError(
+                f"--device {name}: Apple's MPS is not available here; use --device cpu"
+            )
+    elif device.type != "cpu":
+        raise ValueError(f"--device {name}: napari-unet runs on cpu, cuda or mps")
+    return name
 
 
-def _load_image(path: Path, in_channels: int):
+def _check_tile(tile: int | None, model) -> None:
+    """Refuse a ``--tile`` below the model's pooling step or beyond the memory of one tile."""
+    if tile is None:
+        return
+    from .core.tiling import _BYTES_PER_PIXEL_CHANNEL, DEFAULT_MEMORY
+
+    low = model.multiple
+    largest_input = math.isqrt(DEFAULT_MEMORY // (_BYTES_PER_PIXEL_CHANNEL * model.base_channels))
+    high = max(low, largest_input - 2 * model.margin)
+    if not low <= tile <= high:
+        raise ValueError(
+            f"--tile {tile} is out of range for this model: expected {low} (its pooling step, "
+            f"2**depth) to {high} px (one tile's activations within "
+            f"{DEFAULT_MEMORY / 2**30:.0f} GiB); leave --tile out to choose it automatically"
+        )
+
+
+# -------------------------------------------------------------------------- files and folders
+class _NewFolders:
+    """The output folders a run creates; those still empty are removed if the run fails."""
+
+    def __init__(self):
+        self.created: list[Path] = []
+
+    @staticmethod
+    def check(path: Path) -> None:
+        """Raise OSError unless ``path`` is, or can be created as, a writable folder."""
+        existing = next(p for p in (path, *path.parents) if p.exists() or p == Path(p.anchor))
+        if not existing.is_dir():
+            raise NotADirectoryError(
+                f"cannot create output folder {path}: {existing} is a file, not a folder"
+            )
+        if not os.access(existing, os.W_OK):
+            raise PermissionError(
+                f"cannot create output folder {path}: {existing} is not writable"
+            )
+
+    def make(self, path: Path) -> Path:
+        self.check(path)
+        missing = [p for p in (path, *path.parents) if not p.exists()]
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise PermissionError(f"cannot create output folder {path}: {err.strerror}") from err
+        self.created.extend(reversed(missing))
+        return path
+
+    def remove_empty(self) -> None:
+        for folder in reversed(self.created):  # deepest first
+            try:
+                folder.rmdir()
+            except OSError:  # not empty (or gone): keep it
+                continue
+
+
+def _checked_images(paths: list[str], max_pixels: int) -> list[Path]:
+    """The image paths, each existing and within ``max_pixels`` by its header."""
+    from .core.io import image_info
+
+    images = [Path(p) for p in paths]
+    missing = [str(p) for p in images if not p.exists()]
+    if missing:
+        raise FileNotFoundError(f"no such image file: {', '.join(missing)}")
+    for path in images:
+        image_info(path, max_pixels=max_pixels)
+    return images
+
+
+def _load_image(path: Path, in_channels: int, max_pixels: int):
     from .core.image import grey_if_rgb
     from .core.io import read_image
 
-    image = read_image(path)
+    image = read_image(path, max_pixels=max_pixels)
     grey = grey_if_rgb(image, in_channels)
     if grey is not image:
         log.info("%s: RGB converted to grey for a one-channel model", path.name)
     return grey
 
 
+def _load_labels(path: Path, max_pixels: int):
+    from .core.image import check_label_image
+    from .core.io import read_image
+
+    labels = read_image(path, max_pixels=max_pixels)
+    check_label_image(labels, str(path))
+    return labels
+
+
+def _count_cells(labels) -> str:
+    """``"N cells"``: distinct non-zero ids, counted plane by plane in a stack."""
+    import numpy as np
+
+    planes = labels.reshape(-1, *labels.shape[-2:])
+    n = sum(np.unique(plane).size - int(plane.min() == 0) for plane in planes)
+    return f"{n} cells" + (f" in {len(planes)} planes" if len(planes) > 1 else "")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+# ------------------------------------------------------------------------------------ predict
+def _plan_outputs(images: list[Path], out: Path, kinds: tuple[str, ...]) -> list[tuple]:
+    """``(image, {kind: output path})`` per image to segment; raises before anything is written.
+
+    Outputs are ``<stem>_<kind>.tif``; a stem met again gets ``<stem>-2``, ``-3``, ... in the
+    order given. Inputs that an earlier ``predict`` wrote are not segmented. An output may
+    replace a file only when an earlier ``predict`` wrote it, and never an input.
+    """
+    from .core.io import is_prediction_output
+
+    todo = []
+    for path in images:
+        if is_prediction_output(path):
+            log.warning("%s: not segmented, napari-unet predict wrote it", path)
+        else:
+            todo.append(path)
+    if not todo:
+        raise ValueError("nothing to segment: napari-unet predict wrote every input")
+    plan, taken = [], set()
+    for path in todo:
+        k = 1
+        while any(f"{_stem(path, k)}_{kind}.tif" in taken for kind in kinds):
+            k += 1
+        targets = {kind: out / f"{_stem(path, k)}_{kind}.tif" for kind in kinds}
+        taken.update(t.name for t in targets.values())
+        if k > 1:
+            name = targets[kinds[0]].name
+            log.warning("%s -> %s (another input has the name %s)", path, name, path.stem)
+        plan.append((path, targets))
+    for path, targets in plan:
+        for target in targets.values():
+            hit = next((i for i in todo if _same_file(target, i)), None)
+            if hit is not None:
+                raise FileExistsError(
+                    f"the output for {path} would replace the input {hit}; choose another --out"
+                )
+            if os.path.lexists(target) and not is_prediction_output(target):
+                raise FileExistsError(
+                    f"{target} exists and napari-unet predict did not write it; refusing to "
+                    f"replace it with the output for {path} (move it, or choose another --out)"
+                )
+    return plan
+
+
+def _stem(path: Path, k: int) -> str:
+    return path.stem if k == 1 else f"{path.stem}-{k}"
+
+
 def _predict(args) -> None:
+    import numpy as np
     from tqdm import tqdm
 
     from .core.instances import to_instances
-    from .core.io import write_image, write_labels
+    from .core.io import PREDICTION_SOFTWARE, write_image, write_labels
     from .core.predict import predict
     from .core.store import open_model
 
-    images = [Path(p) for p in args.images]
-    missing = [str(p) for p in images if not p.is_file()]
-    if missing:
-        raise FileNotFoundError(f"no such image file: {', '.join(missing)}")
-    model = open_model(args.model, device=args.device)
-    out = _output_folder(Path(args.out))
-    for path in tqdm(images, desc="images", unit="image", disable=len(images) < 2):
-        target = out / f"{path.stem}_labels.tif"
-        if target.resolve() == path.resolve():
-            raise ValueError(f"refusing to overwrite the input image {path}")
-        image = _load_image(path, model.in_channels)
-        with tqdm(desc=path.name, unit="tile", leave=False) as bar:
+    device = _checked_device(args.device)
+    # the labelling options, checked together on a 1 x 1 plane before any prediction
+    to_instances(np.zeros((1, 1), np.float32), args.threshold, args.min_size, expand=args.expand)
+    images = _checked_images(args.images, args.max_pixels)
+    model = open_model(args.model, device=device)
+    _check_tile(args.tile, model)
+    out = Path(args.out)
+    _NewFolders.check(out)
+    kinds = ("labels", "probabilities") if args.probabilities else ("labels",)
+    plan = _plan_outputs(images, out, kinds)
+    args.folders.make(out)
+    with tqdm(plan, desc="images", unit="image", disable=len(plan) < 2) as jobs:
+        for path, targets in jobs:
+            image = _load_image(path, model.in_channels, args.max_pixels)
+            with tqdm(desc=path.name, unit="tile", leave=False) as bar:
 
-            def progress(result, bar=bar):
-                bar.total = result.total
-                bar.update(1)
+                def progress(result, bar=bar):
+                    bar.total = result.total
+                    bar.update(1)
 
-            probabilities = predict(
-                model,
-                image,
-                tile=args.tile,
-                device=args.device,
-                flips=args.flips,
-                progress=progress,
-            )
-        labels = to_instances(probabilities, args.threshold, args.min_size, expand=args.expand)
-        write_labels(target, labels)
-        if args.probabilities:
-            write_image(out / f"{path.stem}_probabilities.tif", probabilities)
-        tqdm.write(f"{path.name}: {int(labels.max())} cells -> {target}")
+                probabilities = predict(
+                    model,
+                    image,
+                    tile=args.tile,
+                    device=device,
+                    flips=args.flips,
+                    progress=progress,
+                )
+            labels = to_instances(probabilities, args.threshold, args.min_size, expand=args.expand)
+            write_labels(targets["labels"], labels, software=PREDICTION_SOFTWARE)
+            if args.probabilities:
+                write_image(targets["probabilities"], probabilities, software=PREDICTION_SOFTWARE)
+            tqdm.write(f"{path.name}: {_count_cells(labels)} -> {targets['labels']}")
 
 
+# ---------------------------------------------------------------------------------- weightmap
 def _weightmap(args) -> None:
-    from .core.io import read_image, write_image
-    from .core.weightmap import separation_weight_map
+    from .core.io import write_image
+    from .core.weightmap import training_target
 
-    labels = read_image(args.labels)
-    weights = separation_weight_map(
-        labels, w0=args.w0, sigma=args.sigma, class_balance=not args.no_class_balance
+    labels_path, out = Path(args.labels), Path(args.out)
+    if out.suffix.lower() not in (".tif", ".tiff", ".npy"):
+        raise ValueError(f"--out must end in .tif or .npy, got {out.name}")
+    if out.is_dir():
+        raise IsADirectoryError(f"--out {out} is a folder; expected a .tif or .npy file")
+    _checked_images([args.labels], args.max_pixels)
+    if _same_file(out, labels_path):
+        raise FileExistsError(f"--out {out} is the label image itself; choose another file")
+    _NewFolders.check(out.parent)
+    labels = _load_labels(labels_path, args.max_pixels)
+    args.folders.make(out.parent)
+    _, weights = training_target(
+        labels, w0=args.w0, sigma=args.sigma, class_balance=args.class_balance
     )
-    write_image(args.out, weights)
-    print(f"weight map {weights.shape}, max {weights.max():.2f} -> {args.out}")
+    write_image(out, weights)
+    print(f"{_count_cells(labels)}: weight map {weights.shape}, max {weights.max():.2f} -> {out}")
 
 
-def _train(args) -> None:
+# -------------------------------------------------------------------------------------- train
+def _check_model_out(out: Path) -> None:
+    if out.suffix != ".safetensors":
+        raise ValueError(f"--out must end in .safetensors, got {out.name}")
+    if out.is_dir():
+        raise IsADirectoryError(f"--out {out} is a folder; expected a .safetensors file")
+    _NewFolders.check(out.parent)
+
+
+def _check_free_space(out: Path, needed: int) -> None:
+    existing = next(p for p in out.parents if p.exists())
+    free = shutil.disk_usage(existing).free
+    if free < needed:
+        raise OSError(
+            f"not enough free disk space for {out}: {free / 2**20:.1f} MiB free, the model "
+            f"needs {needed / 2**20:.1f} MiB; free some space or choose another --out"
+        )
+
+
+def _rescue_paths(out: Path) -> list[Path]:
+    name = f"{out.stem[:100]}-unsaved-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.safetensors"
+    return [out.with_name(name), Path(tempfile.gettempdir()) / name]
+
+
+def _save_or_rescue(model, out: Path, metadata: dict) -> Path:
+    """Save to ``out``; if that fails, save beside it or in the temp folder and raise OSError
+    saying where the model went (or that it is lost)."""
+    from .core.store import save_model
+
+    try:
+        return save_model(model, out, metadata)
+    except OSError as err:
+        reason = " ".join(str(err).split())
+        tried = []
+        for rescue in _rescue_paths(out):
+            try:
+                save_model(model, rescue, metadata)
+            except OSError as again:
+                tried.append(f"{rescue} ({again.strerror or again})")
+                continue
+            raise OSError(
+                f"cannot save the model to {out} ({reason}); saved it to {rescue} instead"
+            ) from err
+        raise OSError(
+            f"cannot save the model to {out} ({reason}), nor to {', '.join(tried)}: "
+            "the trained weights are lost"
+        ) from err
+
+
+def _start_model(args, device):
+    from .core.model import UNet
+    from .core.store import bundled_models, open_model
+
+    if args.model == NEW_MODEL:
+        width = args.base_channels or NEW_BASE_CHANNELS
+        return UNet(base_channels=width), f"new UNet(base_channels={width})"
+    if args.base_channels is not None:
+        raise ValueError(
+            "--base-channels sets the width of a new network (--model new); the start model "
+            f"{args.model or 'bundled default'} has its own width"
+        )
+    if args.model is None and not bundled_models():
+        raise FileNotFoundError(
+            "no bundled model ships with this installation; start a new network with "
+            "--model new (and --base-channels) or pass a model file with --model"
+        )
+    return open_model(args.model, device=device), args.model or "bundled default"
+
+
+def _train(args) -> int:
     from tqdm import tqdm
 
-    from .core.io import read_image
-    from .core.model import UNet
-    from .core.store import bundled_models, open_model, save_model
+    from .core.store import file_size_estimate
     from .core.train import finetune
 
+    device = _checked_device(args.device)
     if len(args.images) != len(args.labels):
         raise ValueError(
             f"{len(args.images)} image(s) but {len(args.labels)} label file(s); "
             "expected one label file per image, in the same order"
         )
     out = Path(args.out)
-    if out.suffix != ".safetensors":
-        raise ValueError(f"--out must end in .safetensors, got {out.name}")
-    _output_folder(out.parent)
-    if args.model is None and not bundled_models():
-        model = UNet(base_channels=args.base_channels)
-        start = f"new UNet(base_channels={args.base_channels})"
-    else:
-        model = open_model(args.model, device=args.device)
-        start = args.model or "bundled default"
+    _check_model_out(out)
+    images = _checked_images(args.images, args.max_pixels)
+    label_paths = _checked_images(args.labels, args.max_pixels)
+    model, start = _start_model(args, device)
+    _check_tile(args.tile, model)
+    _check_free_space(out, file_size_estimate(model.config()))
     samples = [
-        (_load_image(Path(i), model.in_channels), read_image(lab))
-        for i, lab in zip(args.images, args.labels, strict=True)
+        (_load_image(i, model.in_channels, args.max_pixels), _load_labels(lab, args.max_pixels))
+        for i, lab in zip(images, label_paths, strict=True)
     ]
     events = finetune(
         model,
@@ -138,20 +411,20 @@ def _train(args) -> None:
         tile=args.tile,
         augment=not args.no_augment,
         seed=args.seed,
-        device=args.device,
+        device=device,
         max_seconds=args.minutes * 60 if args.minutes else None,
     )
-    last = None
-    bar = tqdm(total=args.steps, desc="training", unit="step")
-    try:
-        for last in events:
-            bar.update(1)
-            bar.set_postfix(loss=f"{last.loss:.4f}")
-    except KeyboardInterrupt:
-        events.close()
-        tqdm.write("interrupted: saving the model as trained so far")
-    finally:
-        bar.close()
+    args.folders.make(out.parent)
+    last, interrupted = None, False
+    with tqdm(total=args.steps, desc="training", unit="step") as bar:
+        try:
+            for last in events:
+                bar.update(1)
+                bar.set_postfix(loss=f"{last.loss:.4f}")
+        except KeyboardInterrupt:
+            events.close()
+            interrupted = True
+            tqdm.write("interrupted: saving the model as trained so far")
     steps_done = last.step if last else 0
     metadata = {
         "trained_from": start,
@@ -159,8 +432,9 @@ def _train(args) -> None:
         "images": [str(p) for p in args.images],
         "loss": last.loss if last else None,
     }
-    save_model(model, out, metadata)
+    _save_or_rescue(model, out, metadata)
     print(f"{steps_done} steps, final loss {metadata['loss']} -> {out}")
+    return 130 if interrupted else 0
 
 
 WIDGETS = ("Annotate", "Weight map", "Fine-tune", "Predict", "Export")
@@ -199,23 +473,70 @@ def _gui(args) -> None:
     napari.run()
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line, like every other error."""
+
+    def error(self, message: str):
+        self.exit(2, f"napari-unet: error: {message} (see {self.prog} --help)\n")
+
+
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows ``(default: ...)`` for options with a default worth saying."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="napari-unet", description="U-Net segmentation of microscopy images."
+    from . import __version__
+    from .core.io import MAX_PIXELS
+    from .core.weightmap import CLASS_BALANCE, SIGMA, W0
+
+    parser = _Parser(
+        prog="napari-unet",
+        description="U-Net segmentation of microscopy images.",
+        epilog="Errors are one line on stderr; exit status 1 for an error, 2 for bad usage, "
+        "130 when interrupted (Ctrl-C or SIGTERM).",
     )
+    parser.add_argument("--version", action="version", version=f"napari-unet {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log more detail")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    budget = {
+        "type": _positive_int,
+        "default": MAX_PIXELS,
+        "help": "refuse images of more pixel values (H x W x channels x planes, read from the "
+        "file's header before decoding)",
+    }
+    device = {"help": "torch device: cpu, cuda, cuda:N or mps (default: cpu)"}
 
-    p = sub.add_parser("predict", help="segment images into label masks (one TIFF per image)")
+    p = sub.add_parser(
+        "predict",
+        help="segment images into label masks (one TIFF per image)",
+        formatter_class=_Help,
+        description="Segment images into instance label masks, one TIFF per image.",
+    )
     p.add_argument("images", nargs="+", metavar="IMAGE", help="TIFF, PNG or NPY images")
     p.add_argument("--model", help="bundled model name or .safetensors file (default: bundled)")
-    p.add_argument("--out", required=True, help="output folder for IMAGE_labels.tif files")
     p.add_argument(
-        "--tile", type=_positive_int, help="output side of a tile in px (default: auto)"
+        "--out",
+        required=True,
+        help="output folder, created if missing: IMAGE_labels.tif per image (IMAGE-2_labels.tif "
+        "for a name met again). Files an earlier napari-unet predict wrote are replaced; any "
+        "other existing file, and every input, is never replaced: the run stops before writing",
     )
-    p.add_argument("--threshold", type=float, default=0.5, help="foreground probability cut")
-    p.add_argument("--min-size", type=int, default=16, help="smallest cell kept, in px")
-    p.add_argument("--expand", type=int, default=1, help="grow cells by this many px")
+    p.add_argument(
+        "--tile",
+        type=_positive_int,
+        help="output side of a tile in px, from 2**depth of the model up to what fits the "
+        "memory of one tile (default: chosen automatically)",
+    )
+    p.add_argument(
+        "--threshold", type=_probability, default=0.5, help="foreground probability cut"
+    )
+    p.add_argument("--min-size", type=_non_negative_int, default=16, help="smallest cell kept, px")
+    p.add_argument("--expand", type=_non_negative_int, default=1, help="grow cells by this, px")
     p.add_argument(
         "--flips",
         action="store_true",
@@ -224,36 +545,80 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--probabilities", action="store_true", help="also write IMAGE_probabilities.tif"
     )
-    p.add_argument("--device", help="torch device, e.g. cpu or cuda (default: cpu)")
+    p.add_argument("--device", **device)
+    p.add_argument("--max-pixels", **budget)
     p.set_defaults(run=_predict)
 
-    w = sub.add_parser("weightmap", help="write the separation weight map of a label image")
+    w = sub.add_parser(
+        "weightmap",
+        help="write the weight map training uses for a label image",
+        formatter_class=_Help,
+        description="Write the weight map that training uses and the Weight map dock shows: the "
+        "border term w0 * exp(-(d1 + d2)**2 / (2 sigma**2)) on the label image with touching "
+        "cells separated by background (carved borders), plus 1 everywhere. The paper's map "
+        "(Ronneberger et al. 2015, eq. 2) adds its class-balance term w_c instead of 1: "
+        "--class-balance.",
+    )
     w.add_argument("labels", metavar="LABELS", help="instance label image (0 = background)")
-    w.add_argument("--out", required=True, help="output .tif or .npy file (float32)")
-    w.add_argument("--w0", type=float, default=10.0, help="border weight (paper: 10)")
-    w.add_argument("--sigma", type=_positive_float, default=5.0, help="border width in px")
-    w.add_argument("--no-class-balance", action="store_true", help="w_c = 1 everywhere")
+    w.add_argument(
+        "--out",
+        required=True,
+        help="output .tif or .npy file (float32); folder created if missing",
+    )
+    w.add_argument("--w0", type=_non_negative_float, default=W0, help="border weight (paper: 10)")
+    w.add_argument(
+        "--sigma", type=_positive_float, default=SIGMA, help="border width in px (paper: 5)"
+    )
+    w.add_argument(
+        "--class-balance",
+        action=argparse.BooleanOptionalAction,
+        default=CLASS_BALANCE,
+        help="add the paper's class-balance term w_c (foreground and background weigh the "
+        f"same in total) instead of 1 (default: {'on' if CLASS_BALANCE else 'off'})",
+    )
+    w.add_argument("--max-pixels", **budget)
     w.set_defaults(run=_weightmap)
 
-    t = sub.add_parser("train", help="fine-tune a model on images and their instance labels")
-    t.add_argument("--images", nargs="+", required=True, metavar="IMAGE")
-    t.add_argument("--labels", nargs="+", required=True, metavar="LABELS", help="one per image")
-    t.add_argument("--steps", type=_positive_int, required=True)
+    t = sub.add_parser(
+        "train",
+        help="fine-tune a model on images and their instance labels",
+        formatter_class=_Help,
+        description="Fine-tune a model on images and their instance labels; Ctrl-C (or "
+        "SIGTERM) stops and saves the model as trained so far (exit status 130). If the model "
+        "cannot be saved to --out, it is saved beside it or in the temp folder, and the error "
+        "says where.",
+    )
+    t.add_argument(
+        "--images", nargs="+", required=True, metavar="IMAGE", help="TIFF, PNG or NPY images"
+    )
+    t.add_argument(
+        "--labels",
+        nargs="+",
+        required=True,
+        metavar="LABELS",
+        help="instance label images (0 = background), one per image, in the same order",
+    )
+    t.add_argument("--steps", type=_positive_int, required=True, help="optimisation steps")
     t.add_argument("--minutes", type=_positive_float, help="stop after this many minutes")
     t.add_argument("--out", required=True, help="output model file (.safetensors)")
-    t.add_argument("--model", help="start model: bundled name or file (default: bundled)")
+    t.add_argument(
+        "--model",
+        help=f"start model: bundled name, .safetensors file, or '{NEW_MODEL}' for a new, "
+        "untrained network (default: the bundled model)",
+    )
     t.add_argument(
         "--base-channels",
         type=_positive_int,
-        default=16,
-        help="width of a new model when no bundled model ships",
+        help=f"width of the new network of --model {NEW_MODEL} (default: {NEW_BASE_CHANNELS}); "
+        "refused with any other start model, which has its own width",
     )
-    t.add_argument("--lr", type=_positive_float, default=3e-4)
-    t.add_argument("--batch-size", type=_positive_int, default=4)
+    t.add_argument("--lr", type=_positive_float, default=3e-4, help="peak learning rate")
+    t.add_argument("--batch-size", type=_positive_int, default=4, help="crops per step")
     t.add_argument("--tile", type=_positive_int, default=128, help="output side of a crop in px")
     t.add_argument("--no-augment", action="store_true", help="no elastic/flip/intensity changes")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--device", help="torch device, e.g. cpu or cuda (default: cpu)")
+    t.add_argument("--seed", type=int, default=0, help="seed of the crops and augmentations")
+    t.add_argument("--device", **device)
+    t.add_argument("--max-pixels", **budget)
     t.set_defaults(run=_train)
 
     g = sub.add_parser("gui", help="open napari with the images (or the sample) and the widgets")
@@ -262,18 +627,67 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM raises KeyboardInterrupt in the main thread, as Ctrl-C does, so that partial
+    files are removed and training saves what it learnt."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _out_of_memory(err: BaseException) -> bool:
+    if isinstance(err, MemoryError):
+        return True
+    return isinstance(err, RuntimeError) and (
+        type(err).__name__ == "OutOfMemoryError"
+        or re.search(r"out of memory|not enough memory|can't allocate memory", str(err), re.I)
+        is not None
+    )
+
+
+def _error_line(err: Exception) -> str:
+    """The one line that tells the user what went wrong."""
+    text = " ".join(str(err).split())
+    if _out_of_memory(err):
+        return (
+            f"out of memory ({text or type(err).__name__}); try a smaller --tile, smaller or "
+            "fewer images, or a machine with more memory"
+        )
+    if isinstance(err, (ValueError, TypeError, OSError)):
+        return text or type(err).__name__
+    return f"{type(err).__name__}: {text} (run with -v for the traceback)"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = _parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s"
     )
+    args.folders = _NewFolders()
     try:
-        args.run(args)
-    except (ValueError, TypeError, OSError) as err:
-        print(f"napari-unet: error: {err}", file=sys.stderr)
+        with _sigterm_as_interrupt():
+            return args.run(args) or 0
+    except KeyboardInterrupt:
+        args.folders.remove_empty()
+        print("napari-unet: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:
+        args.folders.remove_empty()
+        log.debug("napari-unet: traceback", exc_info=True)
+        print(f"napari-unet: error: {_error_line(err)}", file=sys.stderr)
         return 1
-    return 0
 
 
 if __name__ == "__main__":

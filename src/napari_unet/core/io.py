@@ -1,43 +1,169 @@
-"""Reading images and writing label masks (TIFF, PNG, NPY), atomically."""
+"""Reading images and writing label masks (TIFF, PNG, NPY), atomically.
+
+Reading checks the image's size from the file's header before decoding anything (``MAX_PIXELS``).
+Writing goes to a hidden ``.<stem>.napari-unet-<pid>-<random><suffix>.part`` file beside the
+target (``.x.napari-unet-4242-k3j9.tif.part`` for ``x.tif``), which replaces the target only when
+it is complete; see :func:`atomic_path`.
+"""
 
 from __future__ import annotations
 
+import glob
+import logging
+import math
 import os
+import re
+import shutil
+import stat
+import struct
 import tempfile
+import time
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["read_image", "write_labels", "write_image", "atomic_path", "LABEL_FORMATS"]
+__all__ = [
+    "read_image",
+    "image_info",
+    "write_labels",
+    "write_image",
+    "atomic_path",
+    "is_prediction_output",
+    "LABEL_FORMATS",
+    "MAX_PIXELS",
+    "PREDICTION_SOFTWARE",
+]
+
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".npy")
 LABEL_FORMATS = ("tif", "png", "npy")
 
+MAX_PIXELS = 2**28
+"""Default limit on the values one image may hold (H x W x channels x planes), checked from the
+file's header before decoding: 268 million, e.g. 16384 x 16384, or 64 planes of 2048 x 2048.
+Prediction needs several times the decoded image in memory (float32 probabilities, labels)."""
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read an image as microscopes and Fiji write it.
+PREDICTION_SOFTWARE = "napari-unet predict"
+"""TIFF ``Software`` tag of the files ``napari-unet predict`` writes: a later run recognises them
+as its own outputs and may replace them; it never replaces a file without it."""
 
-    TIFF (uncompressed, LZW, zlib/deflate, ...; multi-page files give a stack), PNG (8 or 16 bit,
-    grey or RGB) or NPY (never unpickled). Returns the array with its own dtype and shape,
-    e.g. ``(H, W)``, ``(H, W, 3)`` or ``(Z, H, W)``.
-    """
-    path = Path(path)
+_PART_TAG = ".napari-unet-"
+STALE_SECONDS = 60
+"""A ``.part`` file of a writer that died is removed by the next write of the same target once it
+is this old; one older than a day is removed whatever its pid."""
+
+
+def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        read = (
+            np.lib.format.read_array_header_1_0
+            if version == (1, 0)
+            else np.lib.format.read_array_header_2_0
+        )
+        shape, _, dtype = read(f)
+        data_start = f.tell()
+    if dtype.hasobject:
+        raise ValueError("it holds Python objects (napari-unet never unpickles files)")
+    needed = math.prod(shape) * dtype.itemsize
+    if path.stat().st_size - data_start < needed:
+        raise ValueError(
+            f"it is truncated: its header declares {shape} {dtype} ({needed:,} bytes) but the "
+            f"file holds {path.stat().st_size - data_start:,}"
+        )
+    return tuple(shape), dtype
+
+
+def _png_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype from the IHDR chunk (the first frame; a palette counts as RGBA)."""
+    with open(path, "rb") as f:
+        head = f.read(29)
+    if len(head) < 29 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
+        raise ValueError("not a PNG file (no PNG signature and IHDR header)")
+    width, height, depth, colour = struct.unpack(">IIBB", head[16:26])
+    bands = {0: 1, 2: 3, 3: 4, 4: 2, 6: 4}.get(colour, 4)
+    shape = (height, width) + ((bands,) if bands > 1 else ())
+    return shape, np.dtype(np.uint16 if depth == 16 else np.uint8)
+
+
+def _checked_path(path: Path) -> str:
     suffix = path.suffix.lower()
     if suffix not in IMAGE_SUFFIXES:
         raise ValueError(
             f"cannot read {path.name}: unsupported file type {suffix or '(none)'}; "
             f"expected one of {', '.join(IMAGE_SUFFIXES)}"
         )
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder; expected an image file")
     if not path.is_file():
         raise FileNotFoundError(f"no such image file: {path}")
+    return suffix
+
+
+def image_info(
+    path: str | os.PathLike, *, max_pixels: int | None = None
+) -> tuple[tuple[int, ...], np.dtype]:
+    """``(shape, dtype)`` of the image :func:`read_image` would return, from the header alone.
+
+    For PNG the shape is an upper bound on the channels (a palette counts as RGBA). An image of
+    more than ``max_pixels`` values (``None``: no limit) raises ValueError giving its size.
+    """
+    path = Path(path)
+    shape, dtype = _header(path)
+    _check_budget(path, shape, dtype, max_pixels)
+    return shape, dtype
+
+
+def _header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
+    suffix = _checked_path(path)
     try:
         if suffix in (".tif", ".tiff"):
             import tifffile
 
-            image = tifffile.imread(path)
-        elif suffix == ".png":
+            with tifffile.TiffFile(path) as tif:
+                series = tif.series[0]
+                return tuple(series.shape), np.dtype(series.dtype)
+        if suffix == ".png":
+            return _png_header(path)
+        return _npy_header(path)
+    except Exception as err:  # every reader has its own errors; name the file and the cause
+        raise ValueError(f"cannot read {path}: {err}") from err
+
+
+def _check_budget(path: Path, shape, dtype, max_pixels: int | None) -> None:
+    n = math.prod(shape)
+    if max_pixels is not None and n > max_pixels:
+        raise ValueError(
+            f"{path} holds {n:,} pixel values ({'x'.join(map(str, shape))} {dtype}, "
+            f"{n * dtype.itemsize / 2**30:.1f} GiB decoded), more than the limit of "
+            f"{max_pixels:,}; raise the limit (--max-pixels, read_image(max_pixels=...)) if this "
+            "machine has the memory, or crop the image: images this big need a distributed "
+            "(out-of-core) path, which napari-unet does not have yet"
+        )
+
+
+def read_image(path: str | os.PathLike, *, max_pixels: int | None = MAX_PIXELS) -> np.ndarray:
+    """Read an image as microscopes and Fiji write it.
+
+    TIFF (uncompressed, LZW, zlib/deflate, ...; multi-page files give a stack), PNG (8 or 16 bit,
+    grey or RGB) or NPY (never unpickled). Returns the array with its own dtype and shape,
+    e.g. ``(H, W)``, ``(H, W, 3)`` or ``(Z, H, W)``.
+
+    The size is checked from the header before anything is decoded: an image of more than
+    ``max_pixels`` values (``None``: no limit) raises ValueError.
+    """
+    path = Path(path)
+    image_info(path, max_pixels=max_pixels)
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                image = tif.series[0].asarray()  # the series whose size was checked
+        elif path.suffix.lower() == ".png":
             import imageio.v3 as iio
 
             image = iio.imread(path)
@@ -51,32 +177,141 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     return image
 
 
+def is_prediction_output(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a TIFF written by ``napari-unet predict`` (its Software tag)."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            return tif.pages.first.software == PREDICTION_SOFTWARE
+    except Exception:  # not a TIFF, unreadable, gone: not one of ours
+        return False
+
+
 def _new_file_mode() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return 0o666 & ~mask
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def _part_affixes(target: Path) -> tuple[str, str]:
+    """Prefix and suffix of ``target``'s temporary names (the stem cut so that they stay short)."""
+    return f".{target.stem[:100]}{_PART_TAG}", f"{target.suffix}.part"
+
+
+def _remove_stale_parts(target: Path) -> None:
+    """Remove the ``.part`` files of ``target`` that writers killed by SIGKILL left behind."""
+    prefix, suffix = _part_affixes(target)
+    pattern = re.compile(re.escape(prefix) + r"(\d+)-[^/]*" + re.escape(suffix))
+    now = time.time()
+    for part in target.parent.glob(glob.escape(prefix) + "*" + glob.escape(suffix)):
+        match = pattern.fullmatch(part.name)
+        try:
+            age = now - part.lstat().st_mtime
+            if match and (age > 86400 or (age > STALE_SECONDS and not _pid_alive(int(match[1])))):
+                part.unlink()
+                log.info("removed %s, left behind by a killed writer", part)
+        except OSError:  # gone meanwhile, or not ours to remove
+            continue
+
+
+def _keeps_owner(tmp: Path, old: os.stat_result) -> bool:
+    """Give ``tmp`` the owner and group of ``old``; False where that is not allowed."""
+    new = tmp.stat()
+    if (new.st_uid, new.st_gid) == (old.st_uid, old.st_gid):
+        return True
+    try:
+        os.chown(tmp, old.st_uid, old.st_gid)
+    except PermissionError:
+        return False
+    return True
+
+
+def _install(tmp: Path, target: Path) -> None:
+    """Put the complete file ``tmp`` in place of ``target``, keeping what ``target`` was.
+
+    A new file gets the usual mode (umask); an existing one keeps its mode and owner. A file
+    with several hard links, or one whose owner cannot be given to the new file, is rewritten
+    in place (same inode) from the complete ``tmp``; if that copy fails, the new contents are
+    kept beside it under ``<name>.napari-unet-new`` and the error says so.
+    """
+    try:
+        old = target.stat()
+    except FileNotFoundError:
+        os.chmod(tmp, _new_file_mode())  # mkstemp makes 0600; give the usual permissions
+        os.replace(tmp, target)
+        return
+    if old.st_nlink == 1 and _keeps_owner(tmp, old):
+        os.chmod(tmp, stat.S_IMODE(old.st_mode))
+        os.replace(tmp, target)
+        return
+    try:
+        dst = open(target, "r+b")  # noqa: SIM115 - closed below
+    except PermissionError:  # not writable in place: replace it, the mode kept
+        os.chmod(tmp, stat.S_IMODE(old.st_mode))
+        os.replace(tmp, target)
+        return
+    try:
+        with dst, open(tmp, "rb") as src:
+            shutil.copyfileobj(src, dst, 1024 * 1024)
+            dst.truncate()
+            dst.flush()
+            os.fsync(dst.fileno())
+    except OSError as err:
+        kept = target.with_name(f"{target.name}.napari-unet-new")
+        os.replace(tmp, kept)
+        raise OSError(
+            err.errno,
+            f"{target} is partly rewritten ({err.strerror}); its complete new "
+            f"contents are in {kept}",
+        ) from err
+    tmp.unlink()
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike):
     """Yield a temporary path beside ``path``; on success it replaces ``path`` in one step.
 
-    On any error the temporary file is removed and ``path`` is left as it was.
+    On any error (KeyboardInterrupt included) the temporary file is removed and ``path`` is left
+    as it was. A replaced file keeps its mode and owner; a symbolic link stays a link and its
+    target is replaced; a file with several hard links is rewritten in place after the new
+    contents are complete, so every link sees them (see :func:`_install`). The temporary file is
+    ``.<stem>.napari-unet-<pid>-<random><suffix>.part``; one that a killed writer left behind is
+    removed by the next write of the same target (``STALE_SECONDS``).
     """
     path = Path(path)
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
+    target = Path(os.path.realpath(path)) if path.is_symlink() else path
+    folder = target.parent if str(target.parent) else Path(".")
+    if not folder.exists():
         raise FileNotFoundError(f"cannot write {path}: folder {folder} does not exist")
+    if not folder.is_dir():
+        raise NotADirectoryError(f"cannot write {path}: {folder} is a file, not a folder")
     if not os.access(folder, os.W_OK):
         raise PermissionError(f"cannot write {path}: folder {folder} is not writable")
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.stem}.", suffix=path.suffix + ".part")
+    if target.is_dir():
+        raise IsADirectoryError(f"cannot write {path}: it is a folder")
+    _remove_stale_parts(target)
+    prefix, suffix = _part_affixes(target)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f"{prefix}{os.getpid()}-", suffix=suffix)
     os.close(fd)
+    tmp = Path(tmp)
     try:
-        yield Path(tmp)
-        os.chmod(tmp, _new_file_mode())  # mkstemp makes 0600; give the usual permissions
-        os.replace(tmp, path)
+        yield tmp
+        with open(tmp, "rb") as f:  # on disk before it replaces anything
+            os.fsync(f.fileno())
+        _install(tmp, target)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -91,11 +326,14 @@ def _label_dtype(labels: np.ndarray, fmt: str) -> np.dtype:
     return np.dtype(np.uint32 if top <= np.iinfo(np.uint32).max else np.uint64)
 
 
-def _writer(fmt: str) -> Callable[[Path, np.ndarray], None]:
+def _writer(fmt: str, software: str | None = None) -> Callable[[Path, np.ndarray], None]:
     if fmt == "tif":
         import tifffile
 
-        return lambda p, a: tifffile.imwrite(p, a, compression="zlib")
+        extra = {"software": software} if software else {}
+        return lambda p, a: tifffile.imwrite(p, a, compression="zlib", **extra)
+    if software:
+        raise ValueError(f"a Software tag needs a TIFF file, got .{fmt}")
     if fmt == "png":
         import imageio.v3 as iio
 
@@ -119,20 +357,29 @@ def _format(path: Path, allowed: tuple[str, ...]) -> str:
     return fmt
 
 
-def write_image(path: str | os.PathLike, image: np.ndarray) -> Path:
-    """Write a float image (a weight map, probabilities) atomically to ``.tif`` or ``.npy``."""
+def write_image(
+    path: str | os.PathLike, image: np.ndarray, *, software: str | None = None
+) -> Path:
+    """Write a float image (a weight map, probabilities) atomically to ``.tif`` or ``.npy``.
+
+    ``software`` sets a TIFF's Software tag (e.g. ``PREDICTION_SOFTWARE``).
+    """
     path = Path(path)
     fmt = _format(path, ("tif", "npy"))
+    write = _writer(fmt, software)
     with atomic_path(path) as tmp:
-        _writer(fmt)(tmp, np.asarray(image))
+        write(tmp, np.asarray(image))
     return path
 
 
-def write_labels(path: str | os.PathLike, labels: np.ndarray) -> Path:
+def write_labels(
+    path: str | os.PathLike, labels: np.ndarray, *, software: str | None = None
+) -> Path:
     """Write an instance label mask atomically; the format follows the suffix.
 
     ``.tif``/``.tiff`` (uint16, or uint32 when ids need it; stacks as multi-page), ``.png``
-    (``(H, W)`` only, uint8 or uint16 as the ids need) or ``.npy``. Returns the path.
+    (``(H, W)`` only, uint8 or uint16 as the ids need) or ``.npy``. ``software`` sets a TIFF's
+    Software tag (e.g. ``PREDICTION_SOFTWARE``). Returns the path.
     """
     path = Path(path)
     fmt = _format(path, LABEL_FORMATS)
@@ -146,6 +393,7 @@ def write_labels(path: str | os.PathLike, labels: np.ndarray) -> Path:
     if fmt == "png" and labels.ndim != 2:
         raise ValueError(f"PNG holds one (H, W) plane, labels have shape {labels.shape}; use TIFF")
     data = labels.astype(_label_dtype(labels, fmt), copy=False)
+    write = _writer(fmt, software)
     with atomic_path(path) as tmp:
-        _writer(fmt)(tmp, data)
+        write(tmp, data)
     return path

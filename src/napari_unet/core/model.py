@@ -6,11 +6,82 @@ Every 3x3 convolution is unpadded ("valid"), so an input tile of side ``i`` give
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["UNet"]
+__all__ = ["UNet", "check_architecture", "state_shapes", "parameter_count", "LIMITS"]
+
+LIMITS = {
+    "in_channels": (1, 64),
+    "n_classes": (2, 256),
+    "base_channels": (1, 1024),
+    "depth": (0, 8),
+}
+"""Inclusive ``(low, high)`` range of each architecture value napari-unet builds."""
+
+MAX_PARAMETERS = 2**31
+"""Largest network napari-unet builds (8 GiB of float32 weights)."""
+
+
+def check_architecture(
+    in_channels: int = 1, n_classes: int = 2, base_channels: int = 64, depth: int = 4
+) -> dict:
+    """The architecture as a dict, checked against ``LIMITS`` and ``MAX_PARAMETERS``.
+
+    Pure arithmetic, so a model file's header can be checked before any network is built.
+    Raises ValueError naming the value and its range.
+    """
+    config = {
+        "in_channels": in_channels,
+        "n_classes": n_classes,
+        "base_channels": base_channels,
+        "depth": depth,
+    }
+    for name, value in config.items():
+        low, high = LIMITS[name]
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+            raise ValueError(
+                f"UNet {name} must be an integer >= {low} and <= {high}, got {value!r}"
+            )
+    count = parameter_count(config)
+    if count > MAX_PARAMETERS:
+        raise ValueError(
+            f"a UNet with {config} has {count:,} parameters; at most {MAX_PARAMETERS:,} "
+            "are supported (a smaller base_channels or depth)"
+        )
+    return config
+
+
+def state_shapes(config: dict) -> dict[str, tuple[int, ...]]:
+    """Name and shape of every tensor in the ``state_dict`` of ``UNet(**config)``, computed
+    without building it."""
+    base, depth = config["base_channels"], config["depth"]
+    widths = [base * 2**k for k in range(depth + 1)]
+    shapes = {}
+
+    def conv(name, cin, cout, k):
+        shapes[f"{name}.weight"] = (cout, cin, k, k)
+        shapes[f"{name}.bias"] = (cout,)
+
+    for k in range(depth + 1):
+        conv(f"down.{k}.0", config["in_channels"] if k == 0 else widths[k - 1], widths[k], 3)
+        conv(f"down.{k}.2", widths[k], widths[k], 3)
+    for j, k in enumerate(reversed(range(depth))):
+        shapes[f"upconv.{j}.weight"] = (widths[k + 1], widths[k], 2, 2)  # (in, out, kh, kw)
+        shapes[f"upconv.{j}.bias"] = (widths[k],)
+    for j, k in enumerate(reversed(range(depth))):
+        conv(f"up.{j}.0", 2 * widths[k], widths[k], 3)
+        conv(f"up.{j}.2", widths[k], widths[k], 3)
+    conv("head", widths[0], config["n_classes"], 1)
+    return shapes
+
+
+def parameter_count(config: dict) -> int:
+    """Number of weights of ``UNet(**config)`` (paper network: 31,030,658), without building it."""
+    return sum(math.prod(shape) for shape in state_shapes(config).values())
 
 
 def _double_conv(cin: int, cout: int) -> nn.Sequential:
@@ -36,6 +107,8 @@ class UNet(nn.Module):
     depth
         Number of 2x2 poolings (paper: 4).
 
+    Each value must lie in its range in ``LIMITS`` (ValueError otherwise).
+
     Notes
     -----
     ``UNet()`` is the paper's network: ``output_size(572) == 388``, 31,030,658 parameters. The
@@ -47,14 +120,7 @@ class UNet(nn.Module):
         self, in_channels: int = 1, n_classes: int = 2, base_channels: int = 64, depth: int = 4
     ):
         super().__init__()
-        for name, value, low in (
-            ("in_channels", in_channels, 1),
-            ("n_classes", n_classes, 2),
-            ("base_channels", base_channels, 1),
-            ("depth", depth, 0),
-        ):
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise ValueError(f"UNet {name} must be an integer >= {low}, got {value!r}")
+        check_architecture(in_channels, n_classes, base_channels, depth)
         self.in_channels = in_channels
         self.n_classes = n_classes
         self.base_channels = base_channels

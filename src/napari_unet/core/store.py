@@ -6,17 +6,19 @@ Files are never unpickled. ``napari_unet/models/<name>.safetensors`` are the bun
 from __future__ import annotations
 
 import json
+import math
 import os
 from importlib import resources
 from pathlib import Path
 
 from .io import atomic_path
-from .model import UNet
+from .model import UNet, check_architecture, parameter_count, state_shapes
 
 __all__ = [
     "save_model",
     "load_model",
     "read_metadata",
+    "file_size_estimate",
     "bundled_models",
     "load_bundled",
     "open_model",
@@ -24,6 +26,8 @@ __all__ = [
 
 FORMAT = "napari-unet/1"
 _PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".ckpt", ".bin")
+_FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
+_HEADER_BYTES = 64 * 1024  # more than the JSON header of any napari-unet model needs
 
 
 def save_model(model: UNet, path: str | os.PathLike, metadata: dict | None = None) -> Path:
@@ -54,6 +58,11 @@ def save_model(model: UNet, path: str | os.PathLike, metadata: dict | None = Non
     return path
 
 
+def file_size_estimate(architecture: dict) -> int:
+    """Bytes that :func:`save_model` writes for a UNet of ``architecture`` (an upper bound)."""
+    return 4 * parameter_count(architecture) + _HEADER_BYTES
+
+
 def _looks_pickled(path: Path) -> bool:
     with open(path, "rb") as f:
         head = f.read(2)
@@ -69,45 +78,110 @@ def _pickle_error(path: Path) -> ValueError:
     )
 
 
-def read_metadata(path: str | os.PathLike) -> tuple[dict, dict]:
-    """``(architecture, metadata)`` from a model file's header, without loading the weights."""
+def _read_header(path: Path) -> tuple[dict, dict[str, tuple[tuple[int, ...], str]]]:
+    """The header's metadata and ``{name: (shape, dtype)}`` of its tensors, nothing loaded."""
     from safetensors import safe_open
 
-    path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such model file: {path}")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path} is empty (0 bytes); expected a .safetensors model file")
     if path.suffix.lower() in _PICKLE_SUFFIXES:
-        raise _pickle_error(path)
+        if _looks_pickled(path):
+            raise _pickle_error(path)
+        raise ValueError(
+            f"{path.name} is not a model file napari-unet reads; expected a .safetensors file "
+            "saved with napari_unet.save_model"
+        )
     try:
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
+            names = f.keys()
+            tensors = {}
+            for name in names:
+                piece = f.get_slice(name)
+                tensors[name] = (tuple(piece.get_shape()), piece.get_dtype())
     except Exception as err:  # safetensors raises its own error types for damaged files
         if _looks_pickled(path):
             raise _pickle_error(path) from err
         raise ValueError(
             f"{path} is not a readable model file (truncated or not safetensors): {err}"
         ) from err
+    return header, tensors
+
+
+def _parse_header(path: Path, header: dict) -> tuple[dict, dict]:
     if header.get("format") != FORMAT:
         raise ValueError(
             f"{path} is a safetensors file but not a napari-unet model (no '{FORMAT}' header); "
             "save models with napari_unet.save_model"
         )
     try:
-        return json.loads(header["architecture"]), json.loads(header.get("metadata", "{}"))
+        architecture = json.loads(header["architecture"])
+        metadata = json.loads(header.get("metadata", "{}"))
     except (KeyError, json.JSONDecodeError) as err:
         raise ValueError(f"{path} has a damaged napari-unet header: {err}") from err
+    if not isinstance(architecture, dict) or not isinstance(metadata, dict):
+        raise ValueError(f"{path} has a damaged napari-unet header: expected JSON objects")
+    return architecture, metadata
+
+
+def read_metadata(path: str | os.PathLike) -> tuple[dict, dict]:
+    """``(architecture, metadata)`` from a model file's header, without loading the weights."""
+    path = Path(path)
+    header, _ = _read_header(path)
+    return _parse_header(path, header)
+
+
+def _checked_architecture(path: Path, architecture: dict, tensors: dict) -> dict:
+    """The header's architecture, checked against its ranges and against the file's tensors."""
+    expected_keys = set(check_architecture())
+    if set(architecture) != expected_keys:
+        raise ValueError(
+            f"{path} has a damaged napari-unet header: architecture keys "
+            f"{sorted(architecture)}, expected {sorted(expected_keys)}"
+        )
+    try:
+        config = check_architecture(**architecture)
+    except ValueError as err:
+        raise ValueError(f"{path} has an impossible architecture: {err}") from err
+    expected = state_shapes(config)
+    found = {name: shape for name, (shape, _) in tensors.items()}
+    if found != expected:
+        n_found = sum(math.prod(shape) for shape in found.values())
+        wrong = sorted(set(found) ^ set(expected)) or sorted(
+            n for n in expected if found[n] != expected[n]
+        )
+        raise ValueError(
+            f"{path} does not hold a consistent napari-unet model: its header describes "
+            f"{config} ({parameter_count(config):,} weights in {len(expected)} tensors) but "
+            f"the file holds {n_found:,} weights in {len(found)} tensors "
+            f"(first difference: {wrong[0]})"
+        )
+    odd = sorted(name for name, (_, dtype) in tensors.items() if dtype not in _FLOAT_DTYPES)
+    if odd:
+        raise ValueError(
+            f"{path} does not hold a consistent napari-unet model: tensor {odd[0]} has dtype "
+            f"{tensors[odd[0]][1]}; expected floating-point weights"
+        )
+    return config
 
 
 def load_model(path: str | os.PathLike, device=None) -> UNet:
-    """Rebuild the :class:`UNet` saved in ``path``; its ``metadata`` dict is attached to it."""
+    """Rebuild the :class:`UNet` saved in ``path``; its ``metadata`` dict is attached to it.
+
+    The header is checked first (each architecture value in range, every tensor's name and
+    shape as the architecture predicts), so a damaged or crafted file costs no memory.
+    """
     from safetensors.torch import load_file
 
     path = Path(path)
-    architecture, metadata = read_metadata(path)
+    header, tensors = _read_header(path)
+    architecture, metadata = _parse_header(path, header)
+    config = _checked_architecture(path, architecture, tensors)
     try:
-        model = UNet(**architecture)
-        state = load_file(str(path), device="cpu")
-        model.load_state_dict(state)
+        model = UNet(**config)
+        model.load_state_dict(load_file(str(path), device="cpu"))
     except Exception as err:
         raise ValueError(f"{path} does not hold a consistent napari-unet model: {err}") from err
     model.metadata = metadata

@@ -1,0 +1,328 @@
+"""Crafted files, colliding output names, killed writers: nothing a user does destroys a file."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import time
+from importlib import resources
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from napari_unet import UNet, load_model, read_image, save_model, write_labels
+from napari_unet.cli import main
+from napari_unet.core import store
+from napari_unet.core.io import PREDICTION_SOFTWARE, atomic_path, is_prediction_output
+
+
+# ------------------------------------------------------------------------------ crafted files
+def crafted_tiff(path, side: int):
+    """A 235-byte tiled TIFF whose header declares one ``side`` x ``side`` uint8 tile."""
+    tifffile.imwrite(path, np.zeros((16, 16), np.uint8), tile=(16, 16), compression="zlib")
+    with tifffile.TiffFile(path) as tif:
+        tags = tif.pages.first.tags
+        offsets = [tags[n].valueoffset for n in ("ImageWidth", "ImageLength")]
+        offsets += [tags[n].valueoffset for n in ("TileWidth", "TileLength")]
+    with open(path, "r+b") as f:
+        for offset in offsets:
+            f.seek(offset)
+            f.write(struct.pack("<I", side))
+    return path
+
+
+def test_tiny_tiff_declaring_a_huge_image_is_refused_from_its_header(tmp_path):
+    path = crafted_tiff(tmp_path / "bomb.tif", 32768)
+    assert path.stat().st_size < 1000
+    with pytest.raises(ValueError, match=r"1,073,741,824 pixel values .* limit of 268,435,456"):
+        read_image(path)
+    with pytest.raises(ValueError, match="limit of 1,000"):
+        read_image(path, max_pixels=1000)
+
+
+def test_npy_header_is_checked_before_loading(tmp_path):
+    path = tmp_path / "huge.npy"
+    with open(path, "wb") as f:  # a header declaring 80 GB, and 8 bytes of data
+        np.lib.format.write_array_header_1_0(
+            f, {"descr": "<f8", "fortran_order": False, "shape": (100_000, 100_000)}
+        )
+        f.write(b"\0" * 8)
+    with pytest.raises(ValueError, match="truncated: its header declares"):
+        read_image(path)
+    np.save(tmp_path / "big.npy", np.zeros((100, 100), np.uint8))
+    with pytest.raises(ValueError, match="10,000 pixel values .* limit of 5,000"):
+        read_image(tmp_path / "big.npy", max_pixels=5000)
+
+
+def test_png_header_is_checked_before_decoding(tmp_path):
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    ihdr = struct.pack(">IIBBBBB", 30000, 30000, 16, 0, 0, 0, 0)  # 30000 x 30000, 16-bit grey
+    path = tmp_path / "bomb.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b""))
+    with pytest.raises(ValueError, match=r"900,000,000 pixel values \(30000x30000 uint16"):
+        read_image(path)
+
+
+def crafted_model(path, architecture: dict):
+    """A tiny safetensors file whose napari-unet header claims ``architecture``."""
+    from safetensors.torch import save_file
+
+    header = {"format": store.FORMAT, "architecture": json.dumps(architecture)}
+    save_file({"down.0.0.weight": torch.zeros(2, 1, 3, 3)}, str(path), metadata=header)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("architecture", "message"),
+    [
+        ({"in_channels": 1, "n_classes": 2, "base_channels": 300, "depth": 30}, "depth"),
+        (
+            {"in_channels": 1, "n_classes": 2, "base_channels": 300, "depth": 4},
+            r"weights in 46 tensors\) but the file holds 18 weights in 1 tensors",
+        ),
+        ({"in_channels": 1, "n_classes": 2, "base_channels": 4.5, "depth": 4}, "base_channels"),
+        ({"in_channels": 1, "n_classes": 2, "base_channels": 4, "extra": 1}, "keys"),
+    ],
+)
+def test_crafted_model_headers_fail_before_any_network_is_built(tmp_path, architecture, message):
+    path = crafted_model(tmp_path / "m.safetensors", architecture)
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=message):
+        load_model(path)
+    assert time.perf_counter() - start < 2  # building the network took 14-20 s
+
+
+# -------------------------------------------------------------------- output names in predict
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
+    return str(save_model(UNet(base_channels=2, depth=2), path))
+
+
+def image(path, seed=0):
+    data = np.random.default_rng(seed).integers(0, 255, (24, 24), dtype=np.uint8)
+    if path.suffix == ".png":
+        import imageio.v3 as iio
+
+        iio.imwrite(path, data)
+    else:
+        tifffile.imwrite(path, data)
+    return str(path)
+
+
+def test_ground_truth_beside_the_input_is_never_replaced(tmp_path, model_file, capsys):
+    data = resources.files("napari_unet") / "data"
+    for name in ("phase_contrast_cells.tif", "phase_contrast_cells_labels.tif"):
+        shutil.copy(data / name, tmp_path / name)
+    truth = (tmp_path / "phase_contrast_cells_labels.tif").read_bytes()
+    before = sorted(os.listdir(tmp_path))
+    image_path = str(tmp_path / "phase_contrast_cells.tif")
+    for images in ([image_path], [image_path, str(tmp_path / "phase_contrast_cells_labels.tif")]):
+        args = ["predict", *images, "--model", model_file, "--out", str(tmp_path)]
+        assert main(args) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "phase_contrast_cells_labels.tif" in err[0], err
+        assert "phase_contrast_cells.tif" in err[0]
+        assert sorted(os.listdir(tmp_path)) == before
+        assert (tmp_path / "phase_contrast_cells_labels.tif").read_bytes() == truth
+
+
+def test_inputs_with_the_same_name_write_distinct_outputs(tmp_path, model_file, caplog):
+    (tmp_path / "A").mkdir()
+    (tmp_path / "B").mkdir()
+    inputs = [image(tmp_path / "A" / "x.tif"), image(tmp_path / "B" / "x.tif", 1)]
+    inputs.append(image(tmp_path / "A" / "x.png", 2))
+    out = tmp_path / "out"
+    assert main(["predict", *inputs, "--model", model_file, "--out", str(out)]) == 0
+    assert sorted(os.listdir(out)) == ["x-2_labels.tif", "x-3_labels.tif", "x_labels.tif"]
+    assert "x-2_labels.tif (another input has the name x)" in caplog.text
+    model = load_model(model_file)
+    from napari_unet import predict, to_instances
+
+    for source, name in zip(inputs, ("x", "x-2", "x-3"), strict=True):
+        expected = to_instances(predict(model, read_image(source)))
+        np.testing.assert_array_equal(read_image(out / f"{name}_labels.tif"), expected)
+
+
+def test_a_rerun_replaces_its_own_outputs_and_does_not_segment_them(tmp_path, model_file, caplog):
+    source = image(tmp_path / "x.tif")
+    args = ["predict", source, "--model", model_file, "--out", str(tmp_path), "--probabilities"]
+    assert main(args) == 0
+    assert is_prediction_output(tmp_path / "x_labels.tif")
+    assert is_prediction_output(tmp_path / "x_probabilities.tif")
+    first = read_image(tmp_path / "x_labels.tif")
+    # the folder's *.tif now holds the outputs too: they are replaced, never segmented
+    everything = sorted(str(p) for p in tmp_path.glob("*.tif"))
+    assert main(["predict", *everything, "--model", model_file, "--out", str(tmp_path)]) == 0
+    assert sorted(os.listdir(tmp_path)) == ["x.tif", "x_labels.tif", "x_probabilities.tif"]
+    assert "x_labels.tif: not segmented, napari-unet predict wrote it" in caplog.text
+    np.testing.assert_array_equal(read_image(tmp_path / "x_labels.tif"), first)
+
+
+def test_an_exported_annotation_is_not_taken_for_an_output(tmp_path, model_file, capsys):
+    source = image(tmp_path / "x.tif")
+    write_labels(tmp_path / "x_labels.tif", np.ones((24, 24), np.uint16))  # as Export writes
+    assert not is_prediction_output(tmp_path / "x_labels.tif")
+    assert main(["predict", source, "--model", model_file, "--out", str(tmp_path)]) == 1
+    assert "did not write it; refusing to replace it" in capsys.readouterr().err
+    write_labels(
+        tmp_path / "y_labels.tif", np.ones((4, 4), np.uint16), software=PREDICTION_SOFTWARE
+    )
+    assert is_prediction_output(tmp_path / "y_labels.tif")
+
+
+# ------------------------------------------------------------------ replacing files in place
+def test_replacing_keeps_mode_owner_symlink_and_hard_links(tmp_path):
+    target = tmp_path / "labels.tif"
+    write_labels(target, np.ones((4, 4), np.uint8))
+    target.chmod(0o640)
+    if os.geteuid() == 0:
+        os.chown(target, 1234, 1234)
+    link = tmp_path / "link.tif"
+    link.symlink_to(target.name)
+    hard = tmp_path / "hard.tif"
+    os.link(target, hard)
+    inode = target.stat().st_ino
+
+    write_labels(link, np.full((4, 4), 2, np.uint8))
+    assert link.is_symlink() and os.readlink(link) == target.name
+    for path in (target, hard, link):
+        assert read_image(path).max() == 2
+    assert target.stat().st_ino == inode and target.stat().st_nlink == 2
+    os.unlink(hard)
+    write_labels(target, np.full((4, 4), 3, np.uint8))  # a single link: replaced atomically
+    assert read_image(target).max() == 3
+    assert oct(target.stat().st_mode & 0o777) == "0o640"
+    if os.geteuid() == 0:
+        assert (target.stat().st_uid, target.stat().st_gid) == (1234, 1234)
+    assert sorted(os.listdir(tmp_path)) == ["labels.tif", "link.tif"]
+
+
+def dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_stale_part_files_of_killed_writers_are_removed(tmp_path):
+    target = tmp_path / "m.safetensors"
+    stale = tmp_path / f".m.napari-unet-{dead_pid()}-abc.safetensors.part"
+    young = tmp_path / f".m.napari-unet-{dead_pid()}-def.safetensors.part"
+    alive = tmp_path / f".m.napari-unet-{os.getpid()}-ghi.safetensors.part"
+    other = tmp_path / ".m.safetensors.part"  # not a napari-unet name: never touched
+    for part in (stale, young, alive, other):
+        part.write_bytes(b"half")
+    old = time.time() - 120
+    for part in (stale, alive, other):
+        os.utime(part, (old, old))
+    save_model(UNet(base_channels=2, depth=2), target)
+    assert sorted(os.listdir(tmp_path)) == sorted(
+        [target.name, young.name, alive.name, other.name]
+    )
+
+
+def test_sigkill_leaves_a_part_file_that_the_next_write_removes(tmp_path):
+    target = tmp_path / "labels.tif"
+    code = (
+        "import sys, time\n"
+        "from napari_unet.core.io import atomic_path\n"
+        "with atomic_path(sys.argv[1]) as tmp:\n"
+        "    tmp.write_bytes(b'half'); print(tmp.name, flush=True); time.sleep(60)\n"
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", code, str(target)], stdout=subprocess.PIPE, text=True
+    )
+    part = tmp_path / child.stdout.readline().strip()
+    child.kill()
+    child.wait()
+    assert part.exists() and part.name.startswith(".labels.napari-unet-")
+    old = time.time() - 120
+    os.utime(part, (old, old))
+    write_labels(target, np.ones((4, 4), np.uint8))
+    assert os.listdir(tmp_path) == ["labels.tif"]
+
+
+def test_sigterm_removes_the_part_file(tmp_path):
+    target = tmp_path / "labels.tif"
+    code = (
+        "import signal, sys\n"
+        "from napari_unet.cli import _sigterm_as_interrupt\n"
+        "from napari_unet.core.io import atomic_path\n"
+        "with _sigterm_as_interrupt(), atomic_path(sys.argv[1]) as tmp:\n"
+        "    tmp.write_bytes(b'half'); print(tmp.name, flush=True); signal.pause()\n"
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", code, str(target)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    part = tmp_path / child.stdout.readline().strip()
+    assert part.exists()
+    child.send_signal(signal.SIGTERM)
+    _, err = child.communicate(timeout=60)
+    assert "KeyboardInterrupt" in err
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_failed_writer_leaves_hard_linked_files_as_they_were(tmp_path):
+    target = tmp_path / "a.tif"
+    target.write_bytes(b"old")
+    os.link(target, tmp_path / "b.tif")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_bytes(b"new")
+        raise RuntimeError("writer failed")
+    assert target.read_bytes() == (tmp_path / "b.tif").read_bytes() == b"old"
+    assert sorted(os.listdir(tmp_path)) == ["a.tif", "b.tif"]
+
+
+# ----------------------------------------------------------------- images in place of labels
+def test_normalize_makes_no_float64_copy(rng):
+    import tracemalloc
+
+    from napari_unet import normalize
+
+    image = rng.integers(0, 65535, (2000, 1000), dtype=np.uint16)
+    tracemalloc.start()
+    try:
+        out = normalize(image)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert out.dtype == np.float32
+    assert peak < 1.5 * out.nbytes  # float64 copies made it 3x
+
+
+def test_an_intensity_image_is_not_taken_for_labels(rng):
+    from napari_unet.core.image import check_label_image
+
+    data = resources.files("napari_unet") / "data"
+    check_label_image(read_image(data / "phase_contrast_cells_labels.tif"))
+    check_label_image(np.zeros((5, 5), np.uint8))
+    intensities = rng.integers(0, 40000, (200, 200), dtype=np.uint16)
+    with pytest.raises(ValueError, match=r"not look like a label image: [\d,]+ distinct ids"):
+        check_label_image(intensities, "a.tif")
+    with pytest.raises(ValueError, match="labels must be integers .* non-integer values"):
+        check_label_image(rng.random((20, 20)))
+    with pytest.raises(ValueError, match="not look like a label image"):
+        check_label_image(read_image(data / "phase_contrast_cells.tif"))
+
+
+def test_a_long_file_name_is_written(tmp_path):
+    target = tmp_path / ("x" * 240 + ".tif")  # the temporary name would pass 255 bytes
+    write_labels(target, np.ones((4, 4), np.uint8))
+    assert os.listdir(tmp_path) == [target.name]

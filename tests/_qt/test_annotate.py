@@ -7,8 +7,9 @@ import pytest
 from napari.utils.key_bindings import KeymapHandler
 
 from napari_unet._sample_data import phase_contrast_cells
-from napari_unet._widgets import annotate
-from napari_unet._widgets.annotate import AnnotateWidget, annotation_pair
+from napari_unet._widgets import _ui
+from napari_unet._widgets._layers import annotation_pair
+from napari_unet._widgets.annotate import AnnotateWidget
 
 
 @pytest.fixture
@@ -20,7 +21,7 @@ def sample():
 @pytest.fixture
 def errors(monkeypatch):
     messages: list[str] = []
-    monkeypatch.setattr(annotate, "show_error", messages.append)
+    monkeypatch.setattr(_ui, "show_error", messages.append)
     return messages
 
 

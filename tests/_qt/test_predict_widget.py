@@ -211,6 +211,8 @@ def test_rgb_needs_grey_conversion(setup, qtbot, notes, cells):
     layer = viewer.add_image(rgb, name="rgb")
     assert layer.rgb
     widget._image.value = layer
+    assert widget._grey.value  # on by default, as in Fine-tune
+    widget._grey.value = False
     widget._predict.native.click()
     assert widget.worker is None and "rgb prediction" not in viewer.layers
     assert any("convert RGB to grey" in str(n.message) for n in notes)

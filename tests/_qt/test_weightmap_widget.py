@@ -30,7 +30,9 @@ def docked(make_napari_viewer, sample):
     return viewer, widget
 
 
-def _preview(viewer, qtbot, name="cells annotation"):
+def _preview(viewer, widget, qtbot, name="cells annotation"):
+    """Tick "show preview" and wait for the two preview layers."""
+    widget._preview.value = True
     qtbot.waitUntil(lambda: f"{name} weights" in viewer.layers, timeout=TIMEOUT)
     return viewer.layers[f"{name} target"], viewer.layers[f"{name} weights"]
 
@@ -38,7 +40,7 @@ def _preview(viewer, qtbot, name="cells annotation"):
 def test_preview_layers_with_carved_borders(docked, sample, qtbot):
     viewer, widget = docked
     labels = sample[2]
-    target, weights = _preview(viewer, qtbot)
+    target, weights = _preview(viewer, widget, qtbot)
     assert target.data.shape == weights.data.shape == (512, 512)
     assert target.data.dtype == np.uint8 and weights.data.dtype == np.float32
     assert set(np.unique(target.data)) == {0, 1}
@@ -58,7 +60,7 @@ def test_preview_layers_with_carved_borders(docked, sample, qtbot):
 
 def test_sliders_and_class_balance_update_in_place(docked, qtbot):
     viewer, widget = docked
-    target, weights = _preview(viewer, qtbot)
+    target, weights = _preview(viewer, widget, qtbot)
     n_layers = len(viewer.layers)
     widget._w0.value = 25
     qtbot.waitUntil(lambda: weights.data.max() > 20, timeout=TIMEOUT)
@@ -75,7 +77,7 @@ def test_sliders_and_class_balance_update_in_place(docked, qtbot):
 
 def test_painting_updates_the_preview(docked, qtbot):
     viewer, widget = docked
-    target, _ = _preview(viewer, qtbot)
+    target, _ = _preview(viewer, widget, qtbot)
     labels = viewer.layers["cells annotation"]
     spot = np.argwhere(target.data == 0)[0]
     labels.paint(tuple(spot), int(labels.data.max()) + 1)
@@ -90,7 +92,7 @@ def test_stack_shows_the_current_plane(make_napari_viewer, sample, qtbot):
     viewer.dims.set_current_step(0, 1)
     widget = WeightMapWidget(viewer)
     viewer.window.add_dock_widget(widget)
-    target, weights = _preview(viewer, qtbot, "stack")
+    target, weights = _preview(viewer, widget, qtbot, "stack")
     assert target.data.shape == (128, 128)
     qtbot.waitUntil(lambda: target.data.any(), timeout=TIMEOUT)
     viewer.dims.set_current_step(0, 0)  # the empty plane
@@ -104,7 +106,7 @@ def test_no_labels_layer_is_reported(make_napari_viewer, sample, notes, qtbot):
     viewer.add_image(sample[0], name="cells")
     widget = WeightMapWidget(viewer)
     viewer.window.add_dock_widget(widget)
-    widget._w0.value = 12
+    widget._preview.value = True
     qtbot.waitUntil(
         lambda: any("no annotation layer" in str(n.message) for n in notes), timeout=TIMEOUT
     )

@@ -193,3 +193,60 @@ def test_failed_run_leaves_the_model_bit_identical(setup, notes, qtbot):
     session = session_for(viewer)
     assert session.busy == "" and session.model is model and session.source == "test"
     assert _same(model, before) and not widget._undo.enabled
+
+
+def test_failure_after_steps_changes_neither_model_nor_label(
+    setup, notes, qtbot, monkeypatch, tmp_path
+):
+    """Two optimiser steps succeed, the third raises (torch's RuntimeError, which superqt
+    used to turn into a warning without `finished`): the current model keeps its weights
+    bit for bit and its label, and Export saves exactly that."""
+    from napari_unet import load_model
+    from napari_unet._widgets.export import ExportWidget
+
+    viewer, widget, model = setup
+    before = _weights(model)
+    real_step, calls = torch.optim.Adam.step, []
+
+    def step(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("element 0 of tensors does not require grad")
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", step)
+    _add(widget, viewer, "cells", "cells annotation")
+    widget._steps.value = 5
+    widget._start.native.click()
+    qtbot.waitUntil(lambda: widget._task is None, timeout=TIMEOUT)  # `finished` came
+    assert len(calls) == 3 and widget._status.value.startswith("failed after 2 steps")
+    assert [str(n.message) for n in notes] == [
+        "Fine-tune: failed: element 0 of tensors does not require grad"
+    ]
+    session = session_for(viewer)
+    assert session.model is model and session.source == "test" and session.busy == ""
+    assert _same(model, before) and not widget._undo.enabled
+
+    export = ExportWidget(viewer)
+    export._model_path.value = tmp_path / "saved"
+    export._save_model.native.click()
+    saved = load_model(tmp_path / "saved.safetensors")
+    assert saved.metadata["source"] == "test" and _same(saved, before)
+
+
+def test_pairs_use_the_region_chosen_in_annotate(setup):
+    from napari_unet._widgets.annotate import AnnotateWidget
+
+    viewer, widget, _ = setup
+    annotate = AnnotateWidget(viewer)
+    annotate._add_region.native.click()
+    region = viewer.layers["cells annotated region"]
+    region.add_rectangles(np.array([[0, 0], [0, 100], [100, 100], [100, 0]]))
+    assert widget._region.value is region  # Fine-tune follows Annotate's choice
+    widget._image.value = viewer.layers["cells"]
+    _add(widget, viewer, "cells", "cells annotation")
+    assert widget._pairs[-1].region is region
+    assert widget._pair_list.item(0).text() == "cells / cells annotation in cells annotated region"
+
+    annotate._region.value = "whole image"
+    assert widget._region.value == "whole image"

@@ -7,7 +7,7 @@ import pytest
 from skimage import measure
 
 from napari_unet._sample_data import phase_contrast_cells
-from napari_unet._widgets.weightmap import WeightMapWidget
+from napari_unet._widgets.weightmap import DEBOUNCE_MS, WeightMapWidget
 
 TIMEOUT = 10_000  # ms; the machine is shared, timings are noisy
 
@@ -111,3 +111,63 @@ def test_no_labels_layer_is_reported(make_napari_viewer, sample, notes, qtbot):
         lambda: any("no annotation layer" in str(n.message) for n in notes), timeout=TIMEOUT
     )
     assert [layer.name for layer in viewer.layers] == ["cells"]
+
+
+def test_preview_only_on_request_under_the_annotation_never_selected(docked, qtbot):
+    viewer, widget = docked
+    annotation = viewer.layers["cells annotation"]
+    viewer.layers.selection.active = annotation  # the user is painting
+    widget._w0.value = 12
+    qtbot.wait(3 * DEBOUNCE_MS)
+    assert [layer.name for layer in viewer.layers] == ["cells", "cells annotation"]
+
+    target, weights = _preview(viewer, widget, qtbot)
+    assert [layer.name for layer in viewer.layers] == [
+        "cells",
+        "cells annotation target",
+        "cells annotation weights",
+        "cells annotation",
+    ]
+    assert viewer.layers.selection.active is annotation
+    assert set(viewer.layers.selection) == {annotation}
+    for layer in (target, weights):  # over the image, but never hiding it
+        assert layer.blending == "additive" and layer.opacity < 1
+
+    viewer.add_labels(np.zeros((512, 512), np.uint8), name="other")
+    viewer.layers.selection.active = annotation
+    widget._w0.value = 20  # an update in place keeps the order and the selection
+    qtbot.waitUntil(lambda: weights.data.max() > 15, timeout=TIMEOUT)
+    assert viewer.layers.selection.active is annotation
+    assert viewer.layers.index(weights) < viewer.layers.index(annotation)
+
+    widget._preview.value = False
+    assert [layer.name for layer in viewer.layers] == ["cells", "cells annotation", "other"]
+
+
+def test_preview_layers_are_never_offered_as_images(docked, qtbot):
+    from napari_unet._widgets.annotate import AnnotateWidget
+    from napari_unet._widgets.finetune import FinetuneWidget
+    from napari_unet._widgets.predict import PredictWidget
+
+    viewer, widget = docked
+    _preview(viewer, widget, qtbot)
+    for dock in (AnnotateWidget(viewer), FinetuneWidget(viewer), PredictWidget(viewer)):
+        assert [layer.name for layer in dock._image.choices] == ["cells"]
+
+
+def test_spin_boxes_step_sensibly(docked):
+    from qtpy.QtCore import Qt
+    from qtpy.QtTest import QTest
+
+    from napari_unet.core.weightmap import CLASS_BALANCE, SIGMA, W0
+
+    _, widget = docked
+    assert (widget._w0.value, widget._sigma.value) == (W0, SIGMA)
+    assert widget._balance.value == CLASS_BALANCE
+    for box in (widget._w0, widget._sigma):  # were FloatSliders: a step was 0.00001
+        before = box.value
+        QTest.keyClick(box.native, Qt.Key.Key_Up)  # the mouse wheel steps the same way
+        step = box.value - before
+        assert 0.5 <= step <= 1
+        QTest.keyClick(box.native, Qt.Key.Key_PageUp)
+        assert box.value - before == pytest.approx(11 * step)

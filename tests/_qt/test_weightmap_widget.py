@@ -171,3 +171,17 @@ def test_spin_boxes_step_sensibly(docked):
         assert 0.5 <= step <= 1
         QTest.keyClick(box.native, Qt.Key.Key_PageUp)
         assert box.value - before == pytest.approx(11 * step)
+
+
+def test_a_problem_is_notified_once(make_napari_viewer, sample, notes):
+    viewer = make_napari_viewer()
+    viewer.add_image(sample[0], name="cells")
+    widget = WeightMapWidget(viewer)
+    widget._preview.value = True
+    for w0 in (11, 12, 13):
+        widget._w0.value = w0
+        widget._update()  # what the debounce timer runs
+    assert [str(n.message) for n in notes] == [
+        "Weight map: no annotation layer; add a labels layer (0 = background, 1..N = cells)"
+    ]
+    assert widget._status.value.startswith("no annotation layer")

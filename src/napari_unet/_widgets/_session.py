@@ -53,6 +53,7 @@ class ModelSession:
 
             self._model = store.load_bundled()
             self.source = f"bundled: {store.bundled_models()[0]}"
+            self.model_changed.emit()
         return self._model
 
     def get_model(self, messages: Messages) -> UNet | None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from magicgui.widgets import ComboBox, Container, Label
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtWidgets import QComboBox
+from qtpy.QtWidgets import QComboBox, QSizePolicy
 
 __all__ = ["COMBO_CHARS", "Messages", "narrow", "plural", "row"]
 
@@ -35,9 +35,11 @@ class Messages:
 
 
 def narrow(container: Container) -> None:
-    """Let ``container``'s combo boxes elide long entries and its labels wrap (recursively)."""
+    """Let ``container``'s combo boxes elide long entries and its labels wrap; nested
+    containers (rows of buttons, groups) add no margins of their own."""
     for widget in container:
         if isinstance(widget, Container):
+            widget.margins = (0, 0, 0, 0)
             narrow(widget)
         elif isinstance(widget, ComboBox):
             widget.native.setSizeAdjustPolicy(ELIDE)
@@ -45,6 +47,7 @@ def narrow(container: Container) -> None:
         elif isinstance(widget, Label):
             widget.native.setWordWrap(True)
             widget.native.setMinimumWidth(LABEL_MIN_WIDTH)  # else Qt sizes it to the text
+            widget.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
 
 
 def plural(n: int, word: str) -> str:

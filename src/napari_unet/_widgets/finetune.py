@@ -59,6 +59,7 @@ if TYPE_CHECKING:
 __all__ = ["FinetuneWidget"]
 
 CURRENT_MODEL, NEW_NETWORK = "current model", "new network (base 16)"
+PAIR_LIST_HEIGHT = 100  # px, about four pairs; the list scrolls beyond
 HOLD_OUT_TIP = "Tick to hold this pair out for validation: not trained on, its IoU is reported."
 _say = Messages("Fine-tune")
 
@@ -144,6 +145,7 @@ class FinetuneWidget(Container):
         self._remove = PushButton(text="Remove", tooltip="Remove the selected pair.")
         self._pair_list = QListWidget()
         self._pair_list.setToolTip(HOLD_OUT_TIP)
+        self._pair_list.setMaximumHeight(PAIR_LIST_HEIGHT)
         self._choose = Container(
             widgets=[
                 self._image,

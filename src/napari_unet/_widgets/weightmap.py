@@ -58,7 +58,8 @@ class WeightMapWidget(Container):
             max=50,
             step=1,
             value=W0,
-            tooltip=f"Height of the border weight between touching cells (paper: {W0:g}).",
+            tooltip=f"Height of the border weight between touching cells (paper: {W0:g}); "
+            "Fine-tune trains with the default.",
         )
         self._sigma = FloatSpinBox(
             label="sigma (px)",
@@ -66,7 +67,8 @@ class WeightMapWidget(Container):
             max=30,
             step=0.5,
             value=SIGMA,
-            tooltip=f"Width of the border weight in pixels (paper: {SIGMA:g}).",
+            tooltip=f"Width of the border weight in pixels (paper: {SIGMA:g}); "
+            "Fine-tune trains with the default.",
         )
         self._balance = CheckBox(text="class balance", value=CLASS_BALANCE, tooltip=BALANCE_TIP)
         self._preview = CheckBox(
@@ -92,6 +94,7 @@ class WeightMapWidget(Container):
         self._timer.setInterval(DEBOUNCE_MS)
         self._source: Labels | None = None  # the annotation whose paint events we follow
         self._shown: tuple | None = None  # (labels layer, plane index) of the preview shown
+        self._problem = ""  # the last problem notified: told once, not on every change
         self._connect_signals()
         self._on_labels_changed()
 
@@ -120,7 +123,7 @@ class WeightMapWidget(Container):
         for layer in self._preview_layers():
             self._viewer.layers.remove(layer)
         self._shown = None
-        self._status.value = ""
+        self._problem = self._status.value = ""
 
     def _on_labels_changed(self, *_) -> None:
         if self._source is not None:
@@ -154,10 +157,10 @@ class WeightMapWidget(Container):
             return
         labels = self._annotation_box.value
         if labels is None:
-            _say.warning("no annotation layer; add a labels layer (0 = background, 1..N = cells)")
+            self._report("no annotation layer; add a labels layer (0 = background, 1..N = cells)")
             return
         if labels.multiscale:
-            _say.error(f"'{labels.name}' is multiscale; use a single-scale layer")
+            self._report(f"'{labels.name}' is multiscale; use a single-scale layer")
             return
         index = viewed_plane(labels, self._viewer)
         plane = np.asarray(labels.data[index])
@@ -169,16 +172,25 @@ class WeightMapWidget(Container):
                 class_balance=self._balance.value,
             )
         except ValueError as err:
-            _say.error(f"'{labels.name}': {err}")
+            self._report(f"'{labels.name}': {err}")
             return
+        self._problem = ""
         for layer in self._preview_layers():  # the preview of another annotation
             if layer.metadata.get(OF) != labels.name:
                 self._viewer.layers.remove(layer)
-        top = max(float(weights.max()), 1e-6)
+        low = float(weights.min())  # shown black: adds nothing to the image
+        top = max(float(weights.max()), low + 1e-6)
         self._show(labels, "target", target, (0, 1), "gray")
-        self._show(labels, "weights", weights, (0, top), "magma")
+        self._show(labels, "weights", weights, (low, top), "magma")
         self._shown = (labels, index)
-        self._status.value = f"weights from {weights.min():.2g} to {top:.3g}"
+        self._status.value = f"weights from {low:.2g} to {top:.3g}"
+
+    def _report(self, problem: str) -> None:
+        """Show ``problem`` in the status line; notify it once, not on every change."""
+        self._status.value = problem
+        if problem != self._problem:
+            _say.warning(problem)
+        self._problem = problem
 
     def _show(self, labels: Labels, kind: str, data: np.ndarray, limits, colormap: str) -> None:
         """Put ``data`` into the preview layer of ``kind``, made on first use."""

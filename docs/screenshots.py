@@ -156,9 +156,6 @@ def use(window: Window, model) -> None:
 
 
 def main() -> None:
-    import warnings
-
-    warnings.filterwarnings("ignore", message="napari support for the PyQt5")  # not ours
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("image", nargs="?", type=Path, help="image (default: the sample)")
     parser.add_argument("labels", nargs="?", type=Path, help="its annotation")
@@ -167,6 +164,7 @@ def main() -> None:
     if (args.image is None) != (args.labels is None):
         parser.error("give an image and its labels, or neither (the sample)")
     model = picture_model()
+    napari.Viewer().close()  # napari's one-time notices (e.g. on the Qt backend) go here
     annotate(Window(args.image, args.labels), args.out)
     weight_map(Window(args.image, args.labels), args.out)
     finetune(Window(args.image, args.labels), args.out, model)

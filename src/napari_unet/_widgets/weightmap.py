@@ -102,7 +102,7 @@ class WeightMapWidget(Container):
         watch_layers(self._viewer, self._on_layers_changed)
         self._annotation_box.changed.connect(self._on_labels_changed)
         for widget in (self._w0, self._sigma, self._balance):
-            widget.changed.connect(self._schedule)
+            widget.changed.connect(self._on_input_changed)
         self._preview.changed.connect(self._on_preview_toggled)
         self._timer.timeout.connect(self._update)
         self._viewer.dims.events.current_step.connect(self._on_step)
@@ -110,7 +110,7 @@ class WeightMapWidget(Container):
     def _on_layers_changed(self, _event=None) -> None:
         self.reset_choices()
 
-    def _schedule(self, *_) -> None:
+    def _on_input_changed(self, *_) -> None:
         """(Re)start the debounce timer: the preview updates once changes pause."""
         if self._preview.value:
             self._timer.start()
@@ -127,20 +127,20 @@ class WeightMapWidget(Container):
 
     def _on_labels_changed(self, *_) -> None:
         if self._source is not None:
-            self._source.events.paint.disconnect(self._schedule)
-            self._source.events.data.disconnect(self._schedule)
+            self._source.events.paint.disconnect(self._on_input_changed)
+            self._source.events.data.disconnect(self._on_input_changed)
         self._source = self._annotation_box.value
         if self._source is not None:
-            self._source.events.paint.connect(self._schedule)
-            self._source.events.data.connect(self._schedule)
-        self._schedule()
+            self._source.events.paint.connect(self._on_input_changed)
+            self._source.events.data.connect(self._on_input_changed)
+        self._on_input_changed()
 
     def _on_step(self, *_) -> None:
         labels = self._annotation_box.value
         if labels is None or labels.ndim == 2 or self._shown is None:
             return
         if self._shown != (labels, viewed_plane(labels, self._viewer)):
-            self._schedule()
+            self._on_input_changed()
 
     def _preview_layers(self) -> list[Image]:
         return [

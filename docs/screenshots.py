@@ -1,21 +1,27 @@
-"""Screenshots of each widget on the sample data, for the README and the user guide.
+"""Screenshots of each dock, for the README and the user guide.
 
     xvfb-run -a -s "-screen 0 1600x1000x24" python docs/screenshots.py
+    xvfb-run -a -s "-screen 0 1600x1000x24" python docs/screenshots.py IMAGE LABELS --out DIR
 
-Each widget is docked in a real napari window with the sample image, driven the way a user
-would drive it (fine-tuning runs a few real steps, prediction streams real tiles), and the whole
-window is saved to ``docs/images/<widget>.png``. Uses the bundled model when one ships, else a
-small network fine-tuned here for the pictures.
+Each picture is the window ``napari-unet gui`` opens (1500x950, the five docks tabified), with
+the sample image and its annotation, or IMAGE with LABELS as its annotation ("<stem>
+annotation"). The dock of the picture is brought to the front and driven the way a user would
+drive it (fine-tuning runs a few real steps, prediction streams real tiles), and the whole window
+is saved to ``DIR/<dock>.png`` (default: ``docs/images``). Uses the bundled model when one
+ships, else a small network fine-tuned here for the pictures.
 """
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import napari
+from qtpy.QtWidgets import QDockWidget
 
 from napari_unet import UNet, bundled_models
 from napari_unet._widgets._session import session_for
+from napari_unet.cli import open_viewer
 
 OUT = Path(__file__).parent / "images"
 
@@ -29,97 +35,111 @@ def settle(seconds: float = 0.5) -> None:
     loop.exec_()
 
 
-def wait_for(worker, timeout: float = 600) -> None:
-    """Process events until ``worker`` has finished (it may not have started yet)."""
+def wait_for(widget, timeout: float = 600) -> None:
+    """Process events until ``widget``'s background run has ended."""
     import time
 
-    done = []
-    worker.finished.connect(lambda: done.append(True))
     start = time.perf_counter()
-    while not done and time.perf_counter() - start < timeout:
+    while widget._task is not None and time.perf_counter() - start < timeout:
         settle(0.2)
     settle(0.5)
 
 
-def fresh_viewer() -> napari.Viewer:
-    viewer = napari.Viewer(title="napari-unet")
-    viewer.window.resize(1500, 950)
-    viewer.open_sample("napari-unet", "phase_contrast_cells")
-    viewer.layers["cells annotation"].opacity = 0.5
-    return viewer
+class Window:
+    """The window of ``napari-unet gui`` on the pictures' image."""
+
+    def __init__(self, image: Path | None, labels: Path | None) -> None:
+        self.viewer = napari.Viewer(title="napari-unet")
+        self.viewer.window.resize(1500, 950)
+        open_viewer([str(image)] if image else [], self.viewer)
+        if labels is not None:
+            from napari_unet import read_image
+
+            self.viewer.add_labels(read_image(labels), name=f"{self.image.name} annotation")
+        self.annotation.opacity = 0.5
+        self.viewer.reset_view()
+
+    @property
+    def image(self):
+        return self.viewer.layers[0]
+
+    @property
+    def annotation(self):
+        return self.viewer.layers[f"{self.image.name} annotation"]
+
+    def dock(self, name: str):
+        """Bring the dock ``name`` to the front; its widget."""
+        widget = next(w for key, w in self.viewer.window.dock_widgets.items() if name in key)
+        frame = widget.native
+        while not isinstance(frame, QDockWidget):
+            frame = frame.parent()
+        frame.raise_()
+        return widget
+
+    def save(self, out: Path, name: str) -> None:
+        settle(1.0)
+        out.mkdir(parents=True, exist_ok=True)
+        self.viewer.screenshot(str(out / f"{name}.png"), canvas_only=False)
+        print("wrote", out / f"{name}.png")
+        self.viewer.close()
 
 
-def save(viewer: napari.Viewer, name: str) -> None:
-    settle(1.0)
-    OUT.mkdir(exist_ok=True)
-    viewer.screenshot(str(OUT / f"{name}.png"), canvas_only=False)
-    print("wrote", OUT / f"{name}.png")
-    viewer.close()
-
-
-def annotate() -> None:
-    viewer = fresh_viewer()
-    _, widget = viewer.window.add_plugin_dock_widget("napari-unet", "Annotate")
+def annotate(window: Window, out: Path) -> None:
+    widget = window.dock("Annotate")
     widget._pick.clicked.emit()
-    annotation = viewer.layers["cells annotation"]
+    annotation = window.annotation
     annotation.data[annotation.data > 20] = 0  # a user half-way through: 20 cells painted
     annotation.refresh()
     widget._add_region.clicked.emit()
-    region = viewer.layers["cells annotated region"]
-    region.add_rectangles([[0, 0], [300, 512]])
-    widget._region.value = region
-    save(viewer, "annotate")
+    region = window.viewer.layers[f"{window.image.name} annotated region"]
+    height, width = window.image.data.shape[:2]
+    region.add_rectangles([[0, 0], [int(0.6 * height), width]])
+    window.viewer.layers.selection.active = annotation
+    window.save(out, "annotate")
 
 
-def weight_map() -> None:
-    viewer = fresh_viewer()
-    _, widget = viewer.window.add_plugin_dock_widget("napari-unet", "Weight map")
-    widget._labels.value = viewer.layers["cells annotation"]
-    settle(1.0)
-    viewer.layers["cells annotation target"].visible = False
-    save(viewer, "weightmap")
+def weight_map(window: Window, out: Path) -> None:
+    widget = window.dock("Weight map")
+    widget._annotation_box.value = window.annotation
+    widget._preview.value = True
+    window.save(out, "weightmap")
 
 
-def finetune(model) -> None:
-    viewer = fresh_viewer()
-    session_for(viewer).set_model(model, "pictures")
-    _, widget = viewer.window.add_plugin_dock_widget("napari-unet", "Fine-tune")
-    widget._image.value = viewer.layers["cells"]
-    widget._annotation.value = viewer.layers["cells annotation"]
+def finetune(window: Window, out: Path, model) -> None:
+    use(window, model)
+    widget = window.dock("Fine-tune")
+    widget._image.value = window.image
     widget._on_add()
     widget._steps.value = 40
     widget._tile.value = 96
     widget._batch.value = 2
     widget._on_start()
-    wait_for(widget.worker)
-    save(viewer, "finetune")
+    wait_for(widget)
+    window.save(out, "finetune")
 
 
-def predict(model) -> None:
-    viewer = fresh_viewer()
-    viewer.layers["cells annotation"].visible = False
-    session_for(viewer).set_model(model, "pictures")
-    _, widget = viewer.window.add_plugin_dock_widget("napari-unet", "Predict")
-    widget._image.value = viewer.layers["cells"]
+def predict(window: Window, out: Path, model) -> None:
+    window.annotation.visible = False
+    use(window, model)
+    widget = window.dock("Predict")
+    widget._image.value = window.image
     widget._tile.value = 128
     widget._on_predict()
-    wait_for(widget.worker)
-    save(viewer, "predict")
+    wait_for(widget)
+    window.save(out, "predict")
 
 
-def export() -> None:
-    viewer = fresh_viewer()
-    _, widget = viewer.window.add_plugin_dock_widget("napari-unet", "Export")
-    widget._layers.value = [viewer.layers["cells annotation"]]
-    save(viewer, "export")
+def export(window: Window, out: Path) -> None:
+    widget = window.dock("Export")
+    widget._layers.value = [window.annotation]
+    window.save(out, "export")
 
 
 def picture_model():
-    """The bundled model, or a small network fine-tuned briefly on the sample (for pictures)."""
+    """None when a bundled model ships (the docks load it), else a small network fine-tuned
+    briefly on the sample, for the pictures."""
     if bundled_models():
-        from napari_unet import load_bundled
-
-        return load_bundled()
+        return None
     from napari_unet import finetune as train
     from napari_unet._sample_data import phase_contrast_cells
 
@@ -130,13 +150,26 @@ def picture_model():
     return model
 
 
+def use(window: Window, model) -> None:
+    if model is not None:
+        session_for(window.viewer).set_model(model, "trained for the pictures")
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("image", nargs="?", type=Path, help="image (default: the sample)")
+    parser.add_argument("labels", nargs="?", type=Path, help="its annotation")
+    parser.add_argument("--out", type=Path, default=OUT, help="folder of the pictures")
+    args = parser.parse_args()
+    if (args.image is None) != (args.labels is None):
+        parser.error("give an image and its labels, or neither (the sample)")
     model = picture_model()
-    annotate()
-    weight_map()
-    finetune(model)
-    predict(model)
-    export()
+    napari.Viewer().close()  # napari's one-time notices (e.g. on the Qt backend) go here
+    annotate(Window(args.image, args.labels), args.out)
+    weight_map(Window(args.image, args.labels), args.out)
+    finetune(Window(args.image, args.labels), args.out, model)
+    predict(Window(args.image, args.labels), args.out, model)
+    export(Window(args.image, args.labels), args.out)
 
 
 if __name__ == "__main__":

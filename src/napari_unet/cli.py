@@ -441,7 +441,8 @@ WIDGETS = ("Annotate", "Weight map", "Fine-tune", "Predict", "Export")
 
 
 def open_viewer(images: list[str], viewer=None):
-    """A napari viewer with ``images`` (or the sample data) and the five widgets docked."""
+    """A napari viewer with ``images`` (or the sample data), the five docks tabified with
+    Annotate in front, and the view fitted to the images."""
     import napari
 
     from .core.io import read_image
@@ -459,7 +460,9 @@ def open_viewer(images: list[str], viewer=None):
         viewer.window.add_plugin_dock_widget("napari-unet", name, tabify=True)[0]
         for name in WIDGETS
     ]
+    docks[0].show()
     docks[0].raise_()  # Annotate in front: the first step
+    viewer.reset_view()  # the docks took their width from the canvas: fit the images again
     return viewer
 
 

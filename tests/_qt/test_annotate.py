@@ -7,8 +7,9 @@ import pytest
 from napari.utils.key_bindings import KeymapHandler
 
 from napari_unet._sample_data import phase_contrast_cells
-from napari_unet._widgets import annotate
-from napari_unet._widgets.annotate import AnnotateWidget, annotation_pair
+from napari_unet._widgets import _ui
+from napari_unet._widgets._layers import annotation_pair
+from napari_unet._widgets.annotate import AnnotateWidget
 
 
 @pytest.fixture
@@ -20,7 +21,7 @@ def sample():
 @pytest.fixture
 def errors(monkeypatch):
     messages: list[str] = []
-    monkeypatch.setattr(annotate, "show_error", messages.append)
+    monkeypatch.setattr(_ui, "show_error", messages.append)
     return messages
 
 
@@ -215,3 +216,27 @@ def test_bad_input_changes_nothing(make_napari_viewer, sample, errors):
     assert "has shape (10, 10)" in errors[-1]
     assert widget._status.value.startswith("annotation 'cells annotation' has shape")
     assert len(viewer.layers) == 2 and wrong.data.shape == (10, 10)
+
+
+def test_prediction_box_waits_for_a_prediction(make_napari_viewer, sample, qtbot, tiny_unet):
+    from napari_unet._widgets._session import session_for
+    from napari_unet._widgets.predict import PredictWidget
+
+    image, image_kw, labels = sample
+    viewer = make_napari_viewer()
+    viewer.add_image(image[:128, :128], **image_kw)
+    viewer.add_labels(labels[:128, :128], name="cells annotation")
+    widget = AnnotateWidget(viewer)
+    assert widget._prediction.value is None  # never the annotation itself
+    assert viewer.layers["cells annotation"] not in widget._prediction.choices
+    viewer.add_labels(labels[:128, :128], name="ground truth")  # offered, not chosen
+    assert widget._prediction.value is None
+
+    session_for(viewer).set_model(tiny_unet, "test")
+    predict = PredictWidget(viewer)
+    predict._predict.native.click()
+    qtbot.waitUntil(lambda: predict._task is None, timeout=60_000)
+    made = viewer.layers["cells prediction"]
+    assert widget._prediction.value is made
+    names = {layer.name for layer in widget._prediction.choices if layer is not None}
+    assert names == {"cells prediction", "ground truth"}

@@ -7,7 +7,7 @@ import pytest
 
 from napari_unet import load_model, read_image
 from napari_unet._sample_data import phase_contrast_cells
-from napari_unet._widgets import export
+from napari_unet._widgets import _ui
 from napari_unet._widgets._session import session_for
 from napari_unet._widgets.export import ExportWidget, safe_file_name
 
@@ -15,8 +15,8 @@ from napari_unet._widgets.export import ExportWidget, safe_file_name
 @pytest.fixture
 def messages(monkeypatch):
     found = {"error": [], "info": []}
-    monkeypatch.setattr(export, "show_error", found["error"].append)
-    monkeypatch.setattr(export, "show_info", found["info"].append)
+    monkeypatch.setattr(_ui, "show_error", found["error"].append)
+    monkeypatch.setattr(_ui, "show_info", found["info"].append)
     return found
 
 
@@ -116,7 +116,7 @@ def test_save_without_model_is_refused(make_napari_viewer, messages, tmp_path, m
     widget = ExportWidget(viewer)
     widget._model_path.value = tmp_path / "model.safetensors"
     widget._save_model.native.click()
-    assert "no model to save" in messages["error"][-1]
+    assert len(messages["error"]) == 1 and "Export: no model:" in messages["error"][0]
     assert list(tmp_path.iterdir()) == []
 
 

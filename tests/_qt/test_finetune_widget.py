@@ -43,7 +43,7 @@ def setup(make_napari_viewer, crops):
 
 def _add(widget, viewer, image, labels):
     widget._image.value = viewer.layers[image]
-    widget._annotation.value = viewer.layers[labels]
+    widget._annotation_box.value = viewer.layers[labels]
     widget._add.native.click()
 
 
@@ -55,23 +55,41 @@ def _train(widget, qtbot, steps):
         pass
 
 
-def test_short_run_trains_the_current_model(setup, crops, qtbot):
+def _weights(model) -> dict:
+    return {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+
+
+def _same(model, weights: dict) -> bool:
+    state = model.state_dict()
+    return state.keys() == weights.keys() and all(torch.equal(state[k], weights[k]) for k in state)
+
+
+def test_short_run_trains_a_copy_and_undo_returns(setup, crops, qtbot):
     viewer, widget, model = setup
     _add(widget, viewer, "cells", "cells annotation")
-    assert widget._list.item(0).text() == "cells / cells annotation"
-    before = [p.detach().clone() for p in model.parameters()]
+    assert widget._pair_list.item(0).text() == "cells / cells annotation"
+    before = _weights(model)
+    assert not widget._undo.enabled
     _train(widget, qtbot, steps=4)
     session = session_for(viewer)
     assert [step for step, _ in widget._plot.points] == [1, 2, 3, 4]
     assert not widget._plot.grab().isNull()
-    assert session.model is model and session.source == "fine-tuned on 1 pair, 4 steps"
+    tuned = session.model
+    assert tuned is not model and session.source == "fine-tuned on 1 pair, 4 steps"
     assert session.busy == ""
-    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
-    assert not model.training
+    assert _same(model, before), "the run trains a copy; the model before it is kept as it was"
+    assert not _same(tuned, before)
+    assert not tuned.training
+    assert widget._model_info.value == "current model: fine-tuned on 1 pair, 4 steps"
     assert widget._start.enabled and not widget._stop.enabled
-    assert widget._status.text().startswith("done: step 4")
-    assert widget._bar.value() == widget._bar.maximum() == 4
+    assert widget._status.value.startswith("done: step 4")
+    assert widget._bar.value == widget._bar.max == 4
     np.testing.assert_array_equal(viewer.layers["cells annotation"].data, crops[0][1])
+    assert widget._undo.enabled
+    widget._undo.native.click()
+    assert session.model is model and session.source == "test"
+    assert widget._model_info.value == "current model: test"
+    assert not widget._undo.enabled  # one model is kept, one undo
 
 
 def test_stop_keeps_a_usable_model(setup, crops, qtbot):
@@ -85,13 +103,13 @@ def test_stop_keeps_a_usable_model(setup, crops, qtbot):
         pass
     steps = len(widget._plot.points)
     assert 1 <= steps < 100_000
-    assert widget._status.text().startswith("stopped at step")
+    assert widget._status.value.startswith("stopped at step")
     assert widget._start.enabled and not widget._stop.enabled
     session = session_for(viewer)
-    assert session.busy == "" and session.model is model
+    assert session.busy == "" and session.model is not model
     assert session.source.endswith(f"{steps} steps")
-    assert not model.training
-    probabilities = predict(model, crops[0][0])
+    assert not session.model.training
+    probabilities = predict(session.model, crops[0][0])
     assert probabilities.shape == (128, 128) and np.isfinite(probabilities).all()
 
 
@@ -120,7 +138,7 @@ def test_mismatched_pair_is_not_added(setup, notes):
     viewer, widget, _ = setup
     viewer.add_labels(np.zeros((64, 64), np.uint16), name="small")
     _add(widget, viewer, "cells", "small")
-    assert widget._list.count() == 0 and widget._pairs == []
+    assert widget._pair_list.count() == 0 and widget._pairs == []
     assert any("must match" in str(n.message) for n in notes)
 
 
@@ -134,10 +152,10 @@ def test_held_out_stack_plane_reports_validation_iou(setup, crops, qtbot):
     viewer.add_labels(np.stack([crops[0][1], labels]), name="stack annotation")
     viewer.dims.set_current_step(0, 1)
     _add(widget, viewer, "stack", "stack annotation")
-    assert widget._list.item(1).text() == "stack / stack annotation [z=1]"
-    widget._list.item(1).setCheckState(Qt.CheckState.Checked)
+    assert widget._pair_list.item(1).text() == "stack / stack annotation [z=1]"
+    widget._pair_list.item(1).setCheckState(Qt.CheckState.Checked)
     _train(widget, qtbot, steps=3)
-    assert widget._validation.text().startswith("validation IoU")
+    assert widget._validation.value.startswith("validation IoU")
     assert session_for(viewer).source == "fine-tuned on 1 pair, 3 steps"
 
 
@@ -145,10 +163,10 @@ def test_remove_pair_and_start_from_new_network(setup, qtbot):
     viewer, widget, tiny = setup
     _add(widget, viewer, "cells", "cells annotation")
     _add(widget, viewer, "cells", "cells annotation")  # the same plane again: not added twice
-    assert widget._list.count() == 1
-    widget._list.setCurrentRow(0)
+    assert widget._pair_list.count() == 1
+    widget._pair_list.setCurrentRow(0)
     widget._remove.native.click()
-    assert widget._list.count() == 0
+    assert widget._pair_list.count() == 0
     _add(widget, viewer, "cells", "cells annotation")
     widget._start_from.value = NEW_NETWORK
     widget._tile.value = 16
@@ -158,8 +176,9 @@ def test_remove_pair_and_start_from_new_network(setup, qtbot):
     assert widget._model_info.value.endswith("fine-tuned on 1 pair, 1 step")
 
 
-def test_worker_error_is_shown_and_ui_reenabled(setup, notes, qtbot):
+def test_failed_run_leaves_the_model_bit_identical(setup, notes, qtbot):
     viewer, widget, model = setup
+    before = _weights(model)
     rgb = np.zeros((128, 128, 3), np.uint8)
     rgb[..., 0] = viewer.layers["cells"].data >> 8
     viewer.add_image(rgb, name="rgb")
@@ -168,7 +187,66 @@ def test_worker_error_is_shown_and_ui_reenabled(setup, notes, qtbot):
     widget._steps.value = 2
     widget._start.native.click()
     qtbot.waitUntil(lambda: widget._start.enabled, timeout=TIMEOUT)
-    assert any("Fine-tuning failed" in str(n.message) for n in notes)
+    assert [str(n.message)[:18] for n in notes] == ["Fine-tune: failed:"]  # exactly one
+    assert widget._status.value.endswith("the current model is unchanged")
     assert not widget._stop.enabled and widget._settings.enabled
     session = session_for(viewer)
     assert session.busy == "" and session.model is model and session.source == "test"
+    assert _same(model, before) and not widget._undo.enabled
+
+
+def test_failure_after_steps_changes_neither_model_nor_label(
+    setup, notes, qtbot, monkeypatch, tmp_path
+):
+    """Two optimiser steps succeed, the third raises (torch's RuntimeError, which superqt
+    used to turn into a warning without `finished`): the current model keeps its weights
+    bit for bit and its label, and Export saves exactly that."""
+    from napari_unet import load_model
+    from napari_unet._widgets.export import ExportWidget
+
+    viewer, widget, model = setup
+    before = _weights(model)
+    real_step, calls = torch.optim.Adam.step, []
+
+    def step(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("element 0 of tensors does not require grad")
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", step)
+    _add(widget, viewer, "cells", "cells annotation")
+    widget._steps.value = 5
+    widget._start.native.click()
+    qtbot.waitUntil(lambda: widget._task is None, timeout=TIMEOUT)  # `finished` came
+    assert len(calls) == 3 and widget._status.value.startswith("failed after 2 steps")
+    assert [str(n.message) for n in notes] == [
+        "Fine-tune: failed: element 0 of tensors does not require grad"
+    ]
+    session = session_for(viewer)
+    assert session.model is model and session.source == "test" and session.busy == ""
+    assert _same(model, before) and not widget._undo.enabled
+
+    export = ExportWidget(viewer)
+    export._model_path.value = tmp_path / "saved"
+    export._save_model.native.click()
+    saved = load_model(tmp_path / "saved.safetensors")
+    assert saved.metadata["source"] == "test" and _same(saved, before)
+
+
+def test_pairs_use_the_region_chosen_in_annotate(setup):
+    from napari_unet._widgets.annotate import AnnotateWidget
+
+    viewer, widget, _ = setup
+    annotate = AnnotateWidget(viewer)
+    annotate._add_region.native.click()
+    region = viewer.layers["cells annotated region"]
+    region.add_rectangles(np.array([[0, 0], [0, 100], [100, 100], [100, 0]]))
+    assert widget._region.value is region  # Fine-tune follows Annotate's choice
+    widget._image.value = viewer.layers["cells"]
+    _add(widget, viewer, "cells", "cells annotation")
+    assert widget._pairs[-1].region is region
+    assert widget._pair_list.item(0).text() == "cells / cells annotation in cells annotated region"
+
+    annotate._region.value = "whole image"
+    assert widget._region.value == "whole image"

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import tifffile
+from qtpy.QtWidgets import QDockWidget, QTabBar
 
 from napari_unet.cli import WIDGETS, open_viewer
 
@@ -19,13 +21,50 @@ def test_napari_lists_the_plugin_and_its_contributions():
     assert manifest.contributions.writers[0].layer_types == ["labels"]
 
 
-def test_gui_with_the_sample_data(make_napari_viewer):
-    viewer = open_viewer([], make_napari_viewer())
+def test_gui_with_the_sample_data(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer(show=True)
+    viewer.window.resize(1200, 800)
+    open_viewer([], viewer)
     assert [layer.name for layer in viewer.layers] == ["cells", "cells annotation"]
     assert viewer.layers["cells"].data.shape == (512, 512)
     docked = {type(w).__name__ for w in viewer.window.dock_widgets.values()}
     expected = {"AnnotateWidget", "WeightMapWidget", "FinetuneWidget", "PredictWidget"}
     assert expected | {"ExportWidget"} <= docked
+
+    # Annotate, the first step, is the tab in front (it was Export, the last one docked)
+    tabs = [bar for bar in viewer.window._qt_window.findChildren(QTabBar) if bar.count() == 5]
+    assert len(tabs) == 1
+    assert tabs[0].tabText(tabs[0].currentIndex()).startswith("Annotate")
+    annotate = next(
+        w for w in viewer.window.dock_widgets.values() if w.__class__.__name__ == "AnnotateWidget"
+    )
+    qtbot.waitUntil(annotate.native.isVisible, timeout=2000)
+
+    # The whole image is in view, in a canvas that keeps most of the window
+    canvas = viewer.canvas if hasattr(viewer, "canvas") else viewer  # napari < 0.9: _canvas_size
+    canvas_h, canvas_w = canvas.size if hasattr(viewer, "canvas") else viewer._canvas_size
+    dock = annotate.native
+    while not isinstance(dock, QDockWidget):
+        dock = dock.parent()
+    assert dock.width() < 350  # napari's own docks take ~340 px
+    assert canvas_w > 0.4 * viewer.window._qt_window.width()
+    camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera
+    assert camera.center[-2:] == pytest.approx((255.5, 255.5), abs=1)
+    assert camera.zoom * 512 <= min(canvas_h, canvas_w) + 1
+    assert camera.zoom * 512 >= 0.8 * min(canvas_h, canvas_w)  # fitted, not tiny
+
+
+def test_sample_menu_names_the_plugin_once(make_napari_viewer):
+    viewer = make_napari_viewer()
+
+    def titles(menu):
+        for action in menu.actions():
+            yield action.text()
+            if action.menu() is not None:
+                yield from titles(action.menu())
+
+    found = [t for t in titles(viewer.window._qt_window.menuBar()) if "Phase-contrast" in t]
+    assert found == ["Phase-contrast cells (napari-unet)"]
 
 
 def test_gui_with_user_images(make_napari_viewer, tmp_path):

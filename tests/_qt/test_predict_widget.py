@@ -71,6 +71,7 @@ def test_tiles_stream_in_before_the_worker_finishes(setup, qtbot):
     ids = np.unique(layer.data[layer.data > 0])
     np.testing.assert_array_equal(ids, np.arange(1, len(ids) + 1))  # instances, 1..N
     np.testing.assert_array_equal(viewer.layers["cells"].data, before)
+    assert viewer.layers.selection.active is viewer.layers["cells"]  # not the new layer
     assert widget._status.value.startswith("done")
     assert not session_for(viewer).busy and widget._predict.enabled
 
@@ -102,6 +103,7 @@ def test_flips_checkbox_averages_the_eight_orientations(setup, qtbot, cells, tin
     run(widget, qtbot)
     shown = viewer.layers["cells probability"].data
     np.testing.assert_allclose(shown, predict(tiny, cells, flips=True), atol=1e-6)
+    assert [layer.name for layer in widget._image.choices] == ["cells"]  # not the probability
     assert np.abs(shown - predict(tiny, cells)).max() > 1e-3
 
 
@@ -115,13 +117,28 @@ def test_view_center_in_data_coordinates(make_napari_viewer, cells):
     assert widget._view_center(layer, 2) == pytest.approx((50, 150))
 
 
-def test_cancel_after_first_tile(setup, qtbot):
+def test_cancel_after_first_tile_closes_the_tile_generator(setup, qtbot, monkeypatch):
+    import threading
+
+    from napari_unet.core import predict as core_predict
+
+    closed_on_main_thread = []
+    real = core_predict.predict_tiles
+
+    def probe(*args, **kwargs):  # the real generator, telling when and where it is closed
+        try:
+            yield from real(*args, **kwargs)
+        finally:
+            closed_on_main_thread.append(threading.current_thread() is threading.main_thread())
+
+    monkeypatch.setattr(core_predict, "predict_tiles", probe)
     viewer, widget = setup
     widget._tile.value = 32
     widget._predict.native.click()
     widget.worker.yielded.connect(lambda _: widget._cancel.native.click())
     with qtbot.waitSignal(widget.worker.finished, timeout=TIMEOUT):
         pass
+    assert closed_on_main_thread == [False]  # closed once, in the worker, before it ended
     assert widget._status.value.startswith("cancelled after")
     assert "cells prediction" in viewer.layers  # the partial layer stays
     assert not session_for(viewer).busy
@@ -211,6 +228,8 @@ def test_rgb_needs_grey_conversion(setup, qtbot, notes, cells):
     layer = viewer.add_image(rgb, name="rgb")
     assert layer.rgb
     widget._image.value = layer
+    assert widget._grey.value  # on by default, as in Fine-tune
+    widget._grey.value = False
     widget._predict.native.click()
     assert widget.worker is None and "rgb prediction" not in viewer.layers
     assert any("convert RGB to grey" in str(n.message) for n in notes)
@@ -219,3 +238,80 @@ def test_rgb_needs_grey_conversion(setup, qtbot, notes, cells):
     run(widget, qtbot)
     assert viewer.layers["rgb prediction"].data.shape == (128, 128)
     np.testing.assert_array_equal(layer.data, rgb)
+
+
+def test_start_failure_releases_the_model(setup, notes, monkeypatch, qtbot):
+    from napari_unet._widgets import _worker
+    from napari_unet._widgets.finetune import FinetuneWidget
+
+    viewer, widget = setup
+    session = session_for(viewer)
+
+    def no_thread(*args, **kwargs):
+        raise RuntimeError("no thread left")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(_worker, "create_worker", no_thread)
+        widget._predict.native.click()
+    assert session.busy == ""
+    assert [str(n.message) for n in notes] == ["Predict: could not start: no thread left"]
+    assert widget._predict.enabled and not widget._cancel.enabled
+
+    viewer.add_labels(phase_contrast_cells()[1][0], name="cells annotation")
+    finetune = FinetuneWidget(viewer)  # the model is free: Fine-tune starts
+    finetune._add.native.click()
+    finetune._tile.value, finetune._batch.value, finetune._steps.value = 32, 1, 1
+    finetune._start.native.click()
+    with qtbot.waitSignal(finetune.worker.finished, timeout=TIMEOUT):
+        pass
+    assert session.source == "fine-tuned on 1 pair, 1 step" and session.busy == ""
+
+
+class _Unreadable:
+    """An image napari can show (it reads slices) but that cannot be read whole."""
+
+    def __init__(self, data: np.ndarray) -> None:
+        self._data, self.shape, self.dtype, self.ndim = data, data.shape, data.dtype, data.ndim
+
+    def __getitem__(self, index):
+        return self._data[index]
+
+    def __array__(self, dtype=None, copy=None):
+        raise MemoryError("cannot read the whole image")
+
+
+def test_image_that_cannot_be_read_never_claims_the_model(setup, notes):
+    viewer, widget = setup
+    layer = viewer.add_image(
+        _Unreadable(np.zeros((64, 64), np.uint16)), name="big", contrast_limits=(0, 1)
+    )
+    claims = []
+    session_for(viewer).busy_changed.connect(claims.append)
+    widget._image.value = layer
+    widget._predict.native.click()
+    assert claims == [] and session_for(viewer).busy == ""
+    assert [str(n.message) for n in notes] == [
+        "Predict: could not start: cannot read the whole image"
+    ]
+    assert "big prediction" not in viewer.layers and widget._predict.enabled
+
+
+@pytest.mark.parametrize("broken", ["NaN pixel", "damaged weights"])
+def test_worker_error_is_one_notification_and_the_run_ends(setup, notes, qtbot, cells, broken):
+    import torch
+
+    viewer, widget = setup
+    if broken == "NaN pixel":  # a ValueError in the worker
+        image = cells[:64, :64].astype(np.float32)
+        image[5, 5] = np.nan
+        widget._image.value = viewer.add_image(image, name="nan")
+    else:  # a RuntimeError in the worker: superqt used to end such a run without `finished`
+        session_for(viewer).model.head.weight.data = torch.zeros(2, 1, 1, 1)
+    widget._predict.native.click()
+    assert widget.worker is not None
+    # the dock forgets its run on the worker's `finished` (which may come during the click)
+    qtbot.waitUntil(lambda: widget._task is None, timeout=TIMEOUT)
+    messages = [str(n.message) for n in notes]
+    assert len(messages) == 1 and messages[0].startswith("Predict: failed: "), messages
+    assert widget._status.value == "failed after 0 tile(s)"
+    assert session_for(viewer).busy == "" and widget._predict.enabled

@@ -7,7 +7,7 @@ import pytest
 from skimage import measure
 
 from napari_unet._sample_data import phase_contrast_cells
-from napari_unet._widgets.weightmap import WeightMapWidget
+from napari_unet._widgets.weightmap import DEBOUNCE_MS, WeightMapWidget
 
 TIMEOUT = 10_000  # ms; the machine is shared, timings are noisy
 
@@ -30,7 +30,9 @@ def docked(make_napari_viewer, sample):
     return viewer, widget
 
 
-def _preview(viewer, qtbot, name="cells annotation"):
+def _preview(viewer, widget, qtbot, name="cells annotation"):
+    """Tick "show preview" and wait for the two preview layers."""
+    widget._preview.value = True
     qtbot.waitUntil(lambda: f"{name} weights" in viewer.layers, timeout=TIMEOUT)
     return viewer.layers[f"{name} target"], viewer.layers[f"{name} weights"]
 
@@ -38,7 +40,7 @@ def _preview(viewer, qtbot, name="cells annotation"):
 def test_preview_layers_with_carved_borders(docked, sample, qtbot):
     viewer, widget = docked
     labels = sample[2]
-    target, weights = _preview(viewer, qtbot)
+    target, weights = _preview(viewer, widget, qtbot)
     assert target.data.shape == weights.data.shape == (512, 512)
     assert target.data.dtype == np.uint8 and weights.data.dtype == np.float32
     assert set(np.unique(target.data)) == {0, 1}
@@ -58,7 +60,7 @@ def test_preview_layers_with_carved_borders(docked, sample, qtbot):
 
 def test_sliders_and_class_balance_update_in_place(docked, qtbot):
     viewer, widget = docked
-    target, weights = _preview(viewer, qtbot)
+    target, weights = _preview(viewer, widget, qtbot)
     n_layers = len(viewer.layers)
     widget._w0.value = 25
     qtbot.waitUntil(lambda: weights.data.max() > 20, timeout=TIMEOUT)
@@ -75,7 +77,7 @@ def test_sliders_and_class_balance_update_in_place(docked, qtbot):
 
 def test_painting_updates_the_preview(docked, qtbot):
     viewer, widget = docked
-    target, _ = _preview(viewer, qtbot)
+    target, _ = _preview(viewer, widget, qtbot)
     labels = viewer.layers["cells annotation"]
     spot = np.argwhere(target.data == 0)[0]
     labels.paint(tuple(spot), int(labels.data.max()) + 1)
@@ -90,7 +92,7 @@ def test_stack_shows_the_current_plane(make_napari_viewer, sample, qtbot):
     viewer.dims.set_current_step(0, 1)
     widget = WeightMapWidget(viewer)
     viewer.window.add_dock_widget(widget)
-    target, weights = _preview(viewer, qtbot, "stack")
+    target, weights = _preview(viewer, widget, qtbot, "stack")
     assert target.data.shape == (128, 128)
     qtbot.waitUntil(lambda: target.data.any(), timeout=TIMEOUT)
     viewer.dims.set_current_step(0, 0)  # the empty plane
@@ -104,8 +106,82 @@ def test_no_labels_layer_is_reported(make_napari_viewer, sample, notes, qtbot):
     viewer.add_image(sample[0], name="cells")
     widget = WeightMapWidget(viewer)
     viewer.window.add_dock_widget(widget)
-    widget._w0.value = 12
+    widget._preview.value = True
     qtbot.waitUntil(
         lambda: any("no annotation layer" in str(n.message) for n in notes), timeout=TIMEOUT
     )
     assert [layer.name for layer in viewer.layers] == ["cells"]
+
+
+def test_preview_only_on_request_under_the_annotation_never_selected(docked, qtbot):
+    viewer, widget = docked
+    annotation = viewer.layers["cells annotation"]
+    viewer.layers.selection.active = annotation  # the user is painting
+    widget._w0.value = 12
+    qtbot.wait(3 * DEBOUNCE_MS)
+    assert [layer.name for layer in viewer.layers] == ["cells", "cells annotation"]
+
+    target, weights = _preview(viewer, widget, qtbot)
+    assert [layer.name for layer in viewer.layers] == [
+        "cells",
+        "cells annotation target",
+        "cells annotation weights",
+        "cells annotation",
+    ]
+    assert viewer.layers.selection.active is annotation
+    assert set(viewer.layers.selection) == {annotation}
+    for layer in (target, weights):  # over the image, but never hiding it
+        assert layer.blending == "additive" and layer.opacity < 1
+
+    viewer.add_labels(np.zeros((512, 512), np.uint8), name="other")
+    viewer.layers.selection.active = annotation
+    widget._w0.value = 20  # an update in place keeps the order and the selection
+    qtbot.waitUntil(lambda: weights.data.max() > 15, timeout=TIMEOUT)
+    assert viewer.layers.selection.active is annotation
+    assert viewer.layers.index(weights) < viewer.layers.index(annotation)
+
+    widget._preview.value = False
+    assert [layer.name for layer in viewer.layers] == ["cells", "cells annotation", "other"]
+
+
+def test_preview_layers_are_never_offered_as_images(docked, qtbot):
+    from napari_unet._widgets.annotate import AnnotateWidget
+    from napari_unet._widgets.finetune import FinetuneWidget
+    from napari_unet._widgets.predict import PredictWidget
+
+    viewer, widget = docked
+    _preview(viewer, widget, qtbot)
+    for dock in (AnnotateWidget(viewer), FinetuneWidget(viewer), PredictWidget(viewer)):
+        assert [layer.name for layer in dock._image.choices] == ["cells"]
+
+
+def test_spin_boxes_step_sensibly(docked):
+    from qtpy.QtCore import Qt
+    from qtpy.QtTest import QTest
+
+    from napari_unet.core.weightmap import CLASS_BALANCE, SIGMA, W0
+
+    _, widget = docked
+    assert (widget._w0.value, widget._sigma.value) == (W0, SIGMA)
+    assert widget._balance.value == CLASS_BALANCE
+    for box in (widget._w0, widget._sigma):  # were FloatSliders: a step was 0.00001
+        before = box.value
+        QTest.keyClick(box.native, Qt.Key.Key_Up)  # the mouse wheel steps the same way
+        step = box.value - before
+        assert 0.5 <= step <= 1
+        QTest.keyClick(box.native, Qt.Key.Key_PageUp)
+        assert box.value - before == pytest.approx(11 * step)
+
+
+def test_a_problem_is_notified_once(make_napari_viewer, sample, notes):
+    viewer = make_napari_viewer()
+    viewer.add_image(sample[0], name="cells")
+    widget = WeightMapWidget(viewer)
+    widget._preview.value = True
+    for w0 in (11, 12, 13):
+        widget._w0.value = w0
+        widget._update()  # what the debounce timer runs
+    assert [str(n.message) for n in notes] == [
+        "Weight map: no annotation layer; add a labels layer (0 = background, 1..N = cells)"
+    ]
+    assert widget._status.value.startswith("no annotation layer")

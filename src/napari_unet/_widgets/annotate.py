@@ -1,34 +1,41 @@
-"""Annotate dock widget: one annotation labels layer per image, cell helpers, annotated region.
+"""Annotate dock: one annotation labels layer per image, cell helpers, annotated region.
 
-The plane and mask extraction shared with the Fine-tune widget is :func:`annotation_pair`, a
-pure function of layers (no Qt).
+The region chosen here is the image's region in the viewer's session: Fine-tune's pairs of that
+image default to it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 from magicgui.widgets import ComboBox, Container, Label, PushButton
-from napari.layers import Image, Labels, Shapes
-from napari.utils.notifications import show_error, show_info, show_warning
+from napari.layers import Labels, Shapes
 from qtpy.QtCore import QTimer
 
+from ._layers import (
+    WHOLE_IMAGE,
+    annotation_of,
+    annotation_pair,
+    image_choices,
+    predictions_of,
+    region_choices,
+    spatial_shape,
+    viewed_plane,
+    watch_layers,
+)
+from ._session import session_for
+from ._ui import Messages, narrow, plural, row
+
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     import napari
 
-__all__ = [
-    "AnnotateWidget",
-    "annotation_pair",
-    "plane_index",
-    "spatial_shape",
-    "viewed_plane",
-    "WHOLE_IMAGE",
-]
+__all__ = ["AnnotateWidget"]
 
-WHOLE_IMAGE = "whole image"
 ANNOTATION_DTYPE = np.uint32
+_say = Messages("Annotate")
 
 TOOLTIP = """Annotate cells for fine-tuning.
 Create/pick annotation: finds or makes the labels layer '<image> annotation' (paint mode).
@@ -38,128 +45,8 @@ still work (E erase, P paint, Ctrl-Z undo, which also undoes these helpers).
 Start from prediction: copies a labels layer into the annotation only where the annotation is
 0; cells you painted are never overwritten (copied ids are shifted past yours).
 Region: the part of the image you annotated (Shapes rectangles/polygons, or a labels mask,
-non-zero = annotated); pixels outside it are ignored in training. Default: the whole image."""
-
-
-def spatial_shape(image_layer: napari.layers.Image) -> tuple[int, ...]:
-    """The image's shape without the RGB(A) channel axis, e.g. ``(H, W)`` or ``(Z, H, W)``."""
-    shape = tuple(image_layer.data.shape)
-    return shape[:-1] if image_layer.rgb else shape
-
-
-def plane_index(shape: tuple[int, ...], step: Sequence[float]) -> tuple[int, ...]:
-    """The indices of the leading (non-plane) axes of ``shape`` at ``step``, clipped."""
-    if len(step) < len(shape):
-        raise ValueError(f"step {tuple(step)} has fewer axes than the image {shape}")
-    lead = step[len(step) - len(shape) : len(step) - 2]
-    return tuple(
-        min(max(round(float(s)), 0), n - 1) for s, n in zip(lead, shape[:-2], strict=True)
-    )
-
-
-def viewed_plane(layer, viewer: napari.viewer.Viewer) -> tuple[int, ...]:
-    """Index, along the leading (non-plane) axes of ``layer``, of the plane the viewer shows."""
-    return plane_index(layer.data.shape, layer.world_to_data(viewer.dims.point))
-
-
-def _check_grid(layer, image_layer) -> None:
-    """Raise unless ``layer`` has the image's scale and translate on their common axes."""
-    n = min(layer.ndim, image_layer.ndim)
-    if not (
-        np.allclose(layer.scale[-n:], image_layer.scale[-n:])
-        and np.allclose(layer.translate[-n:], image_layer.translate[-n:])
-    ):
-        raise ValueError(
-            f"layer '{layer.name}' is not on the pixel grid of '{image_layer.name}' (scale "
-            f"{tuple(layer.scale)} vs {tuple(image_layer.scale)}, translate "
-            f"{tuple(layer.translate)} vs {tuple(image_layer.translate)}); give it the same scale"
-        )
-
-
-def _region_plane(region_layer, shape: tuple[int, ...], lead: tuple[int, ...]) -> np.ndarray:
-    """``(H, W) bool`` annotated pixels of the plane ``lead`` of an image of ``shape``."""
-    name = region_layer.name
-    if isinstance(region_layer, Shapes):
-        if region_layer.ndim == 2:
-            mask = region_layer.to_labels(shape[-2:]) != 0
-        elif region_layer.ndim == len(shape):
-            mask = region_layer.to_labels(shape)[lead] != 0
-        else:
-            raise ValueError(
-                f"region '{name}' has {region_layer.ndim} axes; expected 2 or {len(shape)}"
-            )
-    elif isinstance(region_layer, Labels):
-        if region_layer.multiscale:
-            raise ValueError(f"region '{name}' is multiscale; use a single-scale labels layer")
-        data = np.asarray(region_layer.data)
-        if data.shape == shape:
-            data = data[lead]
-        elif data.shape != shape[-2:]:
-            raise ValueError(
-                f"region '{name}' has shape {data.shape}; expected the image's {shape} "
-                f"or one plane {shape[-2:]}"
-            )
-        mask = data != 0
-    else:
-        raise ValueError(f"region '{name}' must be a Shapes or Labels layer")
-    if not mask.any():
-        raise ValueError(
-            f"region '{name}' marks no pixel on this plane; draw a rectangle around the cells "
-            f"you annotated, or choose '{WHOLE_IMAGE}'"
-        )
-    return mask
-
-
-def annotation_pair(
-    image_layer: napari.layers.Image,
-    labels_layer: napari.layers.Labels,
-    region_layer: napari.layers.Layer | None,
-    step: Sequence[float],
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """The training sample of one image plane, as numpy arrays.
-
-    Parameters
-    ----------
-    image_layer, labels_layer
-        The image and its annotation, of the same spatial shape ``(..., H, W)`` and pixel grid.
-    region_layer
-        ``None`` (the whole plane is annotated), a Shapes layer (its shapes, 2-D or with the
-        image's axes) or a Labels layer (non-zero = annotated; the image's shape or one plane).
-    step
-        Position of the plane: the image's data index, or ``viewer.dims.current_step`` (the
-        last entries are used, as napari aligns layers on their last axes).
-
-    Returns
-    -------
-    image : ``(H, W)`` or ``(H, W, C)`` array, the image's dtype
-    labels : ``(H, W)`` integer instance labels, 0 = background
-    mask : ``(H, W) bool`` annotated pixels, or ``None`` for the whole plane
-
-    Raises
-    ------
-    ValueError
-        If the layers do not fit together or the region is empty on this plane.
-    """
-    for layer in (image_layer, labels_layer):
-        if layer.multiscale:
-            raise ValueError(f"'{layer.name}' is multiscale; use a single-scale layer")
-    shape = spatial_shape(image_layer)
-    if len(shape) < 2:
-        raise ValueError(f"image '{image_layer.name}' has shape {shape}; expected (..., H, W)")
-    if tuple(labels_layer.data.shape) != shape:
-        raise ValueError(
-            f"annotation '{labels_layer.name}' has shape {tuple(labels_layer.data.shape)}, "
-            f"but image '{image_layer.name}' has {shape}; they must match"
-        )
-    _check_grid(labels_layer, image_layer)
-    lead = plane_index(shape, step)
-    mask = None
-    if region_layer is not None:
-        _check_grid(region_layer, image_layer)
-        mask = _region_plane(region_layer, shape, lead)
-    image = np.array(image_layer.data[lead], copy=True)
-    labels = np.array(labels_layer.data[lead], copy=True)
-    return image, labels, mask
+non-zero = annotated); pixels outside it are ignored in training, and Fine-tune's pairs of
+this image use it. Default: the whole image."""
 
 
 def _count_ids(data: np.ndarray) -> int:
@@ -169,16 +56,13 @@ def _count_ids(data: np.ndarray) -> int:
     return int(np.count_nonzero(np.unique(data)))
 
 
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
-
-
 class AnnotateWidget(Container):
     """Pair an image with its annotation layer; new-cell, erase, fill and region helpers."""
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         self._viewer = viewer
-        self._image = ComboBox(label="image", choices=self._image_choices)
+        self._session = session_for(viewer)
+        self._image = ComboBox(label="image", choices=image_choices(viewer))
         self._pick = PushButton(
             text="Create/pick annotation",
             tooltip="Find or create the labels layer '<image> annotation' and paint in it",
@@ -194,15 +78,21 @@ class AnnotateWidget(Container):
             text="Delete cell",
             tooltip="Remove the selected cell from the whole layer (key Shift-D; Ctrl-Z undoes)",
         )
-        self._prediction = ComboBox(label="prediction", choices=self._labels_choices)
+        self._prediction = ComboBox(
+            label="prediction",
+            choices=self._prediction_choices,
+            nullable=True,
+            tooltip="A labels layer to start from (Predict's layers of this image first)",
+        )
         self._start = PushButton(
             text="Start from prediction",
             tooltip="Copy the prediction where the annotation is 0; painted cells are kept",
         )
         self._region = ComboBox(
             label="region",
-            choices=self._region_choices,
-            tooltip="Annotated part of the image: Shapes, a labels mask (non-zero), or all",
+            choices=region_choices(viewer, exclude=self._annotation_layer),
+            tooltip="Annotated part of the image: Shapes, a labels mask (non-zero), or all; "
+            "Fine-tune uses it for this image",
         )
         self._add_region = PushButton(
             text="Add region layer",
@@ -210,9 +100,8 @@ class AnnotateWidget(Container):
         )
         self._status = Label(value="")
         helpers = Container(
-            layout="horizontal",
             labels=False,
-            widgets=[self._new_cell, self._erase, self._fill, self._delete],
+            widgets=[row(self._new_cell, self._erase), row(self._fill, self._delete)],
         )
         super().__init__(
             widgets=[
@@ -227,25 +116,19 @@ class AnnotateWidget(Container):
             ],
             tooltip=TOOLTIP,
         )
+        narrow(self)
         self._watched: list = []  # event emitters of the annotation and region layers
         # napari may emit `paint` before the data is written: count once events have settled
         self._status_timer = QTimer()
         self._status_timer.setSingleShot(True)
         self._status_timer.setInterval(0)
         self._connect_signals()
-        self._on_layers_changed()
+        self._on_image_changed()
 
     def _connect_signals(self) -> None:
-        layer_events = self._viewer.layers.events
-        for event in (
-            layer_events.inserted,
-            layer_events.removed,
-            layer_events.renamed,
-            layer_events.reordered,
-        ):
-            event.connect(self._on_layers_changed)
+        watch_layers(self._viewer, self._on_layers_changed)
         self._image.changed.connect(self._on_image_changed)
-        self._region.changed.connect(self._on_selection_changed)
+        self._region.changed.connect(self._on_region_changed)
         self._pick.changed.connect(self._on_pick)
         self._new_cell.changed.connect(self._on_new_cell)
         self._erase.changed.connect(self._on_erase)
@@ -256,33 +139,21 @@ class AnnotateWidget(Container):
         self._status_timer.timeout.connect(self._update_status)
 
     # choices -------------------------------------------------------------------------------
-    def _image_choices(self, _widget=None) -> list[tuple[str, Image]]:
-        return [(layer.name, layer) for layer in self._viewer.layers if isinstance(layer, Image)]
-
-    def _labels_choices(self, _widget=None) -> list[tuple[str, Labels]]:
-        """Labels layers other than the image's annotation layer."""
+    def _prediction_choices(self, _widget=None) -> list[tuple[str, Labels]]:
+        """Predict's layers of the image first, then the other labels layers, never the
+        image's annotation layer."""
         annotation = self._annotation_layer()
-        return [
-            (layer.name, layer)
+        made = predictions_of(self._viewer, self._image.value)
+        others = [
+            layer
             for layer in self._viewer.layers
-            if isinstance(layer, Labels) and layer is not annotation
+            if isinstance(layer, Labels) and layer is not annotation and layer not in made
         ]
-
-    def _region_choices(self, _widget=None) -> list[tuple[str, object]]:
-        shapes = [(lay.name, lay) for lay in self._viewer.layers if isinstance(lay, Shapes)]
-        return [(WHOLE_IMAGE, WHOLE_IMAGE), *shapes, *self._labels_choices()]
+        return [(layer.name, layer) for layer in made + others]
 
     # the layers this widget works on ----------------------------------------------------------
-    def _annotation_name(self) -> str | None:
-        image = self._image.value
-        return None if image is None else f"{image.name} annotation"
-
     def _annotation_layer(self) -> Labels | None:
-        name = self._annotation_name()
-        if name is None or name not in self._viewer.layers:
-            return None
-        layer = self._viewer.layers[name]
-        return layer if isinstance(layer, Labels) else None
+        return annotation_of(self._viewer, self._image.value)
 
     def _region_layer(self):
         value = self._region.value
@@ -318,16 +189,36 @@ class AnnotateWidget(Container):
         annotation = self._checked_annotation()
         return annotation_pair(self._image.value, annotation, self._region_layer(), self._step())
 
-    # status ----------------------------------------------------------------------------------
+    # layers, image, region -----------------------------------------------------------------
     def _on_layers_changed(self, event=None) -> None:
         self.reset_choices()
+        self._preset_prediction()
         self._on_selection_changed()
 
     def _on_image_changed(self, value=None) -> None:
-        self._prediction.reset_choices()  # they leave out the image's annotation layer
-        self._region.reset_choices()
+        """Another image: its annotation, its region (from the session), its prediction."""
+        self._prediction.value = None
+        self.reset_choices()  # the choices leave out the image's annotation layer
+        self._preset_prediction()
+        image = self._image.value
+        region = None if image is None else self._session.region_for(image)
+        known = region is not None and region in self._viewer.layers
+        self._region.value = region if known else WHOLE_IMAGE
         self._on_selection_changed()
 
+    def _preset_prediction(self) -> None:
+        """Choose Predict's newest layer of the image while no prediction is chosen."""
+        made = predictions_of(self._viewer, self._image.value)
+        if self._prediction.value is None and made:
+            self._prediction.value = made[0]
+
+    def _on_region_changed(self, value=None) -> None:
+        image = self._image.value
+        if image is not None:
+            self._session.set_region(image, self._region_layer())
+        self._on_selection_changed()
+
+    # status ----------------------------------------------------------------------------------
     def _on_selection_changed(self, value=None) -> None:
         for emitter in self._watched:
             emitter.disconnect(self._on_layer_edited)
@@ -352,7 +243,7 @@ class AnnotateWidget(Container):
         except ValueError as err:
             self._status.value = str(err)
             return
-        cells = _plural(_count_ids(np.asarray(annotation.data)), "cell")
+        cells = plural(_count_ids(np.asarray(annotation.data)), "cell")
         region = self._region_layer()
         if region is None:
             self._status.value = f"{cells}, {WHOLE_IMAGE}"
@@ -363,21 +254,21 @@ class AnnotateWidget(Container):
             from scipy import ndimage
 
             n_regions = ndimage.label(np.asarray(region.data) != 0)[1]
-        self._status.value = f"{cells} in {_plural(n_regions, 'region')}"
+        self._status.value = f"{cells} in {plural(n_regions, 'region')}"
 
     # actions ---------------------------------------------------------------------------------
     def _on_pick(self, value=None) -> None:
         image = self._image.value
         if image is None:
-            show_error("no image layer: open an image first (File > Open or a sample)")
+            _say.error("no image layer: open an image first (File > Open or a sample)")
             return
-        name = self._annotation_name()
+        name = f"{image.name} annotation"
         if name in self._viewer.layers and not isinstance(self._viewer.layers[name], Labels):
-            show_error(f"layer '{name}' exists but is not a labels layer; rename it first")
+            _say.error(f"layer '{name}' exists but is not a labels layer; rename it first")
             return
         if self._annotation_layer() is None:
             if image.multiscale:
-                show_error(f"image '{image.name}' is multiscale; annotate a single-scale image")
+                _say.error(f"image '{image.name}' is multiscale; annotate a single-scale image")
                 return
             self._viewer.add_labels(
                 np.zeros(spatial_shape(image), ANNOTATION_DTYPE),
@@ -388,7 +279,7 @@ class AnnotateWidget(Container):
         try:
             annotation = self._checked_annotation()
         except ValueError as err:
-            show_error(str(err))
+            _say.error(str(err))
             return
         for key, callback in (
             ("n", self._new_cell_in),
@@ -404,7 +295,7 @@ class AnnotateWidget(Container):
         try:
             return self._checked_annotation()
         except ValueError as err:
-            show_error(str(err))
+            _say.error(str(err))
             return None
 
     def _on_new_cell(self, value=None) -> None:
@@ -432,7 +323,7 @@ class AnnotateWidget(Container):
         """Select the next free id (max + 1 over the whole layer) and paint."""
         new_id = int(np.asarray(annotation.data).max(initial=0)) + 1
         if new_id > np.iinfo(annotation.data.dtype).max:
-            show_error(f"annotation '{annotation.name}' has no free id left in its dtype")
+            _say.error(f"annotation '{annotation.name}' has no free id left in its dtype")
             return
         annotation.selected_label = new_id
         annotation.mode = "paint"
@@ -446,11 +337,11 @@ class AnnotateWidget(Container):
         plane = np.asarray(annotation.data[lead])
         cell = plane == cell_id
         if not cell.any():
-            show_warning(f"cell {cell_id} is not on this plane; select a painted cell first")
+            _say.warning(f"cell {cell_id} is not on this plane; select a painted cell first")
             return
         rows, cols = np.nonzero(ndimage.binary_fill_holes(cell) & (plane == 0))
         if rows.size == 0:
-            show_info(f"cell {cell_id} has no holes on this plane")
+            _say.info(f"cell {cell_id} has no holes on this plane")
             return
         index = tuple(np.full(rows.size, i) for i in lead) + (rows, cols)
         with annotation.block_history():  # one undo step; paint event after the write
@@ -462,7 +353,7 @@ class AnnotateWidget(Container):
         cell_id = annotation.selected_label
         index = np.nonzero(np.asarray(annotation.data) == cell_id)
         if cell_id == 0 or index[0].size == 0:
-            show_warning(f"cell {cell_id} is not in '{annotation.name}'; nothing deleted")
+            _say.warning(f"cell {cell_id} is not in '{annotation.name}'; nothing deleted")
             return
         with annotation.block_history():
             annotation.data_setitem(index, 0)
@@ -473,14 +364,14 @@ class AnnotateWidget(Container):
         if annotation is None:
             return
         if prediction is None:
-            show_error("no prediction labels layer to start from; run Predict first")
+            _say.error("no prediction to start from; run Predict, or choose a labels layer")
             return
         data = np.asarray(annotation.data)
         source = np.asarray(prediction.data)
         lead: tuple[int, ...] = ()
         if source.shape != data.shape:
             if source.shape != data.shape[-2:]:
-                show_error(
+                _say.error(
                     f"prediction '{prediction.name}' has shape {source.shape}; expected the "
                     f"annotation's {data.shape} or one plane {data.shape[-2:]}"
                 )
@@ -491,10 +382,10 @@ class AnnotateWidget(Container):
         offset = int(data.max(initial=0))
         top = int(source.max(initial=0)) + offset
         if top > np.iinfo(data.dtype).max:
-            show_error(f"ids up to {top} do not fit the annotation's dtype {data.dtype}")
+            _say.error(f"ids up to {top} do not fit the annotation's dtype {data.dtype}")
             return
         if not fill.any():
-            show_info(f"'{prediction.name}' adds no cell outside the painted ones")
+            _say.info(f"'{prediction.name}' adds no cell outside the painted ones")
             return
         index = np.nonzero(fill)
         values = source[index].astype(data.dtype) + data.dtype.type(offset)
@@ -505,7 +396,7 @@ class AnnotateWidget(Container):
     def _on_add_region(self, value=None) -> None:
         image = self._image.value
         if image is None:
-            show_error("no image layer: open an image first (File > Open or a sample)")
+            _say.error("no image layer: open an image first (File > Open or a sample)")
             return
         name = f"{image.name} annotated region"
         if name in self._viewer.layers:

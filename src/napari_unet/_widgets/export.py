@@ -1,4 +1,9 @@
-"""Export dock widget: labels layers to TIFF / PNG / NPY files, and the current model to a file."""
+"""Export dock: labels layers to TIFF / PNG / NPY files, and the current model to a file.
+
+The model saved is the viewer's current model, with the label the other docks show for it
+(``metadata["source"]``): after a fine-tuning run the fine-tuned copy, after "Undo fine-tuning"
+the model before it.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +15,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 from magicgui.widgets import ComboBox, Container, FileEdit, PushButton, Select
 from napari.layers import Labels
-from napari.utils.notifications import show_error, show_info
 
+from ._layers import layer_choices, watch_layers
 from ._session import session_for
+from ._ui import Messages, narrow
 
 if TYPE_CHECKING:
     import napari
@@ -22,6 +28,7 @@ __all__ = ["ExportWidget", "safe_file_name"]
 FORMATS = {"TIFF": "tif", "PNG": "png", "NPY": "npy"}
 _SUFFIXES = {"tif": (".tif", ".tiff"), "png": (".png",), "npy": (".npy",)}
 _PNG_MAX_ID = np.iinfo(np.uint16).max
+_say = Messages("Export")
 
 
 def safe_file_name(name: str) -> str:
@@ -78,7 +85,7 @@ class ExportWidget(Container):
         self._session = session_for(viewer)
         self._layers = Select(
             label="labels",
-            choices=self._labels_choices,
+            choices=layer_choices(viewer, Labels),
             tooltip="Labels layers to export (Ctrl/Shift-click for several)",
         )
         self._format = ComboBox(label="format", choices=list(FORMATS), value="TIFF")
@@ -103,23 +110,19 @@ class ExportWidget(Container):
                 self._save_model,
             ]
         )
+        narrow(self)
         self._connect_signals()
         self._on_busy_changed(self._session.busy)
 
     def _connect_signals(self) -> None:
-        layer_events = self._viewer.layers.events
-        for event in (layer_events.inserted, layer_events.removed, layer_events.renamed):
-            event.connect(self._on_layers_changed)
+        watch_layers(self._viewer, self._on_layers_changed)
         self._layers.changed.connect(self._on_selection_changed)
         self._export.changed.connect(self._on_export)
         self._save_model.changed.connect(self._on_save_model)
         self._session.busy_changed.connect(self._on_busy_changed)
 
-    def _labels_choices(self, _widget=None) -> list[tuple[str, Labels]]:
-        return [(layer.name, layer) for layer in self._viewer.layers if isinstance(layer, Labels)]
-
-    def _on_layers_changed(self, event=None) -> None:
-        self._layers.reset_choices()
+    def _on_layers_changed(self, _event=None) -> None:
+        self.reset_choices()
 
     def _on_selection_changed(self, value=None) -> None:
         self._destination.mode = "d" if len(self._layers.value) > 1 else "w"
@@ -158,7 +161,7 @@ class ExportWidget(Container):
 
         layers = list(self._layers.value)
         if not layers:
-            show_error("select one or more labels layers to export")
+            _say.error("select one or more labels layers to export")
             return
         written: list[Path] = []
         try:
@@ -167,32 +170,31 @@ class ExportWidget(Container):
         except (OSError, ValueError) as err:
             done = ", ".join(map(str, written))
             message = f"{err} (already written: {done})" if written else f"nothing exported: {err}"
-            show_error(message)
+            _say.error(message)
             return
-        show_info(f"wrote {len(written)} label file(s): {', '.join(map(str, written))}")
+        _say.info(f"wrote {len(written)} label file(s): {', '.join(map(str, written))}")
 
     def _on_save_model(self, value=None) -> None:
         from ..core.store import save_model
 
         if self._session.busy == "training":
-            show_error("the model is busy training; stop it or wait")
+            _say.error("the model is busy training; stop it or wait")
             return
         path = Path(self._model_path.value)
         if str(path) in ("", "."):
-            show_error("choose a model file to save to (*.safetensors)")
+            _say.error("choose a model file to save to (*.safetensors)")
             return
         if path.suffix != ".safetensors":
             path = path.with_name(f"{path.name}.safetensors")
-        try:
-            model = self._session.model
-        except (OSError, ValueError) as err:
-            show_error(f"no model to save ({err}); load a model file or fine-tune one first")
+        model = self._session.get_model(_say)
+        if model is None:
             return
+        source = self._session.source
         metadata = dict(getattr(model, "metadata", None) or {})
-        metadata["source"] = self._session.source
+        metadata["source"] = source
         try:
             save_model(model, path, metadata)
         except (OSError, ValueError) as err:
-            show_error(f"could not save the model: {err}")
+            _say.error(f"could not save the model: {err}")
             return
-        show_info(f"saved the model ({self._session.source}) to {path}")
+        _say.info(f"saved the model ({source}) to {path}")

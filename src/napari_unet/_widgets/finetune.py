@@ -1,15 +1,18 @@
-"""Fine-tune: train the current model on a few annotated planes, in the background.
+"""Fine-tune: train a copy of the current model on a few annotated planes, in the background.
 
 The training set is a list of image / annotation pairs (one plane each, optionally restricted to
-an annotated region); ticked pairs are held out for validation (their foreground IoU is shown).
-Start claims the viewer's model, and a thread worker runs :func:`napari_unet.finetune` on copies
-of the planes; each step's event updates a progress bar, a status line and a loss curve. Stop
-keeps what the model learnt so far. When the run ends (done or stopped) the trained model becomes
-the current model of the viewer, for Predict and Export.
+an annotated region: by default the region the Annotate dock chose for that image); ticked pairs
+are held out for validation (their foreground IoU is shown). Start trains a deep copy of the
+viewer's current model (or a new network) in a thread worker over :func:`napari_unet.finetune`;
+each step's event updates a progress bar, a status line and a loss curve. When the run ends
+(done, or stopped: Stop keeps what the copy learnt so far) the copy becomes the current model
+for Predict and Export, with a label saying so; "Undo fine-tuning" returns to the model before
+the run. A run that fails leaves the current model and its label as they were.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -20,20 +23,30 @@ from magicgui.widgets import (
     Container,
     FloatSpinBox,
     Label,
+    ProgressBar,
     PushButton,
     SpinBox,
 )
-from napari.layers import Image, Labels, Shapes
-from napari.qt.threading import create_worker
+from napari.layers import Image, Labels
 from napari.utils import progress
-from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QLabel, QListWidget, QListWidgetItem, QProgressBar, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QListWidget, QListWidgetItem
 
+from ._layers import (
+    WHOLE_IMAGE,
+    annotation_of,
+    annotation_pair,
+    image_choices,
+    layer_choices,
+    plane_index,
+    region_choices,
+    spatial_shape,
+    watch_layers,
+)
 from ._loss_plot import LossPlot
 from ._session import session_for
-from .annotate import WHOLE_IMAGE, annotation_pair, plane_index, spatial_shape
-from .weightmap import layer_choices
+from ._ui import Messages, narrow, plural, row
+from ._worker import Task
 
 if TYPE_CHECKING:
     import napari
@@ -41,15 +54,18 @@ if TYPE_CHECKING:
 
     from ..core.model import UNet
     from ..core.train import FinetuneEvent
+    from ._worker import Outcome
 
 __all__ = ["FinetuneWidget"]
 
 CURRENT_MODEL, NEW_NETWORK = "current model", "new network (base 16)"
+PAIR_LIST_HEIGHT = 100  # px, about four pairs; the list scrolls beyond
 HOLD_OUT_TIP = "Tick to hold this pair out for validation: not trained on, its IoU is reported."
+_say = Messages("Fine-tune")
 
 
 def _training_events(model: UNet, train: list, validation: list, grey: bool, settings: dict):
-    """Worker body: yield the :class:`~napari_unet.FinetuneEvent` of each training step."""
+    """The worker's generator: the :class:`~napari_unet.FinetuneEvent` of each step."""
     from napari_unet import finetune
     from napari_unet.core.image import grey_if_rgb
 
@@ -61,21 +77,10 @@ def _training_events(model: UNet, train: list, validation: list, grey: bool, set
     yield from finetune(model, train, validation=validation or None, **settings)
 
 
-def _drive(events):
-    """The worker's generator function, over events made (not started) on the main thread,
-    so the main thread can close them when the worker ends (the model is then left in eval
-    mode even after Stop)."""
-    yield from events
-
-
 def _clock(seconds: float) -> str:
     minutes, secs = divmod(round(seconds), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}:{minutes:02}:{secs:02}" if hours else f"{minutes}:{secs:02}"
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
 @dataclass(frozen=True)
@@ -106,58 +111,62 @@ class _Pair:
 class _Run:
     """One training run, as the main thread sees it."""
 
-    model: UNet
-    events: object  # the generator the worker drives
+    model: UNet  # the copy being trained
     bar: progress
     pairs: int
     steps: int = 0
     loss: float = float("nan")
-    stopped: bool = False
-    failed: bool = False
 
 
-class FinetuneWidget(QWidget):
-    """Fine-tune the viewer's U-Net on image / annotation pairs; Start, Stop, live loss curve."""
+class FinetuneWidget(Container):
+    """Fine-tune a copy of the viewer's U-Net on image / annotation pairs; Start, Stop, Undo."""
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
-        super().__init__()
         self._viewer = viewer
         self._session = session_for(viewer)
-        self.worker = None
+        self.worker = None  # the last run's worker
+        self._task: Task | None = None
         self._run: _Run | None = None
         self._pairs: list[_Pair] = []
 
-        self._image = ComboBox(label="image", choices=layer_choices(viewer, Image))
-        self._annotation = ComboBox(
+        self._image = ComboBox(label="image", choices=image_choices(viewer))
+        self._annotation_box = ComboBox(
             label="annotation",
             choices=layer_choices(viewer, Labels),
             tooltip="Instance labels of the image: 0 = background, 1..N = cells.",
         )
         self._region = ComboBox(
             label="region",
-            choices=self._region_choices,
-            tooltip="Annotated part of the image (Shapes, or labels non-zero); "
-            "other pixels are ignored in training.",
+            choices=region_choices(viewer, exclude=lambda: self._annotation_box.value),
+            tooltip="Annotated part of the image (Shapes, or labels non-zero); other pixels are "
+            "ignored in training. Follows the region chosen in Annotate for the image.",
         )
         self._add = PushButton(text="Add pair", tooltip="Add the current plane of the pair.")
         self._remove = PushButton(text="Remove", tooltip="Remove the selected pair.")
+        self._pair_list = QListWidget()
+        self._pair_list.setToolTip(HOLD_OUT_TIP)
+        self._pair_list.setMaximumHeight(PAIR_LIST_HEIGHT)
         self._choose = Container(
             widgets=[
                 self._image,
-                self._annotation,
+                self._annotation_box,
                 self._region,
-                Container(layout="horizontal", labels=False, widgets=[self._add, self._remove]),
+                row(self._add, self._remove),
             ]
         )
-        self._list = QListWidget()
-        self._list.setToolTip(HOLD_OUT_TIP)
+        self._choose.native.layout().addWidget(self._pair_list)
 
         self._start_from = ComboBox(
             label="start from",
             choices=[CURRENT_MODEL, NEW_NETWORK],
-            tooltip="Fine-tune the viewer's current model, or train a new small U-Net.",
+            tooltip="Train a copy of the viewer's current model, or a new small U-Net.",
         )
-        self._model_info = Label()
+        self._model_info = Label(value="")
+        self._undo = PushButton(
+            text="Undo fine-tuning",
+            enabled=False,
+            tooltip="Make the model before the last fine-tuning run current again.",
+        )
         self._steps = SpinBox(label="steps", value=200, min=1, max=1_000_000)
         self._minutes = FloatSpinBox(
             label="minutes",
@@ -191,6 +200,7 @@ class FinetuneWidget(QWidget):
             widgets=[
                 self._start_from,
                 self._model_info,
+                self._undo,
                 self._steps,
                 self._minutes,
                 self._lr,
@@ -202,153 +212,150 @@ class FinetuneWidget(QWidget):
         )
         self._start = PushButton(text="Start")
         self._stop = PushButton(text="Stop", enabled=False)
-        self._buttons = Container(
-            layout="horizontal", labels=False, widgets=[self._start, self._stop]
-        )
-        self._status = QLabel("")
-        self._validation = QLabel("")
-        self._bar = QProgressBar()
+        self._status = Label(value="")
+        self._validation = Label(value="")
+        self._bar = ProgressBar(min=0, max=1, value=0)
         self._plot = LossPlot()
-
-        layout = QVBoxLayout(self)
-        for widget in (
-            self._choose.native,
-            self._list,
-            self._settings.native,
-            self._buttons.native,
-            self._status,
-            self._validation,
-            self._bar,
-            self._plot,
-        ):
-            layout.addWidget(widget)
+        self._progress = Container(
+            labels=False,
+            widgets=[
+                row(self._start, self._stop),
+                self._status,
+                self._validation,
+                self._bar,
+            ],
+        )
+        self._progress.native.layout().addWidget(self._plot)
+        super().__init__(labels=False, widgets=[self._choose, self._settings, self._progress])
+        narrow(self)
         self._connect_signals()
+        self._on_image_changed()
         self._on_model_changed()
 
     def _connect_signals(self) -> None:
-        layers = self._viewer.layers.events
-        for event in (layers.inserted, layers.removed, layers.renamed, layers.reordered):
-            event.connect(self.reset_choices)
+        watch_layers(self._viewer, self._on_layers_changed)
+        self._image.changed.connect(self._on_image_changed)
         self._add.changed.connect(self._on_add)
         self._remove.changed.connect(self._on_remove)
         self._start.changed.connect(self._on_start)
         self._stop.changed.connect(self._on_stop)
+        self._undo.changed.connect(self._on_undo)
         self._session.model_changed.connect(self._on_model_changed)
+        self._session.busy_changed.connect(self._on_model_changed)
+        self._session.region_changed.connect(self._on_region_chosen)
 
-    def reset_choices(self, *_) -> None:
-        """Refresh the layer combos (napari calls this when layers change)."""
-        self._choose.reset_choices()
+    def _on_layers_changed(self, _event=None) -> None:
+        self.reset_choices()
 
-    def _region_choices(self, _widget=None) -> list[tuple[str, object]]:
-        regions = [
-            (layer.name, layer)
-            for layer in self._viewer.layers
-            if isinstance(layer, (Shapes, Labels))
-        ]
-        return [(WHOLE_IMAGE, WHOLE_IMAGE), *regions]
+    def _on_image_changed(self, _value=None) -> None:
+        """Another image: its annotation layer and the region chosen for it in Annotate."""
+        image = self._image.value
+        annotation = annotation_of(self._viewer, image)
+        if annotation is not None:
+            self._annotation_box.value = annotation
+        self._on_region_chosen(image)
 
-    def _on_model_changed(self) -> None:
-        source = self._session.source if self._session.has_model else "default (bundled)"
-        self._model_info.value = f"current model: {source}"
+    def _on_region_chosen(self, image) -> None:
+        if image is None or image is not self._image.value:
+            return
+        region = self._session.region_for(image)
+        known = region is not None and region in self._viewer.layers
+        self._region.value = region if known else WHOLE_IMAGE
+
+    def _on_model_changed(self, *_) -> None:
+        self._model_info.value = f"current model: {self._session.label}"
+        self._undo.enabled = self._session.can_undo and not self._session.busy
 
     # the training set ------------------------------------------------------------------------
     def _on_add(self, *_) -> None:
-        image, labels, region = self._image.value, self._annotation.value, self._region.value
+        image, labels, region = self._image.value, self._annotation_box.value, self._region.value
         if image is None or labels is None:
-            show_warning("Fine-tune: pick an image layer and its annotation (a Labels layer).")
+            _say.warning("pick an image layer and its annotation (a labels layer)")
             return
         region = None if region == WHOLE_IMAGE else region
         pair = _Pair(image, labels, region, tuple(image.world_to_data(self._viewer.dims.point)))
         try:
             annotation_pair(image, labels, region, pair.step)
         except ValueError as err:
-            show_error(f"Fine-tune: cannot add this pair: {err}")
+            _say.error(f"cannot add this pair: {err}")
             return
         key = (image, labels, region, pair.plane)
         if any((p.image, p.labels, p.region, p.plane) == key for p in self._pairs):
-            show_info(f"Fine-tune: '{pair.name}' is already in the training set.")
+            _say.info(f"'{pair.name}' is already in the training set")
             return
         item = QListWidgetItem(pair.name)
         item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
         item.setCheckState(Qt.CheckState.Unchecked)
         item.setToolTip(HOLD_OUT_TIP)
-        self._list.addItem(item)
+        self._pair_list.addItem(item)
         self._pairs.append(pair)
 
     def _on_remove(self, *_) -> None:
-        row = self._list.currentRow()
+        row = self._pair_list.currentRow()
         if row < 0:
-            show_info("Fine-tune: select a pair in the list to remove it.")
+            _say.info("select a pair in the list to remove it")
             return
-        self._list.takeItem(row)
+        self._pair_list.takeItem(row)
         del self._pairs[row]
 
     def _held_out(self, row: int) -> bool:
-        return self._list.item(row).checkState() == Qt.CheckState.Checked
+        return self._pair_list.item(row).checkState() == Qt.CheckState.Checked
 
     def _collect(self) -> tuple[list, list] | None:
         """``(train, validation)`` lists of ``(image, labels, mask)`` copies of the pairs'
         planes; None after a notification saying what is wrong."""
         if not self._pairs:
-            show_error(
-                "Fine-tune: no training pair. Pick an image and its annotation, then 'Add pair'."
-            )
+            _say.error("no training pair; pick an image and its annotation, then 'Add pair'")
             return None
         train, validation = [], []
-        for row, pair in enumerate(self._pairs):
+        for index, pair in enumerate(self._pairs):
             if any(layer not in self._viewer.layers for layer in pair.layers()):
-                show_error(f"Fine-tune: a layer of '{pair.name}' was removed; remove the pair.")
+                _say.error(f"a layer of '{pair.name}' was removed; remove the pair")
                 return None
             try:
                 image, labels, mask = annotation_pair(
                     pair.image, pair.labels, pair.region, pair.step
                 )
             except ValueError as err:
-                show_error(f"Fine-tune: pair '{pair.name}': {err}")
+                _say.error(f"pair '{pair.name}': {err}")
                 return None
             if not np.any(labels if mask is None else labels[mask]):
                 where = "" if mask is None else " inside its region"
-                show_error(
-                    f"Fine-tune: pair '{pair.name}' has no annotated cell{where}; paint at "
-                    "least one cell (Annotate widget) or remove the pair."
+                _say.error(
+                    f"pair '{pair.name}' has no annotated cell{where}; paint at least one cell "
+                    "(Annotate) or remove the pair"
                 )
                 return None
-            (validation if self._held_out(row) else train).append((image, labels, mask))
+            (validation if self._held_out(index) else train).append((image, labels, mask))
         if not train:
-            show_error("Fine-tune: every pair is held out for validation; untick at least one.")
+            _say.error("every pair is held out for validation; untick at least one")
             return None
         return train, validation
 
     # training --------------------------------------------------------------------------------
-    def _model(self) -> UNet | None:
-        """The model to train; None after a notification."""
+    def _trainee(self) -> UNet | None:
+        """What to train: a deep copy of the current model, or a new network; None after a
+        notification."""
         if self._start_from.value == NEW_NETWORK:
             from napari_unet import UNet
 
             return UNet(base_channels=16)
-        try:
-            return self._session.model
-        except (FileNotFoundError, ValueError) as err:
-            show_error(
-                f"Fine-tune: no current model ({err}). Load a model file first, or set "
-                f"'start from' to '{NEW_NETWORK}'."
-            )
-            return None
+        model = self._session.get_model(_say)
+        return None if model is None else copy.deepcopy(model)
 
     def _on_start(self, *_) -> None:
-        if self._run is not None:
+        if self._task is not None:
             return
         pairs = self._collect()
         if pairs is None:
             return
+        if self._session.busy:
+            _say.warning(f"the model is busy {self._session.busy}; stop it or wait")
+            return
+        trainee = self._trainee()
+        if trainee is None:
+            return
         train, validation = pairs
-        if not self._session.claim("training"):
-            show_warning(f"Fine-tune: the model is busy {self._session.busy}; stop it or wait.")
-            return
-        model = self._model()
-        if model is None:
-            self._session.release()
-            return
         minutes = self._minutes.value
         settings = {
             "steps": self._steps.value,
@@ -358,75 +365,83 @@ class FinetuneWidget(QWidget):
             "tile": self._tile.value,
             "augment": self._augment.value,
         }
-        events = _training_events(model, train, validation, self._grey.value, settings)
+        events = _training_events(trainee, train, validation, self._grey.value, settings)
+        self._task = Task(
+            events,
+            _say,
+            on_yielded=self._on_yielded,
+            on_done=self._on_done,
+            session=self._session,
+            task="training",
+        )
         bar = progress(total=settings["steps"], desc="Fine-tuning U-Net")
-        self._run = _Run(model=model, events=events, bar=bar, pairs=len(train))
+        self._run = _Run(model=trainee, bar=bar, pairs=len(train))
         self._plot.clear()
-        self._bar.setRange(0, settings["steps"])
-        self._bar.setValue(0)
-        self._status.setText("preparing the training data…")
-        self._validation.setText(
-            f"validation on {len(validation)} held-out pair(s): pending" if validation else ""
+        self._bar.max, self._bar.value = settings["steps"], 0
+        self._status.value = "preparing the training data…"
+        self._validation.value = (
+            f"validation on {plural(len(validation), 'held-out pair')}: pending"
+            if validation
+            else ""
         )
         self._set_running(True)
-        self.worker = create_worker(
-            _drive,
-            events,
-            _start_thread=False,
-            _connect={
-                "yielded": self._on_yielded,
-                "errored": self._on_errored,
-                "finished": self._on_finished,
-            },
-        )
-        self.worker.start()
+        started = self._task.start()
+        self.worker = self._task.worker
+        if not started:
+            bar.close()
+            self._task = self._run = None
+            self._status.value = "not started; the current model is unchanged"
+            self._set_running(False)
 
     def _on_stop(self, *_) -> None:
-        if self._run is None:
+        if self._task is None:
             return
-        self._run.stopped = True
+        self._task.cancel()
         self._stop.enabled = False
-        self._status.setText(f"stopping after step {self._run.steps + 1}…")
-        self.worker.quit()
+        self._status.value = f"stopping after step {self._run.steps + 1}…"
+
+    def _on_undo(self, *_) -> None:
+        if not self._session.can_undo or self._session.busy:
+            return
+        self._session.undo()
+        self._status.value = f"back to the model before fine-tuning: {self._session.label}"
 
     def _set_running(self, running: bool) -> None:
         self._start.enabled = not running
         self._stop.enabled = running
         self._settings.enabled = not running
+        if not running:
+            self._on_model_changed()
 
     def _on_yielded(self, event: FinetuneEvent) -> None:
         run = self._run
         run.steps, run.loss = event.step, event.loss
-        self._bar.setRange(0, event.total)
-        self._bar.setValue(event.total if event.done else event.step)
-        if not run.stopped:
-            self._status.setText(
+        self._bar.max = event.total
+        self._bar.value = event.total if event.done else event.step
+        if not self._task.cancelling:
+            self._status.value = (
                 f"step {event.step}/{event.total}, loss {event.loss:.3g}, "
                 f"{_clock(event.remaining)} left"
             )
         self._plot.add(event.step, event.loss)
         if event.val_iou is not None:
-            self._validation.setText(f"validation IoU {event.val_iou:.3f} (step {event.step})")
-        # last: napari's progress bar processes events, which may run _on_finished right here
+            self._validation.value = f"validation IoU {event.val_iou:.3f} (step {event.step})"
+        # last: napari's progress bar processes events, which may run _on_done right here
         run.bar.update(event.step - run.bar.n)
 
-    def _on_errored(self, err: Exception) -> None:
-        self._run.failed = True
-        show_error(f"Fine-tuning failed: {err}")
-
-    def _on_finished(self) -> None:
-        run, self._run = self._run, None
-        run.events.close()  # ends finetune() in the model's eval mode, also after Stop
+    def _on_done(self, outcome: Outcome) -> None:
+        run, self._run, self._task = self._run, None, None
         run.bar.close()
-        self._session.release()
         self._set_running(False)
-        if run.failed:
-            self._status.setText(f"failed after {run.steps} steps")
+        if outcome.error is not None:
+            self._status.value = (
+                f"failed after {plural(run.steps, 'step')}; the current model is unchanged"
+            )
             return
         if run.steps == 0:
-            self._status.setText("stopped before the first step; the model was not changed")
+            self._status.value = "stopped before the first step; the model was not changed"
             return
-        how = "stopped at" if run.stopped else "done:"
-        self._status.setText(f"{how} step {run.steps}, loss {run.loss:.3g}")
-        source = f"fine-tuned on {_plural(run.pairs, 'pair')}, {_plural(run.steps, 'step')}"
-        self._session.set_model(run.model, source)
+        how = "stopped at" if outcome.cancelled else "done:"
+        self._status.value = f"{how} step {run.steps}, loss {run.loss:.3g}"
+        source = f"fine-tuned on {plural(run.pairs, 'pair')}, {plural(run.steps, 'step')}"
+        self._session.set_model(run.model, source, undoable=True)

@@ -1,13 +1,15 @@
 """Predict: stream a U-Net prediction into a labels layer, tile by tile, visible region first.
 
-The result goes to a labels layer ``"<image> prediction"`` made before the worker starts. Each
-tile is shown as soon as it is done (its thresholded probability, label 1); when all tiles are in,
-the worker splits the foreground into cells (:func:`napari_unet.to_instances`) and the instance
-labels replace the preview. Cancel keeps the tiles done so far (thresholded, not yet split into
-cells) and says so. A prediction layer the user has painted on is never overwritten: the next
-run writes a new layer ``"<image> prediction [2]"``; an unedited one of the same image and shape
-is reused. With "current plane" only that plane of the layer is replaced, so planes can be
-predicted one at a time into one layer.
+The result goes to a labels layer ``"<image> prediction"`` made before the worker starts (added on
+top, not selected: the layer being painted stays selected). Each tile is shown as soon as it is
+done (its thresholded probability, label 1); when all tiles are in, the worker splits the
+foreground into cells (:func:`napari_unet.to_instances`) and the instance labels replace the
+preview. Cancel closes the tile generator after the tile being computed and keeps the tiles done
+so far (thresholded, not yet split into cells), and says so. A prediction layer the user has
+painted on is never overwritten: the next run writes a new layer ``"<image> prediction [2]"``;
+an unedited one of the same image and shape is reused. With "current plane" only that plane of
+the layer is replaced, so planes can be predicted one at a time into one layer. The probability
+layer, when asked for, goes above the images and under the labels, additive.
 """
 
 from __future__ import annotations
@@ -31,38 +33,55 @@ from magicgui.widgets import (
     SpinBox,
 )
 from napari.layers import Image, Labels
-from napari.utils.notifications import show_error, show_warning
 from qtpy.QtCore import QTimer
 
+from ._layers import (
+    EDITED,
+    MADE,
+    OF,
+    add_quietly,
+    find_made,
+    free_name,
+    image_choices,
+    plane_index,
+    watch_layers,
+)
 from ._session import session_for
+from ._ui import Messages, narrow
+from ._worker import Task
 
 if TYPE_CHECKING:
     import napari
 
     from ..core.model import UNet
+    from ._worker import Outcome
 
 __all__ = ["PredictWidget"]
 
 CURRENT, FILE = "current model", "file…"
 PLANE, ALL_PLANES = "current plane", "all planes"
-PREDICTION_OF = "napari_unet_prediction_of"  # metadata key: name of the image predicted
-PROBABILITY_OF = "napari_unet_probability_of"
-EDITED = "napari_unet_edited"  # metadata flag: the user painted on the prediction layer
 REFRESH_INTERVAL = 0.1  # seconds; streamed tiles are shown at most this often
+_say = Messages("Predict")
 
 
 def _predict_job(model, pixels, *, grey, shape, tile, center, flips, threshold, min_size, expand):
-    """Worker body: yield each :class:`~napari_unet.TileResult`, then return
-    ``(labels, probabilities)`` of ``shape``: uint16/uint32 instances and float32 foreground."""
-    from napari_unet import predict_tiles, to_instances
+    """The worker's generator: yield each :class:`~napari_unet.TileResult`, then return
+    ``(labels, probabilities)`` of ``shape``: uint16/uint32 instances and float32 foreground.
+    Closing it closes the tile generator."""
+    from contextlib import closing
+
     from napari_unet.core.image import grey_if_rgb
+    from napari_unet.core.instances import to_instances
+    from napari_unet.core.predict import predict_tiles
 
     if grey:
         pixels = grey_if_rgb(pixels, model.in_channels)
     probabilities = np.zeros(shape, dtype=np.float32)
-    for result in predict_tiles(model, pixels, tile=tile, center=center, flips=flips):
-        probabilities[result.plane][result.region] = result.probabilities
-        yield result
+    tiles = predict_tiles(model, pixels, tile=tile, center=center, flips=flips)
+    with closing(tiles):
+        for result in tiles:
+            probabilities[result.plane][result.region] = result.probabilities
+            yield result
     return to_instances(probabilities, threshold, min_size, expand=expand), probabilities
 
 
@@ -76,43 +95,50 @@ class _Run:
     threshold: float
     done: int = 0
     total: int = 0
-    ended: bool = False  # the worker returned or failed (not cancelled)
     dirty: bool = False  # tiles written since the last refresh
 
 
 class PredictWidget(Container):
     """Predict an image layer with the current model (or a model file); tiles stream in."""
 
-    def __init__(self, viewer: napari.viewer.Viewer):
-        super().__init__()
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
         self._viewer = viewer
         self._session = session_for(viewer)
-        self.worker = None
+        self.worker = None  # the last run's worker
+        self._task: Task | None = None
         self._run: _Run | None = None
         self._last_refresh = 0.0
         self._refresh_timer = QTimer()
         self._refresh_timer.setSingleShot(True)
         self._refresh_timer.setInterval(int(REFRESH_INTERVAL * 1000))
 
-        self._image = ComboBox(label="image", choices=self._image_layers)
+        self._image = ComboBox(label="image", choices=image_choices(viewer))
         self._model_choice = ComboBox(label="model", choices=[CURRENT, FILE], value=CURRENT)
         self._source = Label(label="current")
         self._model_file = FileEdit(label="model file", mode="r", filter="*.safetensors")
         self._make_current = CheckBox(text="make current", value=False)
         self._tile = SpinBox(label="tile size (0 = auto)", min=0, max=8192, step=16, value=0)
-        self._flips = CheckBox(text="average 8 flips (8x slower, more accurate)", value=False)
+        self._flips = CheckBox(
+            text="average 8 flips",
+            value=False,
+            tooltip="Average the 8 flips and quarter turns of each tile: 8x slower, more accurate",
+        )
         self._threshold = FloatSpinBox(label="threshold", min=0.05, max=0.9, step=0.05, value=0.5)
         self._min_size = SpinBox(label="minimum size (px)", min=0, max=1_000_000, value=16)
         self._expand = SpinBox(label="grow cells (px)", min=0, max=20, value=1)
         self._with_probability = CheckBox(text="probability layer", value=False)
-        self._grey = CheckBox(text="convert RGB to grey", value=False)
+        self._grey = CheckBox(
+            text="convert RGB to grey",
+            value=True,
+            tooltip="Turn RGB(A) images into grey for a one-channel model.",
+        )
         self._planes = RadioButtons(label="stack", choices=[PLANE, ALL_PLANES], value=PLANE)
         self._predict = PushButton(text="Predict")
         self._cancel = PushButton(text="Cancel", enabled=False)
         self._progress = ProgressBar(label="progress", min=0, max=1, value=0)
         self._status = Label(value="")
-        self.extend(
-            [
+        super().__init__(
+            widgets=[
                 self._image,
                 self._model_choice,
                 self._source,
@@ -132,15 +158,14 @@ class PredictWidget(Container):
                 self._status,
             ]
         )
+        narrow(self)
         self._connect_signals()
         self._on_model_choice()
         self._on_model_changed()
         self._on_image_changed()
 
     def _connect_signals(self) -> None:
-        layers = self._viewer.layers.events
-        for event in (layers.inserted, layers.removed, layers.reordered):
-            event.connect(self._on_layers_changed)
+        watch_layers(self._viewer, self._on_layers_changed)
         self._image.changed.connect(self._on_image_changed)
         self._model_choice.changed.connect(self._on_model_choice)
         self._session.model_changed.connect(self._on_model_changed)
@@ -149,15 +174,8 @@ class PredictWidget(Container):
         self._refresh_timer.timeout.connect(self._on_refresh_timer)
 
     # ------------------------------------------------------------------ choices and state
-    def _image_layers(self, _widget=None) -> list[tuple[str, Image]]:
-        return [
-            (layer.name, layer)
-            for layer in self._viewer.layers
-            if isinstance(layer, Image) and PROBABILITY_OF not in layer.metadata
-        ]
-
     def _on_layers_changed(self, _event=None) -> None:
-        self._image.reset_choices()
+        self.reset_choices()
 
     def _on_image_changed(self, _value=None) -> None:
         layer = self._image.value
@@ -171,7 +189,7 @@ class PredictWidget(Container):
         self._make_current.visible = from_file
 
     def _on_model_changed(self) -> None:
-        self._source.value = self._session.source if self._session.has_model else "bundled default"
+        self._source.value = self._session.label
 
     def _set_running(self, running: bool) -> None:
         for widget in self:
@@ -185,24 +203,17 @@ class PredictWidget(Container):
     def _resolve_model(self) -> UNet | None:
         """The model to predict with; None (and the user told why) if there is none."""
         if self._model_choice.value == CURRENT:
-            try:
-                return self._session.model
-            except FileNotFoundError:
-                show_error(
-                    "No model yet: no bundled model ships with this installation. Choose "
-                    "'file…' to load a .safetensors model, or fine-tune one first."
-                )
-                return None
+            return self._session.get_model(_say)
         path = Path(self._model_file.value or "")
         if str(path) in ("", "."):
-            show_error("Choose a .safetensors model file, or pick 'current model'.")
+            _say.error("choose a .safetensors model file, or pick 'current model'")
             return None
-        from napari_unet import load_model
+        from napari_unet.core.store import load_model
 
         try:
             return load_model(path)
         except (OSError, ValueError) as err:
-            show_error(f"Could not load the model: {err}")
+            _say.error(f"could not load the model: {err}")
             return None
 
     def _view_center(self, layer: Image, n_spatial: int) -> tuple[float, float]:
@@ -215,21 +226,14 @@ class PredictWidget(Container):
         y, x = layer.world_to_data(point)[n_spatial - 2 : n_spatial]
         return float(y), float(x)
 
-    def _current_plane(self, layer: Image, stack_shape: tuple[int, ...]) -> tuple[int, ...]:
-        """Index into the layer's leading axes of the plane the viewer shows."""
-        data_point = layer.world_to_data(self._viewer.dims.point)[: len(stack_shape)]
-        return tuple(
-            int(np.clip(round(c), 0, n - 1)) for c, n in zip(data_point, stack_shape, strict=True)
-        )
-
     def _check_layout(self, layer: Image, model: UNet) -> tuple[tuple[int, ...], bool] | None:
         """``(spatial shape, convert to grey)`` of ``layer`` for ``model``; None (and the user
         told why) when the image does not fit the model."""
         grey = bool(layer.rgb and model.in_channels == 1)
         if grey and not self._grey.value:
-            show_error(
+            _say.error(
                 f"'{layer.name}' is RGB but the model takes one channel; tick 'convert RGB to "
-                "grey' or choose a model trained on colour images."
+                "grey' or choose a model trained on colour images"
             )
             return None
         if grey:
@@ -241,38 +245,61 @@ class PredictWidget(Container):
                 np.broadcast_to(np.zeros((), np.uint8), layer.data.shape), model.in_channels
             )
         except ValueError as err:
-            show_error(f"'{layer.name}' does not fit the model: {err}")
+            _say.error(f"'{layer.name}' does not fit the model: {err}")
             return None
         return tuple(checked.shape[:-1] if has_channels else checked.shape), False
 
     def _on_predict(self) -> None:
         layer = self._image.value
         if layer is None:
-            show_warning("Add or open an image layer to predict.")
+            _say.warning("add or open an image layer to predict")
             return
         if layer.multiscale:
-            show_error(
-                f"'{layer.name}' is a multiscale image; predict its full-resolution level as "
-                "a separate layer (viewer.add_image(layer.data[0]))."
+            _say.error(
+                f"'{layer.name}' is multiscale; predict its full-resolution level as a "
+                "separate layer (viewer.add_image(layer.data[0]))"
             )
+            return
+        if self._session.busy:
+            _say.warning(f"the model is busy {self._session.busy}; stop it or wait")
             return
         model = self._resolve_model()
         layout = None if model is None else self._check_layout(layer, model)
         if layout is None:
             return
-        if self._session.busy:
-            show_warning(f"The model is busy {self._session.busy}; stop it or wait.")
-            return
         if self._model_choice.value == FILE and self._make_current.value:
             self._session.set_model(model, f"file: {Path(self._model_file.value).name}")
-        if not self._session.claim("predicting"):
-            show_warning(f"The model is busy {self._session.busy}; stop it or wait.")
+        try:
+            events = self._prepare(layer, model, *layout)
+        except Exception as err:  # e.g. the image cannot be read into memory
+            self._run = None
+            _say.error(f"could not start: {err}")
             return
+        self._task = Task(
+            events,
+            _say,
+            on_yielded=self._on_tile,
+            on_done=self._on_done,
+            session=self._session,
+            task="predicting",
+        )
+        self._status.value = "starting…"
+        self._progress.value = 0
+        self._last_refresh = 0.0
+        self._set_running(True)
+        started = self._task.start()  # claims the model right before the worker starts
+        self.worker = self._task.worker
+        if not started:
+            self._task = self._run = None
+            self._status.value = "not started"
+            self._set_running(False)
 
-        shape, grey = layout
+    def _prepare(self, layer: Image, model: UNet, shape: tuple[int, ...], grey: bool):
+        """Copy the pixels, make the output layers and the run; the worker's generator."""
         prefix = ()
-        if len(shape) > 2 and self._planes.value == PLANE:
-            prefix = self._current_plane(layer, shape[:-2])
+        if self._planes.value == PLANE:  # the viewed plane; the image may end in channels
+            step = layer.world_to_data(self._viewer.dims.point)
+            prefix = plane_index(shape, step[: len(shape)])
         pixels = np.array(layer.data[prefix] if prefix else layer.data)  # the worker's copy
         center = self._view_center(layer, len(shape))
         self._run = _Run(
@@ -285,87 +312,61 @@ class PredictWidget(Container):
             prefix=prefix,
             threshold=self._threshold.value,
         )
-        self._start_worker(model, pixels, grey, shape[len(prefix) :], center)
-
-    def _start_worker(self, model, pixels, grey, shape, center) -> None:
-        from napari.qt.threading import create_worker
-
-        self.worker = create_worker(
-            _predict_job,
+        return _predict_job(
             model,
             pixels,
             grey=grey,
-            shape=shape,
+            shape=shape[len(prefix) :],
             tile=self._tile.value or None,
             center=center,
             flips=self._flips.value,
             threshold=self._threshold.value,
             min_size=self._min_size.value,
             expand=self._expand.value,
-            _start_thread=False,
         )
-        self.worker.yielded.connect(self._on_tile)
-        self.worker.returned.connect(self._on_returned)
-        self.worker.errored.connect(self._on_errored)
-        self.worker.finished.connect(self._on_finished)
-        self._status.value = "starting…"
-        self._progress.value = 0
-        self._set_running(True)
-        self._last_refresh = 0.0
-        self.worker.start()
 
     # ------------------------------------------------------------------- output layers
     def _labels_layer(self, image: Image, shape, prefix) -> Labels:
         """The unedited prediction layer of ``image`` (cleared), or a new one."""
-        for layer in reversed(self._viewer.layers):
-            if (
-                isinstance(layer, Labels)
-                and layer.metadata.get(PREDICTION_OF) == image.name
-                and not layer.metadata.get(EDITED)
-                and layer.data.shape == shape
-            ):
-                layer.data[prefix] = 0
-                layer.refresh()
-                return layer
-        layer = self._viewer.add_labels(
+        layer = find_made(
+            self._viewer,
+            Labels,
+            "prediction",
+            image.name,
+            shape,
+            reusable=lambda lay: not lay.metadata.get(EDITED),
+        )
+        if layer is not None:
+            layer.data[prefix] = 0
+            layer.refresh()
+            return layer
+        layer = Labels(
             np.zeros(shape, dtype=np.uint16),
-            name=self._free_name(f"{image.name} prediction"),
+            name=free_name(self._viewer, f"{image.name} prediction"),
             scale=image.scale[: len(shape)],
             translate=image.translate[: len(shape)],
-            metadata={PREDICTION_OF: image.name, EDITED: False},
+            metadata={MADE: "prediction", OF: image.name, EDITED: False},
         )
         layer.events.paint.connect(self._on_prediction_painted)
-        return layer
+        return add_quietly(self._viewer, layer)
 
     def _probability_layer(self, image: Image, shape, prefix) -> Image:
-        for layer in reversed(self._viewer.layers):
-            if (
-                isinstance(layer, Image)
-                and layer.metadata.get(PROBABILITY_OF) == image.name
-                and layer.data.shape == shape
-            ):
-                layer.data[prefix] = 0
-                layer.refresh()
-                return layer
-        return self._viewer.add_image(
+        layer = find_made(self._viewer, Image, "probability", image.name, shape)
+        if layer is not None:
+            layer.data[prefix] = 0
+            layer.refresh()
+            return layer
+        layer = Image(
             np.zeros(shape, dtype=np.float32),
-            name=self._free_name(f"{image.name} probability"),
+            name=free_name(self._viewer, f"{image.name} probability"),
             scale=image.scale[: len(shape)],
             translate=image.translate[: len(shape)],
             contrast_limits=(0.0, 1.0),
             colormap="magma",
             blending="additive",
-            metadata={PROBABILITY_OF: image.name},
+            metadata={MADE: "probability", OF: image.name},
         )
-
-    def _free_name(self, base: str) -> str:
-        names = {layer.name for layer in self._viewer.layers}
-        if base not in names:
-            return base
-        n = 2
-        while f"{base} [{n}]" in names:
-            n += 1
-        return f"{base} [{n}]"
+        return add_quietly(self._viewer, layer, over_images=True)
 
     def _on_prediction_painted(self, event) -> None:
         event.source.metadata[EDITED] = True
@@ -382,7 +383,8 @@ class PredictWidget(Container):
         run.dirty = True
         self._progress.max = run.total
         self._progress.value = run.done
-        self._status.value = f"tile {run.done}/{run.total}"
+        if not self._task.cancelling:
+            self._status.value = f"tile {run.done}/{run.total}"
         if time.perf_counter() - self._last_refresh >= REFRESH_INTERVAL:
             self._refresh_layers()
         elif not self._refresh_timer.isActive():
@@ -404,16 +406,30 @@ class PredictWidget(Container):
         run.dirty = False
         self._last_refresh = time.perf_counter()
 
-    def _on_returned(self, value) -> None:
-        labels, probabilities = value
+    def _on_cancel(self) -> None:
+        if self._task is not None:
+            self._status.value = "cancelling…"
+            self._task.cancel()
+
+    def _on_done(self, outcome: Outcome) -> None:
         run = self._run
-        self._place(run.labels, labels, run.prefix)
-        if run.probability is not None:
-            self._place(run.probability, probabilities, run.prefix)
-        run.dirty = False
-        run.ended = True
-        cells = int(labels.max(initial=0))
-        self._status.value = f"done: {cells} cell(s) in {run.total} tile(s)"
+        self._refresh_layers()
+        self._run = self._task = None
+        self._set_running(False)
+        if outcome.error is not None:
+            self._status.value = f"failed after {run.done} tile(s)"
+        elif outcome.cancelled:
+            self._status.value = (
+                f"cancelled after {run.done}/{run.total} tiles; the layer keeps those tiles "
+                "(thresholded, not split into cells)"
+            )
+        else:
+            labels, probabilities = outcome.value
+            self._place(run.labels, labels, run.prefix)
+            if run.probability is not None:
+                self._place(run.probability, probabilities, run.prefix)
+            cells = int(labels.max(initial=0))
+            self._status.value = f"done: {cells} cell(s) in {run.total} tile(s)"
 
     @staticmethod
     def _place(layer, values: np.ndarray, prefix: tuple[int, ...]) -> None:
@@ -424,25 +440,3 @@ class PredictWidget(Container):
             layer.data = layer.data.astype(values.dtype)
         layer.data[prefix] = values
         layer.refresh()
-
-    def _on_errored(self, err: Exception) -> None:
-        self._run.ended = True
-        self._status.value = "failed"
-        show_error(f"Prediction failed: {err}")
-
-    def _on_cancel(self) -> None:
-        if self.worker is not None:
-            self._status.value = "cancelling…"
-            self.worker.quit()
-
-    def _on_finished(self) -> None:
-        run = self._run
-        self._refresh_layers()
-        if not run.ended:
-            self._status.value = (
-                f"cancelled after {run.done}/{run.total} tiles; the layer keeps those tiles "
-                "(thresholded, not split into cells)"
-            )
-        self._run = None
-        self._session.release()
-        self._set_running(False)

@@ -1,9 +1,13 @@
-"""Weight map: live preview of the training target and separation weights of an annotation.
+"""Weight map dock: preview the training target and separation weights of an annotation.
 
-The target (cells with carved separation borders) and the weight map of the paper (eq. 2) go to
-two image layers ``"<labels> target"`` and ``"<labels> weights"``, made once and then updated in
-place, debounced, while w0 / sigma / class balance change, when the annotation is painted and,
-for a stack, when the viewer moves to another plane. The annotation layer is only read.
+Nothing is shown until "show preview" is ticked. Then the target (cells with carved separation
+borders) and the weight map of the paper (eq. 2), as training computes them, go to two image
+layers ``"<labels> target"`` and ``"<labels> weights"``: placed above the images and under the
+annotation and prediction, additive (they brighten the image, never hide it), never selected
+(the annotation stays the layer being painted), and never offered as images by the other docks.
+They update in place, debounced, while w0 / sigma / class balance change, when the annotation
+is painted and, for a stack, when the viewer moves to another plane; unticking removes them. The
+annotation layer is only read.
 
 Measured with ``bench/bench_weightmap_preview.py``: a 512x512 preview takes well under the
 200 ms budget, so it runs on the main thread; the debounce delay comes on top.
@@ -14,116 +18,149 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, FloatSlider
+from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, Label
 from napari.layers import Image, Labels
-from napari.utils.notifications import show_error, show_warning
 from qtpy.QtCore import QTimer
 
-from .annotate import viewed_plane
+from ..core.weightmap import CLASS_BALANCE, SIGMA, W0
+from ._layers import MADE, OF, add_quietly, layer_choices, viewed_plane, watch_layers
+from ._ui import Messages, narrow
 
 if TYPE_CHECKING:
     import napari
-    from napari.layers import Layer
 
-__all__ = ["WeightMapWidget", "layer_choices"]
+__all__ = ["WeightMapWidget"]
 
 DEBOUNCE_MS = 100
-PREVIEW_OF = "napari_unet_weightmap"  # metadata key of the preview layers: "target" / "weights"
+PREVIEW = ("target", "weights")  # the kinds of preview layers, metadata[MADE]
+PREVIEW_OPACITY = 0.7
 BALANCE_TIP = (
     "Add the class-balance weight w_c (foreground and background carry equal total weight).\n"
     "Off by default: on sparse images (phase-contrast cells, ~8 % foreground) balancing made a\n"
     "model over-predict cells."
 )
-
-
-def layer_choices(viewer: napari.viewer.Viewer, kind: type):
-    """A magicgui ``choices`` callable: ``(name, layer)`` of the viewer's layers of ``kind``."""
-
-    def choices(_widget=None) -> list[tuple[str, Layer]]:
-        return [(layer.name, layer) for layer in viewer.layers if isinstance(layer, kind)]
-
-    return choices
+_say = Messages("Weight map")
 
 
 class WeightMapWidget(Container):
     """Preview the U-Net training target and separation weights of an annotation layer."""
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
-        super().__init__()
         self._viewer = viewer
-        self._labels = ComboBox(
+        self._annotation_box = ComboBox(
             label="annotation",
             choices=layer_choices(viewer, Labels),
             tooltip="Instance labels: 0 = background, 1..N = cells (only read, never changed).",
         )
-        self._w0 = FloatSlider(
+        self._w0 = FloatSpinBox(
             label="w0",
             min=0,
-            max=30,
-            value=10,
-            tooltip="Height of the border weight between touching cells (paper: 10).",
+            max=50,
+            step=1,
+            value=W0,
+            tooltip=f"Height of the border weight between touching cells (paper: {W0:g}); "
+            "Fine-tune trains with the default.",
         )
-        self._sigma = FloatSlider(
+        self._sigma = FloatSpinBox(
             label="sigma (px)",
-            min=1,
-            max=20,
-            value=5,
-            tooltip="Width of the border weight in pixels (paper: 5).",
+            min=0.5,
+            max=30,
+            step=0.5,
+            value=SIGMA,
+            tooltip=f"Width of the border weight in pixels (paper: {SIGMA:g}); "
+            "Fine-tune trains with the default.",
         )
-        self._balance = CheckBox(text="class balance", value=False, tooltip=BALANCE_TIP)
-        self.extend([self._labels, self._w0, self._sigma, self._balance])
+        self._balance = CheckBox(text="class balance", value=CLASS_BALANCE, tooltip=BALANCE_TIP)
+        self._preview = CheckBox(
+            text="show preview",
+            value=False,
+            tooltip="Show the target and the weights as two layers over the image "
+            "(additive, under the annotation); untick to remove them.",
+        )
+        self._status = Label(value="")
+        super().__init__(
+            widgets=[
+                self._annotation_box,
+                self._w0,
+                self._sigma,
+                self._balance,
+                self._preview,
+                self._status,
+            ]
+        )
+        narrow(self)
         self._timer = QTimer(self.native)
         self._timer.setSingleShot(True)
         self._timer.setInterval(DEBOUNCE_MS)
         self._source: Labels | None = None  # the annotation whose paint events we follow
         self._shown: tuple | None = None  # (labels layer, plane index) of the preview shown
+        self._problem = ""  # the last problem notified: told once, not on every change
         self._connect_signals()
         self._on_labels_changed()
 
     def _connect_signals(self) -> None:
-        self._labels.changed.connect(self._on_labels_changed)
+        watch_layers(self._viewer, self._on_layers_changed)
+        self._annotation_box.changed.connect(self._on_labels_changed)
         for widget in (self._w0, self._sigma, self._balance):
-            widget.changed.connect(self._schedule)
+            widget.changed.connect(self._on_input_changed)
+        self._preview.changed.connect(self._on_preview_toggled)
         self._timer.timeout.connect(self._update)
-        layers = self._viewer.layers.events
-        for event in (layers.inserted, layers.removed, layers.renamed, layers.reordered):
-            event.connect(self.reset_choices)
         self._viewer.dims.events.current_step.connect(self._on_step)
 
-    def _schedule(self, *_) -> None:
+    def _on_layers_changed(self, _event=None) -> None:
+        self.reset_choices()
+
+    def _on_input_changed(self, *_) -> None:
         """(Re)start the debounce timer: the preview updates once changes pause."""
-        self._timer.start()
+        if self._preview.value:
+            self._timer.start()
+
+    def _on_preview_toggled(self, show: bool) -> None:
+        if show:
+            self._update()
+            return
+        self._timer.stop()
+        for layer in self._preview_layers():
+            self._viewer.layers.remove(layer)
+        self._shown = None
+        self._problem = self._status.value = ""
 
     def _on_labels_changed(self, *_) -> None:
         if self._source is not None:
-            self._source.events.paint.disconnect(self._schedule)
-            self._source.events.data.disconnect(self._schedule)
-        self._source = self._labels.value
+            self._source.events.paint.disconnect(self._on_input_changed)
+            self._source.events.data.disconnect(self._on_input_changed)
+        self._source = self._annotation_box.value
         if self._source is not None:
-            self._source.events.paint.connect(self._schedule)
-            self._source.events.data.connect(self._schedule)
-            self._schedule()
+            self._source.events.paint.connect(self._on_input_changed)
+            self._source.events.data.connect(self._on_input_changed)
+        self._on_input_changed()
 
     def _on_step(self, *_) -> None:
-        labels = self._labels.value
+        labels = self._annotation_box.value
         if labels is None or labels.ndim == 2 or self._shown is None:
             return
         if self._shown != (labels, viewed_plane(labels, self._viewer)):
-            self._schedule()
+            self._on_input_changed()
+
+    def _preview_layers(self) -> list[Image]:
+        return [
+            layer
+            for layer in self._viewer.layers
+            if isinstance(layer, Image) and layer.metadata.get(MADE) in PREVIEW
+        ]
 
     def _update(self) -> None:
         """Compute target and weights of the current plane and show them (main thread)."""
         from napari_unet.core.weightmap import training_target
 
-        labels = self._labels.value
+        if not self._preview.value:
+            return
+        labels = self._annotation_box.value
         if labels is None:
-            show_warning(
-                "Weight map: no annotation layer. Add a Labels layer (0 = background, "
-                "1..N = cells) and pick it as 'annotation'."
-            )
+            self._report("no annotation layer; add a labels layer (0 = background, 1..N = cells)")
             return
         if labels.multiscale:
-            show_error(f"Weight map: '{labels.name}' is multiscale; use a single-scale layer.")
+            self._report(f"'{labels.name}' is multiscale; use a single-scale layer")
             return
         index = viewed_plane(labels, self._viewer)
         plane = np.asarray(labels.data[index])
@@ -135,34 +172,46 @@ class WeightMapWidget(Container):
                 class_balance=self._balance.value,
             )
         except ValueError as err:
-            show_error(f"Weight map of '{labels.name}': {err}")
+            self._report(f"'{labels.name}': {err}")
             return
+        self._problem = ""
+        for layer in self._preview_layers():  # the preview of another annotation
+            if layer.metadata.get(OF) != labels.name:
+                self._viewer.layers.remove(layer)
+        low = float(weights.min())  # shown black: adds nothing to the image
+        top = max(float(weights.max()), low + 1e-6)
         self._show(labels, "target", target, (0, 1), "gray")
-        self._show(labels, "weights", weights, (0, max(float(weights.max()), 1e-6)), "magma")
+        self._show(labels, "weights", weights, (low, top), "magma")
         self._shown = (labels, index)
+        self._status.value = f"weights from {low:.2g} to {top:.3g}"
+
+    def _report(self, problem: str) -> None:
+        """Show ``problem`` in the status line; notify it once, not on every change."""
+        self._status.value = problem
+        if problem != self._problem:
+            _say.warning(problem)
+        self._problem = problem
 
     def _show(self, labels: Labels, kind: str, data: np.ndarray, limits, colormap: str) -> None:
-        """Put ``data`` into the preview layer ``"<labels> <kind>"``, made on first use."""
-        name = f"{labels.name} {kind}"
+        """Put ``data`` into the preview layer of ``kind``, made on first use."""
         layer = next(
-            (
-                layer
-                for layer in self._viewer.layers
-                if layer.name == name
-                and isinstance(layer, Image)
-                and layer.metadata.get(PREVIEW_OF) == kind
-            ),
-            None,
+            (lay for lay in self._preview_layers() if lay.metadata.get(MADE) == kind), None
         )
         if layer is None:
-            self._viewer.add_image(
-                data,
-                name=name,
-                colormap=colormap,
-                contrast_limits=limits,
-                scale=labels.scale[-2:],
-                translate=labels.translate[-2:],
-                metadata={PREVIEW_OF: kind},
+            add_quietly(
+                self._viewer,
+                Image(
+                    data,
+                    name=f"{labels.name} {kind}",
+                    colormap=colormap,
+                    contrast_limits=limits,
+                    blending="additive",
+                    opacity=PREVIEW_OPACITY,
+                    scale=labels.scale[-2:],
+                    translate=labels.translate[-2:],
+                    metadata={MADE: kind, OF: labels.name},
+                ),
+                over_images=True,
             )
             return
         layer.data = data

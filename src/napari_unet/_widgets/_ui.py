@@ -1,0 +1,60 @@
+"""What the docks share on screen: one message style, and a dock that stays narrow.
+
+Every notification of a dock starts with its name ("Predict: ...") and says one problem in one
+short sentence. :func:`narrow` lets combo boxes elide long layer names and status lines wrap,
+so no layer name or message widens a dock and shrinks napari's canvas.
+"""
+
+from __future__ import annotations
+
+from magicgui.widgets import ComboBox, Container, Label
+from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtWidgets import QComboBox, QSizePolicy
+
+__all__ = ["COMBO_CHARS", "Messages", "narrow", "plural", "row"]
+
+COMBO_CHARS = 12  # characters a combo box shows before it elides a longer name
+LABEL_MIN_WIDTH = 60  # px; a wrapped label grows in height, not in width
+ELIDE = QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon
+
+
+class Messages:
+    """napari notifications of the dock ``dock``, each prefixed with its name."""
+
+    def __init__(self, dock: str) -> None:
+        self.dock = dock
+
+    def error(self, text: str) -> None:
+        show_error(f"{self.dock}: {text}")
+
+    def warning(self, text: str) -> None:
+        show_warning(f"{self.dock}: {text}")
+
+    def info(self, text: str) -> None:
+        show_info(f"{self.dock}: {text}")
+
+
+def narrow(container: Container) -> None:
+    """Let ``container``'s combo boxes elide long entries and its labels wrap; nested
+    containers (rows of buttons, groups) add no margins of their own."""
+    for widget in container:
+        if isinstance(widget, Container):
+            widget.margins = (0, 0, 0, 0)
+            narrow(widget)
+        elif isinstance(widget, ComboBox):
+            widget.native.setSizeAdjustPolicy(ELIDE)
+            widget.native.setMinimumContentsLength(COMBO_CHARS)
+        elif isinstance(widget, Label):
+            widget.native.setWordWrap(True)
+            widget.native.setMinimumWidth(LABEL_MIN_WIDTH)  # else Qt sizes it to the text
+            widget.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
+
+
+def plural(n: int, word: str) -> str:
+    """``"1 cell"``, ``"2 cells"``."""
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def row(*widgets) -> Container:
+    """``widgets`` side by side, without labels (e.g. two buttons)."""
+    return Container(layout="horizontal", labels=False, widgets=widgets)

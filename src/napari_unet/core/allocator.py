@@ -15,7 +15,7 @@ import sys
 import threading
 from contextlib import contextmanager
 
-__all__ = ["keep_freed_memory"]
+__all__ = ["keep_freed_memory", "trim_freed_memory"]
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
@@ -40,8 +40,14 @@ _LIBC = _libc()
 
 
 @contextmanager
-def keep_freed_memory():
-    """Context in which freed memory is kept by the process for reuse (glibc only; else no-op)."""
+def keep_freed_memory(trim: bool = True):
+    """Context in which freed memory is kept by the process for reuse (glibc only; else no-op).
+
+    When the last open context exits, the defaults come back; with ``trim`` the freed memory is
+    then handed back to the system at once (``malloc_trim``), without it glibc gives back what it
+    gives back under its defaults. Open one per batch of work, not around a ``yield``: the
+    setting is process-wide.
+    """
     global _users
     if _LIBC is None:
         yield
@@ -63,4 +69,15 @@ def keep_freed_memory():
             if _users == 0:
                 _LIBC.mallopt(_M_MMAP_MAX, _DEFAULT_MMAP_MAX)
                 _LIBC.mallopt(_M_TRIM_THRESHOLD, _DEFAULT_TRIM_THRESHOLD)
-                _LIBC.malloc_trim(0)
+                if trim:
+                    _LIBC.malloc_trim(0)
+
+
+def trim_freed_memory() -> None:
+    """Hand the freed memory back to the system now, unless a :func:`keep_freed_memory` context
+    is open (glibc only; else no-op)."""
+    if _LIBC is None:
+        return
+    with _lock:
+        if _users == 0:
+            _LIBC.malloc_trim(0)

@@ -41,13 +41,12 @@ class _Use:
 
 
 def _memory_format(model: torch.nn.Module) -> torch.memory_format:
-    """Channels-last if the model's first spatial kernel is stored so, else contiguous."""
+    """Channels-last if the model's first kernel whose two layouts differ is stored so."""
     for p in model.parameters():
-        if p.ndim == 4 and p.shape[-2:] != (1, 1):
+        if p.ndim == 4:
             channels_last = p.is_contiguous(memory_format=torch.channels_last)
-            if channels_last and not p.is_contiguous():
-                return torch.channels_last
-            return torch.contiguous_format
+            if channels_last != p.is_contiguous():
+                return torch.channels_last if channels_last else torch.contiguous_format
     return torch.contiguous_format
 
 

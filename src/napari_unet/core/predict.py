@@ -229,12 +229,17 @@ def predict_tiles(
     closed from another thread.
     """
     plan = _plan(model, image, tile, batch_size, percentiles, center, flips)
-    return _guarded(model, plan, resolve_device(device, model))
+    return _start(model, plan, resolve_device(device, model))
+
+
+def _start(model, plan: _Plan, device: torch.device) -> Iterator[TileResult]:
+    """Log the tiles that will run, and return the generator that runs them."""
+    rows, cols = (max(t.inner[a].stop - t.inner[a].start for t in plan.tiles) for a in (0, 1))
+    log.info("predicting %d tile(s) of up to %d x %d px on %s", plan.total, rows, cols, device)
+    return _guarded(model, plan, device)
 
 
 def _guarded(model, plan: _Plan, device: torch.device) -> Iterator[TileResult]:
-    rows, cols = (max(t.inner[a].stop - t.inner[a].start for t in plan.tiles) for a in (0, 1))
-    log.info("predicting %d tile(s) of up to %d x %d px on %s", plan.total, rows, cols, device)
     with using(model, PREDICTING, device):
         yield from _results(model, plan, device)
 
@@ -344,7 +349,7 @@ def predict(
     dropped), equal to the untiled prediction.
     """
     plan = _plan(model, image, tile, batch_size, percentiles, center, flips)
-    return _assemble(plan, _guarded(model, plan, resolve_device(device, model)), progress)
+    return _assemble(plan, _start(model, plan, resolve_device(device, model)), progress)
 
 
 def predict_held(model, image, device: torch.device) -> np.ndarray:

@@ -11,6 +11,7 @@ import torch
 
 from napari_unet import UNet, finetune, predict, predict_tiles
 from napari_unet._sample_data import phase_contrast_cells
+from napari_unet.core import allocator
 
 CALLER_MODES = [contextlib.nullcontext, torch.no_grad, torch.inference_mode]
 
@@ -140,3 +141,10 @@ def test_threads_predicting_at_once_give_the_model_back_as_it_was(tiny_unet, rng
         np.testing.assert_allclose(result, expected, atol=1e-5)
     assert tiny_unet.training
     assert all(p.is_contiguous() for p in tiny_unet.parameters())
+
+
+def test_no_allocator_setting_is_held_between_tiles(tiny_unet, rng):
+    tiles = predict_tiles(tiny_unet, rng.random((64, 64)), tile=16)
+    next(tiles)
+    assert allocator._users == 0  # no keep_freed_memory context open across the yield
+    tiles.close()

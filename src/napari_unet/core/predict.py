@@ -225,8 +225,11 @@ def predict_tiles(
     Predictions may share a model, also from several threads; a prediction that starts while
     the model is being fine-tuned (or on another device than a running prediction) raises
     RuntimeError (see :mod:`napari_unet.core.guard`). Between tiles the generator holds no
-    thread or process setting (inference mode, allocator), so it can be paused, abandoned or
-    closed from another thread.
+    thread state (inference mode is on only while a batch computes), so it can be paused,
+    abandoned or closed from any thread; of the process-wide allocator settings (see
+    :mod:`~napari_unet.core.allocator`) only glibc's trim threshold stays raised between the
+    tiles of a plane, so that the next tile reuses the memory of the last, and comes back with
+    the memory when the plane or the generator ends, or it is closed.
     """
     plan = _plan(model, image, tile, batch_size, percentiles, center, flips)
     return _start(model, plan, resolve_device(device, model))
@@ -247,7 +250,8 @@ def _guarded(model, plan: _Plan, device: torch.device) -> Iterator[TileResult]:
 def _results(model, plan: _Plan, device) -> Iterator[TileResult]:
     """The tiles of ``plan``; ``model`` must be in eval mode on ``device`` (see
     :func:`~napari_unet.core.guard.using`). Inference mode and the allocator setting are on only
-    while a batch computes, never across a ``yield``."""
+    while a batch computes, never across a ``yield``, but for glibc's trim threshold between the
+    batches of a plane (see :func:`_batch`)."""
     index = itertools.count()
     try:
         for plane in plan.planes:
@@ -284,7 +288,8 @@ def _padded(plan: _Plan, plane: tuple[int, ...]) -> torch.Tensor:
 
 def _batch(model, padded, batch: list[Tile], device, flips: bool, trim: bool) -> list[np.ndarray]:
     """The ``(h, w)`` float32 foreground probability of each tile of ``batch``, computed in
-    inference mode and :func:`keep_freed_memory` (``trim``: give the memory back after)."""
+    inference mode and :func:`keep_freed_memory` (``trim``: give its memory back after; else it
+    stays for the next batch)."""
     # made outside keep_freed_memory, so that the caller's freeing them cannot trim the heap
     crops = [np.empty([s.stop - s.start for s in t.inner], np.float32) for t in batch]
     with keep_freed_memory(trim=trim), torch.inference_mode():

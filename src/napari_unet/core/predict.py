@@ -106,28 +106,27 @@ class _Plan:
         return len(self.planes) * len(self.tiles)
 
 
-def _step(model, plane_shape, tile, batch_size: int) -> int:
-    """The tile step for ``tile`` (``None``: automatic) under the memory budget of one batch;
-    logs a warning when a requested step is made smaller or will be slow."""
+def _tiles(model, plane_shape, tile, batch_size: int) -> list[Tile]:
+    """The tiles for ``tile`` (``None``: the automatic step) under the memory budget of one
+    batch; logs a warning when a requested step is made smaller or will be slow."""
     budget = DEFAULT_MEMORY // batch_size
     best = auto_tile(plane_shape, model, budget)
     if tile is None:
-        return best
-    step = int(tile)
-    tiles = plan_tiles(plane_shape, model, step)
+        return plan_tiles(plane_shape, model, best)
+    tiles = plan_tiles(plane_shape, model, int(tile))
     memory = max(tile_memory(model, t.input_shape) for t in tiles)
     if memory > budget:
         cap = largest_step(model, budget)
         log.warning(
             "tile %d px needs about %.2f GiB per tile, over the budget of %.2f GiB (batch of "
             "%d); using tile %d px instead (the result is the same)",
-            step,
+            tile,
             memory / 2**30,
             budget / 2**30,
             batch_size,
             cap,
         )
-        return cap
+        return plan_tiles(plane_shape, model, cap)
     slowdown = tiled_multiply_adds(tiles, model) / tiled_multiply_adds(
         plan_tiles(plane_shape, model, best), model
     )
@@ -135,11 +134,11 @@ def _step(model, plane_shape, tile, batch_size: int) -> int:
         log.warning(
             "tile %d px does %.0fx the work of the automatic tile (%d px) and will be that much "
             "slower; pass tile=None (the result is the same)",
-            step,
+            tile,
             slowdown,
             best,
         )
-    return step
+    return tiles
 
 
 def _plan(model, image, tile, batch_size, percentiles, center, flips) -> _Plan:
@@ -156,9 +155,7 @@ def _plan(model, image, tile, batch_size, percentiles, center, flips) -> _Plan:
     ):
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     batch_size = int(batch_size or 1)
-    tiles = _order(
-        plan_tiles(plane_shape, model, _step(model, plane_shape, tile, batch_size)), center
-    )
+    tiles = _order(_tiles(model, plane_shape, tile, batch_size), center)
     return _Plan(
         image=image,
         shape=(*stack_shape, *plane_shape),
@@ -290,15 +287,12 @@ def _batch(model, padded, batch: list[Tile], device, flips: bool, trim: bool) ->
     """The ``(h, w)`` float32 foreground probability of each tile of ``batch``, computed in
     inference mode and :func:`keep_freed_memory` (``trim``: give its memory back after; else it
     stays for the next batch)."""
-    # made outside keep_freed_memory, so that the caller's freeing them cannot trim the heap
-    crops = [np.empty([s.stop - s.start for s in t.inner], np.float32) for t in batch]
     with keep_freed_memory(trim=trim), torch.inference_mode():
         inputs = torch.stack([padded[:, t.source[0], t.source[1]] for t in batch])
         inputs = inputs.to(device).contiguous(memory_format=torch.channels_last)
         fg = _foreground(model, inputs, flips).float().cpu().numpy()
-        for t, probs, crop in zip(batch, fg, crops, strict=True):
-            crop[...] = probs[t.crop]
-        del inputs, fg, probs  # inside: the heap keeps their memory for the next batch
+        crops = [np.ascontiguousarray(p[t.crop]) for t, p in zip(batch, fg, strict=True)]
+        del inputs, fg  # inside: the heap keeps their memory for the next batch
     return crops
 
 

@@ -8,6 +8,7 @@ output. Tiled prediction therefore equals whole-image prediction, with no blendi
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass
 
 __all__ = [
@@ -100,7 +101,8 @@ def padding(shape: tuple[int, int], tiles: list[Tile], margin: int) -> tuple[tup
 
 def tiled_multiply_adds(tiles, model) -> int:
     """Multiply-adds of running ``tiles`` (from :func:`plan_tiles`) through ``model``."""
-    return sum(model.multiply_adds(*t.input_shape) for t in tiles)
+    shapes = Counter(t.input_shape for t in tiles)  # few distinct shapes, maybe many tiles
+    return sum(n * model.multiply_adds(*shape) for shape, n in shapes.items())
 
 
 def tile_memory(model, input_shape: tuple[int, int]) -> int:

@@ -98,9 +98,10 @@ def test_no_prediction_while_another_thread_finetunes_the_model(sample):
     with ThreadPoolExecutor(1) as worker:
         events = training(model, sample, steps=5)
         worker.submit(next, events).result()
-        with pytest.raises(RuntimeError, match=r"busy fine-tuning \(started in thread .*copy"):
+        busy = r"busy fine-tuning \(in thread 'ThreadPoolExecutor.*'\); predicting .*copy"
+        with pytest.raises(RuntimeError, match=busy):
             predict(model, image)
-        with pytest.raises(RuntimeError, match="busy fine-tuning"):
+        with pytest.raises(RuntimeError, match="two fine-tunings cannot share it"):
             next(training(model, sample))
         worker.submit(next, events).result()  # the refusals did not disturb the run
         events.close()  # from this thread
@@ -115,10 +116,24 @@ def test_predictions_share_a_model_and_keep_finetuning_out(sample):
         tiles = predict_tiles(model, image, tile=16)
         worker.submit(next, tiles).result()
         np.testing.assert_allclose(predict(model, image, tile=16), expected, atol=1e-6)
-        with pytest.raises(RuntimeError, match=r"busy predicting .* 1 prediction\(s\) running"):
+        with pytest.raises(RuntimeError, match=r"busy predicting \(1 prediction\(s\) in flight"):
             next(training(model, sample))
         worker.submit(list, tiles).result()  # runs to its end
     assert len(list(training(model, sample))) == 2
+
+
+def test_the_fine_tuning_thread_may_predict_between_its_steps(sample):
+    image, _ = sample
+    model = small_unet()
+    events = training(model, sample, steps=4)
+    next(events)
+    assert predict(model, image).shape == image.shape  # as a script checks its progress
+    tiles = predict_tiles(model, image, tile=16)
+    next(tiles)  # in flight: the next step would change the weights under it
+    with pytest.raises(RuntimeError, match="prediction of the model .* still in flight"):
+        next(events)
+    tiles.close()
+    assert predict(model, image).shape == image.shape  # everything released
 
 
 def test_the_mark_is_released_when_a_generator_fails(sample):

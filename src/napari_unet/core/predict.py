@@ -220,8 +220,8 @@ def predict_tiles(
     untiled prediction of the whole image (to float rounding, about 1e-6).
 
     Predictions may share a model, also from several threads; a prediction that starts while
-    the model is being fine-tuned (or on another device than a running prediction) raises
-    RuntimeError (see :mod:`napari_unet.core.guard`). Between tiles the generator holds no
+    another thread fine-tunes the model, or on another device than a running prediction,
+    raises RuntimeError (see :mod:`napari_unet.core.guard`). Between tiles the generator holds no
     thread state (inference mode is on only while a batch computes), so it can be paused,
     abandoned or closed from any thread; of the process-wide allocator settings (see
     :mod:`~napari_unet.core.allocator`) only glibc's trim threshold stays raised between the

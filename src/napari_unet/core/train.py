@@ -27,7 +27,7 @@ from .augment import (
     warp,
 )
 from .device import resolve_device
-from .guard import FINETUNING, using
+from .guard import FINETUNING, training_step, using
 from .image import normalize, split_channels
 from .weightmap import CLASS_BALANCE, SIGMA, W0, check_labels, check_weight_params, training_target
 
@@ -349,12 +349,14 @@ def finetune(
         (which must then keep their defaults).
 
     Inputs are checked before the generator is returned, so bad samples or settings raise
-    ValueError here. The model is the fine-tuning's alone from the first step until the
-    generator ends or is closed (also from another thread): a prediction or another fine-tuning
-    of the same model object meanwhile raises RuntimeError, and so does this one if predictions
-    of the model are running when it starts (see :mod:`napari_unet.core.guard`). Each step runs
-    with gradients on, whatever the calling thread's inference or no-grad mode, and leaves that
-    mode as it was.
+    ValueError here. From its first step until it ends or is closed (from any thread), the run
+    holds the model (see :mod:`napari_unet.core.guard`): another fine-tuning of the same model
+    object, or a prediction from another thread, raises RuntimeError; the thread that runs the
+    steps may predict between them, but a step raises RuntimeError if a prediction is still in
+    flight; and the run itself raises RuntimeError at its first step if predictions of the
+    model are in flight. Stop early with ``events.close()`` (or drop the generator) to give the
+    model back. Each step runs with gradients on, whatever the calling thread's inference or
+    no-grad mode, and leaves that mode as it was.
     """
     settings = FinetuneConfig(
         lr=lr,
@@ -463,16 +465,17 @@ def _finetune(
                 rate = _learning_rate(config.lr, progress)
                 for group in optimizer.param_groups:
                     group["lr"] = rate
-                loss = _train_step(model, optimizer, samples, config, crop, device, rng)
-                step += 1
-                elapsed = time.perf_counter() - start
-                done = step >= steps or (max_seconds is not None and elapsed >= max_seconds)
+                with training_step(model):
+                    loss = _train_step(model, optimizer, samples, config, crop, device, rng)
+                    step += 1
+                    elapsed = time.perf_counter() - start
+                    done = step >= steps or (max_seconds is not None and elapsed >= max_seconds)
+                    val_iou = None
+                    if held_out and (done or step % config.validate_every == 0):
+                        val_iou = _foreground_iou(model, held_out, device)
                 remaining = (steps - step) * elapsed / step
                 if max_seconds is not None:
                     remaining = min(remaining, max(max_seconds - elapsed, 0.0))
-                val_iou = None
-                if held_out and (done or step % config.validate_every == 0):
-                    val_iou = _foreground_iou(model, held_out, device)
                 yield FinetuneEvent(
                     step=step,
                     total=steps,

@@ -253,7 +253,7 @@ def test_a_config_trains_as_the_same_keywords_do(sample):
 def test_the_run_is_recorded_in_the_metadata(sample):
     model = tiny()
     model.metadata = {"name": "mine"}
-    config = FinetuneConfig(batch_size=1, tile=16, seed=0)
+    config = FinetuneConfig(lr=np.float32(1e-3), batch_size=np.int64(1), tile=16, seed=0)
     events = finetune(model, [sample], steps=5, config=config)
     next(events), next(events)
     events.close()

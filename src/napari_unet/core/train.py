@@ -95,8 +95,13 @@ class FinetuneConfig:
             raise ValueError(f"class_balance must be True or False, got {self.class_balance!r}")
         if self.seed is not None and (not _is_int(self.seed) or self.seed < 0):
             raise ValueError(f"seed must be None or an integer >= 0, got {self.seed!r}")
-        for name in ("batch_size", "tile", "validate_every"):
-            object.__setattr__(self, name, int(getattr(self, name)))
+        # plain Python values: the config goes into the model's JSON metadata as it is
+        for name, kind in [("lr", float), ("w0", float), ("sigma", float)] + [
+            (name, int) for name in ("batch_size", "tile", "validate_every")
+        ]:
+            object.__setattr__(self, name, kind(getattr(self, name)))
+        if self.seed is not None:
+            object.__setattr__(self, "seed", int(self.seed))
         object.__setattr__(self, "augment", _augmentations(self.augment))
         object.__setattr__(self, "class_balance", bool(self.class_balance))
 

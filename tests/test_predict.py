@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import inspect
+import logging
+import re
+
 import numpy as np
 import pytest
 import torch
 
 from napari_unet import UNet, normalize, predict, predict_tiles
+from napari_unet.core.tiling import largest_step
 
 
 def sharp(model):
@@ -203,3 +208,64 @@ def test_flips_average_the_eight_orientations(model, rng):
         flipped = predict(model, image, flips=True, tile=tile)
         np.testing.assert_allclose(flipped, reference, atol=1e-5)
     assert np.abs(flipped - predict(model, image)).max() > 1e-3
+
+
+def is_channels_last(model) -> bool:
+    weight = model.down[1][0].weight  # a 3x3 kernel with several input channels
+    return weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_the_model_comes_back_in_its_memory_format(model, rng, memory_format):
+    model.to(memory_format=memory_format)
+    was = is_channels_last(model)
+    for _ in predict_tiles(model, rng.random((40, 40)), tile=16):
+        assert is_channels_last(model)  # what the tiles run with
+    assert is_channels_last(model) == was == (memory_format == torch.channels_last)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_the_model_comes_back_on_its_device(model, rng):
+    image = rng.random((40, 40))
+    reference = predict(model, image)
+    np.testing.assert_allclose(predict(model, image, device="cuda"), reference, atol=1e-2)
+    assert all(p.device.type == "cpu" for p in model.parameters())
+    model.cuda()
+    np.testing.assert_allclose(predict(model, image, device="cpu"), reference, atol=1e-2)
+    assert all(p.device.type == "cuda" for p in model.parameters())
+
+
+def test_predict_shows_the_arguments_of_predict_tiles():
+    tiles = inspect.signature(predict_tiles).parameters
+    shown = inspect.signature(predict).parameters
+    assert list(shown) == [*tiles, "progress"]
+    assert all(shown[name].default == tiles[name].default for name in tiles)
+
+
+def test_a_tile_over_the_memory_budget_is_made_smaller(model, caplog):
+    image = np.zeros((4500, 4500), np.uint8)
+    cap = largest_step(model)
+    with caplog.at_level(logging.INFO, logger="napari_unet.core.predict"):
+        tiles = predict_tiles(model, image, tile=100_000)
+    assert f"over the budget of 2.00 GiB (batch of 1); using tile {cap} px" in caplog.text
+    rows, cols = re.search(r"of up to (\d+) x (\d+) px", caplog.text).groups()
+    assert max(int(rows), int(cols)) <= cap
+    tiles.close()
+
+
+def test_a_batch_shares_the_memory_budget(model, caplog):
+    image = np.zeros((2000, 2000), np.uint8)
+    with caplog.at_level(logging.WARNING, logger="napari_unet.core.predict"):
+        predict_tiles(model, image, tile=1000).close()
+        assert not caplog.text
+        predict_tiles(model, image, tile=1000, batch_size=16).close()
+    assert "batch of 16" in caplog.text
+
+
+def test_a_tiny_tile_warns_and_the_log_says_the_step_used(model, rng, caplog):
+    image = rng.random((64, 64)).astype(np.float32)
+    with caplog.at_level(logging.INFO, logger="napari_unet.core.predict"):
+        result = predict(model, image, tile=1)
+    assert "tile 1 px does" in caplog.text and "the work of the automatic tile" in caplog.text
+    assert "64 tile(s) of up to 8 x 8 px" in caplog.text  # rounded to 2**depth, as run
+    np.testing.assert_allclose(result, predict(model, image), atol=1e-5)

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import time
 
 import numpy as np
 import pytest
 import torch
 
-from napari_unet import UNet, finetune, predict, training_target
+from napari_unet import FinetuneConfig, UNet, finetune, predict, training_target
+from napari_unet._sample_data import phase_contrast_cells
 from napari_unet.core.train import _learning_rate
+from napari_unet.core.weightmap import CLASS_BALANCE, SIGMA, W0
 
 
 def weighted_error(model, image, labels) -> float:
@@ -18,6 +22,13 @@ def weighted_error(model, image, labels) -> float:
     p = np.clip(predict(model, image), 1e-6, 1 - 1e-6)
     ce = -np.where(target == 1, np.log(p), np.log(1 - p))
     return float((weights * ce).sum() / np.count_nonzero(weights))
+
+
+@pytest.fixture(scope="module")
+def sample():
+    """(96, 96) crop of the shipped sample: uint16 image and its uint16 instance labels."""
+    (image, *_), (labels, *_) = phase_contrast_cells()
+    return image[:96, :96], labels[:96, :96]
 
 
 @pytest.fixture
@@ -194,3 +205,82 @@ def test_validation_is_scored_inside_its_mask(usiigaci_crop):
         )
         scores.append([e.val_iou for e in events][-1])
     assert scores[0] == pytest.approx(scores[1])
+
+
+def tiny() -> UNet:
+    torch.manual_seed(0)
+    return UNet(base_channels=2, depth=2)
+
+
+def test_finetune_config_is_checked_in_one_place_and_frozen():
+    config = FinetuneConfig()
+    assert (config.w0, config.sigma, config.class_balance) == (W0, SIGMA, CLASS_BALANCE)
+    assert config.augment == ("elastic", "flips", "intensity")
+    assert FinetuneConfig(augment={"zoom", "flips"}).augment == ("flips", "zoom")
+    assert FinetuneConfig(augment=False).augment == ()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.lr = 1.0
+    for kwargs, message in [
+        ({"validate_every": 0}, "validate_every must be a positive integer, got 0"),
+        ({"batch_size": 2.5}, "batch_size must be a positive integer"),
+        ({"tile": True}, "tile must be a positive integer"),
+        ({"lr": float("nan")}, "lr must be a positive number"),
+        ({"sigma": 0}, "sigma must be a finite number"),
+        ({"w0": -1}, "w0 must be a finite number"),
+        ({"seed": -1}, "seed must be None or an integer"),
+        ({"class_balance": "yes"}, "class_balance must be True or False"),
+        ({"augment": ["blur"]}, r"unknown augmentation\(s\) \['blur'\]"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            FinetuneConfig(**kwargs)
+
+
+def test_validate_every_zero_is_refused_before_training(sample):
+    with pytest.raises(ValueError, match="validate_every must be a positive integer"):
+        finetune(tiny(), [sample], steps=2, validate_every=0, validation=[sample])
+
+
+def test_a_config_trains_as_the_same_keywords_do(sample):
+    settings = {"lr": 1e-3, "batch_size": 1, "tile": 16, "augment": ["flips"], "seed": 4}
+    by_keywords = [e.loss for e in finetune(tiny(), [sample], steps=3, **settings)]
+    config = FinetuneConfig(**settings)
+    by_config = [e.loss for e in finetune(tiny(), [sample], steps=3, config=config)]
+    np.testing.assert_allclose(by_config, by_keywords, rtol=1e-5)
+    with pytest.raises(TypeError, match="either as config=FinetuneConfig"):
+        finetune(tiny(), [sample], steps=3, config=config, lr=1e-2)
+
+
+def test_the_run_is_recorded_in_the_metadata(sample):
+    model = tiny()
+    model.metadata = {"name": "mine"}
+    config = FinetuneConfig(lr=np.float32(1e-3), batch_size=np.int64(1), tile=16, seed=0)
+    events = finetune(model, [sample], steps=5, config=config)
+    next(events), next(events)
+    events.close()
+    recorded = json.loads(json.dumps(model.metadata))
+    assert recorded["name"] == "mine"
+    assert recorded["finetune"] == {
+        **dataclasses.asdict(config),
+        "augment": ["elastic", "flips", "intensity"],
+        "steps": 2,
+    }
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_the_model_comes_back_in_its_memory_format(sample, memory_format):
+    model = tiny().to(memory_format=memory_format)
+    weight = model.down[1][0].weight  # (4, 2, 3, 3): its two layouts differ
+    was = weight.is_contiguous()
+    list(finetune(model, [sample], steps=2, batch_size=1, tile=16))
+    assert weight.is_contiguous() == was == (memory_format == torch.contiguous_format)
+    assert model.down[1][0].weight is weight  # the caller's parameters, trained in place
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_the_model_comes_back_on_its_device(sample):
+    model = tiny()
+    before = [p.detach().clone() for p in model.parameters()]
+    events = list(finetune(model, [sample], steps=3, batch_size=1, tile=16, device="cuda"))
+    assert len(events) == 3
+    assert all(p.device.type == "cpu" for p in model.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))

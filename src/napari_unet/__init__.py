@@ -24,6 +24,7 @@ _EXPORTS = {
     "separation_weight_map": "weightmap",
     "training_target": "weightmap",
     "elastic_deform": "augment",
+    "FinetuneConfig": "train",
     "FinetuneEvent": "train",
     "finetune": "train",
     "save_model": "store",

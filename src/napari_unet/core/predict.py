@@ -10,14 +10,26 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .allocator import keep_freed_memory
+from .allocator import keep_freed_memory, trim_freed_memory
 from .device import resolve_device
+from .guard import PREDICTING, using
 from .image import check_finite, normalize, split_channels
-from .tiling import Tile, auto_tile, padding, plan_tiles
+from .tiling import (
+    DEFAULT_MEMORY,
+    Tile,
+    auto_tile,
+    largest_step,
+    padding,
+    plan_tiles,
+    tile_memory,
+    tiled_multiply_adds,
+)
 
 __all__ = ["TileResult", "predict_tiles", "predict"]
 
 log = logging.getLogger(__name__)
+
+_SLOW = 3  # a requested tile with this many times the work of the automatic one gets a warning
 
 
 @dataclass(frozen=True)
@@ -75,6 +87,87 @@ def _order(tiles: list[Tile], center: tuple[float, float] | None) -> list[Tile]:
     return sorted(tiles, key=distance)
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """A checked prediction: the ``(..., H, W[, C])`` image, the ``(..., H, W)`` shape of its
+    result, its planes and tiles."""
+
+    image: np.ndarray
+    shape: tuple[int, ...]
+    planes: list[tuple[int, ...]]
+    tiles: list[Tile]
+    pad: tuple[tuple[int, int], ...]
+    batch_size: int
+    percentiles: tuple[float, float] | None
+    flips: bool
+
+    @property
+    def total(self) -> int:
+        return len(self.planes) * len(self.tiles)
+
+
+def _tiles(model, plane_shape, tile, batch_size: int) -> list[Tile]:
+    """The tiles for ``tile`` (``None``: the automatic step) under the memory budget of one
+    batch; logs a warning when a requested step is made smaller or will be slow."""
+    budget = DEFAULT_MEMORY // batch_size
+    best = auto_tile(plane_shape, model, budget)
+    if tile is None:
+        return plan_tiles(plane_shape, model, best)
+    tiles = plan_tiles(plane_shape, model, int(tile))
+    memory = max(tile_memory(model, t.input_shape) for t in tiles)
+    if memory > budget:
+        cap = largest_step(model, budget)
+        log.warning(
+            "tile %d px needs about %.2f GiB per tile, over the budget of %.2f GiB (batch of "
+            "%d); using tile %d px instead (the result is the same)",
+            tile,
+            memory / 2**30,
+            budget / 2**30,
+            batch_size,
+            cap,
+        )
+        return plan_tiles(plane_shape, model, cap)
+    slowdown = tiled_multiply_adds(tiles, model) / tiled_multiply_adds(
+        plan_tiles(plane_shape, model, best), model
+    )
+    if slowdown > _SLOW:
+        log.warning(
+            "tile %d px does %.0fx the work of the automatic tile (%d px) and will be that much "
+            "slower; pass tile=None (the result is the same)",
+            tile,
+            slowdown,
+            best,
+        )
+    return tiles
+
+
+def _plan(model, image, tile, batch_size, percentiles, center, flips) -> _Plan:
+    _check_model(model)
+    image, stack_shape, plane_shape = _planes(np.asarray(image), model.in_channels)
+    if tile is not None and (
+        not isinstance(tile, (int, np.integer)) or isinstance(tile, bool) or tile < 1
+    ):
+        raise ValueError(f"tile must be a positive number of pixels, got {tile!r}")
+    if batch_size is not None and (
+        not isinstance(batch_size, (int, np.integer))
+        or isinstance(batch_size, bool)
+        or batch_size < 1
+    ):
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    batch_size = int(batch_size or 1)
+    tiles = _order(_tiles(model, plane_shape, tile, batch_size), center)
+    return _Plan(
+        image=image,
+        shape=(*stack_shape, *plane_shape),
+        planes=list(np.ndindex(*stack_shape)) if stack_shape else [()],
+        tiles=tiles,
+        pad=padding(plane_shape, tiles, model.margin),
+        batch_size=batch_size,
+        percentiles=percentiles,
+        flips=flips,
+    )
+
+
 def predict_tiles(
     model,
     image,
@@ -91,14 +184,18 @@ def predict_tiles(
     Parameters
     ----------
     model
-        A :class:`~napari_unet.UNet`; put in eval mode for the call, its mode restored after.
+        A :class:`~napari_unet.UNet`. While the generator runs it is in eval mode on ``device``;
+        when it ends (or is closed) the model is back on its device, memory format and mode.
     image
         ``(H, W)`` of any integer or float dtype, ``(H, W, C)`` with ``C == model.in_channels``,
         or a stack with leading axes ``(..., H, W[, C])`` predicted plane by plane.
     tile
         About the side (px) of the output region one tile covers; rounded to a multiple of
-        ``2**depth``. ``None`` picks the size with the least work (multiply-adds and page faults,
-        see :func:`~napari_unet.core.tiling.auto_tile`) under a memory budget.
+        ``2**depth``, then balanced over the plane. ``None`` picks the size with the least work
+        (multiply-adds and page faults, see :func:`~napari_unet.core.tiling.auto_tile`) under
+        a memory budget (``tiling.DEFAULT_MEMORY`` per batch). A tile over that budget is made
+        smaller, and a tile much slower than the automatic one is run as asked, each with a
+        logged warning; the result is the same for every tile size.
     batch_size
         Tiles of the same size run together; ``None`` means 1 (fastest on CPUs).
     device
@@ -112,57 +209,91 @@ def predict_tiles(
         Average each tile's probability over its 8 flips and quarter turns (test-time
         augmentation): 8 times the work, usually more accurate (see the model card).
 
+    Returns
+    -------
+    Iterator[TileResult]
+        A generator; the arguments are checked (ValueError, TypeError) before it is returned.
+
+    Notes
+    -----
     Tiles start at multiples of ``2**depth`` in the mirror-padded plane, so the result equals the
     untiled prediction of the whole image (to float rounding, about 1e-6).
-    """
-    _check_model(model)
-    image, stack_shape, plane_shape = _planes(np.asarray(image), model.in_channels)
-    if tile is not None and (not isinstance(tile, (int, np.integer)) or tile < 1):
-        raise ValueError(f"tile must be a positive number of pixels, got {tile!r}")
-    if batch_size is not None and (
-        not isinstance(batch_size, (int, np.integer)) or batch_size < 1
-    ):
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    step = int(tile) if tile is not None else auto_tile(plane_shape, model)
-    tiles = _order(plan_tiles(plane_shape, model, step), center)
-    pad = padding(plane_shape, tiles, model.margin)
-    planes = list(np.ndindex(*stack_shape)) if stack_shape else [()]
-    total = len(planes) * len(tiles)
-    device = resolve_device(device, model)
-    log.debug("predicting %d tile(s) of step %d on %s", total, step, device)
 
-    was_training = model.training
-    model.eval()
-    model.to(device=device, memory_format=torch.channels_last)
+    Predictions may share a model, also from several threads; a prediction that starts while
+    another thread fine-tunes the model, or on another device than a running prediction,
+    raises RuntimeError (see :mod:`napari_unet.core.guard`). Between tiles the generator holds no
+    thread state (inference mode is on only while a batch computes), so it can be paused,
+    abandoned or closed from any thread; of the process-wide allocator settings (see
+    :mod:`~napari_unet.core.allocator`) only glibc's trim threshold stays raised between the
+    tiles of a plane, so that the next tile reuses the memory of the last, and comes back with
+    the memory when the plane or the generator ends, or it is closed.
+    """
+    plan = _plan(model, image, tile, batch_size, percentiles, center, flips)
+    return _start(model, plan, resolve_device(device, model))
+
+
+def _start(model, plan: _Plan, device: torch.device) -> Iterator[TileResult]:
+    """Log the tiles that will run, and return the generator that runs them."""
+    rows, cols = (max(t.inner[a].stop - t.inner[a].start for t in plan.tiles) for a in (0, 1))
+    log.info("predicting %d tile(s) of up to %d x %d px on %s", plan.total, rows, cols, device)
+    return _guarded(model, plan, device)
+
+
+def _guarded(model, plan: _Plan, device: torch.device) -> Iterator[TileResult]:
+    with using(model, PREDICTING, device):
+        yield from _results(model, plan, device)
+
+
+def _results(model, plan: _Plan, device) -> Iterator[TileResult]:
+    """The tiles of ``plan``; ``model`` must be in eval mode on ``device`` (see
+    :func:`~napari_unet.core.guard.using`). Inference mode and the allocator setting are on only
+    while a batch computes, never across a ``yield``, but for glibc's trim threshold between the
+    batches of a plane (see :func:`_batch`)."""
     index = itertools.count()
     try:
-        with keep_freed_memory(), torch.inference_mode():
-            for plane in planes:
-                pixels = image[plane]
-                if percentiles is not None:
-                    pixels = normalize(pixels, *percentiles)
-                pixels = pixels.astype(np.float32, copy=False)
-                if pixels.ndim == 2:
-                    pixels = pixels[..., None]
-                padded = np.pad(pixels, (*pad, (0, 0)), mode="symmetric")
-                padded = torch.from_numpy(padded).permute(2, 0, 1)  # (C, H, W) channels-last view
-                for batch in _batches(tiles, batch_size or 1):
-                    inputs = torch.stack([padded[:, t.source[0], t.source[1]] for t in batch])
-                    inputs = inputs.to(device).contiguous(memory_format=torch.channels_last)
-                    fg = _foreground(model, inputs, flips).float().cpu().numpy()
-                    for t, probs in zip(batch, fg, strict=True):
-                        yield TileResult(
-                            plane=plane,
-                            region=t.inner,
-                            probabilities=np.ascontiguousarray(probs[t.crop]),
-                            index=next(index),
-                            total=total,
-                        )
-                # free the plane's arrays inside keep_freed_memory, whose exit trims the heap;
-                # freed after it, they would stay resident (~70 MiB for 2048 x 2048)
-                del pixels, padded, inputs, fg, probs
+        for plane in plan.planes:
+            padded = _padded(plan, plane)
+            batches = list(_batches(plan.tiles, plan.batch_size))
+            for i, batch in enumerate(batches):
+                # the heap keeps the activations from batch to batch; trimmed once per plane
+                probabilities = _batch(
+                    model, padded, batch, device, plan.flips, i == len(batches) - 1
+                )
+                for t, probs in zip(batch, probabilities, strict=True):
+                    yield TileResult(
+                        plane=plane,
+                        region=t.inner,
+                        probabilities=probs,
+                        index=next(index),
+                        total=plan.total,
+                    )
     finally:
-        model.train(was_training)
+        trim_freed_memory()  # also when closed before the end of a plane
+
+
+def _padded(plan: _Plan, plane: tuple[int, ...]) -> torch.Tensor:
+    """``(C, H', W')`` float32 (a channels-last view): one plane, normalised, mirror-padded."""
+    pixels = plan.image[plane]
+    if plan.percentiles is not None:
+        pixels = normalize(pixels, *plan.percentiles)
+    pixels = pixels.astype(np.float32, copy=False)
+    if pixels.ndim == 2:
+        pixels = pixels[..., None]
+    padded = np.pad(pixels, (*plan.pad, (0, 0)), mode="symmetric")
+    return torch.from_numpy(padded).permute(2, 0, 1)
+
+
+def _batch(model, padded, batch: list[Tile], device, flips: bool, trim: bool) -> list[np.ndarray]:
+    """The ``(h, w)`` float32 foreground probability of each tile of ``batch``, computed in
+    inference mode and :func:`keep_freed_memory` (``trim``: give its memory back after; else it
+    stays for the next batch)."""
+    with keep_freed_memory(trim=trim), torch.inference_mode():
+        inputs = torch.stack([padded[:, t.source[0], t.source[1]] for t in batch])
+        inputs = inputs.to(device).contiguous(memory_format=torch.channels_last)
+        fg = _foreground(model, inputs, flips).float().cpu().numpy()
+        crops = [np.ascontiguousarray(p[t.crop]) for t, p in zip(batch, fg, strict=True)]
+        del inputs, fg  # inside: the heap keeps their memory for the next batch
+    return crops
 
 
 def _foreground(model, inputs: torch.Tensor, flips: bool) -> torch.Tensor:
@@ -198,17 +329,40 @@ def _batches(tiles: list[Tile], batch_size: int) -> Iterator[list[Tile]]:
             yield run[i : i + batch_size]
 
 
-def predict(model, image, *, progress: Callable[[TileResult], None] | None = None, **kwargs):
+def predict(
+    model,
+    image,
+    *,
+    tile: int | None = None,
+    batch_size: int | None = None,
+    device=None,
+    percentiles: tuple[float, float] | None = (1.0, 99.8),
+    center: tuple[float, float] | None = None,
+    flips: bool = False,
+    progress: Callable[[TileResult], None] | None = None,
+) -> np.ndarray:
     """Foreground probability of a whole image or stack.
 
     Takes the arguments of :func:`predict_tiles`; ``progress`` is called with each finished
     :class:`TileResult`. Returns ``(..., H, W)`` float32 in [0, 1] (the channel axis, if any,
     dropped), equal to the untiled prediction.
     """
-    plane_image, has_channels = split_channels(np.asarray(image), model.in_channels)
-    shape = plane_image.shape[:-1] if has_channels else plane_image.shape
-    out = np.empty(shape, dtype=np.float32)
-    for result in predict_tiles(model, image, **kwargs):
+    plan = _plan(model, image, tile, batch_size, percentiles, center, flips)
+    return _assemble(plan, _start(model, plan, resolve_device(device, model)), progress)
+
+
+def predict_held(model, image, device: torch.device) -> np.ndarray:
+    """:func:`predict` with the default settings for a task that holds ``model`` already
+    (fine-tuning's validation): ``(H, W)`` float32 foreground probability; leaves the model in
+    eval mode."""
+    plan = _plan(model, image, None, None, (1.0, 99.8), None, False)
+    model.eval()
+    return _assemble(plan, _results(model, plan, device))
+
+
+def _assemble(plan: _Plan, tiles: Iterator[TileResult], progress=None) -> np.ndarray:
+    out = np.empty(plan.shape, dtype=np.float32)
+    for result in tiles:
         out[result.plane][result.region] = result.probabilities
         if progress is not None:
             progress(result)

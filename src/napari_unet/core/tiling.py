@@ -8,9 +8,19 @@ output. Tiled prediction therefore equals whole-image prediction, with no blendi
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass
 
-__all__ = ["Tile", "plan_tiles", "padding", "auto_tile", "tiled_multiply_adds"]
+__all__ = [
+    "DEFAULT_MEMORY",
+    "Tile",
+    "plan_tiles",
+    "padding",
+    "auto_tile",
+    "largest_step",
+    "tile_memory",
+    "tiled_multiply_adds",
+]
 
 # Peak memory of one tile's forward pass in bytes per input pixel per base channel (float32, batch
 # 1): the VmHWM rise of a fresh process over three passes inside keep_freed_memory, as predict
@@ -91,7 +101,26 @@ def padding(shape: tuple[int, int], tiles: list[Tile], margin: int) -> tuple[tup
 
 def tiled_multiply_adds(tiles, model) -> int:
     """Multiply-adds of running ``tiles`` (from :func:`plan_tiles`) through ``model``."""
-    return sum(model.multiply_adds(*t.input_shape) for t in tiles)
+    shapes = Counter(t.input_shape for t in tiles)  # few distinct shapes, maybe many tiles
+    return sum(n * model.multiply_adds(*shape) for shape, n in shapes.items())
+
+
+def tile_memory(model, input_shape: tuple[int, int]) -> int:
+    """Estimated peak memory (bytes) of one forward pass on an ``(h, w)`` input (batch 1,
+    float32)."""
+    return _BYTES_PER_PIXEL_CHANNEL * model.base_channels * math.prod(input_shape)
+
+
+def largest_step(model, memory: int = DEFAULT_MEMORY) -> int:
+    """The largest tile step (px) whose square tile stays within ``memory`` bytes (at least
+    ``2**depth``, the smallest step, whatever its memory)."""
+    per_pixel = _BYTES_PER_PIXEL_CHANNEL * model.base_channels
+    largest_input = max(int(math.sqrt(memory / per_pixel)), model.min_input_size)
+    m = model.multiple
+    step = max(m, (largest_input - 2 * model.margin) // m * m)
+    while step > m and model.input_size(step) > largest_input:
+        step -= m
+    return step
 
 
 def auto_tile(shape: tuple[int, int], model, memory: int = DEFAULT_MEMORY) -> int:
@@ -102,14 +131,13 @@ def auto_tile(shape: tuple[int, int], model, memory: int = DEFAULT_MEMORY) -> in
     float32).
     """
     per_pixel = _BYTES_PER_PIXEL_CHANNEL * model.base_channels
-    largest_input = max(int(math.sqrt(memory / per_pixel)), model.min_input_size)
-    largest_step = max(model.multiple, largest_input - 2 * model.margin)
+    cap = largest_step(model, memory)
     longest = max(shape)
     candidates = {
         model.multiple * math.ceil(longest / (n * model.multiple))
         for n in range(1, math.ceil(longest / model.multiple) + 1)
     }
-    candidates = sorted(s for s in candidates if s <= largest_step) or [largest_step]
+    candidates = sorted(s for s in candidates if s <= cap) or [cap]
     # beyond the cheapest few large steps the cost only grows; do not scan tiny tiles
     candidates = candidates[-12:]
 

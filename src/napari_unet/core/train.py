@@ -6,7 +6,9 @@ carved background borders), elastic deformation on the fly, loss only on real an
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import numbers
 import time
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
@@ -25,10 +27,12 @@ from .augment import (
     warp,
 )
 from .device import resolve_device
+from .guard import FINETUNING, training_step, using
 from .image import normalize, split_channels
-from .weightmap import check_labels, training_target
+from .weightmap import CLASS_BALANCE, SIGMA, W0, check_labels, check_weight_params, training_target
 
 __all__ = [
+    "FinetuneConfig",
     "FinetuneEvent",
     "TrainingSample",
     "prepare_samples",
@@ -39,6 +43,90 @@ __all__ = [
 
 AUGMENTATIONS = ("elastic", "flips", "intensity", "zoom", "gamma", "illumination")
 DEFAULT_AUGMENTATIONS = ("elastic", "flips", "intensity")  # what augment=True means
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """The training settings of :func:`finetune`, checked once, here (ValueError).
+
+    Attributes
+    ----------
+    lr
+        Adam learning rate at its peak (short warm-up, then cosine decay to 5 %).
+    batch_size
+        Crops per optimisation step.
+    tile
+        About the output side (px) of a training crop; rounded up to a valid network size.
+    augment
+        ``True`` for ``DEFAULT_AUGMENTATIONS``: ``"elastic"`` deformation (paper: 3x3 grid,
+        10 px), ``"flips"`` (flips and 90-degree turns), ``"intensity"`` (gain and offset);
+        ``False`` for none, or a collection of names from ``AUGMENTATIONS``, which adds
+        ``"zoom"`` (0.77-1.3x about the crop centre), ``"gamma"`` (0.67-1.5) and
+        ``"illumination"`` (a smooth added background of up to 0.4). Stored as the tuple of the
+        chosen names, in the order of ``AUGMENTATIONS``.
+    w0, sigma, class_balance
+        Separation weight map (see :func:`~napari_unet.training_target`); the defaults are
+        ``weightmap.W0``, ``SIGMA`` and ``CLASS_BALANCE``.
+    validate_every
+        Steps between two validation scores (when validation samples are given).
+    seed
+        Seed of the crop and augmentation sampling; ``None`` for a fresh one.
+    """
+
+    lr: float = 3e-4
+    batch_size: int = 4
+    tile: int = 128
+    augment: bool | Collection[str] = True
+    w0: float = W0
+    sigma: float = SIGMA
+    class_balance: bool = CLASS_BALANCE
+    validate_every: int = 50
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.lr, numbers.Real) and self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
+        for name in ("batch_size", "tile", "validate_every"):
+            value = getattr(self, name)
+            if not _is_int(value) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        check_weight_params(self.w0, self.sigma)
+        if not isinstance(self.class_balance, (bool, np.bool_)):
+            raise ValueError(f"class_balance must be True or False, got {self.class_balance!r}")
+        if self.seed is not None and (not _is_int(self.seed) or self.seed < 0):
+            raise ValueError(f"seed must be None or an integer >= 0, got {self.seed!r}")
+        # plain Python values: the config goes into the model's JSON metadata as it is
+        for name, kind in [("lr", float), ("w0", float), ("sigma", float)] + [
+            (name, int) for name in ("batch_size", "tile", "validate_every")
+        ]:
+            object.__setattr__(self, name, kind(getattr(self, name)))
+        if self.seed is not None:
+            object.__setattr__(self, "seed", int(self.seed))
+        object.__setattr__(self, "augment", _augmentations(self.augment))
+        object.__setattr__(self, "class_balance", bool(self.class_balance))
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _augmentations(augment) -> tuple[str, ...]:
+    if augment is True or augment is False:
+        return DEFAULT_AUGMENTATIONS if augment else ()
+    if isinstance(augment, str):
+        augment = [augment]
+    try:
+        chosen = set(augment)
+    except TypeError:
+        raise ValueError(
+            f"augment must be True, False or a collection of names, got {augment!r}"
+        ) from None
+    unknown = chosen - set(AUGMENTATIONS)
+    if unknown:
+        raise ValueError(
+            f"unknown augmentation(s) {sorted(unknown)}; expected some of {list(AUGMENTATIONS)}"
+        )
+    return tuple(name for name in AUGMENTATIONS if name in chosen)
 
 
 @dataclass(frozen=True)
@@ -225,93 +313,100 @@ def finetune(
     batch_size: int = 4,
     tile: int = 128,
     augment: bool | Collection[str] = True,
-    w0: float = 10.0,
-    sigma: float = 5.0,
-    class_balance: bool = False,
+    w0: float = W0,
+    sigma: float = SIGMA,
+    class_balance: bool = CLASS_BALANCE,
     validation: Sequence | None = None,
     validate_every: int = 50,
     device=None,
     seed: int | None = None,
+    config: FinetuneConfig | None = None,
 ) -> Iterator[FinetuneEvent]:
     """Train ``model`` in place on a few annotated images; a generator of :class:`FinetuneEvent`.
 
     Parameters
     ----------
     model
-        A :class:`~napari_unet.UNet`, trained in place.
+        A :class:`~napari_unet.UNet`, trained in place. When the generator ends (finished,
+        closed or failed) the model is in eval mode, on the device and memory format it came
+        with, and ``model.metadata["finetune"]`` holds the settings of the run as a JSON-able
+        dict with ``"steps"``, the steps done (other metadata keys are kept).
     samples
         Sequence of ``(image, labels)`` or ``(image, labels, mask)``: image ``(H, W)`` or
-        ``(H, W, C)``; labels ``(H, W)`` integer instance ids (0 = background); mask ``(H, W)``
-        bool, the pixels whose labels count (partial annotation; weight 0 elsewhere).
+        ``(H, W, C)`` of any integer or float dtype; labels ``(H, W)`` integer instance ids
+        (0 = background); mask ``(H, W)`` bool, the pixels whose labels count (partial
+        annotation; weight 0 elsewhere).
     steps
         Optimisation steps.
     max_seconds
         Stop after this much time even if steps remain; the learning-rate schedule follows
         whichever of steps and time runs out first.
-    lr, batch_size
-        Adam learning rate (peak; warm-up then cosine decay) and crops per step.
-    tile
-        About the output side (px) of a training crop; rounded up to a valid size.
-    augment
-        ``True`` for ``DEFAULT_AUGMENTATIONS``: ``"elastic"`` deformation (paper: 3x3 grid,
-        10 px), ``"flips"`` (flips and 90-degree turns), ``"intensity"`` (gain and offset);
-        ``False`` for none, or a collection of names from ``AUGMENTATIONS``, which adds
-        ``"zoom"`` (0.77-1.3x about the crop centre), ``"gamma"`` (0.67-1.5) and
-        ``"illumination"`` (a smooth added background of up to 0.4).
-    w0, sigma, class_balance
-        Separation weight map (see :func:`~napari_unet.separation_weight_map`).
+    lr, batch_size, tile, augment, w0, sigma, class_balance, validate_every, seed
+        The training settings, see :class:`FinetuneConfig` (which checks them).
     validation
         Optional ``(image, labels[, mask])`` held out; their foreground IoU (inside the mask,
-        if any) is reported every
-        ``validate_every`` steps and at the end, in ``FinetuneEvent.val_iou``.
-    device, seed
-        Torch device (default: where the model is) and the seed of the crop/augment sampling.
+        if any) is reported every ``validate_every`` steps and at the end, in
+        ``FinetuneEvent.val_iou``.
+    device
+        Torch device to train on (default: where the model is).
+    config
+        The training settings as one :class:`FinetuneConfig`, instead of the keywords above
+        (which must then keep their defaults).
 
-    Inputs are checked before the generator is returned, so bad samples raise ValueError here.
-    Closing the generator at any yield leaves a usable model (in eval mode).
+    Inputs are checked before the generator is returned, so bad samples or settings raise
+    ValueError here. From its first step until it ends or is closed (from any thread), the run
+    holds the model (see :mod:`napari_unet.core.guard`): another fine-tuning of the same model
+    object, or a prediction from another thread, raises RuntimeError; the thread that runs the
+    steps may predict between them, but a step raises RuntimeError if a prediction is still in
+    flight; and the run itself raises RuntimeError at its first step if predictions of the
+    model are in flight. Stop early with ``events.close()`` (or drop the generator) to give the
+    model back. Each step runs with gradients on, whatever the calling thread's inference or
+    no-grad mode, and leaves that mode as it was.
     """
-    if not isinstance(steps, (int, np.integer)) or steps < 1:
+    settings = FinetuneConfig(
+        lr=lr,
+        batch_size=batch_size,
+        tile=tile,
+        augment=augment,
+        w0=w0,
+        sigma=sigma,
+        class_balance=class_balance,
+        validate_every=validate_every,
+        seed=seed,
+    )
+    if config is None:
+        config = settings
+    elif not isinstance(config, FinetuneConfig):
+        raise TypeError(f"config must be a FinetuneConfig, got {type(config).__name__}")
+    elif settings != FinetuneConfig():
+        raise TypeError(
+            "give the training settings either as config=FinetuneConfig(...) or as keywords, "
+            "not both"
+        )
+    if not _is_int(steps) or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
     if max_seconds is not None and not max_seconds > 0:
         raise ValueError(f"max_seconds must be positive, got {max_seconds!r}")
-    if not lr > 0 or batch_size < 1 or tile < 1:
-        raise ValueError(
-            f"lr, batch_size and tile must be positive, got {lr!r}, {batch_size!r}, {tile!r}"
-        )
-    augment = _augmentations(augment)
-    side = model.input_size(tile)
+    side = model.input_size(config.tile)
     out_side = model.output_size(side)
     prepared = prepare_samples(
-        samples, model, out_side=out_side, w0=w0, sigma=sigma, class_balance=class_balance
+        samples,
+        model,
+        out_side=out_side,
+        w0=config.w0,
+        sigma=config.sigma,
+        class_balance=config.class_balance,
     )
     held_out = _validation_pairs(validation, model)
     return _finetune(
         model,
         prepared,
         held_out,
-        int(steps),
-        max_seconds,
-        lr,
-        batch_size,
-        side,
-        out_side,
-        augment,
-        validate_every,
+        config,
+        _Budget(int(steps), max_seconds),
+        _Crop(side, out_side),
         resolve_device(device, model),
-        np.random.default_rng(seed),
     )
-
-
-def _augmentations(augment) -> frozenset[str]:
-    if augment is True or augment is False:
-        return frozenset(DEFAULT_AUGMENTATIONS if augment else ())
-    chosen = frozenset(augment)
-    unknown = chosen - set(AUGMENTATIONS)
-    if unknown:
-        raise ValueError(
-            f"unknown augmentation(s) {sorted(unknown)}; expected some of {list(AUGMENTATIONS)}"
-        )
-    return chosen
 
 
 def _validation_pairs(validation, model):
@@ -323,11 +418,11 @@ def _validation_pairs(validation, model):
 
 
 def _foreground_iou(model, pairs, device) -> float:
-    from .predict import predict
+    from .predict import predict_held
 
     inter = union = 0
     for image, truth, region in pairs:
-        pred = predict(model, image, device=device) > 0.5
+        pred = predict_held(model, image, device) > 0.5
         if region is not None:  # partial annotation: score only the annotated pixels
             pred, truth = pred[region], truth[region]
         inter += np.count_nonzero(pred & truth)
@@ -335,65 +430,94 @@ def _foreground_iou(model, pairs, device) -> float:
     return float(inter / union) if union else 1.0
 
 
+@dataclass(frozen=True)
+class _Budget:
+    """When a run ends: after ``steps`` steps or ``max_seconds`` seconds (``None``: no limit)."""
+
+    steps: int
+    max_seconds: float | None
+
+
+@dataclass(frozen=True)
+class _Crop:
+    """The network input side of a training crop and the output side it gives."""
+
+    side: int
+    out_side: int
+
+
 def _finetune(
     model,
-    samples,
-    held_out,
-    steps,
-    max_seconds,
-    lr,
-    batch_size,
-    side,
-    out_side,
-    augment,
-    validate_every,
-    device,
-    rng,
+    samples: list[TrainingSample],
+    held_out: list,
+    config: FinetuneConfig,
+    budget: _Budget,
+    crop: _Crop,
+    device: torch.device,
 ) -> Iterator[FinetuneEvent]:
-    model.to(device=device, memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    start = time.perf_counter()
+    rng = np.random.default_rng(config.seed)
+    steps, max_seconds = budget.steps, budget.max_seconds
     step = 0
-    try:
-        while True:
-            elapsed = time.perf_counter() - start
-            progress = step / steps
-            if max_seconds is not None:
-                progress = max(progress, elapsed / max_seconds)
-            rate = _learning_rate(lr, progress)
-            for group in optimizer.param_groups:
-                group["lr"] = rate
-            model.train()
-            x, y, w = _augmented_batch(
-                samples, batch_size, side, out_side, model.margin, augment, rng
-            )
-            x = x.to(device).contiguous(memory_format=torch.channels_last)
-            loss = weighted_loss(model(x), y.to(device), w.to(device))
+    with using(model, FINETUNING, device, keep_mode=False):
+        optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+        start = time.perf_counter()
+        try:
+            while True:
+                elapsed = time.perf_counter() - start
+                progress = step / steps
+                if max_seconds is not None:
+                    progress = max(progress, elapsed / max_seconds)
+                rate = _learning_rate(config.lr, progress)
+                for group in optimizer.param_groups:
+                    group["lr"] = rate
+                with training_step(model):
+                    loss = _train_step(model, optimizer, samples, config, crop, device, rng)
+                    step += 1
+                    elapsed = time.perf_counter() - start
+                    done = step >= steps or (max_seconds is not None and elapsed >= max_seconds)
+                    val_iou = None
+                    if held_out and (done or step % config.validate_every == 0):
+                        val_iou = _foreground_iou(model, held_out, device)
+                remaining = (steps - step) * elapsed / step
+                if max_seconds is not None:
+                    remaining = min(remaining, max(max_seconds - elapsed, 0.0))
+                yield FinetuneEvent(
+                    step=step,
+                    total=steps,
+                    loss=loss,
+                    lr=rate,
+                    elapsed=elapsed,
+                    remaining=0.0 if done else remaining,
+                    done=done,
+                    val_iou=val_iou,
+                )
+                if done:
+                    return
+        finally:
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step += 1
-            elapsed = time.perf_counter() - start
-            done = step >= steps or (max_seconds is not None and elapsed >= max_seconds)
-            per_step = elapsed / step
-            remaining = (steps - step) * per_step
-            if max_seconds is not None:
-                remaining = min(remaining, max(max_seconds - elapsed, 0.0))
-            val_iou = None
-            if held_out and (done or step % validate_every == 0):
-                val_iou = _foreground_iou(model, held_out, device)
-            yield FinetuneEvent(
-                step=step,
-                total=steps,
-                loss=float(loss.detach()),
-                lr=rate,
-                elapsed=elapsed,
-                remaining=0.0 if done else remaining,
-                done=done,
-                val_iou=val_iou,
-            )
-            if done:
-                return
-    finally:
+            if step:
+                _record(model, config, step)
+
+
+def _train_step(model, optimizer, samples, config: FinetuneConfig, crop: _Crop, device, rng):
+    """One optimisation step with gradients on, whatever the thread's grad or inference mode
+    (restored on return); returns the batch's loss as a float."""
+    with torch.inference_mode(False), torch.enable_grad():
+        model.train()
+        x, y, w = _augmented_batch(
+            samples, config.batch_size, crop.side, crop.out_side, model.margin, config.augment, rng
+        )
+        x = x.to(device).contiguous(memory_format=torch.channels_last)
+        loss = weighted_loss(model(x), y.to(device), w.to(device))
         optimizer.zero_grad(set_to_none=True)
-        model.eval()
+        loss.backward()
+        optimizer.step()
+        return float(loss.detach())
+
+
+def _record(model, config: FinetuneConfig, steps: int) -> None:
+    """Put the run's settings and ``steps`` done into ``model.metadata["finetune"]``."""
+    metadata = dict(getattr(model, "metadata", None) or {})
+    run = dataclasses.asdict(config)
+    metadata["finetune"] = {**run, "augment": list(config.augment), "steps": steps}
+    model.metadata = metadata

@@ -14,6 +14,7 @@ exact map by less than ``EPS`` (absolute) at every pixel.
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -26,6 +27,7 @@ __all__ = [
     "CLASS_BALANCE",
     "carve_borders",
     "check_labels",
+    "check_weight_params",
     "largest_piece",
     "separation_weight_map",
     "training_target",
@@ -87,10 +89,11 @@ def check_labels(labels, name: str = "labels") -> np.ndarray:
     return labels
 
 
-def _check_params(w0: float, sigma: float) -> None:
-    if not (w0 >= 0 and math.isfinite(w0)):
+def check_weight_params(w0: float, sigma: float) -> None:
+    """ValueError unless ``w0`` is a finite number >= 0 and ``sigma`` a finite number > 0."""
+    if not (isinstance(w0, numbers.Real) and w0 >= 0 and math.isfinite(w0)):
         raise ValueError(f"w0 must be a finite number >= 0 (paper: 10), got {w0}.")
-    if not (sigma > 0 and math.isfinite(sigma)):
+    if not (isinstance(sigma, numbers.Real) and sigma > 0 and math.isfinite(sigma)):
         raise ValueError(f"sigma must be a finite number of pixels > 0 (paper: 5), got {sigma}.")
 
 
@@ -144,7 +147,7 @@ def _weights(
     class_balance: bool,
     counted: np.ndarray | None = None,
 ) -> np.ndarray:
-    _check_params(w0, sigma)
+    check_weight_params(w0, sigma)
     term = _border_term(labels, w0, sigma)
     if class_balance:
         return term + _class_weights(labels > 0, counted)

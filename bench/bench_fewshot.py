@@ -38,12 +38,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from scipy import ndimage as ndi
+from scoring import Pooled
 
 from napari_unet import finetune, predict, to_instances
 from napari_unet.core.store import open_model
 
 import datasets
-from scoring import Pooled
 
 ROOT = Path(__file__).resolve().parents[1]
 DSB_ONLY = ROOT / "tools" / "models" / "unet-dsb-only.safetensors"
@@ -60,9 +60,12 @@ def isbi_frames(indices, root):
 def protocol(name: str, root: Path, base: str | None):
     """``(base model path/name, training pool, test frames, score the Rand error)``."""
     if name == "usiigaci":
-        return base or str(DSB_ONLY), datasets.usiigaci("train", root), datasets.usiigaci(
-            "val", root
-        ), False
+        return (
+            base or str(DSB_ONLY),
+            datasets.usiigaci("train", root),
+            datasets.usiigaci("val", root),
+            False,
+        )
     if name == "isbi":
         return base, isbi_frames(range(0, 20), root), isbi_frames(range(20, 30), root), True
     raise SystemExit(f"unknown protocol {name!r}; expected usiigaci or isbi")

@@ -392,7 +392,7 @@ def trimmed_rss() -> int:
 def section_allocator(model, image, repeats, wait):
     def without():
         saved = predict_module.keep_freed_memory
-        predict_module.keep_freed_memory = contextlib.nullcontext
+        predict_module.keep_freed_memory = lambda trim=True: contextlib.nullcontext()
         try:
             napari_unet.predict(model, image)
         finally:

@@ -9,8 +9,9 @@ For each crop size (output side ``tile``) and batch, side by side in one process
 - the batch preparation alone (cropping and augmentation).
 FLOP efficiency = 3 x 2 x forward multiply-adds (forward + backward is about three forwards) /
 time / matmul rate, the rate sampled around each call (``bench_predict.timed``), so other load
-on the machine cancels out (for ``finetune``, whose clock is its own, the best matmul rate). The image is a Usiigaci training image with its labels (random
-if ``../shared/data`` is absent).
+on the machine cancels out (for ``finetune``, timed by its own clock, the best matmul rate).
+The image is a Usiigaci training image with its labels (random if ``../shared/data`` is
+absent).
 """
 
 from __future__ import annotations
@@ -21,12 +22,12 @@ import platform
 
 import numpy as np
 import torch
+from bench_predict import best_of, cpu_model, matmul_sample, rate, wait_idle
 
 from napari_unet import UNet, finetune
 from napari_unet.core.train import weighted_loss
 
 import datasets
-from bench_predict import best_of, cpu_model, matmul_sample, rate, wait_idle
 
 CONFIGS = [(128, 4), (128, 2), (192, 2), (256, 2), (256, 1), (384, 1)]
 

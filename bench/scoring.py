@@ -1,4 +1,4 @@
-"""Scores for the benchmarks, written apart from ``napari_unet.core.metrics`` (the code they judge).
+"""Scores for the benchmarks, written apart from ``napari_unet.core.metrics`` (the code judged).
 
 Every function takes ``(H, W)`` integer instance labels, 0 = background, and returns sums and
 counts, so that scores pool over a split the way the Cell Tracking Challenge pools SEG: over all

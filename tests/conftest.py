@@ -39,6 +39,16 @@ def usiigaci_crop():
     return image[300:556, 300:556], labels[300:556, 300:556]
 
 
+@pytest.fixture(scope="session")
+def sample():
+    """(96, 96) crop of the sample that ships with the package: uint16 image and its uint16
+    instance labels (no ../shared/data needed)."""
+    from napari_unet._sample_data import phase_contrast_cells
+
+    (image, *_), (labels, *_) = phase_contrast_cells()
+    return image[:96, :96], labels[:96, :96]
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)

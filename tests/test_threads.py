@@ -10,17 +10,9 @@ import pytest
 import torch
 
 from napari_unet import UNet, finetune, predict, predict_tiles
-from napari_unet._sample_data import phase_contrast_cells
 from napari_unet.core import allocator
 
 CALLER_MODES = [contextlib.nullcontext, torch.no_grad, torch.inference_mode]
-
-
-@pytest.fixture(scope="module")
-def sample():
-    """(96, 96) crop of the shipped sample: uint16 image and its uint16 instance labels."""
-    (image, *_), (labels, *_) = phase_contrast_cells()
-    return image[:96, :96], labels[:96, :96]
 
 
 def small_unet(seed: int = 0) -> UNet:

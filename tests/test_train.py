@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from napari_unet import FinetuneConfig, UNet, finetune, predict, training_target
-from napari_unet._sample_data import phase_contrast_cells
 from napari_unet.core.train import _learning_rate
 from napari_unet.core.weightmap import CLASS_BALANCE, SIGMA, W0
 
@@ -22,13 +21,6 @@ def weighted_error(model, image, labels) -> float:
     p = np.clip(predict(model, image), 1e-6, 1 - 1e-6)
     ce = -np.where(target == 1, np.log(p), np.log(1 - p))
     return float((weights * ce).sum() / np.count_nonzero(weights))
-
-
-@pytest.fixture(scope="module")
-def sample():
-    """(96, 96) crop of the shipped sample: uint16 image and its uint16 instance labels."""
-    (image, *_), (labels, *_) = phase_contrast_cells()
-    return image[:96, :96], labels[:96, :96]
 
 
 @pytest.fixture

@@ -95,11 +95,9 @@ def _check_tile(tile: int | None, model) -> None:
     """Refuse a ``--tile`` below the model's pooling step or beyond the memory of one tile."""
     if tile is None:
         return
-    from .core.tiling import _BYTES_PER_PIXEL_CHANNEL, DEFAULT_MEMORY
+    from .core.tiling import DEFAULT_MEMORY, largest_step
 
-    low = model.multiple
-    largest_input = math.isqrt(DEFAULT_MEMORY // (_BYTES_PER_PIXEL_CHANNEL * model.base_channels))
-    high = max(low, largest_input - 2 * model.margin)
+    low, high = model.multiple, largest_step(model)
     if not low <= tile <= high:
         raise ValueError(
             f"--tile {tile} is out of range for this model: expected {low} (its pooling step, "

@@ -107,7 +107,7 @@ def test_stop_keeps_a_usable_model(setup, crops, qtbot):
     assert widget._start.enabled and not widget._stop.enabled
     session = session_for(viewer)
     assert session.busy == "" and session.model is not model
-    assert session.source.endswith(f"{steps} steps")
+    assert session.source.endswith("1 step" if steps == 1 else f"{steps} steps")
     assert not session.model.training
     probabilities = predict(session.model, crops[0][0])
     assert probabilities.shape == (128, 128) and np.isfinite(probabilities).all()

@@ -241,7 +241,7 @@ def test_bad_option_values_are_one_line_before_any_work(capsys):
     for value in ("2", "0", "nan", "x"):
         with pytest.raises(SystemExit) as exit_:
             main(["predict", "missing.tif", "--out", "o", "--threshold", value])
-        assert exit_.value.code == 2
+        assert exit_.value.code == 1
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "argument --threshold: expected a probability" in err[0]
     with pytest.raises(SystemExit):

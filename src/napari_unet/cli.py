@@ -1,8 +1,8 @@
 """The ``napari-unet`` command: predict, train and weightmap for batch work; gui for napari.
 
-Every option and input is checked before any work starts. Exit status: 0 done; 1 an error, told
-in one line ``napari-unet: error: ...`` on stderr; 2 bad usage (an option missing or out of
-range), also one line; 130 interrupted (Ctrl-C, or SIGTERM, which is handled the same way).
+Every option and input is checked before any work starts. Exit status: 0 done; 1 an error, bad
+usage included (an option missing or out of range), told in one line ``napari-unet: error: ...``
+on stderr; 130 interrupted (Ctrl-C, or SIGTERM, which is handled the same way).
 """
 
 from __future__ import annotations
@@ -478,7 +478,7 @@ class _Parser(argparse.ArgumentParser):
     """Usage errors in one line, like every other error."""
 
     def error(self, message: str):
-        self.exit(2, f"napari-unet: error: {message} (see {self.prog} --help)\n")
+        self.exit(1, f"napari-unet: error: {message} (see {self.prog} --help)\n")
 
 
 class _Help(argparse.ArgumentDefaultsHelpFormatter):

@@ -124,6 +124,7 @@ def test_train_command_saves_a_loadable_model(tmp_path):
     assert result.returncode == 0, result.stderr
     model = load_model(out)
     assert model.metadata["steps"] == 3 and model.metadata["images"] == [str(image)]
+    assert model.metadata["finetune"]["tile"] == 32 and model.metadata["finetune"]["steps"] == 3
 
 
 @pytest.mark.parametrize(

@@ -425,6 +425,7 @@ def _train(args) -> int:
             tqdm.write("interrupted: saving the model as trained so far")
     steps_done = last.step if last else 0
     metadata = {
+        **getattr(model, "metadata", {}),  # the start model's, and finetune's record of this run
         "trained_from": start,
         "steps": steps_done,
         "images": [str(p) for p in args.images],

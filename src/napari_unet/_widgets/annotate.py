@@ -16,7 +16,6 @@ from qtpy.QtCore import QTimer
 from ._layers import (
     WHOLE_IMAGE,
     annotation_of,
-    annotation_pair,
     image_choices,
     predictions_of,
     region_choices,
@@ -28,8 +27,6 @@ from ._session import session_for
 from ._ui import Messages, narrow, plural, row
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
-
     import napari
 
 __all__ = ["AnnotateWidget"]
@@ -176,18 +173,6 @@ class AnnotateWidget(Container):
                 f"image '{image.name}' has {shape}; rename or remove it and create a new one"
             )
         return annotation
-
-    def _step(self) -> Sequence[float]:
-        """Data coordinates of the viewer's current point in the image."""
-        return self._image.value.world_to_data(self._viewer.dims.point)
-
-    def training_pair(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """``(image, labels, mask)`` of the current plane, see :func:`annotation_pair`.
-
-        Raises ValueError (with a message for the user) when the input does not fit.
-        """
-        annotation = self._checked_annotation()
-        return annotation_pair(self._image.value, annotation, self._region_layer(), self._step())
 
     # layers, image, region -----------------------------------------------------------------
     def _on_layers_changed(self, event=None) -> None:

@@ -176,7 +176,9 @@ def test_remove_pair_and_start_from_new_network(setup, qtbot):
     assert widget._model_info.value.endswith("fine-tuned on 1 pair, 1 step")
 
 
-def test_failed_run_leaves_the_model_bit_identical(setup, notes, qtbot):
+def test_failure_before_the_first_step_is_one_message_and_changes_nothing(setup, notes, qtbot):
+    """finetune() rejects the input before any step; the run still ends once, with one
+    notification (see test_failure_after_steps_... for a failure in the middle of training)."""
     viewer, widget, model = setup
     before = _weights(model)
     rgb = np.zeros((128, 128, 3), np.uint8)

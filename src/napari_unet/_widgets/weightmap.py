@@ -1,13 +1,15 @@
 """Weight map dock: preview the training target and separation weights of an annotation.
 
 Nothing is shown until "show preview" is ticked. Then the target (cells with carved separation
-borders) and the weight map of the paper (eq. 2), as training computes them, go to two image
-layers ``"<labels> target"`` and ``"<labels> weights"``: placed above the images and under the
-annotation and prediction, additive (they brighten the image, never hide it), never selected
-(the annotation stays the layer being painted), and never offered as images by the other docks.
-They update in place, debounced, while w0 / sigma / class balance change, when the annotation
-is painted and, for a stack, when the viewer moves to another plane; unticking removes them. The
-annotation layer is only read.
+borders) and the weight map training uses (:func:`~napari_unet.core.weightmap.training_target`:
+1 + the paper's border term w0 * exp(-(d1 + d2)^2 / (2 sigma^2)) on the carved labels; the
+paper's eq. 2 has the class-balance weight w_c in place of the 1, which the "class balance" box
+turns on) go to two image layers ``"<labels> target"`` and ``"<labels> weights"``: placed
+directly under the annotation layer they come from (over its image, under the annotation),
+additive (they brighten the image, never hide it), never selected (the annotation stays the
+layer being painted), and never offered as images by the other docks. They update in place,
+debounced, while w0 / sigma / class balance change, when the annotation is painted and, for a
+stack, when the viewer moves to another plane; unticking removes them. The annotation layer is only read.
 
 Measured with ``bench/bench_weightmap_preview.py``: a 512x512 preview takes well under the
 200 ms budget, so it runs on the main thread; the debounce delay comes on top.

@@ -315,3 +315,27 @@ def test_worker_error_is_one_notification_and_the_run_ends(setup, notes, qtbot, 
     assert len(messages) == 1 and messages[0].startswith("Predict: failed: "), messages
     assert widget._status.value == "failed after 0 tile(s)"
     assert session_for(viewer).busy == "" and widget._predict.enabled
+
+
+def test_probability_goes_right_over_its_image(setup, qtbot, cells):
+    """Two images, each with its annotation: the probability of the second one lies directly
+    over it (additive), not under it where the opaque image hides it; nothing gets selected."""
+    viewer, widget = setup
+    viewer.add_labels(np.zeros(cells.shape, np.uint16), name="cells annotation")
+    two = viewer.add_image(cells, name="two")
+    viewer.add_labels(np.zeros(cells.shape, np.uint16), name="two annotation")
+    annotation = viewer.layers["two annotation"]
+    viewer.layers.selection.active = annotation
+    widget._image.value = two
+    widget._with_probability.value = True
+    run(widget, qtbot)
+    assert [layer.name for layer in viewer.layers] == [
+        "cells",
+        "cells annotation",
+        "two",
+        "two probability",
+        "two annotation",
+        "two prediction",
+    ]
+    assert viewer.layers.selection.active is annotation
+    assert set(viewer.layers.selection) == {annotation}

@@ -185,3 +185,30 @@ def test_a_problem_is_notified_once(make_napari_viewer, sample, notes):
         "Weight map: no annotation layer; add a labels layer (0 = background, 1..N = cells)"
     ]
     assert widget._status.value.startswith("no annotation layer")
+
+
+def test_preview_of_the_second_image_goes_right_under_its_annotation(
+    make_napari_viewer, sample, qtbot
+):
+    """Two images, each with its annotation: the preview of the second one must lie over the
+    second image (opaque), not under it where nothing of it can be seen."""
+    image, _, labels, _ = sample
+    viewer = make_napari_viewer()
+    for name in ("one", "two"):
+        viewer.add_image(image, name=name)
+        viewer.add_labels(labels, name=f"{name} annotation")
+    widget = WeightMapWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    annotation = viewer.layers["two annotation"]
+    widget._annotation_box.value = annotation
+    viewer.layers.selection.active = annotation
+    _preview(viewer, widget, qtbot, "two annotation")
+    assert [layer.name for layer in viewer.layers] == [
+        "one",
+        "one annotation",
+        "two",
+        "two annotation target",
+        "two annotation weights",
+        "two annotation",
+    ]
+    assert viewer.layers.selection.active is annotation

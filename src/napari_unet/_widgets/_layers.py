@@ -146,16 +146,15 @@ def free_name(viewer: napari.viewer.Viewer, base: str) -> str:
     return f"{base} [{n}]"
 
 
-def add_quietly(viewer: napari.viewer.Viewer, layer: Layer, *, over_images: bool = False):
+def add_quietly(viewer: napari.viewer.Viewer, layer: Layer, *, index: int | None = None):
     """Add ``layer`` without selecting it: the user's selection stays as it was.
 
-    ``over_images``: insert it just above the image layers, under every labels, shapes or
-    points layer (the annotation, the prediction, the region); otherwise on top.
+    ``index``: where to insert it in ``viewer.layers`` (0 = bottom); None: on top. A layer
+    computed from another one goes next to it (the Weight map preview directly under its
+    annotation, Predict's probability directly over its image), never under an opaque image.
     """
     layers = viewer.layers
-    index = len(layers)
-    if over_images:
-        index = next((i for i, lay in enumerate(layers) if not isinstance(lay, Image)), index)
+    index = len(layers) if index is None else index
     selected, active = set(layers.selection), layers.selection.active
     layers.insert(index, layer)
     if active is None:

@@ -9,7 +9,7 @@ so far (thresholded, not yet split into cells), and says so. A prediction layer 
 painted on is never overwritten: the next run writes a new layer ``"<image> prediction [2]"``;
 an unedited one of the same image and shape is reused. With "current plane" only that plane of
 the layer is replaced, so planes can be predicted one at a time into one layer. The probability
-layer, when asked for, goes above the images and under the labels, additive.
+layer, when asked for, goes directly over its image (additive), never selected.
 """
 
 from __future__ import annotations
@@ -366,7 +366,7 @@ class PredictWidget(Container):
             blending="additive",
             metadata={MADE: "probability", OF: image.name},
         )
-        return add_quietly(self._viewer, layer, over_images=True)
+        return add_quietly(self._viewer, layer, index=self._viewer.layers.index(image) + 1)
 
     def _on_prediction_painted(self, event) -> None:
         event.source.metadata[EDITED] = True

@@ -9,7 +9,8 @@ directly under the annotation layer they come from (over its image, under the an
 additive (they brighten the image, never hide it), never selected (the annotation stays the
 layer being painted), and never offered as images by the other docks. They update in place,
 debounced, while w0 / sigma / class balance change, when the annotation is painted and, for a
-stack, when the viewer moves to another plane; unticking removes them. The annotation layer is only read.
+stack, when the viewer moves to another plane; unticking removes them. The annotation layer is
+only read.
 
 Measured with ``bench/bench_weightmap_preview.py``: a 512x512 preview takes well under the
 200 ms budget, so it runs on the main thread; the debounce delay comes on top.
@@ -213,7 +214,7 @@ class WeightMapWidget(Container):
                     translate=labels.translate[-2:],
                     metadata={MADE: kind, OF: labels.name},
                 ),
-                over_images=True,
+                index=self._viewer.layers.index(labels),  # right under the annotation
             )
             return
         layer.data = data

@@ -113,16 +113,130 @@ def test_stop_keeps_a_usable_model(setup, crops, qtbot):
     assert probabilities.shape == (128, 128) and np.isfinite(probabilities).all()
 
 
-def test_busy_model_is_refused(setup, notes):
-    viewer, widget, _ = setup
-    _add(widget, viewer, "cells", "cells annotation")
+@pytest.fixture
+def held_step(monkeypatch):
+    """Optimiser steps wait for ``go`` (set at teardown at the latest): a run stays in flight
+    inside its first step for as long as a test needs. Returns ``(go, calls)``."""
+    import threading
+
+    go, calls, real_step = threading.Event(), [], torch.optim.Adam.step
+
+    def step(self, *args, **kwargs):
+        calls.append(1)
+        go.wait(TIMEOUT / 1000)
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", step)
+    yield go, calls
+    go.set()
+
+
+def test_predict_and_save_model_while_a_fine_tune_trains_its_copy(
+    setup, crops, qtbot, notes, held_step, tmp_path
+):
+    """Fine-tune trains a copy: Predict and Save model use the current model meanwhile; only a
+    second training run and a change of the current model wait (the result is swapped in at
+    the end)."""
+    from napari_unet import load_model
+    from napari_unet._widgets.export import ExportWidget
+    from napari_unet._widgets.predict import PredictWidget
+
+    viewer, widget, model = setup
     session = session_for(viewer)
-    assert session.claim("predicting")
+    go, calls = held_step
+    before = _weights(model)
+    _add(widget, viewer, "cells", "cells annotation")
+    widget._steps.value = 1
     widget._start.native.click()
-    assert widget.worker is None and session.busy == "predicting"
-    assert any("busy predicting" in str(n.message) for n in notes)
-    assert widget._start.enabled
-    session.release()
+    training = widget.worker
+    qtbot.waitUntil(lambda: bool(calls), timeout=TIMEOUT)  # inside the first step
+
+    predict_dock = PredictWidget(viewer)
+    predict_dock._predict.native.click()
+    assert predict_dock.worker is not None
+    with qtbot.waitSignal(predict_dock.worker.finished, timeout=TIMEOUT):
+        pass
+    assert predict_dock._status.value.startswith("done")
+    probabilities = predict(model, crops[0][0])  # the current model, not the copy in training
+    np.testing.assert_array_equal(viewer.layers["cells prediction"].data > 0, probabilities > 0.5)
+
+    export = ExportWidget(viewer)
+    export._model_path.value = tmp_path / "current"
+    assert export._save_model.enabled
+    export._save_model.native.click()
+    saved = load_model(tmp_path / "current.safetensors")
+    assert saved.metadata["source"] == "test" and _same(saved, before)
+
+    second = FinetuneWidget(viewer)  # a second training run waits
+    _add(second, viewer, "cells", "cells annotation")
+    second._start.native.click()
+    assert second.worker is None
+    assert not widget._undo.enabled
+    with pytest.raises(RuntimeError, match="busy training"):
+        session.set_model(UNet(base_channels=4, depth=3), "other")
+    messages = [str(n.message) for n in notes]
+    assert messages[0].startswith("Export: saved the model (test)")
+    assert messages[1:] == [
+        "Fine-tune: cannot start another fine-tuning run: the model is busy training (its copy "
+        "is swapped in when the run ends); stop it or wait"
+    ]
+
+    go.set()
+    with qtbot.waitSignal(training.finished, timeout=TIMEOUT):
+        pass
+    assert session.source == "fine-tuned on 1 pair, 1 step" and session.busy == ""
+    assert _same(model, before)
+
+
+def test_the_swap_at_the_end_of_training_leaves_predictions_in_flight_alone(
+    setup, crops, qtbot, monkeypatch
+):
+    """A prediction keeps the model it started with, also when a fine-tuning run started after
+    it swaps its copy in; two predictions share the model."""
+    import threading
+
+    from napari_unet import to_instances
+    from napari_unet._widgets.predict import PredictWidget
+    from napari_unet.core import predict as core_predict
+
+    go, calls, real = threading.Event(), [], core_predict.predict_tiles
+
+    def held(model, *args, **kwargs):  # the first prediction waits after its first tile
+        calls.append(1)
+        first = len(calls) == 1
+        for n, result in enumerate(real(model, *args, **kwargs)):
+            yield result
+            if n == 0 and first:
+                go.wait(TIMEOUT / 1000)
+
+    monkeypatch.setattr(core_predict, "predict_tiles", held)
+    viewer, widget, model = setup
+    image = crops[0][0]
+    first = PredictWidget(viewer)
+    first._tile.value = 32
+    seen = []
+    first._predict.native.click()
+    first.worker.yielded.connect(seen.append)
+    try:
+        qtbot.waitUntil(lambda: bool(seen), timeout=TIMEOUT)  # the first is in flight
+
+        second = PredictWidget(viewer)  # a second prediction of the same model runs too
+        second._image.value = viewer.add_image(crops[1][0], name="other")
+        second._predict.native.click()
+        with qtbot.waitSignal(second.worker.finished, timeout=TIMEOUT):
+            pass
+        assert second._status.value.startswith("done")
+
+        _add(widget, viewer, "cells", "cells annotation")
+        _train(widget, qtbot, steps=1)  # starts while predicting, swaps its copy in at the end
+        assert session_for(viewer).model is not model
+    finally:
+        go.set()
+    with qtbot.waitSignal(first.worker.finished, timeout=TIMEOUT):
+        pass
+    assert first._status.value.startswith("done")
+    expected = to_instances(predict(model, image), 0.5, first._min_size.value, expand=1)
+    np.testing.assert_array_equal(viewer.layers["cells prediction"].data, expected)
 
 
 def test_empty_annotation_is_refused(setup, notes):

@@ -145,16 +145,28 @@ def test_cancel_after_first_tile_closes_the_tile_generator(setup, qtbot, monkeyp
     assert widget._predict.enabled and not widget._cancel.enabled
 
 
-def test_refused_while_training(setup, notes):
+def test_while_training_only_make_current_waits(setup, qtbot, notes, tmp_path, tiny):
+    """Fine-tune trains a copy: Predict runs meanwhile with the current model; only making a
+    model file current waits (the run's result is swapped in when it ends)."""
+    from napari_unet import save_model
+    from napari_unet._widgets._session import TRAINING
+
     viewer, widget = setup
     session = session_for(viewer)
-    assert session.claim("training")
-    names = [layer.name for layer in viewer.layers]
+    session.claim(TRAINING)  # what Fine-tune's run holds while it is in flight
+    widget._model_choice.value = FILE
+    widget._model_file.value = save_model(tiny, tmp_path / "file.safetensors")
+    widget._make_current.value = True
     widget._predict.native.click()
-    assert widget.worker is None
-    assert [layer.name for layer in viewer.layers] == names
-    assert session.busy == "training"
-    assert any("busy training" in str(n.message) for n in notes)
+    assert widget.worker is None and len(viewer.layers) == 1 and session.source == "test"
+    assert [str(n.message) for n in notes] == [
+        "Predict: cannot change the current model: the model is busy training (its copy is "
+        "swapped in when the run ends); stop it or wait"
+    ]
+    widget._make_current.value = False
+    run(widget, qtbot)
+    assert widget._status.value.startswith("done") and session.busy == TRAINING
+    session.release(TRAINING)
 
 
 def test_model_file(setup, qtbot, notes, tmp_path, tiny):

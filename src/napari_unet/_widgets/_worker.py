@@ -72,7 +72,8 @@ class Task:
     on_done
         Called once on the main thread with the :class:`Outcome`, after the model was released.
     session, task
-        The model to claim while the run lasts ("predicting", "training"); None for none.
+        The session whose model the run uses, and how (``TRAINING``, ``PREDICTING``: see
+        :meth:`ModelSession.check_free`); None for none.
     """
 
     def __init__(
@@ -96,12 +97,14 @@ class Task:
         self.worker = None
 
     def start(self) -> bool:
-        """Claim the model and start the worker; False (after one message, with the model
-        free and the generator closed) when the model is busy or the start failed."""
-        if self._session is not None and not self._session.claim(self._task):
-            self._events.close()
-            self._messages.warning(f"the model is busy {self._session.busy}; stop it or wait")
-            return False
+        """Claim the model and start the worker; False (after one message, with the claim
+        undone and the generator closed) when the session refuses the task or the start
+        failed."""
+        if self._session is not None:
+            if not self._session.check_free(self._task, self._messages):
+                self._events.close()
+                return False
+            self._session.claim(self._task)
         try:
             self.worker = create_worker(
                 _drive,
@@ -147,4 +150,4 @@ class Task:
 
     def _release(self) -> None:
         if self._session is not None:
-            self._session.release()
+            self._session.release(self._task)

@@ -2,7 +2,8 @@
 
 The model saved is the viewer's current model, with the label the other docks show for it
 (``metadata["source"]``): after a fine-tuning run the fine-tuned copy, after "Undo fine-tuning"
-the model before it.
+the model before it. Saving works while a fine-tuning run trains its copy: it saves the current
+model, not the one in training.
 """
 
 from __future__ import annotations
@@ -112,23 +113,18 @@ class ExportWidget(Container):
         )
         narrow(self)
         self._connect_signals()
-        self._on_busy_changed(self._session.busy)
 
     def _connect_signals(self) -> None:
         watch_layers(self._viewer, self._on_layers_changed)
         self._layers.changed.connect(self._on_selection_changed)
         self._export.changed.connect(self._on_export)
         self._save_model.changed.connect(self._on_save_model)
-        self._session.busy_changed.connect(self._on_busy_changed)
 
     def _on_layers_changed(self, _event=None) -> None:
         self.reset_choices()
 
     def _on_selection_changed(self, value=None) -> None:
         self._destination.mode = "d" if len(self._layers.value) > 1 else "w"
-
-    def _on_busy_changed(self, task: str) -> None:
-        self._save_model.enabled = task != "training"
 
     def _targets(self, layers: list[Labels], ext: str) -> list[tuple[Path, np.ndarray]]:
         """``(path, ids)`` for every layer; raises before anything is written."""
@@ -177,9 +173,6 @@ class ExportWidget(Container):
     def _on_save_model(self, value=None) -> None:
         from ..core.store import save_model
 
-        if self._session.busy == "training":
-            _say.error("the model is busy training; stop it or wait")
-            return
         path = Path(self._model_path.value)
         if str(path) in ("", "."):
             _say.error("choose a model file to save to (*.safetensors)")

@@ -44,7 +44,7 @@ from ._layers import (
     watch_layers,
 )
 from ._loss_plot import LossPlot
-from ._session import session_for
+from ._session import CHANGE, TRAINING, session_for
 from ._ui import Messages, narrow, plural, row
 from ._worker import Task
 
@@ -264,7 +264,7 @@ class FinetuneWidget(Container):
 
     def _on_model_changed(self, *_) -> None:
         self._model_info.value = f"current model: {self._session.label}"
-        self._undo.enabled = self._session.can_undo and not self._session.busy
+        self._undo.enabled = self._session.can_undo and not self._session.refusal(CHANGE)
 
     # the training set ------------------------------------------------------------------------
     def _on_add(self, *_) -> None:
@@ -349,8 +349,7 @@ class FinetuneWidget(Container):
         pairs = self._collect()
         if pairs is None:
             return
-        if self._session.busy:
-            _say.warning(f"the model is busy {self._session.busy}; stop it or wait")
+        if not self._session.check_free(TRAINING, _say):
             return
         trainee = self._trainee()
         if trainee is None:
@@ -372,7 +371,7 @@ class FinetuneWidget(Container):
             on_yielded=self._on_yielded,
             on_done=self._on_done,
             session=self._session,
-            task="training",
+            task=TRAINING,
         )
         bar = progress(total=settings["steps"], desc="Fine-tuning U-Net")
         self._run = _Run(model=trainee, bar=bar, pairs=len(train))
@@ -401,7 +400,7 @@ class FinetuneWidget(Container):
         self._status.value = f"stopping after step {self._run.steps + 1}…"
 
     def _on_undo(self, *_) -> None:
-        if not self._session.can_undo or self._session.busy:
+        if not self._session.can_undo or not self._session.check_free(CHANGE, _say):
             return
         self._session.undo()
         self._status.value = f"back to the model before fine-tuning: {self._session.label}"

@@ -46,7 +46,7 @@ from ._layers import (
     plane_index,
     watch_layers,
 )
-from ._session import session_for
+from ._session import CHANGE, PREDICTING, session_for
 from ._ui import Messages, narrow
 from ._worker import Task
 
@@ -260,14 +260,14 @@ class PredictWidget(Container):
                 "separate layer (viewer.add_image(layer.data[0]))"
             )
             return
-        if self._session.busy:
-            _say.warning(f"the model is busy {self._session.busy}; stop it or wait")
+        make_current = self._model_choice.value == FILE and self._make_current.value
+        if make_current and not self._session.check_free(CHANGE, _say):
             return
         model = self._resolve_model()
         layout = None if model is None else self._check_layout(layer, model)
         if layout is None:
             return
-        if self._model_choice.value == FILE and self._make_current.value:
+        if make_current:
             self._session.set_model(model, f"file: {Path(self._model_file.value).name}")
         try:
             events = self._prepare(layer, model, *layout)
@@ -281,7 +281,7 @@ class PredictWidget(Container):
             on_yielded=self._on_tile,
             on_done=self._on_done,
             session=self._session,
-            task="predicting",
+            task=PREDICTING,
         )
         self._status.value = "starting…"
         self._progress.value = 0

@@ -53,7 +53,7 @@ def test_tiles_stream_in_before_the_worker_finishes(setup, qtbot):
     widget._tile.value = 64
     widget._predict.native.click()
     worker = widget.worker
-    layer = viewer.layers["cells prediction"]  # made before the first tile
+    layer = viewer.layers["cells prediction (running)"]  # made before the first tile
     assert layer.data.shape == (512, 512) and not layer.data.any()
     seen, finished = [], []
     worker.finished.connect(lambda: finished.append(True))
@@ -71,6 +71,7 @@ def test_tiles_stream_in_before_the_worker_finishes(setup, qtbot):
     ids = np.unique(layer.data[layer.data > 0])
     np.testing.assert_array_equal(ids, np.arange(1, len(ids) + 1))  # instances, 1..N
     np.testing.assert_array_equal(viewer.layers["cells"].data, before)
+    assert layer.name == "cells prediction" and len(viewer.layers) == 2  # the result
     assert viewer.layers.selection.active is viewer.layers["cells"]  # not the new layer
     assert widget._status.value.startswith("done")
     assert not session_for(viewer).busy and widget._predict.enabled
@@ -140,7 +141,7 @@ def test_cancel_after_first_tile_closes_the_tile_generator(setup, qtbot, monkeyp
         pass
     assert closed_on_main_thread == [False]  # closed once, in the worker, before it ended
     assert widget._status.value.startswith("cancelled after")
-    assert "cells prediction" in viewer.layers  # the partial layer stays
+    assert "cells prediction (partial)" in viewer.layers  # the tiles done stay, clearly named
     assert not session_for(viewer).busy
     assert widget._predict.enabled and not widget._cancel.enabled
 
@@ -351,3 +352,68 @@ def test_probability_goes_right_over_its_image(setup, qtbot, cells):
     ]
     assert viewer.layers.selection.active is annotation
     assert set(viewer.layers.selection) == {annotation}
+
+
+def _first_result(viewer, widget, qtbot):
+    """Run once with the probability layer: ``{name: copy of the data}`` of the two results."""
+    widget._with_probability.value = True
+    run(widget, qtbot)
+    names = ("cells prediction", "cells probability")
+    return {name: viewer.layers[name].data.copy() for name in names}
+
+
+def _assert_kept(viewer, earlier):
+    for name, data in earlier.items():
+        np.testing.assert_array_equal(viewer.layers[name].data, data)
+
+
+def test_cancel_keeps_the_earlier_prediction(setup, qtbot, cells, tiny):
+    from napari_unet import predict, to_instances
+
+    viewer, widget = setup
+    earlier = _first_result(viewer, widget, qtbot)
+    assert earlier["cells prediction"].any()
+    order = [layer.name for layer in viewer.layers]
+    widget._tile.value = 32
+    widget._threshold.value = 0.2  # a run that would change the result
+    widget._predict.native.click()
+    widget.worker.yielded.connect(lambda _: widget._cancel.native.click())
+    with qtbot.waitSignal(widget.worker.finished, timeout=TIMEOUT):
+        pass
+    _assert_kept(viewer, earlier)
+    partial = ["cells prediction (partial)", "cells probability (partial)"]
+    assert [layer.name for layer in viewer.layers if layer.name not in partial] == order
+    assert all(name in viewer.layers for name in partial)  # the tiles done, clearly named
+    assert viewer.layers["cells prediction (partial)"].data.any()
+    assert "unchanged" in widget._status.value
+
+    run(widget, qtbot)  # a complete run replaces the earlier result, in place
+    assert [layer.name for layer in viewer.layers if layer.name not in partial] == order
+    probability = viewer.layers["cells probability"].data
+    expected = to_instances(predict(tiny, cells), 0.2, widget._min_size.value, expand=1)
+    np.testing.assert_allclose(probability, predict(tiny, cells), atol=1e-6)
+    np.testing.assert_array_equal(viewer.layers["cells prediction"].data, expected)
+
+
+@pytest.mark.parametrize("failure", ["worker error", "start failure"])
+def test_a_failed_run_keeps_the_earlier_prediction(setup, qtbot, monkeypatch, failure):
+    import torch
+
+    from napari_unet._widgets import _worker
+
+    viewer, widget = setup
+    earlier = _first_result(viewer, widget, qtbot)
+    order = [layer.name for layer in viewer.layers]
+    if failure == "worker error":
+        session_for(viewer).model.head.weight.data = torch.zeros(2, 1, 1, 1)
+    else:
+
+        def no_thread(*args, **kwargs):
+            raise RuntimeError("no thread left")
+
+        monkeypatch.setattr(_worker, "create_worker", no_thread)
+    widget._predict.native.click()
+    qtbot.waitUntil(lambda: widget._task is None, timeout=TIMEOUT)
+    _assert_kept(viewer, earlier)
+    assert [layer.name for layer in viewer.layers] == order  # the streamed layers are gone
+    assert widget._predict.enabled and session_for(viewer).busy == ""

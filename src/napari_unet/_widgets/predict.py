@@ -1,15 +1,22 @@
 """Predict: stream a U-Net prediction into a labels layer, tile by tile, visible region first.
 
-The result goes to a labels layer ``"<image> prediction"`` made before the worker starts (added on
-top, not selected: the layer being painted stays selected). Each tile is shown as soon as it is
-done (its thresholded probability, label 1); when all tiles are in, the worker splits the
-foreground into cells (:func:`napari_unet.to_instances`) and the instance labels replace the
-preview. Cancel closes the tile generator after the tile being computed and keeps the tiles done
-so far (thresholded, not yet split into cells), and says so. A prediction layer the user has
-painted on is never overwritten: the next run writes a new layer ``"<image> prediction [2]"``;
-an unedited one of the same image and shape is reused. With "current plane" only that plane of
-the layer is replaced, so planes can be predicted one at a time into one layer. The probability
-layer, when asked for, goes directly over its image (additive), never selected.
+Each run streams into layers of its own, made before the worker starts (added without selecting
+them: the layer being painted stays selected): the labels on top, the probability (when asked
+for) directly over its image, additive. Each tile is shown as soon as it is done (its thresholded
+probability, label 1); when all tiles are in, the worker splits the foreground into cells
+(:func:`napari_unet.to_instances`) and the instance labels replace the preview.
+
+An earlier result is replaced only by a complete run: the unedited prediction (and probability)
+layer of the same image and shape gets the new data in place (its name and place kept) once the
+run is done, and the run's own layers (``"<image> prediction (running)"``, ``"<image>
+probability (running)"``) go away; with no earlier result they become the result, renamed
+``"<image> prediction"`` / ``"<image> probability"``.
+Cancel keeps the tiles done so far in layers renamed ``"<image> prediction (partial)"`` (and
+``"... probability (partial)"``; thresholded, not split into cells, never reused); a failure
+removes the run's layers. Either way an earlier result is left exactly as it was. A prediction
+layer the user has painted on is never overwritten: the next run writes a new layer
+``"<image> prediction [2]"``. With "current plane" only that plane of the earlier layer is
+replaced, so planes can be predicted one at a time into one layer.
 """
 
 from __future__ import annotations
@@ -86,11 +93,21 @@ def _predict_job(model, pixels, *, grey, shape, tile, center, flips, threshold, 
 
 
 @dataclass
+class _Output:
+    """One output of a run: the layer its tiles stream into (``metadata[MADE]`` is
+    ``"<kind> (running)"`` meanwhile) and the earlier result a complete run replaces."""
+
+    kind: str  # "prediction" or "probability"
+    layer: Labels | Image
+    earlier: Labels | Image | None
+
+
+@dataclass
 class _Run:
     """What the main thread needs to place the results of one prediction."""
 
-    labels: Labels
-    probability: Image | None
+    labels: _Output
+    probability: _Output | None
     prefix: tuple[int, ...]  # index of the predicted plane in the layer ("current plane")
     threshold: float
     done: int = 0
@@ -290,6 +307,7 @@ class PredictWidget(Container):
         started = self._task.start()  # claims the model right before the worker starts
         self.worker = self._task.worker
         if not started:
+            self._discard(self._run)
             self._task = self._run = None
             self._status.value = "not started"
             self._set_running(False)
@@ -303,11 +321,9 @@ class PredictWidget(Container):
         pixels = np.array(layer.data[prefix] if prefix else layer.data)  # the worker's copy
         center = self._view_center(layer, len(shape))
         self._run = _Run(
-            labels=self._labels_layer(layer, shape, prefix),
+            labels=self._output(layer, shape, "prediction"),
             probability=(
-                self._probability_layer(layer, shape, prefix)
-                if self._with_probability.value
-                else None
+                self._output(layer, shape, "probability") if self._with_probability.value else None
             ),
             prefix=prefix,
             threshold=self._threshold.value,
@@ -326,47 +342,73 @@ class PredictWidget(Container):
         )
 
     # ------------------------------------------------------------------- output layers
-    def _labels_layer(self, image: Image, shape, prefix) -> Labels:
-        """The unedited prediction layer of ``image`` (cleared), or a new one."""
-        layer = find_made(
-            self._viewer,
-            Labels,
-            "prediction",
-            image.name,
-            shape,
-            reusable=lambda lay: not lay.metadata.get(EDITED),
-        )
-        if layer is not None:
-            layer.data[prefix] = 0
-            layer.refresh()
-            return layer
-        layer = Labels(
-            np.zeros(shape, dtype=np.uint16),
-            name=free_name(self._viewer, f"{image.name} prediction"),
-            scale=image.scale[: len(shape)],
-            translate=image.translate[: len(shape)],
-            metadata={MADE: "prediction", OF: image.name, EDITED: False},
-        )
-        layer.events.paint.connect(self._on_prediction_painted)
-        return add_quietly(self._viewer, layer)
+    def _output(self, image: Image, shape: tuple[int, ...], kind: str) -> _Output:
+        """A new layer for the tiles of ``kind`` ("prediction", "probability") and the earlier
+        result of ``image`` it replaces when the run completes (an unedited one of ``shape``)."""
+        viewer = self._viewer
+        if kind == "prediction":
+            earlier = find_made(
+                viewer, Labels, kind, image.name, shape, lambda lay: not lay.metadata.get(EDITED)
+            )
+        else:
+            earlier = find_made(viewer, Image, kind, image.name, shape)
+        common = {
+            "name": free_name(viewer, f"{image.name} {kind} (running)"),
+            "scale": image.scale[: len(shape)],
+            "translate": image.translate[: len(shape)],
+            "metadata": {MADE: f"{kind} (running)", OF: image.name},
+        }
+        if kind == "prediction":
+            layer = add_quietly(viewer, Labels(np.zeros(shape, dtype=np.uint16), **common))
+        else:
+            probability = Image(
+                np.zeros(shape, dtype=np.float32),
+                contrast_limits=(0.0, 1.0),
+                colormap="magma",
+                blending="additive",
+                **common,
+            )
+            layer = add_quietly(viewer, probability, index=viewer.layers.index(image) + 1)
+        return _Output(kind, layer, earlier)
 
-    def _probability_layer(self, image: Image, shape, prefix) -> Image:
-        layer = find_made(self._viewer, Image, "probability", image.name, shape)
-        if layer is not None:
-            layer.data[prefix] = 0
-            layer.refresh()
-            return layer
-        layer = Image(
-            np.zeros(shape, dtype=np.float32),
-            name=free_name(self._viewer, f"{image.name} probability"),
-            scale=image.scale[: len(shape)],
-            translate=image.translate[: len(shape)],
-            contrast_limits=(0.0, 1.0),
-            colormap="magma",
-            blending="additive",
-            metadata={MADE: "probability", OF: image.name},
-        )
-        return add_quietly(self._viewer, layer, index=self._viewer.layers.index(image) + 1)
+    def _finish(self, output: _Output, values: np.ndarray, prefix: tuple[int, ...]) -> None:
+        """Put a complete result into the earlier layer (if it is still there, unedited) and
+        remove the run's layer; else the run's layer becomes the result."""
+        earlier, layer = output.earlier, output.layer
+        if (
+            earlier is not None
+            and earlier in self._viewer.layers
+            and not earlier.metadata.get(EDITED)
+            and earlier.data.shape == layer.data.shape
+        ):
+            self._place(earlier, values, prefix)
+            self._remove(layer)
+            return
+        self._place(layer, values, prefix)
+        layer.metadata[MADE] = output.kind
+        if output.kind == "prediction":
+            layer.metadata[EDITED] = False
+            layer.events.paint.connect(self._on_prediction_painted)
+        # last: the docks watching renamed layers (Annotate's prediction box) see the result
+        layer.name = free_name(self._viewer, f"{layer.metadata[OF]} {output.kind}")
+
+    def _keep_partial(self, output: _Output) -> str:
+        """Rename the run's layer ``"<image> <kind> (partial)"`` (never reused); its name."""
+        layer = output.layer
+        layer.metadata[MADE] = f"{output.kind} (partial)"
+        layer.name = free_name(self._viewer, f"{layer.metadata[OF]} {output.kind} (partial)")
+        return layer.name
+
+    def _discard(self, run: _Run | None) -> None:
+        """Remove the layers of ``run`` (a run that failed or did not start)."""
+        if run is not None:
+            for output in (run.labels, run.probability):
+                if output is not None:
+                    self._remove(output.layer)
+
+    def _remove(self, layer) -> None:
+        if layer in self._viewer.layers:
+            self._viewer.layers.remove(layer)
 
     def _on_prediction_painted(self, event) -> None:
         event.source.metadata[EDITED] = True
@@ -375,9 +417,9 @@ class PredictWidget(Container):
     def _on_tile(self, result) -> None:
         run = self._run
         index = run.prefix + result.plane
-        run.labels.data[index][result.region] = result.probabilities > run.threshold
+        run.labels.layer.data[index][result.region] = result.probabilities > run.threshold
         if run.probability is not None:
-            run.probability.data[index][result.region] = result.probabilities
+            run.probability.layer.data[index][result.region] = result.probabilities
         run.total = result.total
         run.done += 1
         run.dirty = True
@@ -400,9 +442,9 @@ class PredictWidget(Container):
         run = self._run
         if not run.dirty:
             return
-        run.labels.refresh()
+        run.labels.layer.refresh()
         if run.probability is not None:
-            run.probability.refresh()
+            run.probability.layer.refresh()
         run.dirty = False
         self._last_refresh = time.perf_counter()
 
@@ -416,18 +458,28 @@ class PredictWidget(Container):
         self._refresh_layers()
         self._run = self._task = None
         self._set_running(False)
+        outputs = [out for out in (run.labels, run.probability) if out is not None]
+        kept = (
+            "; the earlier prediction is unchanged"
+            if any(out.earlier is not None for out in outputs)
+            else ""
+        )
         if outcome.error is not None:
-            self._status.value = f"failed after {run.done} tile(s)"
+            self._discard(run)
+            self._status.value = f"failed after {run.done} tile(s){kept}"
         elif outcome.cancelled:
+            partial = self._keep_partial(run.labels)
+            if run.probability is not None:
+                self._keep_partial(run.probability)
             self._status.value = (
-                f"cancelled after {run.done}/{run.total} tiles; the layer keeps those tiles "
-                "(thresholded, not split into cells)"
+                f"cancelled after {run.done}/{run.total} tiles, kept in '{partial}' "
+                f"(thresholded, not split into cells){kept}"
             )
         else:
             labels, probabilities = outcome.value
-            self._place(run.labels, labels, run.prefix)
+            self._finish(run.labels, labels, run.prefix)
             if run.probability is not None:
-                self._place(run.probability, probabilities, run.prefix)
+                self._finish(run.probability, probabilities, run.prefix)
             cells = int(labels.max(initial=0))
             self._status.value = f"done: {cells} cell(s) in {run.total} tile(s)"
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import tempfile
 from importlib import resources
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -335,6 +336,43 @@ def test_a_model_that_cannot_be_saved_is_saved_elsewhere(tmp_path, monkeypatch):
     assert load_model(rescued).metadata == {"steps": 3}
     with pytest.raises(OSError, match="not enough free disk space"):
         _check_free_space(tmp_path / "m.safetensors", 2**62)
+
+
+DISK_FULL_ONCE = """
+import resource, signal, sys
+from pathlib import Path
+import safetensors.torch
+from napari_unet import UNet
+from napari_unet.cli import _save_or_rescue
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
+limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+write = safetensors.torch.save_file
+
+def full_once(*args, **kwargs):  # the first write meets a full disk, the next ones do not
+    try:
+        return write(*args, **kwargs)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+
+safetensors.torch.save_file = full_once
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, limits[1]))
+try:
+    _save_or_rescue(UNet(base_channels=4, depth=3), Path(sys.argv[1]), {"steps": 3})
+except OSError as err:
+    print(err)
+"""
+
+
+def test_a_model_that_meets_a_full_disk_is_saved_beside(tmp_path):
+    out = tmp_path / "m.safetensors"
+    result = subprocess.run(
+        [sys.executable, "-c", DISK_FULL_ONCE, str(out)], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert "File too large" in result.stdout and "saved it to" in result.stdout
+    rescued = result.stdout.strip().rsplit("saved it to ", 1)[1].removesuffix(" instead")
+    assert Path(rescued).parent == tmp_path and not out.exists()
+    assert load_model(rescued).metadata == {"steps": 3}
 
 
 def interrupt_when(args: list[str], marker: str, cwd) -> subprocess.CompletedProcess:

@@ -326,3 +326,23 @@ def test_a_long_file_name_is_written(tmp_path):
     target = tmp_path / ("x" * 240 + ".tif")  # the temporary name would pass 255 bytes
     write_labels(target, np.ones((4, 4), np.uint8))
     assert os.listdir(tmp_path) == [target.name]
+
+
+@pytest.mark.parametrize("error", [KeyboardInterrupt, OSError])
+def test_a_rewrite_in_place_cut_midway_keeps_the_new_contents(tmp_path, monkeypatch, error):
+    """Hard-linked files are rewritten in place; Ctrl-C (or a full disk) midway leaves the
+    target partly rewritten, so the complete new contents must survive beside it."""
+    target = tmp_path / "a.tif"
+    target.write_bytes(b"old" * 1000)
+    os.link(target, tmp_path / "b.tif")
+
+    def cut(src, dst, length=0):
+        dst.write(src.read(10))
+        raise error(28, "No space left on device") if error is OSError else error
+
+    monkeypatch.setattr(shutil, "copyfileobj", cut)
+    with pytest.raises(error), atomic_path(target) as tmp:
+        tmp.write_bytes(b"new" * 1000)
+    kept = tmp_path / "a.tif.napari-unet-new"
+    assert kept.read_bytes() == b"new" * 1000
+    assert sorted(os.listdir(tmp_path)) == ["a.tif", "a.tif.napari-unet-new", "b.tif"]

@@ -242,8 +242,9 @@ def _install(tmp: Path, target: Path) -> None:
 
     A new file gets the usual mode (umask); an existing one keeps its mode and owner. A file
     with several hard links, or one whose owner cannot be given to the new file, is rewritten
-    in place (same inode) from the complete ``tmp``; if that copy fails, the new contents are
-    kept beside it under ``<name>.napari-unet-new`` and the error says so.
+    in place (same inode) from the complete ``tmp``; if that copy fails or is interrupted
+    (KeyboardInterrupt), the new contents are kept beside it under ``<name>.napari-unet-new``
+    and the error (or a logged warning) says so.
     """
     try:
         old = target.stat()
@@ -267,14 +268,15 @@ def _install(tmp: Path, target: Path) -> None:
             dst.truncate()
             dst.flush()
             os.fsync(dst.fileno())
-    except OSError as err:
+    except BaseException as err:  # an I/O error, or Ctrl-C / SIGTERM midway
         kept = target.with_name(f"{target.name}.napari-unet-new")
         os.replace(tmp, kept)
-        raise OSError(
-            err.errno,
-            f"{target} is partly rewritten ({err.strerror}); its complete new "
-            f"contents are in {kept}",
-        ) from err
+        why = err.strerror or err if isinstance(err, OSError) else "interrupted"
+        said = f"{target} is partly rewritten ({why}); its complete new contents are in {kept}"
+        if isinstance(err, OSError):
+            raise OSError(err.errno, said) from err
+        log.warning("%s", said)
+        raise
     tmp.unlink()
 
 
@@ -283,7 +285,8 @@ def atomic_path(path: str | os.PathLike):
     """Yield a temporary path beside ``path``; on success it replaces ``path`` in one step.
 
     On any error (KeyboardInterrupt included) the temporary file is removed and ``path`` is left
-    as it was. A replaced file keeps its mode and owner; a symbolic link stays a link and its
+    as it was, except in the one step that rewrites a file in place (below): there ``path`` may
+    be partly rewritten and its new contents are kept in ``<name>.napari-unet-new``. A replaced file keeps its mode and owner; a symbolic link stays a link and its
     target is replaced; a file with several hard links is rewritten in place after the new
     contents are complete, so every link sees them (see :func:`_install`). The temporary file is
     ``.<stem>.napari-unet-<pid>-<random><suffix>.part``; one that a killed writer left behind is

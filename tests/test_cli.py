@@ -195,10 +195,6 @@ def test_errors_are_one_line_and_exit_non_zero(tmp_path, model_file, args, messa
             ["predict", "{img}", "--model", "{model}", "--out", "o", "--tile", "99999"],
             "out of range",
         ),
-        (
-            ["predict", "{img}", "--model", "{model}", "--out", "o", "--threshold", "0.95"],
-            "core must be in",
-        ),
         (["weightmap", "{img}", "--out", "{file}/w.tif"], "file is a file, not a folder"),
     ],
 )
@@ -235,17 +231,20 @@ def test_version_and_defaults_in_help(capsys):
     with pytest.raises(SystemExit):
         main(["predict", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "foreground probability cut (default: 0.5)" in text
+    assert "foreground probability cut, in (0, 0.9): " in text and "0.9 (default: 0.5)" in text
     assert "(default: 268435456)" in text
 
 
 def test_bad_option_values_are_one_line_before_any_work(capsys):
-    for value in ("2", "0", "nan", "x"):
+    for value in ("2", "0", "nan", "x", "0.9", "0.95"):
         with pytest.raises(SystemExit) as exit_:
             main(["predict", "missing.tif", "--out", "o", "--threshold", value])
         assert exit_.value.code == 1
         err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and "argument --threshold: expected a probability" in err[0]
+        assert len(err) == 1 and "argument --threshold: expected a probability above 0 and " + (
+            "below 0.9 (the cells grow from pixels above 0.9), got " + value
+        ) in err[0], err
+        assert "core" not in err[0]  # an option the CLI does not have
     with pytest.raises(SystemExit):
         main(["predict", "missing.tif", "--out", "o", "--min-size", "-1"])
     assert "expected an integer >= 0, got -1" in capsys.readouterr().err

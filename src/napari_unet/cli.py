@@ -56,8 +56,16 @@ def _non_negative_float(text: str) -> float:
     return _number(text, float, lambda v: 0 <= v < math.inf, "a number >= 0")
 
 
-def _probability(text: str) -> float:
-    return _number(text, float, lambda v: 0 < v < 1, "a probability between 0 and 1")
+def _threshold(text: str) -> float:
+    """A foreground cut below the probability that seeds cells (``to_instances``' ``core``)."""
+    from .core.instances import CORE
+
+    return _number(
+        text,
+        float,
+        lambda v: 0 < v < CORE,
+        f"a probability above 0 and below {CORE} (the cells grow from pixels above {CORE})",
+    )
 
 
 def _checked_device(name: str | None) -> str | None:
@@ -493,6 +501,7 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
 
 def _parser() -> argparse.ArgumentParser:
     from . import __version__
+    from .core.instances import CORE
     from .core.io import MAX_PIXELS
     from .core.weightmap import CLASS_BALANCE, SIGMA, W0
 
@@ -535,7 +544,11 @@ def _parser() -> argparse.ArgumentParser:
         "memory of one tile (default: chosen automatically)",
     )
     p.add_argument(
-        "--threshold", type=_probability, default=0.5, help="foreground probability cut"
+        "--threshold",
+        type=_threshold,
+        default=0.5,
+        help=f"foreground probability cut, in (0, {CORE}): cells grow from their pixels above "
+        f"{CORE}",
     )
     p.add_argument("--min-size", type=_non_negative_int, default=16, help="smallest cell kept, px")
     p.add_argument("--expand", type=_non_negative_int, default=1, help="grow cells by this, px")

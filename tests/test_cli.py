@@ -273,7 +273,37 @@ def test_images_passed_as_labels_are_refused_at_once(tmp_path, model_file, capsy
     assert "does not look like a label image" in capsys.readouterr().err
     assert os.listdir(tmp_path) == ["model.safetensors"]  # no output folder left behind
     assert main(["weightmap", image, "--out", image]) == 1
-    assert "is the label image itself" in capsys.readouterr().err
+    assert f"--out {image} is the input {image}" in capsys.readouterr().err
+
+
+def test_outputs_never_replace_an_input_and_say_when_they_replace_a_file(
+    tmp_path, model_file, sample, capsys, caplog
+):
+    image, labels = tmp_path / "im.tif", tmp_path / "lab.tif"
+    tifffile.imwrite(image, sample[0])
+    tifffile.imwrite(labels, sample[1])
+    link = tmp_path / "link.safetensors"
+    link.symlink_to(model_file)
+    before = {p: p.read_bytes() for p in (image, labels, model_file)}
+    args = ["train", "--images", str(image), "--labels", str(labels), "--steps", "1"]
+    args += ["--tile", "16", "--batch-size", "1", "--model", str(model_file), "--out"]
+    for out in (model_file, link):  # the start model, also through a link
+        assert main([*args, str(out)]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [f"napari-unet: error: --out {out} is the input {model_file}: napari-unet "
+                       "never replaces its inputs; choose another --out"]
+    assert {p: p.read_bytes() for p in before} == before
+    other = tmp_path / "other.tif"  # an existing file the run does not read: replaced, said
+    other.write_bytes(b"old")
+    assert main(["weightmap", str(labels), "--out", str(other)]) == 0
+    assert caplog.messages == [f"{other} exists: the output will replace it"]
+    assert read_image(other).dtype == np.float32
+    tuned = tmp_path / "tuned.safetensors"
+    tuned.write_bytes(b"old")
+    caplog.clear()
+    assert main([*args, str(tuned)]) == 0
+    assert f"{tuned} exists: the output will replace it" in caplog.messages
+    assert load_model(tuned).metadata["steps"] == 1
 
 
 def test_train_options_are_honest_and_checked_first(tmp_path, capsys):

@@ -201,6 +201,19 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
+def _check_out_file(out: Path, inputs: list[Path]) -> None:
+    """Refuse an ``--out`` file that is one of the run's ``inputs`` (also through a link); say
+    on stderr, before any work, that an existing file will be replaced."""
+    hit = next((i for i in inputs if _same_file(out, i)), None)
+    if hit is not None:
+        raise FileExistsError(
+            f"--out {out} is the input {hit}: napari-unet never replaces its inputs; choose "
+            "another --out"
+        )
+    if os.path.lexists(out):
+        log.warning("%s exists: the output will replace it", out)
+
+
 # ------------------------------------------------------------------------------------ predict
 def _plan_outputs(images: list[Path], out: Path, kinds: tuple[str, ...]) -> list[tuple]:
     """``(image, {kind: output path})`` per image to segment; raises before anything is written.
@@ -304,9 +317,8 @@ def _weightmap(args) -> None:
     if out.is_dir():
         raise IsADirectoryError(f"--out {out} is a folder; expected a .tif or .npy file")
     _checked_images([args.labels], args.max_pixels)
-    if _same_file(out, labels_path):
-        raise FileExistsError(f"--out {out} is the label image itself; choose another file")
     _NewFolders.check(out.parent)
+    _check_out_file(out, [labels_path])
     labels = _load_labels(labels_path, args.max_pixels)
     args.folders.make(out.parent)
     _, weights = training_target(
@@ -401,6 +413,8 @@ def _train(args) -> int:
     _check_model_out(out)
     images = _checked_images(args.images, args.max_pixels)
     label_paths = _checked_images(args.labels, args.max_pixels)
+    start_file = [] if args.model in (None, NEW_MODEL) else [Path(args.model)]
+    _check_out_file(out, [*images, *label_paths, *start_file])
     model, start = _start_model(args, device)
     _check_tile(args.tile, model)
     _check_free_space(out, file_size_estimate(model.config()))
@@ -578,7 +592,8 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument(
         "--out",
         required=True,
-        help="output .tif or .npy file (float32); folder created if missing",
+        help="output .tif or .npy file (float32); folder created if missing. An existing file "
+        "is replaced (a line on stderr says so); LABELS itself is never replaced",
     )
     w.add_argument("--w0", type=_non_negative_float, default=W0, help="border weight (paper: 10)")
     w.add_argument(
@@ -615,7 +630,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--steps", type=_positive_int, required=True, help="optimisation steps")
     t.add_argument("--minutes", type=_positive_float, help="stop after this many minutes")
-    t.add_argument("--out", required=True, help="output model file (.safetensors)")
+    t.add_argument(
+        "--out",
+        required=True,
+        help="output model file (.safetensors); an existing file is replaced (a line on stderr "
+        "says so), an input (the start model, an image) never",
+    )
     t.add_argument(
         "--model",
         help=f"start model: bundled name, .safetensors file, or '{NEW_MODEL}' for a new, "

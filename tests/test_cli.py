@@ -241,9 +241,9 @@ def test_bad_option_values_are_one_line_before_any_work(capsys):
             main(["predict", "missing.tif", "--out", "o", "--threshold", value])
         assert exit_.value.code == 1
         err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and "argument --threshold: expected a probability above 0 and " + (
-            "below 0.9 (the cells grow from pixels above 0.9), got " + value
-        ) in err[0], err
+        expected = "argument --threshold: expected a probability above 0 and below 0.9 (the "
+        expected += f"cells grow from pixels above 0.9), got {value}"
+        assert len(err) == 1 and expected in err[0], err
         assert "core" not in err[0]  # an option the CLI does not have
     with pytest.raises(SystemExit):
         main(["predict", "missing.tif", "--out", "o", "--min-size", "-1"])
@@ -290,8 +290,10 @@ def test_outputs_never_replace_an_input_and_say_when_they_replace_a_file(
     for out in (model_file, link):  # the start model, also through a link
         assert main([*args, str(out)]) == 1
         err = capsys.readouterr().err.strip().splitlines()
-        assert err == [f"napari-unet: error: --out {out} is the input {model_file}: napari-unet "
-                       "never replaces its inputs; choose another --out"]
+        assert err == [
+            f"napari-unet: error: --out {out} is the input {model_file}: napari-unet "
+            "never replaces its inputs; choose another --out"
+        ]
     assert {p: p.read_bytes() for p in before} == before
     other = tmp_path / "other.tif"  # an existing file the run does not read: replaced, said
     other.write_bytes(b"old")

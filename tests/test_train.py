@@ -240,6 +240,28 @@ def test_a_config_trains_as_the_same_keywords_do(sample):
     np.testing.assert_allclose(by_config, by_keywords, rtol=1e-5)
     with pytest.raises(TypeError, match="either as config=FinetuneConfig"):
         finetune(tiny(), [sample], steps=3, config=config, lr=1e-2)
+    default = FinetuneConfig()  # a keyword given with its default value is given all the same
+    with pytest.raises(TypeError, match=r"not both \(got config and lr, tile\)"):
+        finetune(tiny(), [sample], steps=3, config=config, lr=default.lr, tile=default.tile)
+
+
+def test_training_defaults_are_those_of_finetune_config():
+    import inspect
+
+    from napari_unet.cli import _parser
+
+    keywords = inspect.signature(finetune).parameters
+    for name in ("lr", "batch_size", "tile", "augment", "w0", "sigma", "validate_every"):
+        assert keywords[name].default is None  # FinetuneConfig's default applies
+    train = _parser().parse_args(
+        ["train", "--images", "a", "--labels", "b", "--steps", "1", "--out", "m.safetensors"]
+    )
+    default = FinetuneConfig()
+    assert (train.lr, train.batch_size, train.tile) == (
+        default.lr,
+        default.batch_size,
+        default.tile,
+    )
 
 
 def test_the_run_is_recorded_in_the_metadata(sample):

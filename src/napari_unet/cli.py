@@ -517,8 +517,10 @@ def _parser() -> argparse.ArgumentParser:
     from . import __version__
     from .core.instances import CORE
     from .core.io import MAX_PIXELS
+    from .core.train import FinetuneConfig
     from .core.weightmap import CLASS_BALANCE, SIGMA, W0
 
+    defaults = FinetuneConfig()  # the one place that holds the training defaults
     parser = _Parser(
         prog="napari-unet",
         description="U-Net segmentation of microscopy images.",
@@ -647,9 +649,13 @@ def _parser() -> argparse.ArgumentParser:
         help=f"width of the new network of --model {NEW_MODEL} (default: {NEW_BASE_CHANNELS}); "
         "refused with any other start model, which has its own width",
     )
-    t.add_argument("--lr", type=_positive_float, default=3e-4, help="peak learning rate")
-    t.add_argument("--batch-size", type=_positive_int, default=4, help="crops per step")
-    t.add_argument("--tile", type=_positive_int, default=128, help="output side of a crop in px")
+    t.add_argument("--lr", type=_positive_float, default=defaults.lr, help="peak learning rate")
+    t.add_argument(
+        "--batch-size", type=_positive_int, default=defaults.batch_size, help="crops per step"
+    )
+    t.add_argument(
+        "--tile", type=_positive_int, default=defaults.tile, help="output side of a crop in px"
+    )
     t.add_argument("--no-augment", action="store_true", help="no elastic/flip/intensity changes")
     t.add_argument("--seed", type=int, default=0, help="seed of the crops and augmentations")
     t.add_argument("--device", **device)

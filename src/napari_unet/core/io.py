@@ -286,9 +286,10 @@ def atomic_path(path: str | os.PathLike):
 
     On any error (KeyboardInterrupt included) the temporary file is removed and ``path`` is left
     as it was, except in the one step that rewrites a file in place (below): there ``path`` may
-    be partly rewritten and its new contents are kept in ``<name>.napari-unet-new``. A replaced file keeps its mode and owner; a symbolic link stays a link and its
-    target is replaced; a file with several hard links is rewritten in place after the new
-    contents are complete, so every link sees them (see :func:`_install`). The temporary file is
+    be partly rewritten and its new contents are kept in ``<name>.napari-unet-new``. A replaced
+    file keeps its mode and owner; a symbolic link stays a link and its target is replaced; a
+    file with several hard links is rewritten in place after the new contents are complete, so
+    every link sees them (see :func:`_install`). The temporary file is
     ``.<stem>.napari-unet-<pid>-<random><suffix>.part``; one that a killed writer left behind is
     removed by the next write of the same target (``STALE_SECONDS``).
     """

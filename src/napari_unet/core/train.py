@@ -47,7 +47,8 @@ DEFAULT_AUGMENTATIONS = ("elastic", "flips", "intensity")  # what augment=True m
 
 @dataclass(frozen=True)
 class FinetuneConfig:
-    """The training settings of :func:`finetune`, checked once, here (ValueError).
+    """The training settings of :func:`finetune`, checked once, here (ValueError), and their
+    defaults, which :func:`finetune`, ``napari-unet train`` and the Fine-tune dock read from here.
 
     Attributes
     ----------
@@ -309,15 +310,15 @@ def finetune(
     *,
     steps: int,
     max_seconds: float | None = None,
-    lr: float = 3e-4,
-    batch_size: int = 4,
-    tile: int = 128,
-    augment: bool | Collection[str] = True,
-    w0: float = W0,
-    sigma: float = SIGMA,
-    class_balance: bool = CLASS_BALANCE,
+    lr: float | None = None,
+    batch_size: int | None = None,
+    tile: int | None = None,
+    augment: bool | Collection[str] | None = None,
+    w0: float | None = None,
+    sigma: float | None = None,
+    class_balance: bool | None = None,
     validation: Sequence | None = None,
-    validate_every: int = 50,
+    validate_every: int | None = None,
     device=None,
     seed: int | None = None,
     config: FinetuneConfig | None = None,
@@ -342,7 +343,8 @@ def finetune(
         Stop after this much time even if steps remain; the learning-rate schedule follows
         whichever of steps and time runs out first.
     lr, batch_size, tile, augment, w0, sigma, class_balance, validate_every, seed
-        The training settings, see :class:`FinetuneConfig` (which checks them).
+        The training settings, see :class:`FinetuneConfig` (which checks them and holds their
+        defaults); those left ``None`` keep the default.
     validation
         Optional ``(image, labels[, mask])`` held out; their foreground IoU (inside the mask,
         if any) is reported every ``validate_every`` steps and at the end, in
@@ -351,7 +353,7 @@ def finetune(
         Torch device to train on (default: where the model is).
     config
         The training settings as one :class:`FinetuneConfig`, instead of the keywords above
-        (which must then keep their defaults).
+        (TypeError if any of them is given too).
 
     Inputs are checked before the generator is returned, so bad samples or settings raise
     ValueError here. From its first step until it ends or is closed (from any thread), the run
@@ -363,25 +365,26 @@ def finetune(
     model back. Each step runs with gradients on, whatever the calling thread's inference or
     no-grad mode, and leaves that mode as it was.
     """
-    settings = FinetuneConfig(
-        lr=lr,
-        batch_size=batch_size,
-        tile=tile,
-        augment=augment,
-        w0=w0,
-        sigma=sigma,
-        class_balance=class_balance,
-        validate_every=validate_every,
-        seed=seed,
-    )
+    keywords = {
+        "lr": lr,
+        "batch_size": batch_size,
+        "tile": tile,
+        "augment": augment,
+        "w0": w0,
+        "sigma": sigma,
+        "class_balance": class_balance,
+        "validate_every": validate_every,
+        "seed": seed,
+    }
+    given = {name: value for name, value in keywords.items() if value is not None}
     if config is None:
-        config = settings
+        config = FinetuneConfig(**given)
     elif not isinstance(config, FinetuneConfig):
         raise TypeError(f"config must be a FinetuneConfig, got {type(config).__name__}")
-    elif settings != FinetuneConfig():
+    elif given:
         raise TypeError(
             "give the training settings either as config=FinetuneConfig(...) or as keywords, "
-            "not both"
+            f"not both (got config and {', '.join(given)})"
         )
     if not _is_int(steps) or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")

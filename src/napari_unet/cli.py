@@ -187,10 +187,10 @@ def _load_labels(path: Path, max_pixels: int):
 
 def _count_cells(labels) -> str:
     """``"N cells"``: distinct non-zero ids, counted plane by plane in a stack."""
-    import numpy as np
+    from .core.image import count_ids
 
     planes = labels.reshape(-1, *labels.shape[-2:])
-    n = sum(np.unique(plane).size - int(plane.min() == 0) for plane in planes)
+    n = sum(count_ids(plane) for plane in planes)
     return f"{n} cells" + (f" in {len(planes)} planes" if len(planes) > 1 else "")
 
 

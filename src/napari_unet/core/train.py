@@ -28,7 +28,7 @@ from .augment import (
 )
 from .device import resolve_device
 from .guard import FINETUNING, training_step, using
-from .image import normalize, split_channels
+from .image import PERCENTILES, normalize, split_channels
 from .weightmap import CLASS_BALANCE, SIGMA, W0, check_labels, check_weight_params, training_target
 
 __all__ = [
@@ -199,7 +199,7 @@ def prepare_samples(
     w0: float,
     sigma: float,
     class_balance: bool,
-    percentiles: tuple[float, float] = (1.0, 99.8),
+    percentiles: tuple[float, float] = PERCENTILES,
 ) -> list[TrainingSample]:
     """Validate ``(image, labels[, mask])`` samples and precompute padded inputs and targets.
 

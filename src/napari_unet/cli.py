@@ -68,35 +68,17 @@ def _threshold(text: str) -> float:
     )
 
 
-def _checked_device(name: str | None) -> str | None:
-    """``name`` if torch can run on it here; ValueError saying why not."""
+def _checked_device(name: str | None):
+    """The torch device of ``--device`` if torch can run on it here (``None`` when not given:
+    where the model is); ValueError saying why not."""
     if name is None:
         return None
-    import torch
+    from .core.device import resolve_device
 
     try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError) as err:
-        raise ValueError(f"unknown --device {name!r}; expected cpu, cuda, cuda:N or mps") from err
-    if device.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise ValueError(
-                f"--device {name}: PyTorch {torch.__version__} sees no CUDA GPU on this machine; "
-                "use --device cpu"
-            )
-        if device.index is not None and device.index >= count:
-            raise ValueError(
-                f"--device {name}: there are only {count} CUDA GPU(s) (0-{count - 1})"
-            )
-    elif device.type == "mps":
-        if not torch.backends.mps.is_available():
-            raise ValueError(
-                f"--device {name}: Apple's MPS is not available here; use --device cpu"
-            )
-    elif device.type != "cpu":
-        raise ValueError(f"--device {name}: napari-unet runs on cpu, cuda or mps")
-    return name
+        return resolve_device(name)
+    except ValueError as err:
+        raise ValueError(f"--device: {err}") from err
 
 
 def _check_tile(tile: int | None, model) -> None:

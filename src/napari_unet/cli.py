@@ -106,15 +106,9 @@ class _NewFolders:
     @staticmethod
     def check(path: Path) -> None:
         """Raise OSError unless ``path`` is, or can be created as, a writable folder."""
-        existing = next(p for p in (path, *path.parents) if p.exists() or p == Path(p.anchor))
-        if not existing.is_dir():
-            raise NotADirectoryError(
-                f"cannot create output folder {path}: {existing} is a file, not a folder"
-            )
-        if not os.access(existing, os.W_OK):
-            raise PermissionError(
-                f"cannot create output folder {path}: {existing} is not writable"
-            )
+        from .core.io import check_writable_folder
+
+        check_writable_folder(path, missing_ok=True, context=f"cannot create output folder {path}")
 
     def make(self, path: Path) -> Path:
         self.check(path)

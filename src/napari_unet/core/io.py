@@ -30,6 +30,7 @@ __all__ = [
     "write_labels",
     "write_image",
     "atomic_path",
+    "check_writable_folder",
     "is_prediction_output",
     "LABEL_FORMATS",
     "MAX_PIXELS",
@@ -280,6 +281,44 @@ def _install(tmp: Path, target: Path) -> None:
     tmp.unlink()
 
 
+def check_writable_folder(
+    folder: str | os.PathLike, *, missing_ok: bool = False, context: str | None = None
+) -> None:
+    """Raise OSError unless files can be written into ``folder``.
+
+    Parameters
+    ----------
+    folder
+        The folder to write into.
+    missing_ok
+        Also accept a folder that does not exist yet when its nearest existing parent is a
+        writable folder, so that it can be created.
+    context
+        What the caller was doing, the start of each message (e.g. ``"cannot write x.tif"``);
+        default ``"cannot write into <folder>"``.
+
+    Raises
+    ------
+    FileNotFoundError
+        ``"<context>: folder <folder> does not exist"`` (unless ``missing_ok``).
+    NotADirectoryError
+        ``"<context>: <path> is a file, not a folder"``.
+    PermissionError
+        ``"<context>: folder <path> is not writable"``.
+    """
+    folder = Path(folder) if str(folder) else Path(".")
+    context = context or f"cannot write into {folder}"
+    existing = folder
+    if missing_ok:
+        existing = next(p for p in (folder, *folder.parents) if p.exists() or p == Path(p.anchor))
+    if not existing.exists():
+        raise FileNotFoundError(f"{context}: folder {existing} does not exist")
+    if not existing.is_dir():
+        raise NotADirectoryError(f"{context}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK):
+        raise PermissionError(f"{context}: folder {existing} is not writable")
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike):
     """Yield a temporary path beside ``path``; on success it replaces ``path`` in one step.
@@ -295,13 +334,8 @@ def atomic_path(path: str | os.PathLike):
     """
     path = Path(path)
     target = Path(os.path.realpath(path)) if path.is_symlink() else path
-    folder = target.parent if str(target.parent) else Path(".")
-    if not folder.exists():
-        raise FileNotFoundError(f"cannot write {path}: folder {folder} does not exist")
-    if not folder.is_dir():
-        raise NotADirectoryError(f"cannot write {path}: {folder} is a file, not a folder")
-    if not os.access(folder, os.W_OK):
-        raise PermissionError(f"cannot write {path}: folder {folder} is not writable")
+    folder = target.parent
+    check_writable_folder(folder, context=f"cannot write {path}")
     if target.is_dir():
         raise IsADirectoryError(f"cannot write {path}: it is a folder")
     _remove_stale_parts(target)

@@ -322,6 +322,13 @@ def test_train_options_are_honest_and_checked_first(tmp_path, capsys):
     )
     assert main([*args, "--out", str(tmp_path / "m.safetensors"), "--model", "new"]) == 1
     assert "is a folder; expected a .safetensors file" in capsys.readouterr().err
+    # within the memory of one prediction tile, far beyond that of a training step of 64 crops
+    new = ["--model", "new", "--base-channels", "2", "--out", str(tmp_path / "x.safetensors")]
+    assert main([*args, *new, "--tile", "512", "--batch-size", "64"]) == 1
+    assert (
+        "--tile 512 with --batch-size 64 needs about 5.6 GiB to train (64 crops of 700 px, "
+        "activations and gradients), more than 2 GiB; choose a smaller --tile or --batch-size"
+    ) in capsys.readouterr().err
 
 
 def test_failed_runs_leave_no_folder_they_created(tmp_path, model_file, capsys):

@@ -96,6 +96,27 @@ def _check_tile(tile: int | None, model) -> None:
         )
 
 
+BACKWARD_FACTOR = 3
+"""Training memory per crop over one forward pass (``tiling.tile_memory``): the activations
+kept for the backward pass, their gradients and the forward pass's own peak."""
+
+
+def _check_train_crops(tile: int, batch_size: int, model) -> None:
+    """Refuse ``--tile`` and ``--batch-size`` whose training step would need more than
+    ``tiling.DEFAULT_MEMORY`` (an estimate: batch x one crop's forward memory x 3)."""
+    from .core.tiling import DEFAULT_MEMORY, tile_memory
+
+    _check_tile(tile, model)
+    side = model.input_size(tile)
+    needed = BACKWARD_FACTOR * batch_size * tile_memory(model, (side, side))
+    if needed > DEFAULT_MEMORY:
+        raise ValueError(
+            f"--tile {tile} with --batch-size {batch_size} needs about {needed / 2**30:.1f} GiB "
+            f"to train ({batch_size} crops of {side} px, activations and gradients), more than "
+            f"{DEFAULT_MEMORY / 2**30:.0f} GiB; choose a smaller --tile or --batch-size"
+        )
+
+
 # -------------------------------------------------------------------------- files and folders
 class _NewFolders:
     """The output folders a run creates; those still empty are removed if the run fails."""
@@ -392,7 +413,7 @@ def _train(args) -> int:
     start_file = [] if args.model in (None, NEW_MODEL) else [Path(args.model)]
     _check_out_file(out, [*images, *label_paths, *start_file])
     model, start = _start_model(args, device)
-    _check_tile(args.tile, model)
+    _check_train_crops(args.tile, args.batch_size, model)
     _check_free_space(out, file_size_estimate(model.config()))
     samples = [
         (_load_image(i, model.in_channels, args.max_pixels), _load_labels(lab, args.max_pixels))
@@ -630,7 +651,10 @@ def _parser() -> argparse.ArgumentParser:
         "--batch-size", type=_positive_int, default=defaults.batch_size, help="crops per step"
     )
     t.add_argument(
-        "--tile", type=_positive_int, default=defaults.tile, help="output side of a crop in px"
+        "--tile",
+        type=_positive_int,
+        default=defaults.tile,
+        help="output side of a crop in px; --batch-size crops of it must fit 2 GiB for training",
     )
     t.add_argument("--no-augment", action="store_true", help="no elastic/flip/intensity changes")
     t.add_argument("--seed", type=int, default=0, help="seed of the crops and augmentations")

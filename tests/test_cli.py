@@ -10,6 +10,7 @@ import tempfile
 from importlib import resources
 from pathlib import Path
 
+import imageio.v3 as iio
 import numpy as np
 import pytest
 import tifffile
@@ -17,8 +18,6 @@ import torch
 
 from napari_unet import UNet, load_model, read_image, save_model
 from napari_unet.cli import main
-
-from .conftest import data_path
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
@@ -36,8 +35,10 @@ def model_file(tmp_path):
     return save_model(UNet(base_channels=4, depth=3), tmp_path / "model.safetensors")
 
 
-def test_predict_writes_one_label_tiff_per_image(tmp_path, model_file):
-    images = [data_path("isbi2012", "train", "images", f"{i:02d}.png") for i in (20, 21)]
+def test_predict_writes_one_label_tiff_per_image(tmp_path, model_file, whole_sample):
+    images = [tmp_path / "20.png", tmp_path / "21.png"]
+    iio.imwrite(images[0], whole_sample[0])  # 16-bit grey PNG
+    iio.imwrite(images[1], whole_sample[0][:300, :200])
     out = tmp_path / "out"
     result = run(
         "predict",
@@ -59,6 +60,7 @@ def test_predict_writes_one_label_tiff_per_image(tmp_path, model_file):
     ]
     labels = tifffile.imread(out / "20_labels.tif")
     assert labels.shape == (512, 512) and labels.dtype == np.uint16
+    assert tifffile.imread(out / "21_labels.tif").shape == (300, 200)
     probs = tifffile.imread(out / "20_probabilities.tif")
     assert probs.dtype == np.float32 and 0 <= probs.min() <= probs.max() <= 1
 
@@ -66,42 +68,37 @@ def test_predict_writes_one_label_tiff_per_image(tmp_path, model_file):
 def test_flips_average_the_eight_orientations(tmp_path, model_file):
     from napari_unet import predict
 
-    path = data_path("isbi2012", "train", "images", "20.png")
+    path = resources.files("napari_unet") / "data" / "phase_contrast_cells.tif"
     args = ["predict", str(path), "--model", str(model_file), "--probabilities", "--flips"]
     assert main([*args, "--out", str(tmp_path)]) == 0
-    written = tifffile.imread(tmp_path / "20_probabilities.tif")
+    written = tifffile.imread(tmp_path / "phase_contrast_cells_probabilities.tif")
     model, image = load_model(model_file), read_image(path)
     np.testing.assert_allclose(written, predict(model, image, flips=True), atol=1e-6)
     assert np.abs(written - predict(model, image)).max() > 1e-3
 
 
-def test_rgb_images_are_converted_to_grey(tmp_path, model_file):
-    image = data_path("dsb2018", "color", "images")
-    first = sorted(image.iterdir())[0]
+def test_rgb_images_are_converted_to_grey(tmp_path, model_file, sample):
+    grey = (sample[0] // 256).astype(np.uint8)
+    first = tmp_path / "colour.png"
+    iio.imwrite(first, np.stack([grey, grey // 2, grey], axis=-1))
     assert main(["predict", str(first), "--model", str(model_file), "--out", str(tmp_path)]) == 0
     labels = read_image(tmp_path / f"{first.stem}_labels.tif")
     assert labels.shape == read_image(first).shape[:2]
 
 
 def test_weightmap_command(tmp_path):
-    labels = data_path("usiigaci", "val", "masks", "set46.tif")
+    labels = resources.files("napari_unet") / "data" / "phase_contrast_cells_labels.tif"
     result = run("weightmap", str(labels), "--out", str(tmp_path / "w.tif"), "--sigma", "4")
     assert result.returncode == 0, result.stderr
     weights = tifffile.imread(tmp_path / "w.tif")
-    assert weights.shape == (1022, 1024) and weights.dtype == np.float32 and weights.max() > 5
+    assert weights.shape == (512, 512) and weights.dtype == np.float32 and weights.max() > 5
 
 
-def test_train_command_saves_a_loadable_model(tmp_path):
+def test_train_command_saves_a_loadable_model(tmp_path, sample):
     image = tmp_path / "im.tif"
     labels = tmp_path / "lab.tif"
-    tifffile.imwrite(
-        image,
-        tifffile.imread(data_path("usiigaci", "val", "images", "set46.tif"))[300:500, 300:500],
-    )
-    tifffile.imwrite(
-        labels,
-        tifffile.imread(data_path("usiigaci", "val", "masks", "set46.tif"))[300:500, 300:500],
-    )
+    tifffile.imwrite(image, sample[0])
+    tifffile.imwrite(labels, sample[1])
     out = tmp_path / "tuned.safetensors"
     result = run(
         "train",

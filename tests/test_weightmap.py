@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import tifffile
 from scipy import ndimage as ndi
 
 from napari_unet.core.weightmap import (
@@ -14,8 +13,6 @@ from napari_unet.core.weightmap import (
     separation_weight_map,
     training_target,
 )
-
-from .conftest import data_path
 
 
 def naive_weight_map(labels, w0=10.0, sigma=5.0, class_balance=True):
@@ -57,8 +54,9 @@ def voronoi(size=128, n_seeds=30, radius=12.0, seed=1):
 
 
 @pytest.fixture(scope="module")
-def real_crop():
-    return tifffile.imread(data_path("usiigaci", "train", "masks", "set01.tif"))[:256, :256]
+def real_crop(whole_sample):
+    """(256, 256) real instance labels with touching cells: the shipped sample's."""
+    return whole_sample[1][:256, :256]
 
 
 @pytest.mark.parametrize("make", [discs_and_rectangles, voronoi])

@@ -521,7 +521,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="napari-unet",
         description="U-Net segmentation of microscopy images.",
-        epilog="Errors are one line on stderr; exit status 1 for an error, 2 for bad usage, "
+        epilog="Errors are one line on stderr; exit status 1 for an error (bad usage included), "
         "130 when interrupted (Ctrl-C or SIGTERM).",
     )
     parser.add_argument("--version", action="version", version=f"napari-unet {__version__}")

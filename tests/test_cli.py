@@ -226,6 +226,10 @@ def test_version_and_defaults_in_help(capsys):
         exit_.value.code == 0 and capsys.readouterr().out.strip() == f"napari-unet {__version__}"
     )
     with pytest.raises(SystemExit):
+        main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "exit status 1 for an error (bad usage included)" in text and "2 for" not in text
+    with pytest.raises(SystemExit):
         main(["predict", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "foreground probability cut, in (0, 0.9): " in text and "0.9 (default: 0.5)" in text

@@ -406,8 +406,8 @@ def finetune(
         prepared,
         held_out,
         config,
-        _Budget(int(steps), max_seconds),
-        _Crop(side, out_side),
+        (int(steps), max_seconds),
+        (side, out_side),
         resolve_device(device, model),
     )
 
@@ -433,33 +433,19 @@ def _foreground_iou(model, pairs, device) -> float:
     return float(inter / union) if union else 1.0
 
 
-@dataclass(frozen=True)
-class _Budget:
-    """When a run ends: after ``steps`` steps or ``max_seconds`` seconds (``None``: no limit)."""
-
-    steps: int
-    max_seconds: float | None
-
-
-@dataclass(frozen=True)
-class _Crop:
-    """The network input side of a training crop and the output side it gives."""
-
-    side: int
-    out_side: int
-
-
 def _finetune(
     model,
     samples: list[TrainingSample],
     held_out: list,
     config: FinetuneConfig,
-    budget: _Budget,
-    crop: _Crop,
+    budget: tuple[int, float | None],
+    crop: tuple[int, int],
     device: torch.device,
 ) -> Iterator[FinetuneEvent]:
+    """The run: ``budget`` is ``(steps, max_seconds)`` (``None``: no time limit), ``crop`` the
+    network input side of a training crop and the output side it gives."""
     rng = np.random.default_rng(config.seed)
-    steps, max_seconds = budget.steps, budget.max_seconds
+    steps, max_seconds = budget
     step = 0
     with using(model, FINETUNING, device, keep_mode=False):
         optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
@@ -502,13 +488,14 @@ def _finetune(
                 _record(model, config, step)
 
 
-def _train_step(model, optimizer, samples, config: FinetuneConfig, crop: _Crop, device, rng):
+def _train_step(model, optimizer, samples, config: FinetuneConfig, crop, device, rng):
     """One optimisation step with gradients on, whatever the thread's grad or inference mode
     (restored on return); returns the batch's loss as a float."""
     with torch.inference_mode(False), torch.enable_grad():
         model.train()
+        side, out_side = crop
         x, y, w = _augmented_batch(
-            samples, config.batch_size, crop.side, crop.out_side, model.margin, config.augment, rng
+            samples, config.batch_size, side, out_side, model.margin, config.augment, rng
         )
         x = x.to(device).contiguous(memory_format=torch.channels_last)
         loss = weighted_loss(model(x), y.to(device), w.to(device))

@@ -40,12 +40,19 @@ def usiigaci_crop():
 
 
 @pytest.fixture(scope="session")
-def sample():
-    """(96, 96) crop of the sample that ships with the package: uint16 image and its uint16
-    instance labels (no ../shared/data needed)."""
+def whole_sample():
+    """The sample that ships with the package (no ../shared/data needed): (512, 512) uint16
+    phase-contrast image and its (512, 512) uint16 instance labels (33 cells)."""
     from napari_unet._sample_data import phase_contrast_cells
 
     (image, *_), (labels, *_) = phase_contrast_cells()
+    return image, labels
+
+
+@pytest.fixture(scope="session")
+def sample(whole_sample):
+    """(96, 96) crop of ``whole_sample``: uint16 image and its uint16 instance labels."""
+    image, labels = whole_sample
     return image[:96, :96], labels[:96, :96]
 
 

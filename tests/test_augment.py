@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import tifffile
 import torch
 from torch.nn import functional as F
 
@@ -17,15 +16,12 @@ from napari_unet.core.augment import (
     warp,
 )
 
-from .conftest import data_path
-
 
 @pytest.fixture(scope="module")
-def crop():
-    """A real 384x384 phase-contrast image (uint16) and its instance labels (uint16)."""
-    window = (slice(256, 640), slice(256, 640))
-    image = tifffile.imread(data_path("usiigaci", "train", "images", "set01.tif"))[window]
-    labels = tifffile.imread(data_path("usiigaci", "train", "masks", "set01.tif"))[window]
+def crop(whole_sample):
+    """A real 384x384 phase-contrast image (uint16) and its instance labels (uint16): the
+    sample that ships with the package."""
+    image, labels = (a[64:448, 64:448] for a in whole_sample)
     assert len(np.unique(labels)) > 10
     return image, labels
 

@@ -8,7 +8,9 @@ import subprocess
 import sys
 import tempfile
 from importlib import resources
+from pathlib import Path
 
+import imageio.v3 as iio
 import numpy as np
 import pytest
 import tifffile
@@ -16,8 +18,6 @@ import torch
 
 from napari_unet import UNet, load_model, read_image, save_model
 from napari_unet.cli import main
-
-from .conftest import data_path
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
@@ -35,8 +35,10 @@ def model_file(tmp_path):
     return save_model(UNet(base_channels=4, depth=3), tmp_path / "model.safetensors")
 
 
-def test_predict_writes_one_label_tiff_per_image(tmp_path, model_file):
-    images = [data_path("isbi2012", "train", "images", f"{i:02d}.png") for i in (20, 21)]
+def test_predict_writes_one_label_tiff_per_image(tmp_path, model_file, whole_sample):
+    images = [tmp_path / "20.png", tmp_path / "21.png"]
+    iio.imwrite(images[0], whole_sample[0])  # 16-bit grey PNG
+    iio.imwrite(images[1], whole_sample[0][:300, :200])
     out = tmp_path / "out"
     result = run(
         "predict",
@@ -58,6 +60,7 @@ def test_predict_writes_one_label_tiff_per_image(tmp_path, model_file):
     ]
     labels = tifffile.imread(out / "20_labels.tif")
     assert labels.shape == (512, 512) and labels.dtype == np.uint16
+    assert tifffile.imread(out / "21_labels.tif").shape == (300, 200)
     probs = tifffile.imread(out / "20_probabilities.tif")
     assert probs.dtype == np.float32 and 0 <= probs.min() <= probs.max() <= 1
 
@@ -65,42 +68,37 @@ def test_predict_writes_one_label_tiff_per_image(tmp_path, model_file):
 def test_flips_average_the_eight_orientations(tmp_path, model_file):
     from napari_unet import predict
 
-    path = data_path("isbi2012", "train", "images", "20.png")
+    path = resources.files("napari_unet") / "data" / "phase_contrast_cells.tif"
     args = ["predict", str(path), "--model", str(model_file), "--probabilities", "--flips"]
     assert main([*args, "--out", str(tmp_path)]) == 0
-    written = tifffile.imread(tmp_path / "20_probabilities.tif")
+    written = tifffile.imread(tmp_path / "phase_contrast_cells_probabilities.tif")
     model, image = load_model(model_file), read_image(path)
     np.testing.assert_allclose(written, predict(model, image, flips=True), atol=1e-6)
     assert np.abs(written - predict(model, image)).max() > 1e-3
 
 
-def test_rgb_images_are_converted_to_grey(tmp_path, model_file):
-    image = data_path("dsb2018", "color", "images")
-    first = sorted(image.iterdir())[0]
+def test_rgb_images_are_converted_to_grey(tmp_path, model_file, sample):
+    grey = (sample[0] // 256).astype(np.uint8)
+    first = tmp_path / "colour.png"
+    iio.imwrite(first, np.stack([grey, grey // 2, grey], axis=-1))
     assert main(["predict", str(first), "--model", str(model_file), "--out", str(tmp_path)]) == 0
     labels = read_image(tmp_path / f"{first.stem}_labels.tif")
     assert labels.shape == read_image(first).shape[:2]
 
 
 def test_weightmap_command(tmp_path):
-    labels = data_path("usiigaci", "val", "masks", "set46.tif")
+    labels = resources.files("napari_unet") / "data" / "phase_contrast_cells_labels.tif"
     result = run("weightmap", str(labels), "--out", str(tmp_path / "w.tif"), "--sigma", "4")
     assert result.returncode == 0, result.stderr
     weights = tifffile.imread(tmp_path / "w.tif")
-    assert weights.shape == (1022, 1024) and weights.dtype == np.float32 and weights.max() > 5
+    assert weights.shape == (512, 512) and weights.dtype == np.float32 and weights.max() > 5
 
 
-def test_train_command_saves_a_loadable_model(tmp_path):
+def test_train_command_saves_a_loadable_model(tmp_path, sample):
     image = tmp_path / "im.tif"
     labels = tmp_path / "lab.tif"
-    tifffile.imwrite(
-        image,
-        tifffile.imread(data_path("usiigaci", "val", "images", "set46.tif"))[300:500, 300:500],
-    )
-    tifffile.imwrite(
-        labels,
-        tifffile.imread(data_path("usiigaci", "val", "masks", "set46.tif"))[300:500, 300:500],
-    )
+    tifffile.imwrite(image, sample[0])
+    tifffile.imwrite(labels, sample[1])
     out = tmp_path / "tuned.safetensors"
     result = run(
         "train",
@@ -194,10 +192,6 @@ def test_errors_are_one_line_and_exit_non_zero(tmp_path, model_file, args, messa
             ["predict", "{img}", "--model", "{model}", "--out", "o", "--tile", "99999"],
             "out of range",
         ),
-        (
-            ["predict", "{img}", "--model", "{model}", "--out", "o", "--threshold", "0.95"],
-            "core must be in",
-        ),
         (["weightmap", "{img}", "--out", "{file}/w.tif"], "file is a file, not a folder"),
     ],
 )
@@ -232,19 +226,26 @@ def test_version_and_defaults_in_help(capsys):
         exit_.value.code == 0 and capsys.readouterr().out.strip() == f"napari-unet {__version__}"
     )
     with pytest.raises(SystemExit):
+        main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "exit status 1 for an error (bad usage included)" in text and "2 for" not in text
+    with pytest.raises(SystemExit):
         main(["predict", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "foreground probability cut (default: 0.5)" in text
+    assert "foreground probability cut, in (0, 0.9): " in text and "0.9 (default: 0.5)" in text
     assert "(default: 268435456)" in text
 
 
 def test_bad_option_values_are_one_line_before_any_work(capsys):
-    for value in ("2", "0", "nan", "x"):
+    for value in ("2", "0", "nan", "x", "0.9", "0.95"):
         with pytest.raises(SystemExit) as exit_:
             main(["predict", "missing.tif", "--out", "o", "--threshold", value])
         assert exit_.value.code == 1
         err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and "argument --threshold: expected a probability" in err[0]
+        expected = "argument --threshold: expected a probability above 0 and below 0.9 (the "
+        expected += f"cells grow from pixels above 0.9), got {value}"
+        assert len(err) == 1 and expected in err[0], err
+        assert "core" not in err[0]  # an option the CLI does not have
     with pytest.raises(SystemExit):
         main(["predict", "missing.tif", "--out", "o", "--min-size", "-1"])
     assert "expected an integer >= 0, got -1" in capsys.readouterr().err
@@ -273,7 +274,39 @@ def test_images_passed_as_labels_are_refused_at_once(tmp_path, model_file, capsy
     assert "does not look like a label image" in capsys.readouterr().err
     assert os.listdir(tmp_path) == ["model.safetensors"]  # no output folder left behind
     assert main(["weightmap", image, "--out", image]) == 1
-    assert "is the label image itself" in capsys.readouterr().err
+    assert f"--out {image} is the input {image}" in capsys.readouterr().err
+
+
+def test_outputs_never_replace_an_input_and_say_when_they_replace_a_file(
+    tmp_path, model_file, sample, capsys, caplog
+):
+    image, labels = tmp_path / "im.tif", tmp_path / "lab.tif"
+    tifffile.imwrite(image, sample[0])
+    tifffile.imwrite(labels, sample[1])
+    link = tmp_path / "link.safetensors"
+    link.symlink_to(model_file)
+    before = {p: p.read_bytes() for p in (image, labels, model_file)}
+    args = ["train", "--images", str(image), "--labels", str(labels), "--steps", "1"]
+    args += ["--tile", "16", "--batch-size", "1", "--model", str(model_file), "--out"]
+    for out in (model_file, link):  # the start model, also through a link
+        assert main([*args, str(out)]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [
+            f"napari-unet: error: --out {out} is the input {model_file}: napari-unet "
+            "never replaces its inputs; choose another --out"
+        ]
+    assert {p: p.read_bytes() for p in before} == before
+    other = tmp_path / "other.tif"  # an existing file the run does not read: replaced, said
+    other.write_bytes(b"old")
+    assert main(["weightmap", str(labels), "--out", str(other)]) == 0
+    assert caplog.messages == [f"{other} exists: the output will replace it"]
+    assert read_image(other).dtype == np.float32
+    tuned = tmp_path / "tuned.safetensors"
+    tuned.write_bytes(b"old")
+    caplog.clear()
+    assert main([*args, str(tuned)]) == 0
+    assert f"{tuned} exists: the output will replace it" in caplog.messages
+    assert load_model(tuned).metadata["steps"] == 1
 
 
 def test_train_options_are_honest_and_checked_first(tmp_path, capsys):
@@ -290,6 +323,13 @@ def test_train_options_are_honest_and_checked_first(tmp_path, capsys):
     )
     assert main([*args, "--out", str(tmp_path / "m.safetensors"), "--model", "new"]) == 1
     assert "is a folder; expected a .safetensors file" in capsys.readouterr().err
+    # within the memory of one prediction tile, far beyond that of a training step of 64 crops
+    new = ["--model", "new", "--base-channels", "2", "--out", str(tmp_path / "x.safetensors")]
+    assert main([*args, *new, "--tile", "512", "--batch-size", "64"]) == 1
+    assert (
+        "--tile 512 with --batch-size 64 needs about 5.6 GiB to train (64 crops of 700 px, "
+        "activations and gradients), more than 2 GiB; choose a smaller --tile or --batch-size"
+    ) in capsys.readouterr().err
 
 
 def test_failed_runs_leave_no_folder_they_created(tmp_path, model_file, capsys):
@@ -335,6 +375,43 @@ def test_a_model_that_cannot_be_saved_is_saved_elsewhere(tmp_path, monkeypatch):
     assert load_model(rescued).metadata == {"steps": 3}
     with pytest.raises(OSError, match="not enough free disk space"):
         _check_free_space(tmp_path / "m.safetensors", 2**62)
+
+
+DISK_FULL_ONCE = """
+import resource, signal, sys
+from pathlib import Path
+import safetensors.torch
+from napari_unet import UNet
+from napari_unet.cli import _save_or_rescue
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
+limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+write = safetensors.torch.save_file
+
+def full_once(*args, **kwargs):  # the first write meets a full disk, the next ones do not
+    try:
+        return write(*args, **kwargs)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+
+safetensors.torch.save_file = full_once
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, limits[1]))
+try:
+    _save_or_rescue(UNet(base_channels=4, depth=3), Path(sys.argv[1]), {"steps": 3})
+except OSError as err:
+    print(err)
+"""
+
+
+def test_a_model_that_meets_a_full_disk_is_saved_beside(tmp_path):
+    out = tmp_path / "m.safetensors"
+    result = subprocess.run(
+        [sys.executable, "-c", DISK_FULL_ONCE, str(out)], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert "File too large" in result.stdout and "saved it to" in result.stdout
+    rescued = result.stdout.strip().rsplit("saved it to ", 1)[1].removesuffix(" instead")
+    assert Path(rescued).parent == tmp_path and not out.exists()
+    assert load_model(rescued).metadata == {"steps": 3}
 
 
 def interrupt_when(args: list[str], marker: str, cwd) -> subprocess.CompletedProcess:

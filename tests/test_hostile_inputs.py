@@ -43,8 +43,10 @@ def test_tiny_tiff_declaring_a_huge_image_is_refused_from_its_header(tmp_path):
     assert path.stat().st_size < 1000
     with pytest.raises(ValueError, match=r"1,073,741,824 pixel values .* limit of 268,435,456"):
         read_image(path)
-    with pytest.raises(ValueError, match="limit of 1,000"):
+    with pytest.raises(ValueError, match="limit of 1,000") as err:
         read_image(path, max_pixels=1000)
+    assert "raise the pixel limit (max_pixels)" in str(err.value)
+    assert "--" not in str(err.value)  # read for napari-unet gui too, which has no such option
 
 
 def test_npy_header_is_checked_before_loading(tmp_path):
@@ -326,3 +328,23 @@ def test_a_long_file_name_is_written(tmp_path):
     target = tmp_path / ("x" * 240 + ".tif")  # the temporary name would pass 255 bytes
     write_labels(target, np.ones((4, 4), np.uint8))
     assert os.listdir(tmp_path) == [target.name]
+
+
+@pytest.mark.parametrize("error", [KeyboardInterrupt, OSError])
+def test_a_rewrite_in_place_cut_midway_keeps_the_new_contents(tmp_path, monkeypatch, error):
+    """Hard-linked files are rewritten in place; Ctrl-C (or a full disk) midway leaves the
+    target partly rewritten, so the complete new contents must survive beside it."""
+    target = tmp_path / "a.tif"
+    target.write_bytes(b"old" * 1000)
+    os.link(target, tmp_path / "b.tif")
+
+    def cut(src, dst, length=0):
+        dst.write(src.read(10))
+        raise error(28, "No space left on device") if error is OSError else error
+
+    monkeypatch.setattr(shutil, "copyfileobj", cut)
+    with pytest.raises(error), atomic_path(target) as tmp:
+        tmp.write_bytes(b"new" * 1000)
+    kept = tmp_path / "a.tif.napari-unet-new"
+    assert kept.read_bytes() == b"new" * 1000
+    assert sorted(os.listdir(tmp_path)) == ["a.tif", "a.tif.napari-unet-new", "b.tif"]

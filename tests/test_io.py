@@ -10,7 +10,7 @@ import pytest
 import tifffile
 
 from napari_unet import read_image, write_labels
-from napari_unet.core.io import atomic_path
+from napari_unet.core.io import atomic_path, check_writable_folder
 
 from .conftest import data_path
 
@@ -95,6 +95,26 @@ def test_output_folder_that_is_a_file(tmp_path):
     (tmp_path / "file").write_bytes(b"")
     with pytest.raises(NotADirectoryError, match="file is a file, not a folder"):
         write_labels(tmp_path / "file" / "l.tif", np.ones((4, 4), np.uint8))
+
+
+def test_one_check_of_the_folder_to_write_into(tmp_path):
+    file = tmp_path / "file"
+    file.write_bytes(b"")
+    check_writable_folder(tmp_path)
+    check_writable_folder(tmp_path / "new" / "deeper", missing_ok=True)  # can be created
+    with pytest.raises(FileNotFoundError, match=r"cannot write into .*new: folder .*new does"):
+        check_writable_folder(tmp_path / "new")
+    with pytest.raises(NotADirectoryError, match=r"^x: .*file is a file, not a folder$"):
+        check_writable_folder(file / "sub", missing_ok=True, context="x")
+    with pytest.raises(NotADirectoryError, match="file is a file, not a folder"):
+        check_writable_folder(file)
+    if os.geteuid() != 0:  # root can write into read-only folders
+        tmp_path.chmod(0o500)
+        try:
+            with pytest.raises(PermissionError, match=r"folder .* is not writable"):
+                check_writable_folder(tmp_path / "new", missing_ok=True)
+        finally:
+            tmp_path.chmod(0o700)
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root can write into read-only folders")

@@ -81,10 +81,10 @@ def test_the_exactness_check_has_teeth(model, rng):
     assert np.abs(shifted - reference).max() > 1e-4  # 10x the tolerance used above
 
 
-def test_paper_depth_exact_on_real_image(usiigaci_crop):
+def test_paper_depth_exact_on_real_image(whole_sample):
     torch.manual_seed(2)
     model = sharp(UNet(base_channels=2, depth=4)).eval()
-    image = usiigaci_crop[0][:201, :173]
+    image = whole_sample[0][:201, :173]
     reference = predict(model, image, tile=4096)
     for tile in (16, 60, 100):
         np.testing.assert_allclose(predict(model, image, tile=tile), reference, atol=1e-5)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -73,6 +76,29 @@ def test_save_errors(tmp_path):
         save_model(model, tmp_path / "m.safetensors", {"x": object()})
     with pytest.raises(FileNotFoundError, match="does not exist"):
         save_model(model, tmp_path / "nope" / "m.safetensors")
+    assert os.listdir(tmp_path) == []
+
+
+FILE_TOO_LARGE = """
+import resource, signal, sys
+from napari_unet import UNet, save_model
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+try:
+    save_model(UNet(base_channels=4, depth=3), sys.argv[1])
+except OSError as err:
+    print(err.errno, err)
+"""
+
+
+def test_a_failed_write_is_an_os_error_and_leaves_no_file(tmp_path):
+    """safetensors raises its own error type for a full disk; callers that rescue a model
+    (napari-unet train, the Export dock) catch OSError."""
+    run = [sys.executable, "-c", FILE_TOO_LARGE, str(tmp_path / "m.safetensors")]
+    result = subprocess.run(run, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    code, message = result.stdout.strip().split(" ", 1)
+    assert int(code) == errno.EFBIG and "File too large" in message
     assert os.listdir(tmp_path) == []
 
 

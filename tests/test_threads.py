@@ -150,7 +150,7 @@ def test_threads_predicting_at_once_give_the_model_back_as_it_was(tiny_unet, rng
     assert all(p.is_contiguous() for p in tiny_unet.parameters())
 
 
-def test_no_allocator_setting_is_held_between_tiles(tiny_unet, rng):
+def test_no_keep_freed_memory_context_is_open_between_tiles(tiny_unet, rng):
     tiles = predict_tiles(tiny_unet, rng.random((64, 64)), tile=16)
     next(tiles)
     assert allocator._users == 0  # no keep_freed_memory context open across the yield

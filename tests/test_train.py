@@ -62,13 +62,11 @@ def test_augmented_training_runs_and_learns(small_model, usiigaci_crop):
     assert weighted_error(small_model, image, labels) < before
 
 
-def test_max_seconds_ends_training_and_fits_the_schedule(usiigaci_crop):
+def test_max_seconds_ends_training_and_fits_the_schedule(sample):
     model = UNet(base_channels=2, depth=2)
     start = time.perf_counter()
     events = list(
-        finetune(
-            model, [usiigaci_crop], steps=100_000, max_seconds=2, lr=1e-3, batch_size=1, tile=16
-        )
+        finetune(model, [sample], steps=100_000, max_seconds=2, lr=1e-3, batch_size=1, tile=16)
     )
     assert events[-1].elapsed >= 2 and time.perf_counter() - start < 20
     assert events[-1].done and len(events) < 100_000
@@ -85,8 +83,8 @@ def test_learning_rate_schedule():
     assert all(a >= b for a, b in zip(values, values[1:], strict=False))
 
 
-def test_closing_midway_leaves_a_usable_model(small_model, usiigaci_crop, rng):
-    events = finetune(small_model, [usiigaci_crop], steps=50, batch_size=1, tile=32)
+def test_closing_midway_leaves_a_usable_model(small_model, sample, rng):
+    events = finetune(small_model, [sample], steps=50, batch_size=1, tile=32)
     next(events), next(events)
     events.close()
     assert not small_model.training
@@ -95,8 +93,8 @@ def test_closing_midway_leaves_a_usable_model(small_model, usiigaci_crop, rng):
     assert np.isfinite(out).all()
 
 
-def test_pixels_outside_the_mask_do_not_count(small_model, usiigaci_crop):
-    image, labels = usiigaci_crop
+def test_pixels_outside_the_mask_do_not_count(small_model, whole_sample):
+    image, labels = (a[:256, :256] for a in whole_sample)
     mask = np.zeros(labels.shape, bool)
     mask[:128, :128] = True
     scribbled = labels.copy()
@@ -116,8 +114,8 @@ def test_pixels_outside_the_mask_do_not_count(small_model, usiigaci_crop):
     np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
 
 
-def test_validation_score_is_reported(small_model, usiigaci_crop):
-    image, labels = usiigaci_crop
+def test_validation_score_is_reported(small_model, whole_sample):
+    image, labels = (a[:256, :256] for a in whole_sample)
     events = list(
         finetune(
             small_model,
@@ -157,17 +155,17 @@ def test_bad_samples_raise_before_training(small_model, samples, message):
         finetune(small_model, samples, steps=1)
 
 
-def test_bad_settings(small_model, usiigaci_crop):
+def test_bad_settings(small_model, sample):
     for kwargs, message in [
         ({"steps": 0}, "steps"),
         ({"steps": 1, "max_seconds": 0}, "max_seconds"),
         ({"steps": 1, "lr": -1}, "positive"),
     ]:
         with pytest.raises(ValueError, match=message):
-            finetune(small_model, [usiigaci_crop], **kwargs)
+            finetune(small_model, [sample], **kwargs)
 
 
-def test_augmentations_can_be_chosen(usiigaci_crop):
+def test_augmentations_can_be_chosen(sample):
     for augment in (
         False,
         ["flips"],
@@ -176,14 +174,14 @@ def test_augmentations_can_be_chosen(usiigaci_crop):
         True,
     ):
         model = UNet(base_channels=2, depth=2)
-        events = list(finetune(model, [usiigaci_crop], steps=2, augment=augment, tile=16))
+        events = list(finetune(model, [sample], steps=2, augment=augment, tile=16))
         assert len(events) == 2
     with pytest.raises(ValueError, match=r"unknown augmentation\(s\) \['blur'\]"):
-        finetune(UNet(base_channels=2, depth=2), [usiigaci_crop], steps=1, augment=["blur"])
+        finetune(UNet(base_channels=2, depth=2), [sample], steps=1, augment=["blur"])
 
 
-def test_validation_is_scored_inside_its_mask(usiigaci_crop):
-    image, labels = usiigaci_crop
+def test_validation_is_scored_inside_its_mask(whole_sample):
+    image, labels = (a[:256, :256] for a in whole_sample)
     mask = np.zeros(labels.shape, bool)
     mask[:64, :64] = True
     wrong = labels.copy()
@@ -193,7 +191,7 @@ def test_validation_is_scored_inside_its_mask(usiigaci_crop):
         torch.manual_seed(0)
         model = UNet(base_channels=2, depth=2)
         events = finetune(
-            model, [usiigaci_crop], steps=1, tile=16, seed=0, validation=[(image, truth, mask)]
+            model, [(image, labels)], steps=1, tile=16, seed=0, validation=[(image, truth, mask)]
         )
         scores.append([e.val_iou for e in events][-1])
     assert scores[0] == pytest.approx(scores[1])
@@ -240,6 +238,28 @@ def test_a_config_trains_as_the_same_keywords_do(sample):
     np.testing.assert_allclose(by_config, by_keywords, rtol=1e-5)
     with pytest.raises(TypeError, match="either as config=FinetuneConfig"):
         finetune(tiny(), [sample], steps=3, config=config, lr=1e-2)
+    default = FinetuneConfig()  # a keyword given with its default value is given all the same
+    with pytest.raises(TypeError, match=r"not both \(got config and lr, tile\)"):
+        finetune(tiny(), [sample], steps=3, config=config, lr=default.lr, tile=default.tile)
+
+
+def test_training_defaults_are_those_of_finetune_config():
+    import inspect
+
+    from napari_unet.cli import _parser
+
+    keywords = inspect.signature(finetune).parameters
+    for name in ("lr", "batch_size", "tile", "augment", "w0", "sigma", "validate_every"):
+        assert keywords[name].default is None  # FinetuneConfig's default applies
+    train = _parser().parse_args(
+        ["train", "--images", "a", "--labels", "b", "--steps", "1", "--out", "m.safetensors"]
+    )
+    default = FinetuneConfig()
+    assert (train.lr, train.batch_size, train.tile) == (
+        default.lr,
+        default.batch_size,
+        default.tile,
+    )
 
 
 def test_the_run_is_recorded_in_the_metadata(sample):

@@ -56,39 +56,29 @@ def _non_negative_float(text: str) -> float:
     return _number(text, float, lambda v: 0 <= v < math.inf, "a number >= 0")
 
 
-def _probability(text: str) -> float:
-    return _number(text, float, lambda v: 0 < v < 1, "a probability between 0 and 1")
+def _threshold(text: str) -> float:
+    """A foreground cut below the probability that seeds cells (``to_instances``' ``core``)."""
+    from .core.instances import CORE
+
+    return _number(
+        text,
+        float,
+        lambda v: 0 < v < CORE,
+        f"a probability above 0 and below {CORE} (the cells grow from pixels above {CORE})",
+    )
 
 
-def _checked_device(name: str | None) -> str | None:
-    """``name`` if torch can run on it here; ValueError saying why not."""
+def _checked_device(name: str | None):
+    """The torch device of ``--device`` if torch can run on it here (``None`` when not given:
+    where the model is); ValueError saying why not."""
     if name is None:
         return None
-    import torch
+    from .core.device import resolve_device
 
     try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError) as err:
-        raise ValueError(f"unknown --device {name!r}; expected cpu, cuda, cuda:N or mps") from err
-    if device.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise ValueError(
-                f"--device {name}: PyTorch {torch.__version__} sees no CUDA GPU on this machine; "
-                "use --device cpu"
-            )
-        if device.index is not None and device.index >= count:
-            raise ValueError(
-                f"--device {name}: there are only {count} CUDA GPU(s) (0-{count - 1})"
-            )
-    elif device.type == "mps":
-        if not torch.backends.mps.is_available():
-            raise ValueError(
-                f"--device {name}: Apple's MPS is not available here; use --device cpu"
-            )
-    elif device.type != "cpu":
-        raise ValueError(f"--device {name}: napari-unet runs on cpu, cuda or mps")
-    return name
+        return resolve_device(name)
+    except ValueError as err:
+        raise ValueError(f"--device: {err}") from err
 
 
 def _check_tile(tile: int | None, model) -> None:
@@ -106,6 +96,27 @@ def _check_tile(tile: int | None, model) -> None:
         )
 
 
+BACKWARD_FACTOR = 3
+"""Training memory per crop over one forward pass (``tiling.tile_memory``): the activations
+kept for the backward pass, their gradients and the forward pass's own peak."""
+
+
+def _check_train_crops(tile: int, batch_size: int, model) -> None:
+    """Refuse ``--tile`` and ``--batch-size`` whose training step would need more than
+    ``tiling.DEFAULT_MEMORY`` (an estimate: batch x one crop's forward memory x 3)."""
+    from .core.tiling import DEFAULT_MEMORY, tile_memory
+
+    _check_tile(tile, model)
+    side = model.input_size(tile)
+    needed = BACKWARD_FACTOR * batch_size * tile_memory(model, (side, side))
+    if needed > DEFAULT_MEMORY:
+        raise ValueError(
+            f"--tile {tile} with --batch-size {batch_size} needs about {needed / 2**30:.1f} GiB "
+            f"to train ({batch_size} crops of {side} px, activations and gradients), more than "
+            f"{DEFAULT_MEMORY / 2**30:.0f} GiB; choose a smaller --tile or --batch-size"
+        )
+
+
 # -------------------------------------------------------------------------- files and folders
 class _NewFolders:
     """The output folders a run creates; those still empty are removed if the run fails."""
@@ -116,15 +127,9 @@ class _NewFolders:
     @staticmethod
     def check(path: Path) -> None:
         """Raise OSError unless ``path`` is, or can be created as, a writable folder."""
-        existing = next(p for p in (path, *path.parents) if p.exists() or p == Path(p.anchor))
-        if not existing.is_dir():
-            raise NotADirectoryError(
-                f"cannot create output folder {path}: {existing} is a file, not a folder"
-            )
-        if not os.access(existing, os.W_OK):
-            raise PermissionError(
-                f"cannot create output folder {path}: {existing} is not writable"
-            )
+        from .core.io import check_writable_folder
+
+        check_writable_folder(path, missing_ok=True, context=f"cannot create output folder {path}")
 
     def make(self, path: Path) -> Path:
         self.check(path)
@@ -179,10 +184,10 @@ def _load_labels(path: Path, max_pixels: int):
 
 def _count_cells(labels) -> str:
     """``"N cells"``: distinct non-zero ids, counted plane by plane in a stack."""
-    import numpy as np
+    from .core.image import count_ids
 
     planes = labels.reshape(-1, *labels.shape[-2:])
-    n = sum(np.unique(plane).size - int(plane.min() == 0) for plane in planes)
+    n = sum(count_ids(plane) for plane in planes)
     return f"{n} cells" + (f" in {len(planes)} planes" if len(planes) > 1 else "")
 
 
@@ -191,6 +196,19 @@ def _same_file(a: Path, b: Path) -> bool:
         return os.path.samefile(a, b)
     except OSError:
         return False
+
+
+def _check_out_file(out: Path, inputs: list[Path]) -> None:
+    """Refuse an ``--out`` file that is one of the run's ``inputs`` (also through a link); say
+    on stderr, before any work, that an existing file will be replaced."""
+    hit = next((i for i in inputs if _same_file(out, i)), None)
+    if hit is not None:
+        raise FileExistsError(
+            f"--out {out} is the input {hit}: napari-unet never replaces its inputs; choose "
+            "another --out"
+        )
+    if os.path.lexists(out):
+        log.warning("%s exists: the output will replace it", out)
 
 
 # ------------------------------------------------------------------------------------ predict
@@ -296,9 +314,8 @@ def _weightmap(args) -> None:
     if out.is_dir():
         raise IsADirectoryError(f"--out {out} is a folder; expected a .tif or .npy file")
     _checked_images([args.labels], args.max_pixels)
-    if _same_file(out, labels_path):
-        raise FileExistsError(f"--out {out} is the label image itself; choose another file")
     _NewFolders.check(out.parent)
+    _check_out_file(out, [labels_path])
     labels = _load_labels(labels_path, args.max_pixels)
     args.folders.make(out.parent)
     _, weights = training_target(
@@ -393,8 +410,10 @@ def _train(args) -> int:
     _check_model_out(out)
     images = _checked_images(args.images, args.max_pixels)
     label_paths = _checked_images(args.labels, args.max_pixels)
+    start_file = [] if args.model in (None, NEW_MODEL) else [Path(args.model)]
+    _check_out_file(out, [*images, *label_paths, *start_file])
     model, start = _start_model(args, device)
-    _check_tile(args.tile, model)
+    _check_train_crops(args.tile, args.batch_size, model)
     _check_free_space(out, file_size_estimate(model.config()))
     samples = [
         (_load_image(i, model.in_channels, args.max_pixels), _load_labels(lab, args.max_pixels))
@@ -493,13 +512,16 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
 
 def _parser() -> argparse.ArgumentParser:
     from . import __version__
+    from .core.instances import CORE
     from .core.io import MAX_PIXELS
+    from .core.train import FinetuneConfig
     from .core.weightmap import CLASS_BALANCE, SIGMA, W0
 
+    defaults = FinetuneConfig()  # the one place that holds the training defaults
     parser = _Parser(
         prog="napari-unet",
         description="U-Net segmentation of microscopy images.",
-        epilog="Errors are one line on stderr; exit status 1 for an error, 2 for bad usage, "
+        epilog="Errors are one line on stderr; exit status 1 for an error (bad usage included), "
         "130 when interrupted (Ctrl-C or SIGTERM).",
     )
     parser.add_argument("--version", action="version", version=f"napari-unet {__version__}")
@@ -535,7 +557,11 @@ def _parser() -> argparse.ArgumentParser:
         "memory of one tile (default: chosen automatically)",
     )
     p.add_argument(
-        "--threshold", type=_probability, default=0.5, help="foreground probability cut"
+        "--threshold",
+        type=_threshold,
+        default=0.5,
+        help=f"foreground probability cut, in (0, {CORE}): cells grow from their pixels above "
+        f"{CORE}",
     )
     p.add_argument("--min-size", type=_non_negative_int, default=16, help="smallest cell kept, px")
     p.add_argument("--expand", type=_non_negative_int, default=1, help="grow cells by this, px")
@@ -565,7 +591,8 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument(
         "--out",
         required=True,
-        help="output .tif or .npy file (float32); folder created if missing",
+        help="output .tif or .npy file (float32); folder created if missing. An existing file "
+        "is replaced (a line on stderr says so); LABELS itself is never replaced",
     )
     w.add_argument("--w0", type=_non_negative_float, default=W0, help="border weight (paper: 10)")
     w.add_argument(
@@ -602,7 +629,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--steps", type=_positive_int, required=True, help="optimisation steps")
     t.add_argument("--minutes", type=_positive_float, help="stop after this many minutes")
-    t.add_argument("--out", required=True, help="output model file (.safetensors)")
+    t.add_argument(
+        "--out",
+        required=True,
+        help="output model file (.safetensors); an existing file is replaced (a line on stderr "
+        "says so), an input (the start model, an image) never",
+    )
     t.add_argument(
         "--model",
         help=f"start model: bundled name, .safetensors file, or '{NEW_MODEL}' for a new, "
@@ -614,9 +646,16 @@ def _parser() -> argparse.ArgumentParser:
         help=f"width of the new network of --model {NEW_MODEL} (default: {NEW_BASE_CHANNELS}); "
         "refused with any other start model, which has its own width",
     )
-    t.add_argument("--lr", type=_positive_float, default=3e-4, help="peak learning rate")
-    t.add_argument("--batch-size", type=_positive_int, default=4, help="crops per step")
-    t.add_argument("--tile", type=_positive_int, default=128, help="output side of a crop in px")
+    t.add_argument("--lr", type=_positive_float, default=defaults.lr, help="peak learning rate")
+    t.add_argument(
+        "--batch-size", type=_positive_int, default=defaults.batch_size, help="crops per step"
+    )
+    t.add_argument(
+        "--tile",
+        type=_positive_int,
+        default=defaults.tile,
+        help="output side of a crop in px; --batch-size crops of it must fit 2 GiB for training",
+    )
     t.add_argument("--no-augment", action="store_true", help="no elastic/flip/intensity changes")
     t.add_argument("--seed", type=int, default=0, help="seed of the crops and augmentations")
     t.add_argument("--device", **device)

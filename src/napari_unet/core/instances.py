@@ -11,6 +11,9 @@ from .image import check_finite
 __all__ = ["to_instances"]
 
 METHODS = ("watershed", "components")
+CORE = 0.9
+"""Default ``core`` of :func:`to_instances`: pixels above it seed the cells (so a ``threshold``
+at or above it leaves nothing to grow)."""
 
 
 def _label_plane(
@@ -46,7 +49,7 @@ def to_instances(
     threshold: float = 0.5,
     min_size: int = 16,
     *,
-    core: float = 0.9,
+    core: float = CORE,
     min_core: int = 200,
     expand: int = 1,
     method: str = "watershed",

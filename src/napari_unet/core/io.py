@@ -30,6 +30,7 @@ __all__ = [
     "write_labels",
     "write_image",
     "atomic_path",
+    "check_writable_folder",
     "is_prediction_output",
     "LABEL_FORMATS",
     "MAX_PIXELS",
@@ -139,9 +140,9 @@ def _check_budget(path: Path, shape, dtype, max_pixels: int | None) -> None:
         raise ValueError(
             f"{path} holds {n:,} pixel values ({'x'.join(map(str, shape))} {dtype}, "
             f"{n * dtype.itemsize / 2**30:.1f} GiB decoded), more than the limit of "
-            f"{max_pixels:,}; raise the limit (--max-pixels, read_image(max_pixels=...)) if this "
-            "machine has the memory, or crop the image: images this big need a distributed "
-            "(out-of-core) path, which napari-unet does not have yet"
+            f"{max_pixels:,}; raise the pixel limit (max_pixels) if this machine has the "
+            "memory, or crop the image: images this big need a distributed (out-of-core) path, "
+            "which napari-unet does not have yet"
         )
 
 
@@ -242,8 +243,9 @@ def _install(tmp: Path, target: Path) -> None:
 
     A new file gets the usual mode (umask); an existing one keeps its mode and owner. A file
     with several hard links, or one whose owner cannot be given to the new file, is rewritten
-    in place (same inode) from the complete ``tmp``; if that copy fails, the new contents are
-    kept beside it under ``<name>.napari-unet-new`` and the error says so.
+    in place (same inode) from the complete ``tmp``; if that copy fails or is interrupted
+    (KeyboardInterrupt), the new contents are kept beside it under ``<name>.napari-unet-new``
+    and the error (or a logged warning) says so.
     """
     try:
         old = target.stat()
@@ -267,15 +269,54 @@ def _install(tmp: Path, target: Path) -> None:
             dst.truncate()
             dst.flush()
             os.fsync(dst.fileno())
-    except OSError as err:
+    except BaseException as err:  # an I/O error, or Ctrl-C / SIGTERM midway
         kept = target.with_name(f"{target.name}.napari-unet-new")
         os.replace(tmp, kept)
-        raise OSError(
-            err.errno,
-            f"{target} is partly rewritten ({err.strerror}); its complete new "
-            f"contents are in {kept}",
-        ) from err
+        why = err.strerror or err if isinstance(err, OSError) else "interrupted"
+        said = f"{target} is partly rewritten ({why}); its complete new contents are in {kept}"
+        if isinstance(err, OSError):
+            raise OSError(err.errno, said) from err
+        log.warning("%s", said)
+        raise
     tmp.unlink()
+
+
+def check_writable_folder(
+    folder: str | os.PathLike, *, missing_ok: bool = False, context: str | None = None
+) -> None:
+    """Raise OSError unless files can be written into ``folder``.
+
+    Parameters
+    ----------
+    folder
+        The folder to write into.
+    missing_ok
+        Also accept a folder that does not exist yet when its nearest existing parent is a
+        writable folder, so that it can be created.
+    context
+        What the caller was doing, the start of each message (e.g. ``"cannot write x.tif"``);
+        default ``"cannot write into <folder>"``.
+
+    Raises
+    ------
+    FileNotFoundError
+        ``"<context>: folder <folder> does not exist"`` (unless ``missing_ok``).
+    NotADirectoryError
+        ``"<context>: <path> is a file, not a folder"``.
+    PermissionError
+        ``"<context>: folder <path> is not writable"``.
+    """
+    folder = Path(folder) if str(folder) else Path(".")
+    context = context or f"cannot write into {folder}"
+    existing = folder
+    if missing_ok:
+        existing = next(p for p in (folder, *folder.parents) if p.exists() or p == Path(p.anchor))
+    if not existing.exists():
+        raise FileNotFoundError(f"{context}: folder {existing} does not exist")
+    if not existing.is_dir():
+        raise NotADirectoryError(f"{context}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK):
+        raise PermissionError(f"{context}: folder {existing} is not writable")
 
 
 @contextmanager
@@ -283,21 +324,18 @@ def atomic_path(path: str | os.PathLike):
     """Yield a temporary path beside ``path``; on success it replaces ``path`` in one step.
 
     On any error (KeyboardInterrupt included) the temporary file is removed and ``path`` is left
-    as it was. A replaced file keeps its mode and owner; a symbolic link stays a link and its
-    target is replaced; a file with several hard links is rewritten in place after the new
-    contents are complete, so every link sees them (see :func:`_install`). The temporary file is
+    as it was, except in the one step that rewrites a file in place (below): there ``path`` may
+    be partly rewritten and its new contents are kept in ``<name>.napari-unet-new``. A replaced
+    file keeps its mode and owner; a symbolic link stays a link and its target is replaced; a
+    file with several hard links is rewritten in place after the new contents are complete, so
+    every link sees them (see :func:`_install`). The temporary file is
     ``.<stem>.napari-unet-<pid>-<random><suffix>.part``; one that a killed writer left behind is
     removed by the next write of the same target (``STALE_SECONDS``).
     """
     path = Path(path)
     target = Path(os.path.realpath(path)) if path.is_symlink() else path
-    folder = target.parent if str(target.parent) else Path(".")
-    if not folder.exists():
-        raise FileNotFoundError(f"cannot write {path}: folder {folder} does not exist")
-    if not folder.is_dir():
-        raise NotADirectoryError(f"cannot write {path}: {folder} is a file, not a folder")
-    if not os.access(folder, os.W_OK):
-        raise PermissionError(f"cannot write {path}: folder {folder} is not writable")
+    folder = target.parent
+    check_writable_folder(folder, context=f"cannot write {path}")
     if target.is_dir():
         raise IsADirectoryError(f"cannot write {path}: it is a folder")
     _remove_stale_parts(target)

@@ -13,7 +13,7 @@ import torch
 from .allocator import keep_freed_memory, trim_freed_memory
 from .device import resolve_device
 from .guard import PREDICTING, using
-from .image import check_finite, normalize, split_channels
+from .image import PERCENTILES, check_finite, normalize, split_channels
 from .tiling import (
     DEFAULT_MEMORY,
     Tile,
@@ -175,7 +175,7 @@ def predict_tiles(
     tile: int | None = None,
     batch_size: int | None = None,
     device=None,
-    percentiles: tuple[float, float] | None = (1.0, 99.8),
+    percentiles: tuple[float, float] | None = PERCENTILES,
     center: tuple[float, float] | None = None,
     flips: bool = False,
 ) -> Iterator[TileResult]:
@@ -336,7 +336,7 @@ def predict(
     tile: int | None = None,
     batch_size: int | None = None,
     device=None,
-    percentiles: tuple[float, float] | None = (1.0, 99.8),
+    percentiles: tuple[float, float] | None = PERCENTILES,
     center: tuple[float, float] | None = None,
     flips: bool = False,
     progress: Callable[[TileResult], None] | None = None,
@@ -355,7 +355,7 @@ def predict_held(model, image, device: torch.device) -> np.ndarray:
     """:func:`predict` with the default settings for a task that holds ``model`` already
     (fine-tuning's validation): ``(H, W)`` float32 foreground probability; leaves the model in
     eval mode."""
-    plan = _plan(model, image, None, None, (1.0, 99.8), None, False)
+    plan = _plan(model, image, None, None, PERCENTILES, None, False)
     model.eval()
     return _assemble(plan, _results(model, plan, device))
 

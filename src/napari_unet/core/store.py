@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from importlib import resources
 from pathlib import Path
 
@@ -34,7 +35,8 @@ def save_model(model: UNet, path: str | os.PathLike, metadata: dict | None = Non
     """Save ``model`` to a ``.safetensors`` file, atomically.
 
     The header holds the architecture (``UNet.config()``) and ``metadata`` (any JSON-serialisable
-    dict: training data, steps, scores). Returns the path.
+    dict: training data, steps, scores). Returns the path. A failed write (disk full, file too
+    large) raises OSError, as any other file error, and leaves no file behind.
     """
     from safetensors.torch import save_file
 
@@ -54,8 +56,21 @@ def save_model(model: UNet, path: str | os.PathLike, metadata: dict | None = Non
     }
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=header)
+        try:
+            save_file(tensors, str(tmp), metadata=header)
+        except OSError:
+            raise
+        except Exception as err:  # safetensors' own error type, also for a full disk
+            if "I/O error" not in str(err):
+                raise
+            raise _os_error(str(err)) from err
     return path
+
+
+def _os_error(text: str) -> OSError:
+    """OSError with the errno of a safetensors message ("I/O error: ... (os error 28)")."""
+    code = re.search(r"\(os error (\d+)\)", text)
+    return OSError(int(code[1]), text) if code else OSError(text)
 
 
 def file_size_estimate(architecture: dict) -> int:

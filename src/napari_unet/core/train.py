@@ -28,7 +28,7 @@ from .augment import (
 )
 from .device import resolve_device
 from .guard import FINETUNING, training_step, using
-from .image import normalize, split_channels
+from .image import PERCENTILES, normalize, split_channels
 from .weightmap import CLASS_BALANCE, SIGMA, W0, check_labels, check_weight_params, training_target
 
 __all__ = [
@@ -47,7 +47,8 @@ DEFAULT_AUGMENTATIONS = ("elastic", "flips", "intensity")  # what augment=True m
 
 @dataclass(frozen=True)
 class FinetuneConfig:
-    """The training settings of :func:`finetune`, checked once, here (ValueError).
+    """The training settings of :func:`finetune`, checked once, here (ValueError), and their
+    defaults, which :func:`finetune`, ``napari-unet train`` and the Fine-tune dock read from here.
 
     Attributes
     ----------
@@ -198,7 +199,7 @@ def prepare_samples(
     w0: float,
     sigma: float,
     class_balance: bool,
-    percentiles: tuple[float, float] = (1.0, 99.8),
+    percentiles: tuple[float, float] = PERCENTILES,
 ) -> list[TrainingSample]:
     """Validate ``(image, labels[, mask])`` samples and precompute padded inputs and targets.
 
@@ -309,15 +310,15 @@ def finetune(
     *,
     steps: int,
     max_seconds: float | None = None,
-    lr: float = 3e-4,
-    batch_size: int = 4,
-    tile: int = 128,
-    augment: bool | Collection[str] = True,
-    w0: float = W0,
-    sigma: float = SIGMA,
-    class_balance: bool = CLASS_BALANCE,
+    lr: float | None = None,
+    batch_size: int | None = None,
+    tile: int | None = None,
+    augment: bool | Collection[str] | None = None,
+    w0: float | None = None,
+    sigma: float | None = None,
+    class_balance: bool | None = None,
     validation: Sequence | None = None,
-    validate_every: int = 50,
+    validate_every: int | None = None,
     device=None,
     seed: int | None = None,
     config: FinetuneConfig | None = None,
@@ -342,7 +343,8 @@ def finetune(
         Stop after this much time even if steps remain; the learning-rate schedule follows
         whichever of steps and time runs out first.
     lr, batch_size, tile, augment, w0, sigma, class_balance, validate_every, seed
-        The training settings, see :class:`FinetuneConfig` (which checks them).
+        The training settings, see :class:`FinetuneConfig` (which checks them and holds their
+        defaults); those left ``None`` keep the default.
     validation
         Optional ``(image, labels[, mask])`` held out; their foreground IoU (inside the mask,
         if any) is reported every ``validate_every`` steps and at the end, in
@@ -351,7 +353,7 @@ def finetune(
         Torch device to train on (default: where the model is).
     config
         The training settings as one :class:`FinetuneConfig`, instead of the keywords above
-        (which must then keep their defaults).
+        (TypeError if any of them is given too).
 
     Inputs are checked before the generator is returned, so bad samples or settings raise
     ValueError here. From its first step until it ends or is closed (from any thread), the run
@@ -363,25 +365,26 @@ def finetune(
     model back. Each step runs with gradients on, whatever the calling thread's inference or
     no-grad mode, and leaves that mode as it was.
     """
-    settings = FinetuneConfig(
-        lr=lr,
-        batch_size=batch_size,
-        tile=tile,
-        augment=augment,
-        w0=w0,
-        sigma=sigma,
-        class_balance=class_balance,
-        validate_every=validate_every,
-        seed=seed,
-    )
+    keywords = {
+        "lr": lr,
+        "batch_size": batch_size,
+        "tile": tile,
+        "augment": augment,
+        "w0": w0,
+        "sigma": sigma,
+        "class_balance": class_balance,
+        "validate_every": validate_every,
+        "seed": seed,
+    }
+    given = {name: value for name, value in keywords.items() if value is not None}
     if config is None:
-        config = settings
+        config = FinetuneConfig(**given)
     elif not isinstance(config, FinetuneConfig):
         raise TypeError(f"config must be a FinetuneConfig, got {type(config).__name__}")
-    elif settings != FinetuneConfig():
+    elif given:
         raise TypeError(
             "give the training settings either as config=FinetuneConfig(...) or as keywords, "
-            "not both"
+            f"not both (got config and {', '.join(given)})"
         )
     if not _is_int(steps) or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
@@ -403,8 +406,8 @@ def finetune(
         prepared,
         held_out,
         config,
-        _Budget(int(steps), max_seconds),
-        _Crop(side, out_side),
+        (int(steps), max_seconds),
+        (side, out_side),
         resolve_device(device, model),
     )
 
@@ -430,33 +433,19 @@ def _foreground_iou(model, pairs, device) -> float:
     return float(inter / union) if union else 1.0
 
 
-@dataclass(frozen=True)
-class _Budget:
-    """When a run ends: after ``steps`` steps or ``max_seconds`` seconds (``None``: no limit)."""
-
-    steps: int
-    max_seconds: float | None
-
-
-@dataclass(frozen=True)
-class _Crop:
-    """The network input side of a training crop and the output side it gives."""
-
-    side: int
-    out_side: int
-
-
 def _finetune(
     model,
     samples: list[TrainingSample],
     held_out: list,
     config: FinetuneConfig,
-    budget: _Budget,
-    crop: _Crop,
+    budget: tuple[int, float | None],
+    crop: tuple[int, int],
     device: torch.device,
 ) -> Iterator[FinetuneEvent]:
+    """The run: ``budget`` is ``(steps, max_seconds)`` (``None``: no time limit), ``crop`` the
+    network input side of a training crop and the output side it gives."""
     rng = np.random.default_rng(config.seed)
-    steps, max_seconds = budget.steps, budget.max_seconds
+    steps, max_seconds = budget
     step = 0
     with using(model, FINETUNING, device, keep_mode=False):
         optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
@@ -499,13 +488,14 @@ def _finetune(
                 _record(model, config, step)
 
 
-def _train_step(model, optimizer, samples, config: FinetuneConfig, crop: _Crop, device, rng):
+def _train_step(model, optimizer, samples, config: FinetuneConfig, crop, device, rng):
     """One optimisation step with gradients on, whatever the thread's grad or inference mode
     (restored on return); returns the batch's loss as a float."""
     with torch.inference_mode(False), torch.enable_grad():
         model.train()
+        side, out_side = crop
         x, y, w = _augmented_batch(
-            samples, config.batch_size, crop.side, crop.out_side, model.margin, config.augment, rng
+            samples, config.batch_size, side, out_side, model.margin, config.augment, rng
         )
         x = x.to(device).contiguous(memory_format=torch.channels_last)
         loss = weighted_loss(model(x), y.to(device), w.to(device))

@@ -155,9 +155,15 @@ def _weights(
 
 
 def separation_weight_map(
-    labels, w0: float = W0, sigma: float = SIGMA, class_balance: bool = True
+    labels, w0: float = W0, sigma: float = SIGMA, class_balance: bool = CLASS_BALANCE
 ) -> np.ndarray:
-    """Weight map ``w = w_c + w0 * exp(-(d1 + d2)**2 / (2 sigma**2))`` of the U-Net paper.
+    """Weight map ``w = w_c + w0 * exp(-(d1 + d2)**2 / (2 sigma**2))`` of the U-Net paper
+    (eq. 2), on ``labels`` as given.
+
+    The paper's map is ``class_balance=True`` on the labels as given. Training, the Weight map
+    dock and ``napari-unet weightmap`` use :func:`training_target` instead, which applies this
+    function, with the same defaults (``W0``, ``SIGMA``, ``CLASS_BALANCE``: ``w_c = 1``), to the
+    labels with touching cells carved apart (:func:`carve_borders`).
 
     ``d1`` and ``d2`` are the Euclidean distances (pixel centre to pixel centre) from a pixel to
     the nearest and second-nearest cell (distinct non-zero ids, which need not be contiguous).
@@ -173,10 +179,10 @@ def separation_weight_map(
     sigma
         Width of the border term in pixels (paper: 5), > 0.
     class_balance
-        If True, ``w_c = n / (2 * n_class)`` on the pixels of each class (``n`` pixels in all,
-        ``n_class`` of the pixel's class), so foreground and background carry equal total weight
-        and the mean of ``w_c`` is 1; ``w_c = 1`` for an image with a single class.
-        If False, ``w_c = 1`` everywhere.
+        If True (the paper), ``w_c = n / (2 * n_class)`` on the pixels of each class (``n``
+        pixels in all, ``n_class`` of the pixel's class), so foreground and background carry
+        equal total weight and the mean of ``w_c`` is 1; ``w_c = 1`` for an image with a single
+        class. If False (the default, ``CLASS_BALANCE``), ``w_c = 1`` everywhere.
 
     Returns
     -------
@@ -248,7 +254,14 @@ def training_target(
     sigma: float = SIGMA,
     class_balance: bool = CLASS_BALANCE,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Two-class target with carved borders and its separation weight map.
+    """Two-class target with carved borders and its separation weight map: the map that
+    training (:func:`~napari_unet.finetune`), the Weight map dock and ``napari-unet weightmap``
+    use.
+
+    The weights are :func:`separation_weight_map` (the paper's eq. 2, with the same defaults) of
+    ``carve_borders(labels)``, not of ``labels``: the target separates touching cells by a
+    background line, and the border term weighs that line. ``class_balance=True`` adds the
+    paper's class-balance term ``w_c``.
 
     Parameters
     ----------

@@ -13,6 +13,7 @@ from magicgui.widgets import ComboBox, Container, Label, PushButton
 from napari.layers import Labels, Shapes
 from qtpy.QtCore import QTimer
 
+from ..core.image import count_ids
 from ._layers import (
     WHOLE_IMAGE,
     annotation_of,
@@ -44,13 +45,6 @@ Start from prediction: copies a labels layer into the annotation only where the 
 Region: the part of the image you annotated (Shapes rectangles/polygons, or a labels mask,
 non-zero = annotated); pixels outside it are ignored in training, and Fine-tune's pairs of
 this image use it. Default: the whole image."""
-
-
-def _count_ids(data: np.ndarray) -> int:
-    """Number of distinct non-zero ids (bincount when ids are dense: ~15x faster than unique)."""
-    if data.size and data.min() >= 0 and data.max() <= data.size:
-        return int(np.count_nonzero(np.bincount(data.ravel())[1:]))
-    return int(np.count_nonzero(np.unique(data)))
 
 
 class AnnotateWidget(Container):
@@ -228,7 +222,7 @@ class AnnotateWidget(Container):
         except ValueError as err:
             self._status.value = str(err)
             return
-        cells = plural(_count_ids(np.asarray(annotation.data)), "cell")
+        cells = plural(count_ids(np.asarray(annotation.data)), "cell")
         region = self._region_layer()
         if region is None:
             self._status.value = f"{cells}, {WHOLE_IMAGE}"

@@ -8,7 +8,6 @@ model, not the one in training.
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,6 +16,7 @@ import numpy as np
 from magicgui.widgets import ComboBox, Container, FileEdit, PushButton, Select
 from napari.layers import Labels
 
+from ..core.io import check_writable_folder
 from ._layers import layer_choices, watch_layers
 from ._session import session_for
 from ._ui import Messages, narrow
@@ -49,14 +49,6 @@ def _file_with_format(path: Path, ext: str) -> Path:
             "change the file name or the format"
         )
     return path.with_name(f"{path.name}.{ext}")
-
-
-def _check_folder(path: Path) -> None:
-    folder = path.parent
-    if not folder.is_dir():
-        raise FileNotFoundError(f"cannot write {path}: {folder} is not an existing folder")
-    if not os.access(folder, os.W_OK):
-        raise PermissionError(f"cannot write {path}: folder {folder} is not writable")
 
 
 def _labels_data(layer: Labels, ext: str) -> np.ndarray:
@@ -149,7 +141,7 @@ class ExportWidget(Container):
             )
         data = [_labels_data(layer, ext) for layer in layers]
         for path in paths:
-            _check_folder(path)
+            check_writable_folder(path.parent, context=f"cannot write {path}")
         return list(zip(paths, data, strict=True))
 
     def _on_export(self, value=None) -> None:

@@ -122,6 +122,9 @@ class FinetuneWidget(Container):
     """Fine-tune a copy of the viewer's U-Net on image / annotation pairs; Start, Stop, Undo."""
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        from ..core.train import FinetuneConfig  # the training defaults (imports torch)
+
+        defaults = FinetuneConfig()
         self._viewer = viewer
         self._session = session_for(viewer)
         self.worker = None  # the last run's worker
@@ -176,11 +179,13 @@ class FinetuneWidget(Container):
             step=0.5,
             tooltip="Stop after this many minutes even if steps remain; 0 = no time limit.",
         )
-        self._lr = FloatSpinBox(label="learning rate", value=3e-4, min=1e-6, max=0.1, step=1e-5)
-        self._batch = SpinBox(label="batch size", value=4, min=1, max=256)
+        self._lr = FloatSpinBox(
+            label="learning rate", value=defaults.lr, min=1e-6, max=0.1, step=1e-5
+        )
+        self._batch = SpinBox(label="batch size", value=defaults.batch_size, min=1, max=256)
         self._tile = SpinBox(
             label="tile (px)",
-            value=128,
+            value=defaults.tile,
             min=16,
             max=2048,
             step=16,

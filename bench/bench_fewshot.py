@@ -167,31 +167,38 @@ def correct_and_continue(kind, base, pool, test, rand, args, settings, results) 
         )
 
 
+PANELS = (
+    ("minutes", "fine-tuning minutes (CPU)"),
+    ("frames", "annotated frames"),
+    ("round", "correct-and-continue round"),
+)
+
+
 def plot(results: list, path: Path) -> None:
+    """SEG per curve that has more than one point (the base dotted), one panel each."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    curves = (("minutes", "fine-tuning minutes (CPU)"), ("frames", "annotated frames"))
-    for kind in sorted({r["protocol"] for r in results}):
-        rows = [r for r in results if r["protocol"] == kind]
-        base = next(r["seg"] for r in rows if r["curve"] == "base")
-        for ax, (curve, _) in zip(axes, curves, strict=False):
-            points = sorted((r[curve], r["seg"]) for r in rows if curve in r["curve"])
-            if points:
-                line = ax.plot(*zip(*points, strict=True), "o-", label=kind)[0]
-                ax.axhline(base, color=line.get_color(), ls=":", lw=1)
-        rounds = [(r["round"], r["seg"]) for r in rows if r["curve"] == "round"]
-        if rounds:
-            axes[2].plot(*zip(*rounds, strict=True), "o-", label=kind)
-    for ax, (_, label) in zip(axes, curves, strict=False):
-        ax.set(xlabel=label, ylabel="SEG", title=f"SEG vs. {label} (dotted: base)")
-    axes[2].set(xlabel="correct-and-continue round", ylabel="SEG", title="Correct and continue")
-    for ax in axes:
+    kinds = sorted({r["protocol"] for r in results})
+
+    def points(kind, curve):
+        rows = [r for r in results if r["protocol"] == kind and curve in r["curve"]]
+        return sorted((r[curve], r["seg"]) for r in rows)
+
+    panels = [p for p in PANELS if any(len(points(k, p[0])) > 1 for k in kinds)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 3.6), squeeze=False)
+    for ax, (curve, label) in zip(axes[0], panels, strict=True):
+        for kind in kinds:
+            if len(points(kind, curve)) < 2:
+                continue
+            line = ax.plot(*zip(*points(kind, curve), strict=True), "o-", label=kind)[0]
+            base = [r["seg"] for r in results if r["protocol"] == kind and r["curve"] == "base"]
+            ax.axhline(base[0], color=line.get_color(), ls=":", lw=1)
+        ax.set(xlabel=label, ylabel="SEG (pooled over cells)", title=f"SEG vs. {label}")
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(title="dotted: base")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     print(f"plot -> {path}")

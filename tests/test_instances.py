@@ -7,6 +7,7 @@ import pytest
 from scipy import ndimage as ndi
 
 from napari_unet import to_instances
+from napari_unet.core.instances import Probabilities, cell_areas, cell_sizes, size_defaults
 from napari_unet.core.metrics import foreground_iou, instance_f1, seg_score
 from napari_unet.core.weightmap import carve_borders
 
@@ -102,3 +103,45 @@ def test_scores_on_a_hand_made_example():
     total, n = seg_score(truth, pred)
     assert n == 2 and total == pytest.approx(0.75)
     assert seg_score(truth, truth) == (2.0, 2)
+
+
+def test_cell_sizes_count_the_annotated_cells():
+    labels = np.zeros((20, 20), np.uint16)
+    labels[0:2, 0:5] = 1  # 10 px
+    labels[5:10, 5:10] = 2  # 25 px
+    labels[12:20, 12:20] = 3  # 64 px, outside the mask below
+    mask = np.zeros((20, 20), bool)
+    mask[:12, :12] = True
+    assert list(cell_areas(labels)) == [10, 25, 64]
+    assert list(cell_areas(labels, mask)) == [10, 25]
+    sizes = cell_sizes(cell_areas(labels))
+    assert sizes == {"median_area": 25.0, "median_diameter": pytest.approx(5.642, abs=1e-3),
+                     "count": 3}
+    with pytest.raises(ValueError, match="no annotated cell"):
+        cell_sizes(cell_areas(np.zeros((4, 4), np.uint8)))
+
+
+def test_to_instances_sizes_its_defaults_from_the_cells():
+    """Small cells: the fixed 200-px core size seeds none of them, so touching cells merge;
+    with the cells' size known they are seeded and split."""
+    prob = np.zeros((20, 40), np.float32)
+    prob[5:15, 5:15] = prob[5:15, 17:27] = 0.95  # two 100-px cells
+    prob[5:15, 15:17] = 0.6  # joined by a faint bridge
+    assert to_instances(prob).max() == 1
+    hinted = Probabilities(prob, {"median_area": 100.0, "median_diameter": 11.3, "count": 2})
+    assert size_defaults(hinted.cells) == (5, 5) and size_defaults(None) == (16, 200)
+    assert to_instances(hinted).max() == 2
+    assert to_instances(hinted, min_core=200).max() == 1  # explicit values win
+    assert np.array_equal(to_instances(hinted), to_instances(prob, min_size=5, min_core=5))
+
+
+def test_probabilities_behave_as_arrays_and_keep_their_cells():
+    import pickle
+
+    cells = {"median_area": 50.0, "median_diameter": 8.0, "count": 3}
+    prob = Probabilities(np.random.default_rng(0).random((2, 8, 8), np.float32), cells)
+    assert prob[0].cells is cells and (prob > 0.5).cells is cells
+    assert isinstance(prob.max(), np.floating) and float(prob.mean()) == float(prob.mean())
+    assert type(np.asarray(prob)) is np.ndarray
+    back = pickle.loads(pickle.dumps(prob))
+    assert back.cells == cells and np.array_equal(back, prob)

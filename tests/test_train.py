@@ -276,6 +276,30 @@ def test_the_run_is_recorded_in_the_metadata(sample):
         "augment": ["elastic", "flips", "intensity"],
         "steps": 2,
     }
+    _, labels = sample
+    areas = np.bincount(labels.ravel())[1:]
+    areas = areas[areas > 0]
+    assert recorded["cells"]["count"] == len(areas)
+    assert recorded["cells"]["median_area"] == float(np.median(areas))
+
+
+def test_predictions_carry_the_cells_trained_on_to_to_instances(sample, tmp_path):
+    """The cells' size goes from the annotations through the model file into predict's
+    output, and to_instances sizes its defaults from it."""
+    from napari_unet import load_model, save_model, to_instances
+
+    model = tiny()
+    list(finetune(model, [sample], steps=1, batch_size=1, tile=16))
+    image, labels = sample
+    saved = save_model(model, tmp_path / "m.safetensors", model.metadata)
+    prob = predict(load_model(saved), image)
+    assert prob.cells == model.metadata["cells"]
+    assert predict(tiny(), image).cells is None
+    size = max(1, round(0.05 * prob.cells["median_area"]))
+    plain = np.asarray(prob)
+    assert np.array_equal(
+        to_instances(prob), to_instances(plain, min_size=size, min_core=size)
+    )
 
 
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])

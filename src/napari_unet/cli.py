@@ -563,7 +563,12 @@ def _parser() -> argparse.ArgumentParser:
         help=f"foreground probability cut, in (0, {CORE}): cells grow from their pixels above "
         f"{CORE}",
     )
-    p.add_argument("--min-size", type=_non_negative_int, default=16, help="smallest cell kept, px")
+    p.add_argument(
+        "--min-size",
+        type=_non_negative_int,
+        help="smallest cell kept, px (default: 5 %% of the median area of the cells the model "
+        "was fine-tuned on, else 16)",
+    )
     p.add_argument("--expand", type=_non_negative_int, default=1, help="grow cells by this, px")
     p.add_argument(
         "--flips",

@@ -1,4 +1,4 @@
-"""Instance labels from a foreground probability map."""
+"""Instance labels from a foreground probability map, sized by the cells a model was trained on."""
 
 from __future__ import annotations
 
@@ -8,12 +8,86 @@ from skimage.segmentation import expand_labels, relabel_sequential, watershed
 
 from .image import check_finite
 
-__all__ = ["to_instances"]
+__all__ = ["to_instances", "Probabilities", "cell_areas", "cell_sizes", "size_defaults"]
 
 METHODS = ("watershed", "components")
 CORE = 0.9
 """Default ``core`` of :func:`to_instances`: pixels above it seed the cells (so a ``threshold``
 at or above it leaves nothing to grow)."""
+MIN_SIZE, MIN_CORE = 16, 200
+"""``min_size`` and ``min_core`` (px) of :func:`to_instances` when the model says nothing of its
+cells: tuned on the shared data's cells (bench_accuracy.py)."""
+SIZE_FRACTION = 0.05
+"""With the median cell area ``a`` known, ``min_size = min_core = SIZE_FRACTION * a``: chosen
+leave-one-kind-out on the shared data (bench_fewshot.py), never worse than the fixed pixels."""
+
+
+class Probabilities(np.ndarray):
+    """Foreground probability ``(..., H, W)`` from :func:`~napari_unet.predict` that carries
+    ``cells``, what the model knows of the cells it was fine-tuned on (see :func:`cell_sizes`;
+    ``None`` when nothing), so that :func:`to_instances` sizes its defaults for them.
+
+    Otherwise a plain ndarray: slices keep ``cells``, reductions give plain scalars,
+    ``np.asarray`` drops it.
+    """
+
+    def __new__(cls, array, cells: dict | None = None):
+        obj = np.asarray(array).view(cls)
+        obj.cells = cells
+        return obj
+
+    def __array_finalize__(self, obj) -> None:
+        self.cells = getattr(obj, "cells", None)
+
+    def __array_wrap__(self, array, context=None, return_scalar=False):
+        if array.ndim == 0:
+            return array[()]
+        return super().__array_wrap__(array, context, return_scalar)
+
+    def __reduce__(self):
+        rebuild, args, state = super().__reduce__()
+        return rebuild, args, (state, self.cells)
+
+    def __setstate__(self, state) -> None:
+        state, self.cells = state
+        super().__setstate__(state)
+
+
+def cell_areas(labels, mask=None) -> np.ndarray:
+    """Areas (px) of the cells of ``(H, W)`` instance labels that have a pixel in the optional
+    ``(H, W)`` bool ``mask``; 1-D int64."""
+    labels = np.asarray(labels)
+    sizes = np.bincount(labels.ravel())
+    present = sizes > 0
+    if mask is not None:
+        present &= np.bincount(labels[np.asarray(mask, bool)], minlength=len(sizes)) > 0
+    present[0] = False
+    return sizes[present].astype(np.int64)
+
+
+def cell_sizes(areas) -> dict:
+    """What annotated cells say of their size, as ``model.metadata["cells"]`` keeps it and
+    :func:`to_instances` reads it: ``{"median_area": px, "median_diameter": px (of a disc of
+    that area), "count": cells}`` from the 1-D ``areas`` (:func:`cell_areas`); ValueError when
+    empty."""
+    areas = np.asarray(areas)
+    if areas.size == 0:
+        raise ValueError("no annotated cell to measure; expected labels with ids > 0")
+    area = float(np.median(areas))
+    return {
+        "median_area": area,
+        "median_diameter": float(2 * np.sqrt(area / np.pi)),
+        "count": int(areas.size),
+    }
+
+
+def size_defaults(cells: dict | None) -> tuple[int, int]:
+    """``(min_size, min_core)`` in px for cells described by :func:`cell_sizes` (``None``: the
+    fixed ``MIN_SIZE, MIN_CORE``)."""
+    if not cells:
+        return MIN_SIZE, MIN_CORE
+    size = max(1, round(SIZE_FRACTION * float(cells["median_area"])))
+    return size, size
 
 
 def _label_plane(
@@ -47,10 +121,10 @@ def _label_plane(
 def to_instances(
     probabilities: np.ndarray,
     threshold: float = 0.5,
-    min_size: int = 16,
+    min_size: int | None = None,
     *,
     core: float = CORE,
-    min_core: int = 200,
+    min_core: int | None = None,
     expand: int = 1,
     method: str = "watershed",
 ) -> np.ndarray:
@@ -60,18 +134,22 @@ def to_instances(
     ----------
     probabilities
         ``(H, W)`` or a stack ``(..., H, W)`` of foreground probability in [0, 1]; each plane is
-        labelled on its own.
+        labelled on its own. A :class:`Probabilities` from :func:`~napari_unet.predict` also
+        says how large the model's cells are: ``min_size`` and ``min_core`` left ``None`` are
+        then ``SIZE_FRACTION`` of their median area (:func:`size_defaults`).
     threshold
         Pixels above it are foreground.
     min_size
-        Objects smaller than this (px) are dropped.
+        Objects smaller than this (px) are dropped; ``None``: from the cells' size, else
+        ``MIN_SIZE`` (16).
     core
         ``method="watershed"``: pixels above ``core`` seed the cells, which then grow over the
         foreground down the probability; splits touching cells joined by a faint bridge.
     min_core
         Cores smaller than this (px) seed nothing (their cell then grows from a larger core or
-        stays whole): without it, specks above ``core`` split cells. ``core=0.9, min_core=200``
-        was never worse than connected components on the held-out splits (bench_accuracy.py).
+        stays whole): without it, specks above ``core`` split cells; ``None``: from the cells'
+        size, else ``MIN_CORE`` (200). ``core=0.9, min_core=200`` was never worse than connected
+        components on the held-out splits (bench_accuracy.py).
     expand
         Grow every cell by this many px into the background, never into another cell. The
         network tends to draw cells inside their outline (its weight map makes the pixels
@@ -85,6 +163,9 @@ def to_instances(
     ``(..., H, W)`` uint16 (uint32 when there are more than 65535 cells in a plane), ids 1..N
     per plane, 0 = background.
     """
+    sized_size, sized_core = size_defaults(getattr(probabilities, "cells", None))
+    min_size = sized_size if min_size is None else min_size
+    min_core = sized_core if min_core is None else min_core
     prob = np.asarray(probabilities)
     if prob.ndim < 2 or prob.size == 0:
         raise ValueError(f"probabilities have shape {prob.shape}; expected (H, W) or (..., H, W)")

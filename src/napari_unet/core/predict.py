@@ -14,6 +14,7 @@ from .allocator import keep_freed_memory, trim_freed_memory
 from .device import resolve_device
 from .guard import PREDICTING, using
 from .image import PERCENTILES, check_finite, normalize, split_channels
+from .instances import Probabilities
 from .tiling import (
     DEFAULT_MEMORY,
     Tile,
@@ -345,10 +346,13 @@ def predict(
 
     Takes the arguments of :func:`predict_tiles`; ``progress`` is called with each finished
     :class:`TileResult`. Returns ``(..., H, W)`` float32 in [0, 1] (the channel axis, if any,
-    dropped), equal to the untiled prediction.
+    dropped), equal to the untiled prediction, as :class:`~napari_unet.core.instances.Probabilities`
+    carrying ``model.metadata["cells"]`` (the size of the cells it was fine-tuned on, if any) for
+    :func:`~napari_unet.to_instances`.
     """
     plan = _plan(model, image, tile, batch_size, percentiles, center, flips)
-    return _assemble(plan, _start(model, plan, resolve_device(device, model)), progress)
+    out = _assemble(plan, _start(model, plan, resolve_device(device, model)), progress)
+    return Probabilities(out, (getattr(model, "metadata", None) or {}).get("cells"))
 
 
 def predict_held(model, image, device: torch.device) -> np.ndarray:

@@ -29,6 +29,7 @@ from .augment import (
 from .device import resolve_device
 from .guard import FINETUNING, training_step, using
 from .image import PERCENTILES, normalize, split_channels
+from .instances import cell_areas, cell_sizes
 from .weightmap import CLASS_BALANCE, SIGMA, W0, check_labels, check_weight_params, training_target
 
 __all__ = [
@@ -154,14 +155,15 @@ class FinetuneEvent:
 @dataclass(frozen=True)
 class TrainingSample:
     """One prepared image: padded ``(C, H', W')`` float32 pixels, ``(H', W')`` target and
-    weights (0 on mirrored and unannotated pixels), the image's own ``shape`` and the
-    ``(N, 2)`` coordinates of its annotated pixels."""
+    weights (0 on mirrored and unannotated pixels), the image's own ``shape``, the ``(N, 2)``
+    coordinates of its annotated pixels and the areas (px) of its annotated cells."""
 
     pixels: np.ndarray
     target: np.ndarray
     weights: np.ndarray
     shape: tuple[int, int]
     annotated: np.ndarray
+    areas: np.ndarray
 
 
 def _checked_sample(sample, name: str, in_channels: int):
@@ -234,6 +236,7 @@ def prepare_samples(
                 weights=np.pad(weights, pad),
                 shape=plane,
                 annotated=np.argwhere(weights > 0),
+                areas=cell_areas(labels, mask),
             )
         )
     return prepared
@@ -330,8 +333,10 @@ def finetune(
     model
         A :class:`~napari_unet.UNet`, trained in place. When the generator ends (finished,
         closed or failed) the model is in eval mode, on the device and memory format it came
-        with, and ``model.metadata["finetune"]`` holds the settings of the run as a JSON-able
-        dict with ``"steps"``, the steps done (other metadata keys are kept).
+        with, ``model.metadata["finetune"]`` holds the settings of the run as a JSON-able
+        dict with ``"steps"``, the steps done, and ``model.metadata["cells"]`` the size of the
+        annotated cells (:func:`~napari_unet.core.instances.cell_sizes`), which
+        ``to_instances(predict(model, image))`` uses (other metadata keys are kept).
     samples
         Sequence of ``(image, labels)`` or ``(image, labels, mask)``: image ``(H, W)`` or
         ``(H, W, C)`` of any integer or float dtype; labels ``(H, W)`` integer instance ids
@@ -485,7 +490,7 @@ def _finetune(
         finally:
             optimizer.zero_grad(set_to_none=True)
             if step:
-                _record(model, config, step)
+                _record(model, config, step, samples)
 
 
 def _train_step(model, optimizer, samples, config: FinetuneConfig, crop, device, rng):
@@ -505,9 +510,11 @@ def _train_step(model, optimizer, samples, config: FinetuneConfig, crop, device,
         return float(loss.detach())
 
 
-def _record(model, config: FinetuneConfig, steps: int) -> None:
-    """Put the run's settings and ``steps`` done into ``model.metadata["finetune"]``."""
+def _record(model, config: FinetuneConfig, steps: int, samples: list[TrainingSample]) -> None:
+    """Put the run's settings and ``steps`` done into ``model.metadata["finetune"]`` and the
+    size of the cells trained on into ``model.metadata["cells"]``."""
     metadata = dict(getattr(model, "metadata", None) or {})
     run = dataclasses.asdict(config)
     metadata["finetune"] = {**run, "augment": list(config.augment), "steps": steps}
+    metadata["cells"] = cell_sizes(np.concatenate([s.areas for s in samples]))
     model.metadata = metadata

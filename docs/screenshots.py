@@ -110,7 +110,7 @@ def finetune(window: Window, out: Path, model) -> None:
     widget = window.dock("Fine-tune")
     widget._image.value = window.image
     widget._on_add()
-    widget._steps.value = 40
+    widget._minutes.value = 0.5  # the picture shows the time budget at work
     widget._tile.value = 96
     widget._batch.value = 2
     widget._on_start()

@@ -125,6 +125,18 @@ def test_train_command_saves_a_loadable_model(tmp_path, sample):
     assert model.metadata["finetune"]["tile"] == 32 and model.metadata["finetune"]["steps"] == 3
 
 
+def test_train_for_minutes_alone(tmp_path, sample):
+    """A time budget without --steps: the budget ends the run."""
+    image, labels = tmp_path / "im.tif", tmp_path / "lab.tif"
+    tifffile.imwrite(image, sample[0][:96, :96])
+    tifffile.imwrite(labels, sample[1][:96, :96])
+    args = ["train", "--images", str(image), "--labels", str(labels), "--minutes", "0.01"]
+    args += ["--model", "new", "--base-channels", "2", "--tile", "16", "--batch-size", "1"]
+    result = run(*args, "--out", str(tmp_path / "m.safetensors"))
+    assert result.returncode == 0, result.stderr
+    assert 1 <= load_model(tmp_path / "m.safetensors").metadata["steps"] < 10**9
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -153,6 +165,10 @@ def test_train_command_saves_a_loadable_model(tmp_path, sample):
                 "m.safetensors",
             ],
             "expected one label file per image",
+        ),
+        (
+            ["train", "--images", "{img}", "--labels", "{img}", "--out", "m.safetensors"],
+            "give --minutes .*, --steps, or both",
         ),
     ],
 )

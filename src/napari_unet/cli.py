@@ -26,6 +26,7 @@ log = logging.getLogger("napari_unet")
 
 NEW_MODEL = "new"
 """``train --model new`` starts a new network of ``--base-channels`` width."""
+UNLIMITED_STEPS = 10**9  # ``train --minutes`` without ``--steps``: the time budget ends the run
 NEW_BASE_CHANNELS = 16
 
 
@@ -401,6 +402,8 @@ def _train(args) -> int:
     from .core.train import finetune
 
     device = _checked_device(args.device)
+    if args.steps is None and args.minutes is None:
+        raise ValueError("give --minutes (how long to train, e.g. --minutes 5), --steps, or both")
     if len(args.images) != len(args.labels):
         raise ValueError(
             f"{len(args.images)} image(s) but {len(args.labels)} label file(s); "
@@ -422,7 +425,7 @@ def _train(args) -> int:
     events = finetune(
         model,
         samples,
-        steps=args.steps,
+        steps=args.steps or UNLIMITED_STEPS,
         lr=args.lr,
         batch_size=args.batch_size,
         tile=args.tile,
@@ -632,8 +635,13 @@ def _parser() -> argparse.ArgumentParser:
         metavar="LABELS",
         help="instance label images (0 = background), one per image, in the same order",
     )
-    t.add_argument("--steps", type=_positive_int, required=True, help="optimisation steps")
-    t.add_argument("--minutes", type=_positive_float, help="stop after this many minutes")
+    t.add_argument("--minutes", type=_positive_float, help="train for this many minutes (e.g. 5)")
+    t.add_argument(
+        "--steps",
+        type=_positive_int,
+        help="at most this many optimisation steps (default: as many as --minutes allows); "
+        "give --minutes, --steps or both",
+    )
     t.add_argument(
         "--out",
         required=True,

@@ -190,6 +190,9 @@ def test_stack_plane(make_napari_viewer, errors, qtbot):
     np.testing.assert_array_equal(image_plane, stack[1])
     np.testing.assert_array_equal(labels_plane, layer.data[1])
     np.testing.assert_array_equal(region_mask, mask != 0)
+    viewer.cursor.position = (1, 30, 30)
+    _press(layer, "Shift-S")  # split cell 8 on the viewed plane
+    assert set(np.unique(layer.data[1])) == {0, 8, 9} and not layer.data[[0, 2]].any()
     assert errors == []
 
 
@@ -248,3 +251,79 @@ def test_prediction_box_waits_for_a_prediction(make_napari_viewer, sample, qtbot
     assert widget._prediction.value is made
     names = {layer.name for layer in widget._prediction.choices if layer is not None}
     assert names == {"cells prediction", "ground truth"}
+
+
+def _click(layer, position):
+    """A left click at the world ``position`` on ``layer``, through napari's mouse callbacks."""
+    from types import SimpleNamespace
+
+    from napari.utils._proxies import ReadOnlyWrapper
+    from napari.utils.interactions import mouse_press_callbacks, mouse_release_callbacks
+
+    def event(kind):
+        return ReadOnlyWrapper(
+            SimpleNamespace(
+                type=kind,
+                is_dragging=False,
+                button=1,
+                modifiers=(),
+                position=position,
+                view_direction=None,
+                dims_displayed=(0, 1),
+                dims_point=position,
+            )
+        )
+
+    mouse_press_callbacks(layer, event("mouse_press"))
+    mouse_release_callbacks(layer, event("mouse_release"))
+
+
+def test_merge_and_split_are_undoable_and_touch_no_other_layer(make_napari_viewer, errors, notes):
+    viewer = make_napari_viewer()
+    image = viewer.add_image(np.arange(64 * 96, dtype=np.uint16).reshape(64, 96), name="cells")
+    prediction = viewer.add_labels(np.ones((64, 96), np.uint16), name="cells prediction")
+    widget = AnnotateWidget(viewer)
+    layer = _annotated(viewer, widget)
+    cells = np.zeros((64, 96), np.uint32)
+    cells[10:20, 10:30] = 1
+    cells[10:20, 32:50] = 2  # a 2 px background line between cells 1 and 2
+    cells[_ring((64, 96), (45, 30), 0, 10) | _ring((64, 96), (45, 52), 0, 13)] = 3  # two touch
+    layer.data_setitem(np.nonzero(cells), cells[cells != 0])
+    before = np.array(layer.data)
+
+    layer.selected_label = 1
+    viewer.cursor.position = (15, 40)  # over cell 2
+    _press(layer, "Shift-M")
+    assert not (layer.data == 2).any() and (layer.data[10:20, 10:50] == 1).all()
+    assert (layer.data[cells == 3] == 3).all()
+    layer.undo()
+    np.testing.assert_array_equal(layer.data, before)
+
+    widget._split.native.click()  # waits for a click on a cell, painting nothing meanwhile
+    assert layer.mode == "pan_zoom" and widget._status.value == "click the cell to split"
+    _click(layer, (45, 55))
+    assert layer.mode == "paint"
+    assert set(np.unique(layer.data[cells == 3])) == {3, 4}  # the new part: the next free id
+    assert (layer.data[_ring((64, 96), (45, 25), 0, 4)] == 4).all()  # the smaller disc
+    np.testing.assert_array_equal(layer.data[cells != 3], before[cells != 3])
+    layer.mode = "pan_zoom"
+    _click(layer, (45, 55))  # not armed any more: nothing happens
+    assert (layer.data[cells == 3] != 0).all() and layer.data.max() == 4
+    layer.undo()
+    np.testing.assert_array_equal(layer.data, before)
+
+    layer.selected_label = 2
+    widget._merge.native.click()
+    assert widget._status.value == "click the cell to merge into cell 2"
+    _click(layer, (15, 15))  # cell 1 joins the selected cell 2
+    assert not (layer.data == 1).any() and (layer.data[10:20, 10:50] == 2).all()
+
+    viewer.cursor.position = (2, 2)  # the background: nothing to merge or split
+    _press(layer, "Shift-M")
+    _press(layer, "Shift-S")
+    assert [str(n.message) for n in notes][-2:] == [
+        "Annotate: no cell there: point at (or click) the cell to merge",
+        "Annotate: no cell there: point at (or click) the cell to split",
+    ]
+    np.testing.assert_array_equal(image.data, np.arange(64 * 96).reshape(64, 96))
+    assert (prediction.data == 1).all() and errors == []

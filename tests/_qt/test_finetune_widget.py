@@ -366,3 +366,115 @@ def test_pairs_use_the_region_chosen_in_annotate(setup):
 
     annotate._region.value = "whole image"
     assert widget._region.value == "whole image"
+
+
+def test_a_time_budget_is_the_main_control(setup, qtbot):
+    """ "train for 5 min" is the default and shown first; the step limit waits under
+    "advanced"; a run the budget ends shows its time, not its steps."""
+    from napari_unet._widgets.finetune import MAX_STEPS, NEXT_ROUND, PERMILLE
+
+    viewer, widget, _ = setup
+    assert widget._minutes.value == 5 and widget._steps.value == MAX_STEPS
+    assert widget._minutes.native.text() == "5.00 min"
+    settings = list(widget._settings)
+    assert settings.index(widget._minutes) < settings.index(widget._show_advanced)
+    assert widget._advanced.native.isHidden() and not widget._minutes.native.isHidden()
+    widget._show_advanced.value = True
+    assert not widget._advanced.native.isHidden()
+    widget._show_advanced.value = False
+    widget._minutes.value = 0  # no time limit: the step limit must be seen
+    assert not widget._advanced.native.isHidden()
+    assert widget._minutes.native.text() == "no time limit"
+
+    _add(widget, viewer, "cells", "cells annotation")
+    widget._minutes.value = 0.01  # 0.6 s
+    widget._start.native.click()
+    shown = []
+    widget.worker.yielded.connect(lambda _: shown.append(widget._status.value))
+    with qtbot.waitSignal(widget.worker.finished, timeout=TIMEOUT):
+        pass
+    steps = len(widget._plot.points)
+    assert 1 <= steps < MAX_STEPS
+    assert all(text.startswith(("0:00 of 0:01, step", "0:01 of 0:01, step")) for text in shown)
+    assert widget._bar.value == widget._bar.max == PERMILLE
+    assert widget._bar.native.format().endswith(" / 0:01")
+    assert widget._status.value.startswith(f"done: step {steps}, loss ")
+    assert widget._status.value.endswith(NEXT_ROUND)
+
+
+def test_correct_and_continue_the_loop(setup, crops, qtbot):
+    """The user's loop in a real viewer: fine-tune, predict another image, start its
+    annotation from the prediction, correct it (split, merge), add it as a pair, Start: the
+    next round trains a copy of the fine-tuned model on both pairs and says so."""
+    from scipy import ndimage
+
+    from napari_unet._widgets.annotate import AnnotateWidget
+    from napari_unet._widgets.finetune import NEXT_ROUND
+    from napari_unet._widgets.predict import PredictWidget
+
+    viewer, widget, model = setup
+    original = _weights(model)
+    session = session_for(viewer)
+    _add(widget, viewer, "cells", "cells annotation")
+    widget._lr.value = 1e-2
+    _train(widget, qtbot, steps=2)  # round 1
+    first = session.model
+    assert session.source == "fine-tuned on 1 pair, 2 steps"
+    tuned = _weights(first)
+    assert max((tuned[k] - original[k]).abs().max() for k in tuned) > 1e-3
+
+    image, truth = crops[1]
+    viewer.add_image(image, name="other")
+    predict = PredictWidget(viewer)
+    predict._image.value = viewer.layers["other"]
+    predict._predict.native.click()
+    with qtbot.waitSignal(predict.worker.finished, timeout=TIMEOUT):
+        pass
+    prediction = viewer.layers["other prediction"]
+
+    annotate = AnnotateWidget(viewer)
+    annotate._image.value = viewer.layers["other"]
+    annotation = _annotated(annotate)
+    assert annotate._prediction.value is prediction
+    annotate._start.native.click()  # start from the prediction
+    np.testing.assert_array_equal(annotation.data > 0, prediction.data > 0)
+    wrong = annotation.data != truth  # the user corrects the prediction
+    annotation.data_setitem(np.nonzero(wrong), truth[wrong])
+    cell = int(np.bincount(truth.ravel())[1:].argmax()) + 1  # the largest true cell
+    inside = ndimage.distance_transform_edt(truth == cell)
+    viewer.cursor.position = np.unravel_index(np.argmax(inside), truth.shape)  # its middle
+    _press(annotation, "Shift-S")  # split it ...
+    new = int(truth.max()) + 1
+    assert set(np.unique(annotation.data[truth == cell])) == {cell, new}
+    annotation.selected_label = cell
+    viewer.cursor.position = tuple(np.argwhere(annotation.data == new)[0])
+    _press(annotation, "Shift-M")  # ... and merge it back
+    assert not (annotation.data == new).any() and (annotation.data[truth == cell] == cell).all()
+
+    _add(widget, viewer, "other", "other annotation")
+    assert widget._start_from.value == "current model" and widget._pair_list.count() == 2
+    widget._lr.value = 1e-5
+    _train(widget, qtbot, steps=2)  # round 2, from the round-1 model
+    second = session.model
+    assert second is not first and _same(first, tuned)
+    assert session.source == "round 2: continued from round 1 on 2 pairs, 2 steps"
+    assert widget._model_info.value == f"current model: {session.source}"
+    assert predict._source.value == session.source
+    assert widget._status.value.endswith(NEXT_ROUND)
+    weights = _weights(second)
+    assert max((weights[k] - tuned[k]).abs().max() for k in tuned) < 1e-4, "continued"
+    widget._undo.native.click()
+    assert session.model is first and session.source == "fine-tuned on 1 pair, 2 steps"
+
+
+def _annotated(annotate):
+    annotate._pick.native.click()
+    return annotate._viewer.layers[f"{annotate._image.value.name} annotation"]
+
+
+def _press(layer, key):
+    from napari.utils.key_bindings import KeymapHandler
+
+    handler = KeymapHandler()
+    handler.keymap_providers = [layer]
+    handler.press_key(key)

@@ -417,3 +417,24 @@ def test_a_failed_run_keeps_the_earlier_prediction(setup, qtbot, monkeypatch, fa
     _assert_kept(viewer, earlier)
     assert [layer.name for layer in viewer.layers] == order  # the streamed layers are gone
     assert widget._predict.enabled and session_for(viewer).busy == ""
+
+
+def test_cell_size_of_the_current_model_is_shown(setup, qtbot, tmp_path, tiny):
+    """A model that records the cells it was fine-tuned on (``metadata["cells"]``) says how
+    large they are, also after a round trip through its file; a model that does not, nothing."""
+    from napari_unet import UNet, save_model
+
+    viewer, widget = setup
+    assert widget._cells.value == "" and widget._cells.native.isHidden()
+    cells = {"median_area": 452.0, "median_diameter": 24.2, "count": 53}
+    path = save_model(tiny, tmp_path / "sized.safetensors", {"cells": cells})
+    widget._model_choice.value = FILE
+    widget._model_file.value = path
+    widget._make_current.value = True
+    run(widget, qtbot)  # makes the file's model current
+    assert session_for(viewer).model.metadata["cells"] == cells
+    assert widget._cells.value == "cells ~24 px across (from 53 annotated cells)"
+    assert not widget._cells.native.isHidden()
+
+    session_for(viewer).set_model(UNet(base_channels=4, depth=3), "plain")
+    assert widget._cells.value == "" and widget._cells.native.isHidden()

@@ -1,5 +1,7 @@
 """Annotate dock: one annotation labels layer per image, cell helpers, annotated region.
 
+Correcting a prediction: start from it, then merge, split, delete, fill or paint cells; each
+edit is one step of napari's undo (Ctrl-Z) on the annotation layer and changes no other layer.
 The region chosen here is the image's region in the viewer's session: Fine-tune's pairs of that
 image default to it.
 """
@@ -13,6 +15,7 @@ from magicgui.widgets import ComboBox, Container, Label, PushButton
 from napari.layers import Labels, Shapes
 from qtpy.QtCore import QTimer
 
+from ..core.edit import merge_cells, split_cell
 from ..core.image import count_ids
 from ._layers import (
     WHOLE_IMAGE,
@@ -35,11 +38,13 @@ __all__ = ["AnnotateWidget"]
 ANNOTATION_DTYPE = np.uint32
 _say = Messages("Annotate")
 
-TOOLTIP = """Annotate cells for fine-tuning.
+TOOLTIP = """Annotate cells for fine-tuning, or correct a prediction.
 Create/pick annotation: finds or makes the labels layer '<image> annotation' (paint mode).
 Keys on the annotation layer: N new cell (next free id), H fill holes of the selected cell on
-this plane, Shift-D delete the selected cell (the whole layer, every plane); napari's own keys
-still work (E erase, P paint, Ctrl-Z undo, which also undoes these helpers).
+this plane, Shift-D delete the selected cell (the whole layer, every plane), Shift-M merge the
+cell under the mouse into the selected cell, Shift-S split the cell under the mouse in two;
+napari's own keys still work (E erase, P paint, L pick a cell, Ctrl-Z undo, which also undoes
+these helpers). The Merge and Split buttons wait for a click on a cell instead.
 Start from prediction: copies a labels layer into the annotation only where the annotation is
 0; cells you painted are never overwritten (copied ids are shifted past yours).
 Region: the part of the image you annotated (Shapes rectangles/polygons, or a labels mask,
@@ -69,6 +74,18 @@ class AnnotateWidget(Container):
             text="Delete cell",
             tooltip="Remove the selected cell from the whole layer (key Shift-D; Ctrl-Z undoes)",
         )
+        self._merge = PushButton(
+            text="Merge",
+            tooltip="Click a cell: it joins the selected cell (pick that one first: key L, "
+            "click); the thin gap between them is filled. Key: Shift-M on the cell under the "
+            "mouse. Ctrl-Z undoes",
+        )
+        self._split = PushButton(
+            text="Split",
+            tooltip="Click a cell: it is divided in two on this plane (along its neck, else "
+            "across its longest axis); the smaller part gets a new id. Key: Shift-S on the "
+            "cell under the mouse. Ctrl-Z undoes",
+        )
         self._prediction = ComboBox(
             label="prediction",
             choices=self._prediction_choices,
@@ -92,7 +109,11 @@ class AnnotateWidget(Container):
         self._status = Label(value="")
         helpers = Container(
             labels=False,
-            widgets=[row(self._new_cell, self._erase), row(self._fill, self._delete)],
+            widgets=[
+                row(self._new_cell, self._erase),
+                row(self._fill, self._delete),
+                row(self._merge, self._split),
+            ],
         )
         super().__init__(
             widgets=[
@@ -109,6 +130,7 @@ class AnnotateWidget(Container):
         )
         narrow(self)
         self._watched: list = []  # event emitters of the annotation and region layers
+        self._armed: tuple | None = None  # (layer, edit, mode before) while a click is awaited
         # napari may emit `paint` before the data is written: count once events have settled
         self._status_timer = QTimer()
         self._status_timer.setSingleShot(True)
@@ -125,6 +147,8 @@ class AnnotateWidget(Container):
         self._erase.changed.connect(self._on_erase)
         self._fill.changed.connect(self._on_fill_holes)
         self._delete.changed.connect(self._on_delete_cell)
+        self._merge.changed.connect(self._on_merge)
+        self._split.changed.connect(self._on_split)
         self._start.changed.connect(self._on_start_from_prediction)
         self._add_region.changed.connect(self._on_add_region)
         self._status_timer.timeout.connect(self._update_status)
@@ -264,6 +288,8 @@ class AnnotateWidget(Container):
             ("n", self._new_cell_in),
             ("h", self._fill_holes_in),
             ("Shift-D", self._delete_cell_in),
+            ("Shift-M", self._merge_at_cursor),
+            ("Shift-S", self._split_at_cursor),
         ):
             annotation.bind_key(key, callback, overwrite=True)
         self._viewer.layers.selection.active = annotation
@@ -336,6 +362,97 @@ class AnnotateWidget(Container):
             return
         with annotation.block_history():
             annotation.data_setitem(index, 0)
+
+    # merge and split: the cell under the mouse (keys) or the next one clicked (buttons) ------
+    def _on_merge(self, value=None) -> None:
+        annotation = self._annotation_or_error()
+        if annotation is not None:
+            self._arm(annotation, self._merge_cell, f"merge into cell {annotation.selected_label}")
+
+    def _on_split(self, value=None) -> None:
+        annotation = self._annotation_or_error()
+        if annotation is not None:
+            self._arm(annotation, self._split_cell, "split")
+
+    def _arm(self, annotation: Labels, edit, what: str) -> None:
+        """Wait for one click on ``annotation`` (pan/zoom mode meanwhile, so the click paints
+        nothing), then ``edit(annotation, cell)`` the clicked cell."""
+        self._disarm()
+        self._armed = (annotation, edit, annotation.mode)
+        annotation.mouse_drag_callbacks.append(self._on_click)
+        annotation.mode = "pan_zoom"
+        self._viewer.layers.selection.active = annotation
+        self._status.value = f"click the cell to {what}"
+
+    def _disarm(self) -> None:
+        if self._armed is None:
+            return
+        annotation, _, mode = self._armed
+        self._armed = None
+        if self._on_click in annotation.mouse_drag_callbacks:
+            annotation.mouse_drag_callbacks.remove(self._on_click)
+        annotation.mode = mode
+        self._update_status()
+
+    def _on_click(self, layer: Labels, event):
+        """napari drag callback: the cell under the press is edited on release (the mode is
+        restored only then, so napari's own callbacks of this press are left as they were)."""
+        position = event.position
+        yield
+        while event.type == "mouse_move":
+            yield
+        if self._armed is not None and self._armed[0] is layer:
+            edit = self._armed[1]
+            self._disarm()
+            edit(layer, self._cell_at(layer, position))
+
+    def _merge_at_cursor(self, annotation: Labels) -> None:
+        self._merge_cell(annotation, self._cell_at(annotation, self._viewer.cursor.position))
+
+    def _split_at_cursor(self, annotation: Labels) -> None:
+        self._split_cell(annotation, self._cell_at(annotation, self._viewer.cursor.position))
+
+    @staticmethod
+    def _cell_at(annotation: Labels, position) -> int:
+        """The id at the world ``position`` on the viewed plane (0 outside the layer)."""
+        value = annotation.get_value(position, world=True)
+        return 0 if value is None else int(value)
+
+    def _merge_cell(self, annotation: Labels, cell: int) -> None:
+        """Cell ``cell`` joins the selected cell, in the whole layer."""
+        keep = int(annotation.selected_label)
+        if cell == 0:
+            _say.warning("no cell there: point at (or click) the cell to merge")
+            return
+        try:
+            merged = merge_cells(np.asarray(annotation.data), keep, cell)
+        except ValueError as err:
+            _say.warning(f"{err}; select the cell to keep first (key L, click it)")
+            return
+        self._write(annotation, merged)
+
+    def _split_cell(self, annotation: Labels, cell: int) -> None:
+        """Divide cell ``cell`` in two on the viewed plane; the new part gets the next free id."""
+        if cell == 0:
+            _say.warning("no cell there: point at (or click) the cell to split")
+            return
+        data = np.asarray(annotation.data)
+        lead = viewed_plane(annotation, self._viewer)
+        try:
+            plane = split_cell(data[lead], cell, new_id=int(data.max()) + 1)
+        except ValueError as err:
+            _say.warning(str(err))
+            return
+        self._write(annotation, plane, lead)
+
+    @staticmethod
+    def _write(annotation: Labels, values: np.ndarray, lead: tuple[int, ...] = ()) -> None:
+        """Write the pixels of ``values`` that differ from the plane ``lead`` of
+        ``annotation`` (the whole layer for ``()``) as one undo step."""
+        index = np.nonzero(values != np.asarray(annotation.data)[lead])
+        full = tuple(np.full(index[0].size, i) for i in lead) + index
+        with annotation.block_history():  # one undo step; paint event after the write
+            annotation.data_setitem(full, values[index])
 
     def _on_start_from_prediction(self, value=None) -> None:
         annotation = self._annotation_or_error()

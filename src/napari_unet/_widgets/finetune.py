@@ -3,16 +3,23 @@
 The training set is a list of image / annotation pairs (one plane each, optionally restricted to
 an annotated region: by default the region the Annotate dock chose for that image); ticked pairs
 are held out for validation (their foreground IoU is shown). Start trains a deep copy of the
-viewer's current model (or a new network) in a thread worker over :func:`napari_unet.finetune`;
-each step's event updates a progress bar, a status line and a loss curve. When the run ends
+viewer's current model (or a new network) in a thread worker over :func:`napari_unet.finetune`
+for a time budget ("train for 5 min", the main control) and at most a number of steps (under
+"advanced", with the learning rate, batch and crop size); each step's event updates a progress
+bar (time, or steps when they run out first), a status line and a loss curve. When the run ends
 (done, or stopped: Stop keeps what the copy learnt so far) the copy becomes the current model
 for Predict and Export, with a label saying so; "Undo fine-tuning" returns to the model before
 the run. A run that fails leaves the current model and its label as they were.
+
+The loop of a user: predict, correct the prediction in Annotate, add it as a pair, Start again:
+the next round trains a copy of the current (fine-tuned) model on all pairs, and its label says
+which round it is and that it continued from the one before.
 """
 
 from __future__ import annotations
 
 import copy
+import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -61,6 +68,13 @@ __all__ = ["FinetuneWidget"]
 CURRENT_MODEL, NEW_NETWORK = "current model", "new network (base 16)"
 PAIR_LIST_HEIGHT = 100  # px, about four pairs; the list scrolls beyond
 HOLD_OUT_TIP = "Tick to hold this pair out for validation: not trained on, its IoU is reported."
+MINUTES = 5.0  # the default time budget
+MAX_STEPS = 100_000  # the default step limit: the time budget ends a run first
+PERMILLE = 1000  # the progress bar's steps while time is the limit
+NEXT_ROUND = (
+    "Next round: predict again, correct the prediction in Annotate, Add pair, then Start to "
+    "continue from this model with all pairs."
+)
 _say = Messages("Fine-tune")
 
 
@@ -112,10 +126,13 @@ class _Run:
     """One training run, as the main thread sees it."""
 
     model: UNet  # the copy being trained
-    bar: progress
+    bar: progress  # napari's activity dock: per cent of the budget (time or steps)
     pairs: int
+    seconds: float | None  # the time budget
+    round: int  # 1 + the round of the model it continues (1 from a model not tuned here)
     steps: int = 0
     loss: float = float("nan")
+    elapsed: float = 0.0
 
 
 class FinetuneWidget(Container):
@@ -131,6 +148,7 @@ class FinetuneWidget(Container):
         self._task: Task | None = None
         self._run: _Run | None = None
         self._pairs: list[_Pair] = []
+        self._rounds: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model: round
 
         self._image = ComboBox(label="image", choices=image_choices(viewer))
         self._annotation_box = ComboBox(
@@ -162,7 +180,8 @@ class FinetuneWidget(Container):
         self._start_from = ComboBox(
             label="start from",
             choices=[CURRENT_MODEL, NEW_NETWORK],
-            tooltip="Train a copy of the viewer's current model, or a new small U-Net.",
+            tooltip="Train a copy of the viewer's current model (after a run: the fine-tuned "
+            "one, so Start continues from it with all pairs), or a new small U-Net.",
         )
         self._model_info = Label(value="")
         self._undo = PushButton(
@@ -170,17 +189,31 @@ class FinetuneWidget(Container):
             enabled=False,
             tooltip="Make the model before the last fine-tuning run current again.",
         )
-        self._steps = SpinBox(label="steps", value=200, min=1, max=1_000_000)
         self._minutes = FloatSpinBox(
-            label="minutes",
-            value=0,
+            label="train for",
+            value=MINUTES,
             min=0,
             max=24 * 60,
-            step=0.5,
-            tooltip="Stop after this many minutes even if steps remain; 0 = no time limit.",
+            step=1,
+            tooltip="How long to train: a few minutes on a laptop CPU is the usual budget. "
+            "0 = no time limit (then 'at most' steps, under advanced, ends the run).",
+        )
+        self._minutes.native.setSuffix(" min")
+        self._minutes.native.setSpecialValueText("no time limit")
+        self._show_advanced = CheckBox(
+            text="advanced",
+            value=False,
+            tooltip="Show the step limit, learning rate, batch and crop size.",
+        )
+        self._steps = SpinBox(
+            label="at most (steps)",
+            value=MAX_STEPS,
+            min=1,
+            max=1_000_000,
+            tooltip="Stop after this many optimisation steps even if time remains.",
         )
         self._lr = FloatSpinBox(
-            label="learning rate", value=defaults.lr, min=1e-6, max=0.1, step=1e-5
+            label="learning rate", value=defaults.lr, min=1e-5, max=0.1, step=1e-5
         )
         self._batch = SpinBox(label="batch size", value=defaults.batch_size, min=1, max=256)
         self._tile = SpinBox(
@@ -201,18 +234,17 @@ class FinetuneWidget(Container):
             value=True,
             tooltip="Turn RGB(A) images into grey for a one-channel model.",
         )
+        self._advanced = Container(widgets=[self._steps, self._lr, self._batch, self._tile])
         self._settings = Container(
             widgets=[
                 self._start_from,
                 self._model_info,
                 self._undo,
-                self._steps,
                 self._minutes,
-                self._lr,
-                self._batch,
-                self._tile,
                 self._augment,
                 self._grey,
+                self._show_advanced,
+                self._advanced,
             ]
         )
         self._start = PushButton(text="Start")
@@ -236,6 +268,7 @@ class FinetuneWidget(Container):
         self._connect_signals()
         self._on_image_changed()
         self._on_model_changed()
+        self._on_show_advanced()
 
     def _connect_signals(self) -> None:
         watch_layers(self._viewer, self._on_layers_changed)
@@ -245,6 +278,8 @@ class FinetuneWidget(Container):
         self._start.changed.connect(self._on_start)
         self._stop.changed.connect(self._on_stop)
         self._undo.changed.connect(self._on_undo)
+        self._show_advanced.changed.connect(self._on_show_advanced)
+        self._minutes.changed.connect(self._on_minutes)
         self._session.model_changed.connect(self._on_model_changed)
         self._session.busy_changed.connect(self._on_model_changed)
         self._session.region_changed.connect(self._on_region_chosen)
@@ -266,6 +301,13 @@ class FinetuneWidget(Container):
         region = self._session.region_for(image)
         known = region is not None and region in self._viewer.layers
         self._region.value = region if known else WHOLE_IMAGE
+
+    def _on_show_advanced(self, *_) -> None:
+        self._advanced.visible = self._show_advanced.value
+
+    def _on_minutes(self, *_) -> None:
+        if self._minutes.value == 0:  # no time limit: show the step limit that ends the run
+            self._show_advanced.value = True
 
     def _on_model_changed(self, *_) -> None:
         self._model_info.value = f"current model: {self._session.label}"
@@ -359,11 +401,13 @@ class FinetuneWidget(Container):
         trainee = self._trainee()
         if trainee is None:
             return
+        continued = self._start_from.value == CURRENT_MODEL and self._session.has_model
+        round_ = self._rounds.get(self._session.model, 0) + 1 if continued else 1
         train, validation = pairs
-        minutes = self._minutes.value
+        seconds = self._minutes.value * 60 or None
         settings = {
             "steps": self._steps.value,
-            "max_seconds": minutes * 60 if minutes > 0 else None,
+            "max_seconds": seconds,
             "lr": self._lr.value,
             "batch_size": self._batch.value,
             "tile": self._tile.value,
@@ -378,10 +422,10 @@ class FinetuneWidget(Container):
             session=self._session,
             task=TRAINING,
         )
-        bar = progress(total=settings["steps"], desc="Fine-tuning U-Net")
-        self._run = _Run(model=trainee, bar=bar, pairs=len(train))
+        bar = progress(total=100, desc="Fine-tuning U-Net (% of the budget)")
+        self._run = _Run(trainee, bar, len(train), seconds, round_)
         self._plot.clear()
-        self._bar.max, self._bar.value = settings["steps"], 0
+        self._show_progress(0, settings["steps"], 0.0)
         self._status.value = "preparing the training data…"
         self._validation.value = (
             f"validation on {plural(len(validation), 'held-out pair')}: pending"
@@ -417,21 +461,48 @@ class FinetuneWidget(Container):
         if not running:
             self._on_model_changed()
 
+    def _timed(self, step: int, total: int, elapsed: float) -> bool:
+        """Whether the time budget, not the step limit, ends the run (the one used up more)."""
+        seconds = self._run.seconds
+        return seconds is not None and elapsed / seconds >= step / total
+
+    def _show_progress(self, step: int, total: int, elapsed: float, done: bool = False) -> None:
+        """The progress bar in time (``m:ss / m:ss``) or in steps, whichever ends the run."""
+        seconds = self._run.seconds
+        if self._timed(step, total, elapsed):
+            self._bar.max = PERMILLE
+            self._bar.value = (
+                PERMILLE if done else min(round(PERMILLE * elapsed / seconds), PERMILLE)
+            )
+            self._bar.native.setFormat(f"{_clock(elapsed)} / {_clock(seconds)}")
+        else:
+            self._bar.max = total
+            self._bar.value = total if done else step
+            self._bar.native.setFormat("%v / %m steps")
+
     def _on_yielded(self, event: FinetuneEvent) -> None:
         run = self._run
-        run.steps, run.loss = event.step, event.loss
-        self._bar.max = event.total
-        self._bar.value = event.total if event.done else event.step
+        run.steps, run.loss, run.elapsed = event.step, event.loss, event.elapsed
+        self._show_progress(event.step, event.total, event.elapsed, event.done)
         if not self._task.cancelling:
-            self._status.value = (
-                f"step {event.step}/{event.total}, loss {event.loss:.3g}, "
-                f"{_clock(event.remaining)} left"
-            )
+            if self._timed(event.step, event.total, event.elapsed):
+                self._status.value = (
+                    f"{_clock(event.elapsed)} of {_clock(run.seconds)}, step {event.step}, "
+                    f"loss {event.loss:.3g}"
+                )
+            else:
+                self._status.value = (
+                    f"step {event.step}/{event.total}, loss {event.loss:.3g}, "
+                    f"{_clock(event.remaining)} left"
+                )
         self._plot.add(event.step, event.loss)
         if event.val_iou is not None:
             self._validation.value = f"validation IoU {event.val_iou:.3f} (step {event.step})"
+        done = 1.0 if event.done else event.step / event.total
+        if run.seconds is not None:
+            done = max(done, event.elapsed / run.seconds)
         # last: napari's progress bar processes events, which may run _on_done right here
-        run.bar.update(event.step - run.bar.n)
+        run.bar.update(min(int(100 * done), 100) - run.bar.n)
 
     def _on_done(self, outcome: Outcome) -> None:
         run, self._run, self._task = self._run, None, None
@@ -446,6 +517,14 @@ class FinetuneWidget(Container):
             self._status.value = "stopped before the first step; the model was not changed"
             return
         how = "stopped at" if outcome.cancelled else "done:"
-        self._status.value = f"{how} step {run.steps}, loss {run.loss:.3g}"
-        source = f"fine-tuned on {plural(run.pairs, 'pair')}, {plural(run.steps, 'step')}"
+        self._status.value = (
+            f"{how} step {run.steps}, loss {run.loss:.3g}, {_clock(run.elapsed)} of training. "
+            + NEXT_ROUND
+        )
+        source = f"{plural(run.pairs, 'pair')}, {plural(run.steps, 'step')}"
+        if run.round == 1:
+            source = f"fine-tuned on {source}"
+        else:
+            source = f"round {run.round}: continued from round {run.round - 1} on {source}"
+        self._rounds[run.model] = run.round
         self._session.set_model(run.model, source, undoable=True)

@@ -115,6 +115,18 @@ class _Run:
     dirty: bool = False  # tiles written since the last refresh
 
 
+def cell_size_hint(model: UNet) -> str:
+    """One line on the cells ``model`` was fine-tuned on (``metadata["cells"]``, a dict with
+    ``"median_diameter"`` in px and ``"count"``), e.g. ``"cells ~24 px across (from 53
+    annotated cells)"``; ``""`` when the model does not say."""
+    cells = (getattr(model, "metadata", None) or {}).get("cells")
+    if not isinstance(cells, dict) or not cells.get("median_diameter"):
+        return ""
+    hint = f"cells ~{float(cells['median_diameter']):.0f} px across"
+    count = cells.get("count")
+    return f"{hint} (from {int(count)} annotated cells)" if count else hint
+
+
 class PredictWidget(Container):
     """Predict an image layer with the current model (or a model file); tiles stream in."""
 
@@ -132,6 +144,11 @@ class PredictWidget(Container):
         self._image = ComboBox(label="image", choices=image_choices(viewer))
         self._model_choice = ComboBox(label="model", choices=[CURRENT, FILE], value=CURRENT)
         self._source = Label(label="current")
+        self._cells = Label(
+            value="",
+            tooltip="The size of the cells the current model was fine-tuned on; splitting the "
+            "foreground into cells uses it",
+        )
         self._model_file = FileEdit(label="model file", mode="r", filter="*.safetensors")
         self._make_current = CheckBox(text="make current", value=False)
         self._tile = SpinBox(label="tile size (0 = auto)", min=0, max=8192, step=16, value=0)
@@ -159,6 +176,7 @@ class PredictWidget(Container):
                 self._image,
                 self._model_choice,
                 self._source,
+                self._cells,
                 self._model_file,
                 self._make_current,
                 self._tile,
@@ -207,6 +225,9 @@ class PredictWidget(Container):
 
     def _on_model_changed(self) -> None:
         self._source.value = self._session.label
+        hint = cell_size_hint(self._session.model) if self._session.has_model else ""
+        self._cells.value = hint
+        self._cells.visible = bool(hint)
 
     def _set_running(self, running: bool) -> None:
         for widget in self:

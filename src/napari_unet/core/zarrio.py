@@ -383,22 +383,24 @@ def write_tiff_bands(
     *,
     pixel_size: tuple[float, float] | None = None,
     unit: str | None = None,
+    dtype=None,
     software: str = PREDICTION_SOFTWARE,
 ) -> Path:
     """Write the ``(H, W)`` ``array`` (zarr or numpy) to a tiled, zlib TIFF atomically, reading
     it band by band (about 64 MiB at a time); BigTIFF when it needs 4 GiB or more.
 
-    A pixel size in micrometres is written as the resolution tags (pixels per centimetre).
+    ``dtype``: the TIFF's (default: ``array``'s). A pixel size in micrometres is written as the
+    resolution tags (pixels per centimetre).
     """
     path = Path(path)
     height, width = array.shape
-    dtype = np.dtype(array.dtype)
+    dtype = np.dtype(dtype or array.dtype)
     tile = 256
     rows = max(tile, _TIFF_BAND_BYTES // max(1, width * dtype.itemsize) // tile * tile)
 
     def tiles():
         for y in range(0, height, rows):
-            band = np.asarray(array[y : y + rows])
+            band = np.asarray(array[y : y + rows]).astype(dtype, copy=False)
             for ty in range(0, band.shape[0], tile):
                 for tx in range(0, width, tile):
                     yield band[ty : ty + tile, tx : tx + tile]

@@ -143,19 +143,27 @@ def _segment_large(client, name, model, info, target: Path, args, instance) -> i
 def run(args) -> int:
     """Run ``predict`` on dask; returns the exit status (1 when a file failed)."""
     import numpy as np
-    from distributed import as_completed
     from tqdm import tqdm
 
-    from .core.distributed import connect, fits_one_block, segment_small, share_model
     from .core.instances import to_instances
     from .core.io import image_info
     from .core.store import open_model
     from .core.zarrio import inspect_image, is_complete_output, is_zarr
 
-    from .core.distributed import DEFAULT_BLOCK, DEFAULT_HALO
+    try:
+        from .core.distributed import DEFAULT_BLOCK, DEFAULT_HALO
+    except ImportError as err:
+        raise ValueError(
+            f"--workers/--scheduler need dask.distributed and zarr ({err.name} is missing): "
+            "pip install 'napari-unet[distributed]'"
+        ) from err
 
     args.block = args.block or DEFAULT_BLOCK
     args.halo = args.halo or DEFAULT_HALO
+    from distributed import as_completed
+
+    from .core.distributed import connect, fits_one_block, segment_small, share_model
+
     if args.probabilities:
         raise ValueError("--probabilities is not written with --workers/--scheduler yet")
     if args.device not in (None, "cpu"):

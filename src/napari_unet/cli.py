@@ -491,7 +491,10 @@ def open_viewer(images: list[str], viewer=None):
 
 
 def _gui(args) -> None:
-    import napari
+    try:
+        import napari
+    except ImportError as err:
+        raise ValueError("napari-unet gui needs napari: pip install 'napari-unet[gui]'") from err
 
     missing = [p for p in args.images if not Path(p).is_file()]
     if missing:

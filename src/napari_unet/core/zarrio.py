@@ -135,9 +135,7 @@ class _Plane:
 def _tiff_pixel_size(tif) -> tuple[tuple[float, float] | None, str | None]:
     """``((y, x), unit)`` from OME-XML, ImageJ metadata or the resolution tags."""
     if tif.is_ome and tif.ome_metadata:
-        found = {
-            a: re.search(rf'PhysicalSize{a}="([0-9.eE+-]+)"', tif.ome_metadata) for a in "YX"
-        }
+        found = {a: re.search(rf'PhysicalSize{a}="([0-9.eE+-]+)"', tif.ome_metadata) for a in "YX"}
         if all(found.values()):
             unit = re.search(r'PhysicalSizeXUnit="([^"]+)"', tif.ome_metadata)
             unit = unit[1] if unit else "µm"
@@ -373,8 +371,8 @@ def write_level(root, level: int, region: tuple[slice, slice]) -> None:
     """Fill ``region`` of pyramid ``level`` (>= 1) from level 0 (every ``2**level``-th pixel)."""
     f = 2**level
     source = root["0"]
-    part = source[region[0].start * f : region[0].stop * f : f, region[1].start * f : region[1].stop * f : f]
-    root[str(level)][region] = part
+    rows, cols = (slice(s.start * f, s.stop * f, f) for s in region)
+    root[str(level)][region] = source[rows, cols]
 
 
 def write_tiff_bands(

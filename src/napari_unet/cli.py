@@ -260,7 +260,13 @@ def _stem(path: Path, k: int) -> str:
     return path.stem if k == 1 else f"{path.stem}-{k}"
 
 
-def _predict(args) -> None:
+def _predict(args) -> int | None:
+    if args.workers or args.scheduler:
+        from ._batch import run
+
+        return run(args)
+    if args.block is not None or args.halo is not None:
+        raise ValueError("--block and --halo take effect with --workers or --scheduler")
     import numpy as np
     from tqdm import tqdm
 
@@ -488,7 +494,10 @@ def open_viewer(images: list[str], viewer=None):
 
 
 def _gui(args) -> None:
-    import napari
+    try:
+        import napari
+    except ImportError as err:
+        raise ValueError("napari-unet gui needs napari: pip install 'napari-unet[gui]'") from err
 
     missing = [p for p in args.images if not Path(p).is_file()]
     if missing:
@@ -583,6 +592,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--device", **device)
     p.add_argument("--max-pixels", **budget)
+    _distributed_options(p)
     p.set_defaults(run=_predict)
 
     w = sub.add_parser(
@@ -679,6 +689,36 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("images", nargs="*", metavar="IMAGE", help="images to open (default: sample)")
     g.set_defaults(run=_gui)
     return parser
+
+
+def _distributed_options(p: argparse.ArgumentParser) -> None:
+    """``--workers`` / ``--scheduler`` (dask.distributed), ``--block`` and ``--halo``."""
+    where = p.add_mutually_exclusive_group()
+    where.add_argument(
+        "--workers",
+        type=_positive_int,
+        help="run on a local dask cluster of N worker processes: IMAGE may also be a folder or "
+        "a glob pattern, zarr/OME-Zarr inputs give IMAGE_labels.ome.zarr, large images run "
+        "block by block, complete outputs are skipped (a rerun resumes), and failed files are "
+        "listed at the end (needs napari-unet[distributed])",
+    )
+    where.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="as --workers, on the running dask cluster at ADDRESS (e.g. tcp://host:8786)",
+    )
+    p.add_argument(
+        "--block",
+        type=_positive_int,
+        help="with --workers/--scheduler: block side in px; larger images run block by block "
+        "(default: 1024)",
+    )
+    p.add_argument(
+        "--halo",
+        type=_positive_int,
+        help="with --workers/--scheduler: px around a block when labelling cells, larger than "
+        "a cell (default: 128)",
+    )
 
 
 @contextmanager

@@ -12,6 +12,7 @@ __all__ = [
     "PERCENTILES",
     "count_ids",
     "normalize",
+    "rescale",
     "to_grey",
     "grey_if_rgb",
     "split_channels",
@@ -70,6 +71,28 @@ def normalize(
         image = image.view(np.uint8)
     axes = (0, 1) if image.ndim == 3 else None
     lo, hi = np.percentile(image, [low, high], axis=axes, keepdims=image.ndim == 3)
+    return rescale(image, lo, hi)
+
+
+def rescale(image: np.ndarray, lo, hi) -> np.ndarray:
+    """Map ``lo`` to 0 and ``hi`` to 1 (no clipping): :func:`normalize` with given values.
+
+    Parameters
+    ----------
+    image
+        ``(H, W)`` or ``(H, W, C)`` real pixels (any part of an image: the values are applied
+        pixel by pixel, so a window of an image gets the same values as the whole image).
+    lo, hi
+        Scalars, or ``(1, 1, C)`` arrays for channels; ``hi <= lo`` maps ``x`` to ``x - lo``.
+
+    Returns
+    -------
+    float32 array of ``image``'s shape, computed in float64 one chunk at a time.
+    """
+    image = np.asarray(image)
+    if image.dtype == bool:
+        image = image.view(np.uint8)
+    lo, hi = np.asarray(lo, np.float64), np.asarray(hi, np.float64)
     scale = np.where(hi > lo, hi - lo, 1.0)
     out = np.empty(image.shape, np.float32)
     rows = max(1, _CHUNK_VALUES // max(1, image[0].size))

@@ -141,8 +141,8 @@ def _check_budget(path: Path, shape, dtype, max_pixels: int | None) -> None:
             f"{path} holds {n:,} pixel values ({'x'.join(map(str, shape))} {dtype}, "
             f"{n * dtype.itemsize / 2**30:.1f} GiB decoded), more than the limit of "
             f"{max_pixels:,}; raise the pixel limit (max_pixels) if this machine has the "
-            "memory, or crop the image: images this big need a distributed (out-of-core) path, "
-            "which napari-unet does not have yet"
+            "memory, or run it block by block (napari-unet predict --workers N, or "
+            "napari_unet.core.distributed)"
         )
 
 

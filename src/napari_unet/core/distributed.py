@@ -1,0 +1,360 @@
+"""Large images and many images on dask.distributed.
+
+The engine is dask's: a ``LocalCluster`` here, or any cluster by its scheduler address (e.g. one
+that dask-jobqueue starts on SLURM); lost workers and retries are dask's business. A large plane
+becomes a graph of blocks (:mod:`~napari_unet.core.blocks`):
+
+1. ``predict``: each block's probabilities, read from the file by the worker (tasks carry block
+   coordinates, not pixels), normalised with one :class:`~napari_unet.core.blocks.Normalisation`
+   estimated before the graph runs; equal to in-process :func:`~napari_unet.predict`;
+2. ``cells``: each block's probabilities grown by a cell halo, labelled with
+   :func:`~napari_unet.to_instances`, the cells it owns kept (:mod:`~napari_unet.core.seams`);
+3. ``paint``: each block's provisional ids, written to a zarr store beside the output;
+4. ``ids``: final ids ``1..N`` once every block's count is known, written to level 0 of the
+   OME-Zarr label image, then its pyramid levels.
+
+Intermediate results live on disk or only until their neighbours are done, so a worker's memory
+does not grow with the image. The model travels once to each worker as safetensors bytes
+(:class:`ModelPlugin`), never as a pickled module. Importing this module imports dask.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from distributed import Client, LocalCluster, WorkerPlugin, get_worker
+
+from .blocks import Normalisation, cell_window, estimate_normalisation, plan_blocks, predict_block
+from .seams import final_ids, owned_cells, paint
+
+__all__ = [
+    "DEFAULT_BLOCK",
+    "DEFAULT_HALO",
+    "ModelPlugin",
+    "connect",
+    "share_model",
+    "segment_large",
+    "segment_small",
+    "LargeResult",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BLOCK = 1024
+"""Output side of a block (px): one task's prediction; its memory is the automatic tile's."""
+DEFAULT_HALO = 128
+"""Cell halo (px) around a block when labelling: larger than a cell, so cells are whole."""
+
+
+@contextmanager
+def connect(workers: int | None = None, scheduler: str | None = None, memory_limit="auto"):
+    """Yield a :class:`distributed.Client`: to ``scheduler`` (an address such as
+    ``tcp://host:8786``) or to a new ``LocalCluster`` of ``workers`` single-threaded processes
+    (closed at the end)."""
+    if scheduler is not None:
+        with Client(scheduler) as client:
+            yield client
+        return
+    with (
+        LocalCluster(
+            n_workers=workers or 1,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            memory_limit=memory_limit,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        yield client
+
+
+class ModelPlugin(WorkerPlugin):
+    """Loads the model once on each worker, from safetensors bytes (also on workers that join
+    or are restarted later); tasks find it by :attr:`name`."""
+
+    def __init__(self, blob: bytes, torch_threads: int | None = None):
+        import hashlib
+
+        self.blob = blob
+        self.name = f"napari-unet-model-{hashlib.sha256(blob).hexdigest()[:16]}"
+        self.torch_threads = torch_threads
+        self.model = None
+        self.loads = 0
+
+    def setup(self, worker=None):
+        import torch
+
+        from .store import load_model
+
+        if self.torch_threads:
+            torch.set_num_threads(self.torch_threads)
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / "model.safetensors"
+            path.write_bytes(self.blob)
+            self.model = load_model(path).eval()
+        self.loads += 1
+
+
+def share_model(client: Client, model, torch_threads: int | None = None) -> str:
+    """Send ``model`` (a :class:`~napari_unet.UNet`) to every worker of ``client`` once; returns
+    the name tasks use to find it. ``torch_threads``: intra-op threads per worker (``None``:
+    torch's default, one under dask's nanny)."""
+    from .store import save_model
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = save_model(model, Path(folder) / "model.safetensors")
+        plugin = ModelPlugin(path.read_bytes(), torch_threads)
+    client.register_plugin(plugin, name=plugin.name)
+    return plugin.name
+
+
+def _model(name: str):
+    return get_worker().plugins[name].model
+
+
+def _opened(source):
+    return source.open() if hasattr(source, "open") else nullcontext(source)
+
+
+# ---------------------------------------------------------------------------------- the tasks
+def _predict_task(name, source, block, norm: Normalisation, flips: bool) -> np.ndarray:
+    with _opened(source) as plane:
+        return predict_block(_model(name), plane, block, norm, flips=flips)
+
+
+def _cells_task(window, core, shape, regions, instance: dict, *probs):
+    from .instances import to_instances
+
+    prob = np.empty([s.stop - s.start for s in window], np.float32)
+    for region, p in zip(regions, probs, strict=True):
+        rows = slice(max(region[0].start, window[0].start), min(region[0].stop, window[0].stop))
+        cols = slice(max(region[1].start, window[1].start), min(region[1].stop, window[1].stop))
+        prob[
+            rows.start - window[0].start : rows.stop - window[0].start,
+            cols.start - window[1].start : cols.stop - window[1].start,
+        ] = p[
+            rows.start - region[0].start : rows.stop - region[0].start,
+            cols.start - region[1].start : cols.stop - region[1].start,
+        ]
+    return owned_cells(to_instances(prob, **instance), window, core, shape)
+
+
+def _count(cells) -> tuple[int, int]:
+    return cells[1], cells[2]
+
+
+def _paint_task(store: str, core, indices, windows, *cells) -> None:
+    import zarr
+
+    pieces = [(i, w, c[0]) for i, w, c in zip(indices, windows, cells, strict=True)]
+    zarr.open_array(store, mode="r+")[core] = paint(core, pieces)
+
+
+def _offsets(*counts) -> np.ndarray:
+    n = np.array([c[0] for c in counts], np.uint64)
+    return np.concatenate([[0], np.cumsum(n)[:-1]]).astype(np.uint64)
+
+
+def _ids_task(store: str, labels: str, core, offsets, _painted) -> None:
+    import zarr
+
+    provisional = zarr.open_array(store, mode="r")[core]
+    target = zarr.open_array(labels, path="0", mode="r+")
+    target[core] = final_ids(provisional, offsets, target.dtype)
+
+
+def _level_task(labels: str, level: int, region, *_done) -> None:
+    import zarr
+
+    from .zarrio import write_level
+
+    write_level(zarr.open_group(labels, mode="r+"), level, region)
+
+
+def _whole_task(name, source, flips: bool, instance: dict, probabilities: bool):
+    """Predict and label a plane that fits one block, as in-process prediction does."""
+    from .instances import to_instances
+    from .predict import predict
+
+    with _opened(source) as plane:
+        image = np.asarray(plane[:, :]) if hasattr(source, "open") else plane
+    prob = np.asarray(predict(_model(name), image, flips=flips), np.float32)
+    labels = to_instances(prob, **instance)
+    return labels, (prob if probabilities else None)
+
+
+# ------------------------------------------------------------------------------------- the jobs
+@dataclass(frozen=True)
+class LargeResult:
+    """What :func:`segment_large` made: ``cells`` ids in ``labels`` (an OME-Zarr folder),
+    ``cut`` cells larger than the halo (they may differ from whole-image labelling), the
+    shared normalisation, and the number of blocks."""
+
+    labels: Path
+    cells: int
+    cut: int
+    normalisation: Normalisation
+    blocks: int
+
+
+def _overlapping(region, regions) -> list[int]:
+    """Indices of the ``regions`` (``(slice, slice)``) that overlap ``region``."""
+    return [
+        i
+        for i, r in enumerate(regions)
+        if r[0].start < region[0].stop
+        and region[0].start < r[0].stop
+        and r[1].start < region[1].stop
+        and region[1].start < r[1].stop
+    ]
+
+
+def segment_large(
+    client: Client,
+    name: str,
+    model,
+    source,
+    labels: str | os.PathLike,
+    *,
+    block: int = DEFAULT_BLOCK,
+    halo: int = DEFAULT_HALO,
+    flips: bool = False,
+    instance: dict | None = None,
+    pixel_size=None,
+    unit=None,
+    metadata: dict | None = None,
+    work: str | os.PathLike | None = None,
+) -> LargeResult:
+    """Predict and label one large plane block by block on the cluster of ``client``.
+
+    Parameters
+    ----------
+    client, name
+        The cluster, and the name :func:`share_model` returned for ``model``.
+    model
+        The same :class:`~napari_unet.UNet` (its size arithmetic plans the blocks).
+    source
+        A :class:`~napari_unet.core.zarrio.ImageFile` on storage every worker reads (tasks open
+        it themselves), or an in-memory ``(H, W[, C])`` array (sent to the workers).
+    labels
+        Folder of the OME-Zarr label image to create (uint32 ids 1..N, 0 = background).
+    block, halo
+        Block side (px, rounded onto the pooling grid as tiles are) and cell halo (px).
+    instance
+        Keyword arguments of :func:`~napari_unet.to_instances`.
+    work
+        Folder for the provisional ids (default: beside ``labels``); removed at the end.
+
+    Returns
+    -------
+    LargeResult
+    """
+    import dask
+
+    from .zarrio import create_labels, pyramid_shapes
+
+    instance = dict(instance or {})
+    shape = tuple(source.shape[:2])
+    blocks = plan_blocks(shape, model, block)
+    step = blocks[0].inner[0].stop - blocks[0].inner[0].start
+    step = max(step, blocks[0].inner[1].stop - blocks[0].inner[1].start)
+    with _opened(source) as plane:
+        norm = estimate_normalisation(plane, blocks)
+    labels = Path(labels)
+    record = {
+        **(metadata or {}),
+        "normalisation": norm.as_dict(),
+        "block": step,
+        "halo": halo,
+        "instances": instance,
+        "flips": flips,
+    }
+    root = create_labels(
+        labels, shape, step, np.uint32, pixel_size=pixel_size, unit=unit, metadata=record
+    )
+    work = Path(tempfile.mkdtemp(dir=work or labels.parent, prefix=".napari-unet-work-"))
+    try:
+        import zarr
+
+        store = str(work / "provisional.zarr")
+        zarr.create_array(
+            store, shape=shape, chunks=(step, step), dtype=np.uint64, fill_value=0, zarr_format=2
+        )
+        src = source if hasattr(source, "open") else dask.delayed(source, pure=True)
+        d = dask.delayed
+        probs = [d(_predict_task, pure=True)(name, src, b, norm, flips) for b in blocks]
+        cores = [b.inner for b in blocks]
+        windows = [cell_window(core, halo, shape) for core in cores]
+        cells = []
+        for b, window in zip(blocks, windows, strict=True):
+            near = _overlapping(window, cores)
+            regions = [cores[j] for j in near]
+            cells.append(
+                d(_cells_task, pure=True)(
+                    window, b.inner, shape, regions, instance, *[probs[j] for j in near]
+                )
+            )
+        counts = [d(_count, pure=True)(c) for c in cells]
+        offsets = d(_offsets, pure=True)(*counts)
+        done = []
+        for b in blocks:
+            near = _overlapping(b.inner, windows)
+            painted = d(_paint_task)(
+                store, b.inner, near, [windows[j] for j in near], *[cells[j] for j in near]
+            )
+            done.append(d(_ids_task)(store, str(labels), b.inner, offsets, painted))
+        levels = []
+        for level, level_shape in enumerate(pyramid_shapes(shape, step)[1:], start=1):
+            for region in _chunks(level_shape, step):
+                levels.append(d(_level_task)(str(labels), level, region, *done))
+        totals, _ = dask.compute(counts, levels, scheduler=client)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    cells_n = int(sum(t[0] for t in totals))
+    cut = int(sum(t[1] for t in totals))
+    root.attrs[_key()] = {**root.attrs[_key()], "cells": cells_n, "cut_cells": cut}
+    if cut:
+        log.warning(
+            "%d cell(s) reach past the %d px halo of their block; they may be labelled "
+            "differently from whole-image labelling (raise the halo)",
+            cut,
+            halo,
+        )
+    return LargeResult(labels, cells_n, cut, norm, len(blocks))
+
+
+def _key() -> str:
+    from .zarrio import METADATA_KEY
+
+    return METADATA_KEY
+
+
+def _chunks(shape, step) -> list[tuple[slice, slice]]:
+    return [
+        (slice(y, min(y + step, shape[0])), slice(x, min(x + step, shape[1])))
+        for y in range(0, shape[0], step)
+        for x in range(0, shape[1], step)
+    ]
+
+
+def segment_small(
+    client: Client, name: str, source, *, flips=False, instance=None, probabilities=False
+):
+    """Submit one plane (or stack) that fits one block: a single task that predicts and labels
+    it as in-process prediction does. Returns a future of ``(labels, probabilities or None)``."""
+    return client.submit(
+        _whole_task, name, source, flips, dict(instance or {}), probabilities, pure=False
+    )
+
+
+def fits_one_block(shape, block: int) -> bool:
+    """Whether an ``(H, W[, C])`` plane needs no more than one block of side ``block``."""
+    return max(shape[:2]) <= block and math.prod(shape[:2]) <= block**2

@@ -1,0 +1,423 @@
+"""Large images in and out without reading them whole: TIFF page by page, zarr, OME-Zarr.
+
+:func:`inspect_image` reads a file's header (shape, dtype, pixel size); :meth:`ImageFile.open`
+gives an ``(H, W[, C])`` array that reads only the slices asked for (a TIFF through tifffile's
+zarr view, a zarr or OME-Zarr array, an NPY memory map). Label images go out as OME-Zarr labels
+(NGFF 0.4 on zarr format 2: a multiscale pyramid, the input's pixel size kept, readable by
+napari-ome-zarr, ome-zarr-py and Fiji) or as TIFF written band by band (BigTIFF past 4 GiB), both
+atomically.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import shutil
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .io import (
+    IMAGE_SUFFIXES,
+    PREDICTION_SOFTWARE,
+    _part_affixes,
+    _remove_stale_parts,
+    atomic_path,
+    check_writable_folder,
+    is_prediction_output,
+    read_image,
+)
+
+__all__ = [
+    "ImageFile",
+    "inspect_image",
+    "is_zarr",
+    "is_complete_output",
+    "atomic_folder",
+    "create_labels",
+    "pyramid_shapes",
+    "write_level",
+    "write_tiff_bands",
+    "NGFF_VERSION",
+]
+
+NGFF_VERSION = "0.4"
+METADATA_KEY = "napari-unet"
+"""Root attribute of an OME-Zarr napari-unet writes: software, model, normalisation, options."""
+_TIFF_BAND_BYTES = 64 * 2**20  # a TIFF is written in bands of rows of about this size
+
+
+def is_zarr(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a zarr group or array folder (format 2 or 3)."""
+    path = Path(path)
+    return path.is_dir() and any(
+        (path / name).exists() for name in (".zgroup", ".zarray", "zarr.json")
+    )
+
+
+@dataclass(frozen=True)
+class ImageFile:
+    """A plane on disk: where and how to open it, and what it holds.
+
+    ``shape`` is ``(H, W)`` or ``(H, W, C)`` (channels last); ``pixel_size`` ``(y, x)`` in
+    ``unit`` or ``None`` when the file does not say. ``index`` picks the plane out of the
+    stored array (``axes`` names the stored axes, ``channel`` the one that holds channels).
+    """
+
+    path: str
+    kind: str  # "tiff", "zarr", "npy" or "other" (read whole)
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    pixel_size: tuple[float, float] | None = None
+    unit: str | None = None
+    component: str = ""
+    index: tuple = ()
+    channel: int | None = None
+
+    @property
+    def stem(self) -> str:
+        name = Path(self.path).name
+        for suffix in (".ome.zarr", ".zarr", ".ome.tiff", ".ome.tif", *IMAGE_SUFFIXES):
+            if name.lower().endswith(suffix):
+                return name[: -len(suffix)]
+        return Path(name).stem
+
+    @contextmanager
+    def open(self):
+        """Yield the ``(H, W[, C])`` plane as a lazily read, sliceable array."""
+        if self.kind == "tiff":
+            import tifffile
+            import zarr
+
+            store = tifffile.imread(self.path, aszarr=True, level=0)
+            try:
+                yield _Plane(zarr.open(store, mode="r"), self.index, self.channel)
+            finally:
+                store.close()
+        elif self.kind == "zarr":
+            import zarr
+
+            array = zarr.open_array(self.path, path=self.component, mode="r")
+            yield _Plane(array, self.index, self.channel)
+        elif self.kind == "npy":
+            yield _Plane(np.load(self.path, mmap_mode="r"), self.index, self.channel)
+        else:
+            yield read_image(self.path, max_pixels=None)
+
+
+class _Plane:
+    """``(H, W[, C])`` view of one plane of a stored array; reads only what is sliced."""
+
+    def __init__(self, array, index: tuple, channel: int | None):
+        self.array, self.index, self.channel = array, index, channel
+        ndim = len(array.shape)
+        self._spatial = [a for a in range(ndim) if a >= len(index) and a != channel]
+        self.shape = tuple(array.shape[a] for a in self._spatial)
+        if channel is not None:
+            self.shape += (array.shape[channel],)
+        self.dtype = np.dtype(array.dtype)
+
+    def __getitem__(self, region) -> np.ndarray:
+        region = region if isinstance(region, tuple) else (region,)
+        key = list(self.index) + [slice(None)] * (len(self.array.shape) - len(self.index))
+        for axis, s in zip(self._spatial, region, strict=False):
+            key[axis] = s
+        part = np.asarray(self.array[tuple(key)])
+        if self.channel is not None:  # the channel axis (after the dropped ones) goes last
+            part = np.moveaxis(part, self.channel - len(self.index), -1)
+        return part
+
+
+def _tiff_pixel_size(tif) -> tuple[tuple[float, float] | None, str | None]:
+    """``((y, x), unit)`` from OME-XML, ImageJ metadata or the resolution tags."""
+    if tif.is_ome and tif.ome_metadata:
+        found = {a: re.search(rf'PhysicalSize{a}="([0-9.eE+-]+)"', tif.ome_metadata) for a in "YX"}
+        if all(found.values()):
+            unit = re.search(r'PhysicalSizeXUnit="([^"]+)"', tif.ome_metadata)
+            unit = unit[1] if unit else "µm"
+            return (float(found["Y"][1]), float(found["X"][1])), _unit_name(unit)
+    page = tif.pages.first
+    try:
+        rx, ry = page.get_resolution()
+    except Exception:  # no or broken resolution tags
+        return None, None
+    if not rx or not ry or (rx == 1 and ry == 1):
+        return None, None
+    if tif.is_imagej:
+        unit = (tif.imagej_metadata or {}).get("unit")
+        return (1 / ry, 1 / rx), _unit_name(unit) if unit else None
+    per_micrometre = {2: 25400.0, 3: 10000.0}.get(int(page.resolutionunit))
+    if per_micrometre is None:
+        return None, None
+    return (per_micrometre / ry, per_micrometre / rx), "micrometer"
+
+
+def _unit_name(unit: str) -> str:
+    """An NGFF unit name for the spellings microscopes write."""
+    return {
+        "µm": "micrometer",
+        "um": "micrometer",
+        "micron": "micrometer",
+        "\\u00B5m": "micrometer",
+        "nm": "nanometer",
+        "mm": "millimeter",
+    }.get(unit, unit)
+
+
+def _ngff_attrs(attrs) -> dict:
+    attrs = dict(attrs)
+    return dict(attrs.get("ome", attrs))  # NGFF 0.5 nests everything under "ome"
+
+
+def _plane_layout(shape, names: list[str], what: str) -> tuple[tuple, int | None]:
+    """``(index, channel axis)`` that picks the one ``(y, x[, c])`` plane of a stored array."""
+    index, channel = [], None
+    for axis, (n, name) in enumerate(zip(shape, names, strict=True)):
+        if name in ("y", "x"):
+            break
+        if name == "c" and n > 1:
+            channel = axis
+            continue
+        if n > 1:
+            raise ValueError(
+                f"{what} holds {n} planes along its {name!r} axis; distributed prediction "
+                "takes one (y, x) plane, with or without channels"
+            )
+        if channel is None:
+            index.append(0)
+    if channel is not None and index and len(index) != channel:
+        raise ValueError(f"{what}: axes {names} are not in NGFF order (t, c, z, y, x)")
+    return tuple(index), channel
+
+
+def _inspect_zarr(path: Path) -> ImageFile:
+    import zarr
+
+    node = zarr.open(str(path), mode="r")
+    if isinstance(node, zarr.Array):
+        names = ["?"] * (node.ndim - 2) + ["y", "x"]
+        if node.ndim == 3 and node.shape[-1] <= 4:
+            names = ["y", "x", "c"]
+        return _zarr_file(path, "", node, names, None, None)
+    multiscales = _ngff_attrs(node.attrs).get("multiscales")
+    if not multiscales:
+        raise ValueError(f"{path} is a zarr group but not an OME-Zarr image (no multiscales)")
+    ms = multiscales[0]
+    dataset = ms["datasets"][0]
+    axes = ms.get("axes") or ["t", "c", "z", "y", "x"][-node[dataset["path"]].ndim :]
+    names = [a["name"] if isinstance(a, dict) else a for a in axes]
+    units = [a.get("unit") if isinstance(a, dict) else None for a in axes]
+    scale = next(
+        (t["scale"] for t in dataset.get("coordinateTransformations", []) if t["type"] == "scale"),
+        None,
+    )
+    size = unit = None
+    if scale is not None and "y" in names and "x" in names:
+        size = (float(scale[names.index("y")]), float(scale[names.index("x")]))
+        unit = units[names.index("x")]
+    return _zarr_file(path, dataset["path"], node[dataset["path"]], names, size, unit)
+
+
+def _zarr_file(path, component, array, names, size, unit) -> ImageFile:
+    if names[-1] == "c":  # channels last (a plain zarr array): no index, the channel axis last
+        index, channel = tuple(0 for _ in names[:-3]), len(names) - 1
+    else:
+        index, channel = _plane_layout(array.shape, names, str(path))
+    spatial = [n for a, n in enumerate(array.shape) if a >= len(index) and a != channel]
+    shape = tuple(spatial) + ((array.shape[channel],) if channel is not None else ())
+    return ImageFile(
+        str(path), "zarr", shape, np.dtype(array.dtype), size, unit, component, index, channel
+    )
+
+
+def inspect_image(path: str | os.PathLike) -> ImageFile:
+    """What :meth:`ImageFile.open` will give for ``path``, from its header alone.
+
+    TIFF (series 0; a stack of planes is refused), zarr arrays, OME-Zarr images (level 0 of the
+    first multiscale; singleton t/z axes dropped, a ``c`` axis as channels), NPY, PNG.
+    """
+    path = Path(path)
+    if is_zarr(path):
+        return _inspect_zarr(path)
+    from .io import image_info
+
+    shape, dtype = image_info(path)
+    suffix = path.suffix.lower()
+    if len(shape) > 3 or (len(shape) == 3 and shape[-1] > 4):
+        raise ValueError(
+            f"{path} is a stack of shape {shape}; distributed prediction of one large image "
+            "takes one (H, W[, C]) plane"
+        )
+    if suffix in (".tif", ".tiff"):
+        import tifffile
+
+        with tifffile.TiffFile(path) as tif:
+            size, unit = _tiff_pixel_size(tif)
+        return ImageFile(str(path), "tiff", tuple(shape), dtype, size, unit)
+    kind = "npy" if suffix == ".npy" else "other"
+    return ImageFile(str(path), kind, tuple(shape), dtype)
+
+
+def is_complete_output(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a finished output of ``napari-unet predict`` (TIFF or OME-Zarr).
+
+    Outputs are written atomically, so one that exists with our mark is complete.
+    """
+    path = Path(path)
+    if not is_zarr(path):
+        return path.is_file() and is_prediction_output(path)
+    import zarr
+
+    try:
+        attrs = zarr.open_group(str(path), mode="r").attrs
+        return attrs.get(METADATA_KEY, {}).get("software") == PREDICTION_SOFTWARE
+    except Exception:  # unreadable or not a group: not one of ours
+        return False
+
+
+@contextmanager
+def atomic_folder(path: str | os.PathLike):
+    """Yield a temporary folder beside ``path`` that replaces it when the block ends without
+    error (renamed in one step; a folder already at ``path`` is removed after); on error the
+    temporary folder is removed and ``path`` stays as it was."""
+    path = Path(path)
+    check_writable_folder(path.parent, context=f"cannot write {path}")
+    _remove_stale_parts(path)
+    prefix, suffix = _part_affixes(path)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f"{prefix}{os.getpid()}-", suffix=suffix))
+    try:
+        yield tmp
+        old = None
+        if path.exists():
+            old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f"{prefix}old-", suffix=suffix))
+            os.replace(path, old / "x")
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def pyramid_shapes(shape: tuple[int, int], chunk: int) -> list[tuple[int, int]]:
+    """``(H, W)`` of each level, halving (nearest) until the plane fits one chunk."""
+    shapes = [tuple(shape)]
+    while max(shapes[-1]) > chunk and min(shapes[-1]) > 1:
+        shapes.append(tuple(math.ceil(n / 2) for n in shapes[-1]))
+    return shapes
+
+
+def create_labels(
+    path: str | os.PathLike,
+    shape: tuple[int, int],
+    chunk: int,
+    dtype,
+    *,
+    pixel_size: tuple[float, float] | None = None,
+    unit: str | None = None,
+    name: str = "labels",
+    metadata: dict | None = None,
+):
+    """An empty OME-Zarr label image (NGFF 0.4, zarr format 2) with its pyramid of levels.
+
+    Levels ``"0"``, ``"1"``, ... are ``(H, W)`` arrays of ``chunk`` x ``chunk`` chunks, each
+    half the last (nearest: labels stay ids); level 0 has ``pixel_size`` (``(y, x)`` in
+    ``unit``; ``None``: 1 per pixel). The root is both a multiscale image and an ``image-label``,
+    so viewers open it as labels; ``metadata`` is stored under the ``"napari-unet"`` attribute.
+    Returns the zarr group.
+    """
+    import zarr
+
+    size = tuple(pixel_size) if pixel_size else (1.0, 1.0)
+    root = zarr.open_group(str(path), mode="w", zarr_format=2)
+    datasets = []
+    for level, level_shape in enumerate(pyramid_shapes(shape, chunk)):
+        root.create_array(
+            str(level),
+            shape=level_shape,
+            chunks=(min(chunk, level_shape[0]), min(chunk, level_shape[1])),
+            dtype=dtype,
+            fill_value=0,
+            chunk_key_encoding={"name": "v2", "separator": "/"},
+        )
+        scale = [s * 2**level for s in size]
+        datasets.append(
+            {"path": str(level), "coordinateTransformations": [{"type": "scale", "scale": scale}]}
+        )
+    axis = {"type": "space", **({"unit": unit} if unit else {})}
+    root.attrs.update(
+        {
+            "multiscales": [
+                {
+                    "version": NGFF_VERSION,
+                    "name": name,
+                    "axes": [{"name": "y", **axis}, {"name": "x", **axis}],
+                    "datasets": datasets,
+                    "type": "nearest",
+                }
+            ],
+            "image-label": {"version": NGFF_VERSION},
+            METADATA_KEY: {"software": PREDICTION_SOFTWARE, **(metadata or {})},
+        }
+    )
+    return root
+
+
+def write_level(root, level: int, region: tuple[slice, slice]) -> None:
+    """Fill ``region`` of pyramid ``level`` (>= 1) from level 0 (every ``2**level``-th pixel)."""
+    f = 2**level
+    source = root["0"]
+    rows, cols = (slice(s.start * f, s.stop * f, f) for s in region)
+    root[str(level)][region] = source[rows, cols]
+
+
+def write_tiff_bands(
+    path: str | os.PathLike,
+    array,
+    *,
+    pixel_size: tuple[float, float] | None = None,
+    unit: str | None = None,
+    dtype=None,
+    software: str = PREDICTION_SOFTWARE,
+) -> Path:
+    """Write the ``(H, W)`` ``array`` (zarr or numpy) to a tiled, zlib TIFF atomically, reading
+    it band by band (about 64 MiB at a time); BigTIFF when it needs 4 GiB or more.
+
+    ``dtype``: the TIFF's (default: ``array``'s). A pixel size in micrometres is written as the
+    resolution tags (pixels per centimetre).
+    """
+    path = Path(path)
+    height, width = array.shape
+    dtype = np.dtype(dtype or array.dtype)
+    tile = 256
+    rows = max(tile, _TIFF_BAND_BYTES // max(1, width * dtype.itemsize) // tile * tile)
+
+    def tiles():
+        for y in range(0, height, rows):
+            band = np.asarray(array[y : y + rows]).astype(dtype, copy=False)
+            for ty in range(0, band.shape[0], tile):
+                for tx in range(0, width, tile):
+                    yield band[ty : ty + tile, tx : tx + tile]
+
+    extra = {}
+    if pixel_size and unit == "micrometer":
+        extra = {"resolution": (1e4 / pixel_size[1], 1e4 / pixel_size[0]), "resolutionunit": 3}
+    import tifffile
+
+    with atomic_path(path) as tmp:
+        tifffile.imwrite(
+            tmp,
+            tiles(),
+            shape=(height, width),
+            dtype=dtype,
+            tile=(tile, tile),
+            compression="zlib",
+            bigtiff=height * width * dtype.itemsize >= 2**32 - 2**25,
+            software=software,
+            **extra,
+        )
+    return path

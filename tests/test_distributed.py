@@ -1,0 +1,255 @@
+"""Blocks on the pooling grid, cells across seams, OME-Zarr, and the dask.distributed path
+(a LocalCluster of 2 single-threaded workers, started once for the module)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+import tifffile
+
+pytest.importorskip("distributed")
+zarr = pytest.importorskip("zarr")
+
+from napari_unet import load_bundled, predict, to_instances  # noqa: E402
+from napari_unet.cli import main  # noqa: E402
+from napari_unet.core.blocks import (  # noqa: E402
+    estimate_normalisation,
+    mirror_indices,
+    plan_blocks,
+    predict_block,
+)
+from napari_unet.core.metrics import match_counts  # noqa: E402
+from napari_unet.core.zarrio import (  # noqa: E402
+    create_labels,
+    inspect_image,
+    is_complete_output,
+    write_tiff_bands,
+)
+
+INSTANCE = {"threshold": 0.5, "min_size": 16, "expand": 1}
+BLOCK, HALO = 128, 128
+
+
+@pytest.fixture(scope="module")
+def client():
+    from napari_unet.core.distributed import connect
+
+    with connect(workers=2, memory_limit="2GiB") as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    return load_bundled()
+
+
+@pytest.fixture(scope="module")
+def whole(whole_sample, bundled):
+    """In-process probabilities and labels of a (384, 384) crop of the sample."""
+    image = whole_sample[0][:384, :384]
+    prob = predict(bundled, image)
+    return image, prob, to_instances(prob, **INSTANCE)
+
+
+@pytest.fixture(scope="module")
+def large_run(client, bundled, whole, tmp_path_factory):
+    """The crop segmented block by block on the cluster (9 blocks)."""
+    from napari_unet.core.distributed import segment_large, share_model
+
+    name = share_model(client, bundled)
+    path = tmp_path_factory.mktemp("large") / "cells.ome.zarr"
+    result = segment_large(
+        client,
+        name,
+        bundled,
+        whole[0],
+        path,
+        block=BLOCK,
+        halo=HALO,
+        instance=INSTANCE,
+        pixel_size=(0.5, 0.5),
+        unit="micrometer",
+    )
+    return name, result, zarr.open_array(str(path), path="0", mode="r")[:]
+
+
+def test_mirror_indices_match_numpy_symmetric_padding():
+    for length in (1, 3, 20):
+        for start, stop in ((0, 3), (-7, 9), (-50, 60), (3, 70)):
+            before, after = max(0, -start), max(0, stop - length)
+            padded = np.pad(np.arange(length), (before, after), mode="symmetric")
+            expected = padded[start + before : stop + before]
+            assert (mirror_indices(start, stop, length) == expected).all()
+
+
+def test_blocks_equal_whole_image_prediction(tiny_unet, rng):
+    image = rng.integers(0, 4000, (203, 150)).astype(np.uint16)
+    blocks = plan_blocks(image.shape, tiny_unet, 64)
+    assert all(b.inner[a].start % tiny_unet.multiple == 0 for b in blocks for a in (0, 1))
+    norm = estimate_normalisation(image, blocks)
+    assert (norm.blocks, norm.stride) == (len(blocks), 1)  # small: every block, exact
+    out = np.zeros(image.shape, np.float32)
+    for block in blocks:
+        out[block.inner] = predict_block(tiny_unet, image, block, norm)
+    assert np.abs(out - predict(tiny_unet, image)).max() <= 1e-5
+
+
+def test_normalisation_sample_is_strided_within_its_budget(tiny_unet, rng):
+    image = rng.integers(0, 4000, (256, 256)).astype(np.uint16)
+    blocks = plan_blocks(image.shape, tiny_unet, 32)  # 64 blocks of 32 x 32
+    norm = estimate_normalisation(image, blocks, values=16 * 32 * 32)
+    assert (norm.total, norm.blocks, norm.stride) == (64, 16, 4)
+    sample = np.concatenate([image[b.inner].ravel() for b in blocks[::4]])
+    assert norm.lo[0] == np.percentile(sample, 1.0)
+    assert norm.as_dict()["sampled_blocks"] == 16
+
+
+def test_large_image_on_cluster_equals_in_process(large_run, whole, client):
+    name, result, labels = large_run
+    _, _, reference = whole
+    matched, n_ref, n_out = match_counts(reference, labels, 0.99)
+    assert n_ref > 15 and matched == n_ref == n_out  # every cell, none split or duplicated
+    assert result.cells == n_ref and result.blocks == 9 and result.cut == 0
+    assert sorted(np.unique(labels))[1:] == list(range(1, n_ref + 1))
+    loads = client.run(lambda dask_worker: dask_worker.plugins[name].loads)
+    assert set(loads.values()) == {1}  # the model once per worker, not per task
+
+
+def test_large_output_is_ome_zarr_labels_with_pixel_size(large_run):
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Label, Reader
+
+    _, result, labels = large_run
+    assert is_complete_output(result.labels)
+    node = next(iter(Reader(parse_url(str(result.labels)))()))
+    assert isinstance(node.specs[0], Label)
+    assert [d.shape for d in node.data] == [(384, 384), (192, 192), (96, 96)]
+    scales = [t[0]["scale"] for t in node.metadata["coordinateTransformations"]]
+    assert scales == [[0.5, 0.5], [1.0, 1.0], [2.0, 2.0]]
+    assert (np.asarray(node.data[1]) == labels[::2, ::2]).all()
+    stored = zarr.open_group(str(result.labels), mode="r").attrs["napari-unet"]
+    assert stored["normalisation"]["lo"] == [result.normalisation.lo[0]]
+    assert stored["cells"] == result.cells
+
+
+def test_job_survives_a_killed_worker(client, bundled, whole, large_run, tmp_path):
+    from napari_unet.core.distributed import segment_large
+
+    name, _, expected = large_run
+    path = tmp_path / "again.ome.zarr"
+    job = threading.Thread(
+        target=segment_large,
+        args=(client, name, bundled, whole[0], path),
+        kwargs={"block": BLOCK, "halo": HALO, "instance": INSTANCE},
+    )
+    pids = client.run(os.getpid)
+    job.start()
+
+    def finished_blocks(dask_scheduler):
+        return sum(
+            "_predict_task" in str(ts.key) and ts.state in ("memory", "released", "forgotten")
+            for ts in dask_scheduler.tasks.values()
+        )
+
+    deadline = time.monotonic() + 20
+    while client.run_on_scheduler(finished_blocks) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert job.is_alive()  # killed in the middle of the job
+    os.kill(next(iter(pids.values())), signal.SIGKILL)
+    job.join(60)
+    assert not job.is_alive()
+    assert (zarr.open_array(str(path), path="0", mode="r")[:] == expected).all()
+
+
+def test_inspect_reads_tiff_and_ome_zarr_lazily_with_pixel_size(tmp_path, rng):
+    image = rng.integers(0, 4000, (300, 270)).astype(np.uint16)
+    tifffile.imwrite(
+        tmp_path / "a.tif",
+        image,
+        tile=(64, 64),
+        resolution=(1e4 / 0.65,) * 2,
+        resolutionunit="CENTIMETER",
+    )
+    info = inspect_image(tmp_path / "a.tif")
+    assert (info.shape, info.pixel_size, info.unit) == ((300, 270), (0.65, 0.65), "micrometer")
+    with info.open() as plane:
+        assert (plane[10:50, 3:9] == image[10:50, 3:9]).all()
+    root = create_labels(
+        tmp_path / "b.ome.zarr",
+        image.shape,
+        128,
+        np.uint16,
+        pixel_size=info.pixel_size,
+        unit=info.unit,
+    )
+    root["0"][:] = image
+    info = inspect_image(tmp_path / "b.ome.zarr")
+    assert (info.shape, info.pixel_size) == ((300, 270), (0.65, 0.65))
+    write_tiff_bands(tmp_path / "c.tif", root["0"], pixel_size=info.pixel_size, unit=info.unit)
+    assert (tifffile.imread(tmp_path / "c.tif") == image).all()
+    assert inspect_image(tmp_path / "c.tif").pixel_size == (0.65, 0.65)
+
+
+def test_cli_on_cluster_resumes_and_reports_failures(client, whole_sample, tmp_path, capsys):
+    image = whole_sample[0]
+    folder, out = tmp_path / "in", tmp_path / "out"
+    folder.mkdir()
+    tifffile.imwrite(folder / "a.tif", image[:200, :200])
+    tifffile.imwrite(folder / "b.tif", image[200:, 100:])
+    (folder / "broken.tif").write_bytes(b"not a tiff")
+    address = client.scheduler.address
+    argv = ["predict", str(folder), "--out", str(out), "--scheduler", address, "--block", "384"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "broken.tif" in err and "1 of 3 image(s) failed" in err
+    assert sorted(p.name for p in out.iterdir()) == ["a_labels.tif", "b_labels.tif"]
+    expected = to_instances(predict(load_bundled(), image[:200, :200]), **INSTANCE)
+    assert (tifffile.imread(out / "a_labels.tif") == expected).all()
+    (out / "b_labels.tif").unlink()  # as if interrupted before b was written
+    before = (out / "a_labels.tif").stat().st_mtime_ns
+    (folder / "broken.tif").unlink()
+    assert main(argv) == 0
+    assert (out / "a_labels.tif").stat().st_mtime_ns == before  # done, skipped
+    assert is_complete_output(out / "b_labels.tif")
+    assert "nothing to do" in (main(argv) == 0 and capsys.readouterr().out)
+
+
+def test_cli_large_tiff_and_zarr_inputs_give_tiff_and_ome_zarr(client, large_run, whole, tmp_path):
+    _, result, expected = large_run
+    tifffile.imwrite(tmp_path / "big.tif", whole[0])
+    address = client.scheduler.address
+    argv = ["--block", str(BLOCK), "--halo", str(HALO), "--scheduler", address]
+    out = tmp_path / "out"
+    assert main(["predict", str(tmp_path / "big.tif"), "--out", str(out), *argv]) == 0
+    assert (tifffile.imread(out / "big_labels.tif") == expected).all()
+    root = create_labels(tmp_path / "img.ome.zarr", whole[0].shape, 256, np.uint16)
+    root["0"][:] = whole[0]
+    assert main(["predict", str(tmp_path / "img.ome.zarr"), "--out", str(out), *argv]) == 0
+    labels = zarr.open_array(str(out / "img_labels.ome.zarr"), path="0", mode="r")[:]
+    assert (labels == expected).all()
+
+
+def test_cli_and_distributed_path_run_without_napari_or_qt():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "for m in ('napari', 'qtpy', 'PyQt5', 'PyQt6', 'PySide2', 'PySide6', 'magicgui'):\n"
+        "    sys.modules[m] = None  # importing any of them now fails\n"
+        "import napari_unet._batch, napari_unet.core.distributed, napari_unet.core.zarrio\n"
+        "from napari_unet.cli import main\n"
+        "try:\n"
+        "    main(['predict', '--help'])\n"
+        "except SystemExit as e:\n"
+        "    assert e.code == 0\n"
+    )
+    run = [sys.executable, "-c", code]
+    done = subprocess.run(run, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "--scheduler" in done.stdout

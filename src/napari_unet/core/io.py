@@ -27,6 +27,7 @@ import numpy as np
 __all__ = [
     "read_image",
     "read_pixel_size",
+    "check_pixel_size",
     "image_info",
     "write_labels",
     "write_image",
@@ -455,7 +456,7 @@ def _label_dtype(labels: np.ndarray, fmt: str) -> np.dtype:
 def _resolution(array: np.ndarray, pixel_size: tuple[float, float]) -> dict:
     """tifffile arguments for a ``(y, x)`` pixel size in micrometres: an ImageJ description
     (unit micron) where the ImageJ format holds the array, else resolution tags in px/cm."""
-    y, x = _checked_pixel_size(pixel_size)
+    y, x = check_pixel_size(pixel_size)
     if array.dtype in (np.uint8, np.uint16) and array.ndim in (2, 3):
         axes = "ZYX" if array.ndim == 3 else "YX"
         return {
@@ -466,7 +467,8 @@ def _resolution(array: np.ndarray, pixel_size: tuple[float, float]) -> dict:
     return {"resolution": (1e4 / x, 1e4 / y), "resolutionunit": "CENTIMETER"}
 
 
-def _checked_pixel_size(pixel_size) -> tuple[float, float]:
+def check_pixel_size(pixel_size) -> tuple[float, float]:
+    """``pixel_size`` as two positive finite floats ``(y, x)``; ValueError otherwise."""
     try:
         y, x = (float(v) for v in pixel_size)
     except (TypeError, ValueError):
@@ -484,7 +486,7 @@ def _writer(
 
         extra = {"software": software} if software else {}
         if pixel_size is not None:
-            _checked_pixel_size(pixel_size)
+            check_pixel_size(pixel_size)
             return lambda p, a: tifffile.imwrite(
                 p, a, compression="zlib", **extra, **_resolution(a, pixel_size)
             )

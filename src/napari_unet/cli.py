@@ -519,15 +519,18 @@ def open_viewer(images: list[str], viewer=None):
     Annotate in front, and the view fitted to the images."""
     import napari
 
-    from .core.io import read_image
+    from .core.io import read_image, read_pixel_size
 
     viewer = viewer or napari.Viewer()
     if images:
         for path in map(Path, images):
             image = read_image(path)
-            viewer.add_image(
-                image, name=path.stem, rgb=image.ndim == 3 and image.shape[-1] in (3, 4)
-            )
+            rgb = image.ndim == 3 and image.shape[-1] in (3, 4)
+            layer = viewer.add_image(image, name=path.stem, rgb=rgb)
+            pixel_size = read_pixel_size(path)
+            if pixel_size is not None:  # the TIFF's calibration, in um
+                layer.scale = (*layer.scale[:-2], *pixel_size)
+                layer.units = (*layer.units[:-2], "um", "um")
     else:
         viewer.open_sample("napari-unet", "phase_contrast_cells")
     docks = [

@@ -12,6 +12,7 @@ input pixel ``(i + margin, j + margin)``). Export needs the ``bioimageio`` extra
 
 from __future__ import annotations
 
+import copy
 import inspect
 import os
 import tempfile
@@ -180,7 +181,7 @@ def export_bioimageio(
     metadata = dict(getattr(model, "metadata", None) or {})
     name = name or f"napari-unet {metadata.get('source', 'U-Net')}"[:128]
     description = description or "U-Net cell segmentation model fine-tuned with napari-unet."
-    model = model.to("cpu").eval()
+    model = copy.deepcopy(model).to("cpu").eval()  # the caller's model stays as it is
     with tempfile.TemporaryDirectory(prefix="napari-unet-bioimageio-") as folder:
         folder = Path(folder)
         test_in, test_out = _test_pair(model, test_image)

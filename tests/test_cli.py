@@ -228,7 +228,7 @@ def test_device_tile_and_folder_errors_before_any_work(
 
 
 def test_help_for_each_command():
-    for command in ("predict", "train", "weightmap"):
+    for command in ("predict", "train", "weightmap", "export-model"):
         result = run(command, "--help")
         assert result.returncode == 0 and "usage: napari-unet " + command in result.stdout
 
@@ -472,3 +472,51 @@ def test_sigterm_during_training_saves_the_model(tmp_path):
     assert "interrupted: saving the model as trained so far" in result.stdout
     assert load_model(tmp_path / "m.safetensors").metadata["steps"] < 100000
     assert os.listdir(tmp_path) == ["m.safetensors"]
+
+
+def test_predict_writes_rois_and_measurements_of_every_cell(tmp_path, whole_sample):
+    import csv
+
+    import roifile
+
+    from napari_unet.core.io import read_pixel_size
+
+    image = tmp_path / "cells.tif"
+    tifffile.imwrite(
+        image, whole_sample[0], imagej=True, resolution=(2.0, 2.0), metadata={"unit": "um"}
+    )
+    out = tmp_path / "out"
+    args = ["predict", str(image), "--out", str(out), "--rois", "--measurements"]
+    assert main(args) == 0  # the bundled model
+    assert sorted(os.listdir(out)) == ["cells_cells.csv", "cells_labels.tif", "cells_rois.zip"]
+    labels = tifffile.imread(out / "cells_labels.tif")
+    assert read_pixel_size(out / "cells_labels.tif") == pytest.approx((0.5, 0.5))
+    cells = len(np.unique(labels[labels > 0]))
+    assert cells > 10
+    assert len(roifile.roiread(out / "cells_rois.zip")) == cells
+    with open(out / "cells_cells.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == cells
+    assert float(rows[0]["area_um2"]) == pytest.approx(int(rows[0]["area_px"]) * 0.25)
+    assert main(args) == 0  # its own outputs are replaced
+    foreign = tmp_path / "other" / "cells_cells.csv"
+    foreign.parent.mkdir()
+    foreign.write_text("mine\n")
+    assert main([*args[:3], str(foreign.parent), "--measurements"]) == 1
+    assert foreign.read_text() == "mine\n" and os.listdir(foreign.parent) == ["cells_cells.csv"]
+
+
+def test_export_model_writes_a_tested_bioimageio_package(tmp_path, model_file, capsys):
+    pytest.importorskip("bioimageio.core", reason="the bioimageio extra is not installed")
+    package = tmp_path / "pkg" / "tiny.zip"
+    assert main(["export-model", str(model_file), "--bioimageio", str(package)]) == 0
+    assert "tested by bioimageio.core and written" in capsys.readouterr().out
+    image = resources.files("napari_unet") / "data" / "phase_contrast_cells.tif"
+    out = tmp_path / "out"
+    assert main(["predict", str(image), "--model", str(package), "--out", str(out)]) == 0
+    by_file = tmp_path / "by_file"
+    assert main(["predict", str(image), "--model", str(model_file), "--out", str(by_file)]) == 0
+    name = "phase_contrast_cells_labels.tif"
+    np.testing.assert_array_equal(tifffile.imread(out / name), tifffile.imread(by_file / name))
+    assert main(["export-model", str(model_file), "--bioimageio", str(tmp_path / "x.yaml")]) == 1
+    assert "--bioimageio must end in .zip" in capsys.readouterr().err

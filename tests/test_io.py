@@ -10,7 +10,7 @@ import pytest
 import tifffile
 
 from napari_unet import read_image, write_labels
-from napari_unet.core.io import atomic_path, check_writable_folder
+from napari_unet.core.io import atomic_path, check_writable_folder, read_pixel_size
 
 from .conftest import data_path
 
@@ -134,3 +134,52 @@ def test_failed_write_leaves_the_old_file_and_no_partial_file(tmp_path):
         raise RuntimeError("disk full")
     assert target.read_bytes() == b"old contents"
     assert os.listdir(tmp_path) == ["labels.tif"]
+
+
+def test_pixel_size_from_ome_imagej_and_plain_tiff(tmp_path):
+    image = np.zeros((2, 8, 8), np.uint16)
+    tifffile.imwrite(
+        tmp_path / "ome.tif",
+        image,
+        ome=True,
+        metadata={
+            "axes": "ZYX",
+            "PhysicalSizeX": 300,
+            "PhysicalSizeXUnit": "nm",
+            "PhysicalSizeY": 0.4,
+        },  # no unit: OME's default, micrometres
+    )
+    assert read_pixel_size(tmp_path / "ome.tif") == pytest.approx((0.4, 0.3))
+    tifffile.imwrite(
+        tmp_path / "ij.tif",
+        image,
+        imagej=True,
+        resolution=(2.0, 4.0),
+        metadata={"unit": "micron", "axes": "ZYX"},
+    )
+    assert read_pixel_size(tmp_path / "ij.tif") == pytest.approx((0.25, 0.5))
+    tifffile.imwrite(
+        tmp_path / "cm.tif", image, resolution=(5e3, 5e3), resolutionunit="CENTIMETER"
+    )
+    assert read_pixel_size(tmp_path / "cm.tif") == pytest.approx((2.0, 2.0))
+    tifffile.imwrite(tmp_path / "dpi.tif", image, resolution=(72, 72), resolutionunit="INCH")
+    assert read_pixel_size(tmp_path / "dpi.tif") is None  # desktop DPI, not a calibration
+    tifffile.imwrite(tmp_path / "none.tif", image)
+    assert read_pixel_size(tmp_path / "none.tif") is None
+    np.save(tmp_path / "a.npy", image)
+    assert read_pixel_size(tmp_path / "a.npy") is None
+
+
+@pytest.mark.parametrize("top", [7, 70000])  # uint16 as ImageJ TIFF; uint32 with tags in cm
+@pytest.mark.parametrize("shape", [(9, 11), (2, 9, 11)])
+def test_label_tiff_keeps_the_pixel_size(tmp_path, top, shape):
+    labels = np.zeros(shape, np.uint32)
+    labels[..., 2:5, 3:7] = top
+    path = write_labels(tmp_path / "l.tif", labels, pixel_size=(0.65, 0.5))
+    assert read_pixel_size(path) == pytest.approx((0.65, 0.5))
+    np.testing.assert_array_equal(read_image(path), labels)
+    with pytest.raises(ValueError, match="pixel_size must be two positive numbers"):
+        write_labels(tmp_path / "m.tif", labels, pixel_size=(0, 1))
+    with pytest.raises(ValueError, match="needs a TIFF file"):
+        write_labels(tmp_path / "m.npy", labels, pixel_size=(1, 1))
+    assert sorted(os.listdir(tmp_path)) == ["l.tif"]

@@ -145,7 +145,7 @@ def run(args) -> int:
     import numpy as np
     from tqdm import tqdm
 
-    from .core.instances import to_instances
+    from .core.instances import size_defaults, to_instances
     from .core.io import image_info
     from .core.store import open_model
     from .core.zarrio import inspect_image, is_complete_output, is_zarr
@@ -168,9 +168,16 @@ def run(args) -> int:
         raise ValueError("--probabilities is not written with --workers/--scheduler yet")
     if args.device not in (None, "cpu"):
         raise ValueError("--device: workers predict on their own CPU (leave --device out)")
-    instance = {"threshold": args.threshold, "min_size": args.min_size, "expand": args.expand}
-    to_instances(np.zeros((1, 1), np.float32), **instance)  # the options, checked before work
+    to_instances(np.zeros((1, 1), np.float32), args.threshold, args.min_size, expand=args.expand)
     model = open_model(args.model)
+    # blocks are labelled from plain arrays: the model's cell-size defaults are resolved here
+    min_size, min_core = size_defaults((getattr(model, "metadata", None) or {}).get("cells"))
+    instance = {
+        "threshold": args.threshold,
+        "min_size": min_size if args.min_size is None else args.min_size,
+        "min_core": min_core,
+        "expand": args.expand,
+    }
     out = Path(args.out)
     args.folders.check(out)
     plan = _targets(expand_inputs(args.images), out)

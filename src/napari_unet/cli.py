@@ -233,9 +233,9 @@ def _plan_outputs(images: list[Path], out: Path, kinds: tuple[str, ...]) -> list
     plan, taken = [], set()
     for path in todo:
         k = 1
-        while any(f"{_stem(path, k)}_{kind}.tif" in taken for kind in kinds):
+        while any(_output_name(path, k, kind) in taken for kind in kinds):
             k += 1
-        targets = {kind: out / f"{_stem(path, k)}_{kind}.tif" for kind in kinds}
+        targets = {kind: out / _output_name(path, k, kind) for kind in kinds}
         taken.update(t.name for t in targets.values())
         if k > 1:
             name = targets[kinds[0]].name
@@ -248,7 +248,9 @@ def _plan_outputs(images: list[Path], out: Path, kinds: tuple[str, ...]) -> list
                 raise FileExistsError(
                     f"the output for {path} would replace the input {hit}; choose another --out"
                 )
-            if os.path.lexists(target) and not is_prediction_output(target):
+            if os.path.lexists(target) and not is_prediction_output(
+                target if target.suffix == ".tif" else targets["labels"]  # ROIs, CSV: beside it
+            ):
                 raise FileExistsError(
                     f"{target} exists and napari-unet predict did not write it; refusing to "
                     f"replace it with the output for {path} (move it, or choose another --out)"
@@ -258,6 +260,14 @@ def _plan_outputs(images: list[Path], out: Path, kinds: tuple[str, ...]) -> list
 
 def _stem(path: Path, k: int) -> str:
     return path.stem if k == 1 else f"{path.stem}-{k}"
+
+
+_SUFFIXES = {"rois": ".zip", "cells": ".csv"}
+"""Output kinds that are not TIFF files (``<stem>_rois.zip``, ``<stem>_cells.csv``)."""
+
+
+def _output_name(path: Path, k: int, kind: str) -> str:
+    return f"{_stem(path, k)}_{kind}{_SUFFIXES.get(kind, '.tif')}"
 
 
 def _predict(args) -> int | None:
@@ -271,7 +281,7 @@ def _predict(args) -> int | None:
     from tqdm import tqdm
 
     from .core.instances import to_instances
-    from .core.io import PREDICTION_SOFTWARE, write_image, write_labels
+    from .core.io import PREDICTION_SOFTWARE, read_pixel_size, write_image, write_labels
     from .core.predict import predict
     from .core.store import open_model
 
@@ -284,6 +294,7 @@ def _predict(args) -> int | None:
     out = Path(args.out)
     _NewFolders.check(out)
     kinds = ("labels", "probabilities") if args.probabilities else ("labels",)
+    kinds += ("rois",) * args.rois + ("cells",) * args.measurements
     plan = _plan_outputs(images, out, kinds)
     args.folders.make(out)
     with tqdm(plan, desc="images", unit="image", disable=len(plan) < 2) as jobs:
@@ -304,10 +315,55 @@ def _predict(args) -> int | None:
                     progress=progress,
                 )
             labels = to_instances(probabilities, args.threshold, args.min_size, expand=args.expand)
-            write_labels(targets["labels"], labels, software=PREDICTION_SOFTWARE)
+            pixel_size = read_pixel_size(path)
+            write_labels(
+                targets["labels"], labels, software=PREDICTION_SOFTWARE, pixel_size=pixel_size
+            )
+            _write_cell_tables(targets, labels, image, pixel_size)
             if args.probabilities:
                 write_image(targets["probabilities"], probabilities, software=PREDICTION_SOFTWARE)
             tqdm.write(f"{path.name}: {_count_cells(labels)} -> {targets['labels']}")
+
+
+def _write_cell_tables(targets: dict, labels, image, pixel_size) -> None:
+    """The ROI set and measurements table of ``predict --rois / --measurements``."""
+    if "rois" in targets:
+        from .core.rois import write_rois
+
+        write_rois(targets["rois"], labels)
+    if "cells" in targets:
+        from .core.measure import measure_cells, write_csv
+
+        write_csv(targets["cells"], measure_cells(labels, image, pixel_size))
+
+
+# ------------------------------------------------------------------------------- export-model
+def _export_model(args) -> None:
+    from .core.bioimageio import export_bioimageio
+    from .core.store import open_model
+
+    out = Path(args.bioimageio)
+    if out.suffix.lower() != ".zip":
+        raise ValueError(f"--bioimageio must end in .zip, got {out.name}")
+    if out.is_dir():
+        raise IsADirectoryError(f"--bioimageio {out} is a folder; expected a .zip file")
+    images = _checked_images([args.test_image], args.max_pixels) if args.test_image else []
+    _NewFolders.check(out.parent)
+    _check_out_file(out, [Path(args.model), *images])
+    model = open_model(args.model)
+    test_image = _load_image(images[0], model.in_channels, args.max_pixels) if images else None
+    args.folders.make(out.parent)
+    export_bioimageio(
+        model,
+        out,
+        name=args.name,
+        authors=args.author or (),
+        license=args.license,
+        test_image=test_image,
+        test=not args.no_test,
+    )
+    checked = "written" if args.no_test else "tested by bioimageio.core and written"
+    print(f"bioimage.io package {checked} -> {out}")
 
 
 # ---------------------------------------------------------------------------------- weightmap
@@ -472,15 +528,18 @@ def open_viewer(images: list[str], viewer=None):
     Annotate in front, and the view fitted to the images."""
     import napari
 
-    from .core.io import read_image
+    from .core.io import read_image, read_pixel_size
 
     viewer = viewer or napari.Viewer()
     if images:
         for path in map(Path, images):
             image = read_image(path)
-            viewer.add_image(
-                image, name=path.stem, rgb=image.ndim == 3 and image.shape[-1] in (3, 4)
-            )
+            rgb = image.ndim == 3 and image.shape[-1] in (3, 4)
+            layer = viewer.add_image(image, name=path.stem, rgb=rgb)
+            pixel_size = read_pixel_size(path)
+            if pixel_size is not None:  # the TIFF's calibration, in um
+                layer.scale = (*layer.scale[:-2], *pixel_size)
+                layer.units = (*layer.units[:-2], "um", "um")
     else:
         viewer.open_sample("napari-unet", "phase_contrast_cells")
     docks = [
@@ -554,7 +613,11 @@ def _parser() -> argparse.ArgumentParser:
         description="Segment images into instance label masks, one TIFF per image.",
     )
     p.add_argument("images", nargs="+", metavar="IMAGE", help="TIFF, PNG or NPY images")
-    p.add_argument("--model", help="bundled model name or .safetensors file (default: bundled)")
+    p.add_argument(
+        "--model",
+        help="bundled model name, .safetensors file or bioimage.io .zip that napari-unet "
+        "exported (default: bundled)",
+    )
     p.add_argument(
         "--out",
         required=True,
@@ -590,10 +653,52 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--probabilities", action="store_true", help="also write IMAGE_probabilities.tif"
     )
+    p.add_argument(
+        "--rois",
+        action="store_true",
+        help="also write IMAGE_rois.zip: one ImageJ polygon ROI per cell (Fiji's ROI Manager)",
+    )
+    p.add_argument(
+        "--measurements",
+        action="store_true",
+        help="also write IMAGE_cells.csv: one row per cell (area, centroid, shape, intensity; "
+        "in um too when the TIFF has a pixel size)",
+    )
     p.add_argument("--device", **device)
     p.add_argument("--max-pixels", **budget)
     _distributed_options(p)
     p.set_defaults(run=_predict)
+
+    e = sub.add_parser(
+        "export-model",
+        help="write a model as a bioimage.io model package",
+        formatter_class=_Help,
+        description="Write a model as a bioimage.io model package (.zip): weights, a test "
+        "input/output pair, the pre-processing, a card and the U-Net citation, validated by "
+        "bioimageio.spec and tested by bioimageio.core before it is written. Needs the "
+        "bioimageio extra: pip install 'napari-unet[bioimageio]'.",
+    )
+    e.add_argument("model", metavar="MODEL", help="bundled model name or .safetensors file")
+    e.add_argument(
+        "--bioimageio",
+        required=True,
+        metavar="OUT.zip",
+        help="the package to write; folder created if missing, an existing file is replaced "
+        "(a line on stderr says so)",
+    )
+    e.add_argument("--name", help="the package's title (default: from the model)")
+    e.add_argument(
+        "--author", action="append", help="an author's name; repeat for several (default: you)"
+    )
+    e.add_argument("--license", default="MIT", help="SPDX licence of the weights")
+    e.add_argument(
+        "--test-image",
+        metavar="IMAGE",
+        help="image whose centre crop is the package's test input (default: the sample)",
+    )
+    e.add_argument("--no-test", action="store_true", help="skip bioimageio.core's model test")
+    e.add_argument("--max-pixels", **budget)
+    e.set_defaults(run=_export_model)
 
     w = sub.add_parser(
         "weightmap",

@@ -116,3 +116,51 @@ def test_safe_file_name():
     assert safe_file_name('a/b\\c:d*e?"<>|') == "a_b_c_d_e_"
     assert safe_file_name("..") == "labels"
     assert safe_file_name("cells annotation (2)") == "cells annotation (2)"
+
+
+def test_rois_measurements_and_pixel_size(make_napari_viewer, messages, tmp_path):
+    import csv
+
+    import roifile
+
+    from napari_unet.core.io import read_pixel_size
+
+    (image, *_), (labels, *_) = phase_contrast_cells()
+    viewer = make_napari_viewer()
+    calibrated = {"scale": (0.5, 0.5), "units": ("um", "um")}
+    cells = viewer.add_image(image, name="cells", **calibrated)
+    layer = viewer.add_labels(labels, name="cells annotation", **calibrated)
+    widget = ExportWidget(viewer)
+    assert widget._intensities.native.isHidden()  # for measurements only
+    widget._format.value = "measurements (CSV)"
+    assert not widget._intensities.native.isHidden()
+    widget._intensities.value = cells
+    _export(widget, [layer], "measurements (CSV)", tmp_path / "cells")
+    _export(widget, [layer], "ImageJ ROIs (zip)", tmp_path / "cells")
+    _export(widget, [layer], "TIFF", tmp_path / "cells")
+    assert messages["error"] == []
+    ids = np.unique(labels[labels > 0])
+    with open(tmp_path / "cells.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(ids) and float(rows[0]["mean_intensity"]) > 0
+    assert float(rows[0]["area_um2"]) == int(rows[0]["area_px"]) * 0.25
+    assert len(roifile.roiread(tmp_path / "cells.zip")) == len(ids)
+    assert read_pixel_size(tmp_path / "cells.tif") == pytest.approx((0.5, 0.5))
+    assert layer.features["index"].tolist() == ids.tolist()  # napari shows them on hover
+    inside = labels.shape[0] // 2, np.nonzero(labels[labels.shape[0] // 2])[0][0]
+    status = layer.get_status(inside)["value"]
+    assert status.startswith(f"{labels[inside]}; id: {labels[inside]},") and "area_um2" in status
+
+
+def test_measurements_refuse_an_image_of_another_shape(
+    make_napari_viewer, labels, messages, tmp_path
+):
+    viewer = make_napari_viewer()
+    small = viewer.add_image(np.ones((10, 10)), name="small")
+    layer = viewer.add_labels(labels, name="cells annotation")
+    widget = ExportWidget(viewer)
+    widget._format.value = "measurements (CSV)"
+    widget._intensities.value = small
+    _export(widget, [layer], "measurements (CSV)", tmp_path / "cells")
+    assert "nothing exported: cannot measure layer 'cells annotation'" in messages["error"][-1]
+    assert list(tmp_path.iterdir()) == [] and layer.features.empty

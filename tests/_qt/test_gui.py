@@ -72,3 +72,17 @@ def test_gui_with_user_images(make_napari_viewer, tmp_path):
     tifffile.imwrite(path, np.zeros((40, 50, 3), np.uint8))
     viewer = open_viewer([str(path)], make_napari_viewer())
     assert viewer.layers["mine"].rgb
+
+
+def test_gui_keeps_the_pixel_size_of_a_calibrated_tiff(make_napari_viewer, tmp_path):
+    path = tmp_path / "calibrated.tif"
+    tifffile.imwrite(
+        path,
+        np.zeros((3, 40, 50), np.uint16),
+        imagej=True,
+        resolution=(2.0, 4.0),
+        metadata={"unit": "micron", "axes": "ZYX"},
+    )
+    layer = open_viewer([str(path)], make_napari_viewer()).layers["calibrated"]
+    np.testing.assert_allclose(layer.scale, (1.0, 0.25, 0.5))
+    assert [str(u) for u in layer.units] == ["pixel", "micrometer", "micrometer"]

@@ -31,6 +31,7 @@ __all__ = [
     "free_name",
     "image_choices",
     "layer_choices",
+    "pixel_size_um",
     "plane_index",
     "predictions_of",
     "region_choices",
@@ -163,6 +164,20 @@ def add_quietly(viewer: napari.viewer.Viewer, layer: Layer, *, index: int | None
         layers.selection.active = active
     layers.selection.update(selected)
     return layer
+
+
+def pixel_size_um(layer: Layer) -> tuple[float, float] | None:
+    """``(y, x)`` size of the layer's pixels in micrometres, from its ``scale`` and ``units``;
+    None when its last two units are not lengths (napari's default unit is the pixel)."""
+    from pint.errors import DimensionalityError
+
+    try:
+        return tuple(
+            float((scale * unit).to("um").magnitude)
+            for scale, unit in zip(layer.scale[-2:], layer.units[-2:], strict=True)
+        )
+    except DimensionalityError:
+        return None
 
 
 def spatial_shape(layer: Layer) -> tuple[int, ...]:

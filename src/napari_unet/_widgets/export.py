@@ -1,4 +1,9 @@
-"""Export dock: labels layers to TIFF / PNG / NPY files, and the current model to a file.
+"""Export dock: labels layers to TIFF / PNG / NPY label files, ImageJ ROI sets or per-cell
+measurement tables, and the current model to a file.
+
+A TIFF keeps the layer's pixel size (its ``scale`` in a length unit) as Fiji reads it; the
+measurements are in micrometres too then, and become the layer's ``features`` (napari shows them
+on hover). Every layer and the destination are checked before any file is written.
 
 The model saved is the viewer's current model, with the label the other docks show for it
 (``metadata["source"]``): after a fine-tuning run the fine-tuned copy, after "Undo fine-tuning"
@@ -17,7 +22,7 @@ from magicgui.widgets import ComboBox, Container, FileEdit, PushButton, Select
 from napari.layers import Labels
 
 from ..core.io import check_writable_folder
-from ._layers import layer_choices, watch_layers
+from ._layers import image_choices, layer_choices, pixel_size_um, watch_layers
 from ._session import session_for
 from ._ui import Messages, narrow
 
@@ -26,8 +31,20 @@ if TYPE_CHECKING:
 
 __all__ = ["ExportWidget", "safe_file_name"]
 
-FORMATS = {"TIFF": "tif", "PNG": "png", "NPY": "npy"}
-_SUFFIXES = {"tif": (".tif", ".tiff"), "png": (".png",), "npy": (".npy",)}
+FORMATS = {
+    "TIFF": "tif",
+    "PNG": "png",
+    "NPY": "npy",
+    "ImageJ ROIs (zip)": "zip",
+    "measurements (CSV)": "csv",
+}
+_SUFFIXES = {
+    "tif": (".tif", ".tiff"),
+    "png": (".png",),
+    "npy": (".npy",),
+    "zip": (".zip",),
+    "csv": (".csv",),
+}
 _PNG_MAX_ID = np.iinfo(np.uint16).max
 _say = Messages("Export")
 
@@ -51,9 +68,13 @@ def _file_with_format(path: Path, ext: str) -> Path:
     return path.with_name(f"{path.name}.{ext}")
 
 
+def _full_data(layer) -> np.ndarray:
+    return np.asarray(layer.data[0] if layer.multiscale else layer.data)
+
+
 def _labels_data(layer: Labels, ext: str) -> np.ndarray:
     """The layer's ids as an array, checked against what format ``ext`` can hold."""
-    data = np.asarray(layer.data[0] if layer.multiscale else layer.data)
+    data = _full_data(layer)
     if data.size and data.min() < 0:
         raise ValueError(f"layer '{layer.name}' holds negative ids; label files hold ids >= 0")
     if ext == "png":
@@ -70,6 +91,49 @@ def _labels_data(layer: Labels, ext: str) -> np.ndarray:
     return data
 
 
+def _payload(layer: Labels, ext: str, image) -> object:
+    """What is written for ``layer`` in format ``ext``, checked: its ids, or for ``csv`` its
+    measurements table (with the intensities of the ``image`` layer, if any)."""
+    from ..core.image import label_planes
+
+    data = _labels_data(layer, ext)
+    if ext == "zip":
+        label_planes(data, f"layer '{layer.name}'")
+    if ext != "csv":
+        return data
+    from ..core.measure import measure_cells
+
+    intensities = None if image is None else _full_data(image)
+    try:
+        return measure_cells(data, intensities, pixel_size_um(layer))
+    except ValueError as err:
+        raise ValueError(f"cannot measure layer '{layer.name}': {err}") from err
+
+
+def _write(path: Path, layer: Labels, payload, ext: str) -> Path:
+    if ext == "csv":
+        from ..core.measure import write_csv
+
+        return write_csv(path, payload)
+    if ext == "zip":
+        from ..core.rois import write_rois
+
+        return write_rois(path, payload)
+    from ..core.io import write_labels
+
+    return write_labels(path, payload, pixel_size=pixel_size_um(layer) if ext == "tif" else None)
+
+
+def _set_features(layer: Labels, table: dict) -> bool:
+    """Give ``layer`` the measurements as ``features`` (napari maps ids through ``index``);
+    False, leaving them as they were, when an id has several rows (a stack's planes)."""
+    ids = table["id"]
+    if len(np.unique(ids)) != len(ids):
+        return False
+    layer.features = {"index": ids, **table}
+    return True
+
+
 class ExportWidget(Container):
     """Write labels layers as label masks, and save the current model."""
 
@@ -82,6 +146,14 @@ class ExportWidget(Container):
             tooltip="Labels layers to export (Ctrl/Shift-click for several)",
         )
         self._format = ComboBox(label="format", choices=list(FORMATS), value="TIFF")
+        self._intensities = ComboBox(
+            label="intensities",
+            choices=image_choices(viewer),
+            nullable=True,
+            value=None,
+            visible=False,
+            tooltip="Image whose intensities the measurements include (same shape as the labels)",
+        )
         self._destination = FileEdit(
             label="save to",
             mode="w",
@@ -97,6 +169,7 @@ class ExportWidget(Container):
             widgets=[
                 self._layers,
                 self._format,
+                self._intensities,
                 self._destination,
                 self._export,
                 self._model_path,
@@ -109,6 +182,7 @@ class ExportWidget(Container):
     def _connect_signals(self) -> None:
         watch_layers(self._viewer, self._on_layers_changed)
         self._layers.changed.connect(self._on_selection_changed)
+        self._format.changed.connect(self._on_format_changed)
         self._export.changed.connect(self._on_export)
         self._save_model.changed.connect(self._on_save_model)
 
@@ -118,8 +192,11 @@ class ExportWidget(Container):
     def _on_selection_changed(self, value=None) -> None:
         self._destination.mode = "d" if len(self._layers.value) > 1 else "w"
 
-    def _targets(self, layers: list[Labels], ext: str) -> list[tuple[Path, np.ndarray]]:
-        """``(path, ids)`` for every layer; raises before anything is written."""
+    def _on_format_changed(self, value=None) -> None:
+        self._intensities.visible = FORMATS[self._format.value] == "csv"
+
+    def _targets(self, layers: list[Labels], ext: str) -> list[tuple[Path, object]]:
+        """``(path, what to write)`` for every layer; raises before anything is written."""
         destination = Path(self._destination.value)
         if str(destination) in ("", "."):
             raise ValueError("choose where to save: a file for one layer, a folder for several")
@@ -139,28 +216,33 @@ class ExportWidget(Container):
                 f"{destination} is not an existing folder; several layers are written as "
                 f"'<layer name>.{ext}' into a folder"
             )
-        data = [_labels_data(layer, ext) for layer in layers]
+        image = self._intensities.value if ext == "csv" else None
+        data = [_payload(layer, ext, image) for layer in layers]
         for path in paths:
             check_writable_folder(path.parent, context=f"cannot write {path}")
         return list(zip(paths, data, strict=True))
 
     def _on_export(self, value=None) -> None:
-        from ..core.io import write_labels
-
         layers = list(self._layers.value)
         if not layers:
             _say.error("select one or more labels layers to export")
             return
+        ext = FORMATS[self._format.value]
         written: list[Path] = []
         try:
-            for path, data in self._targets(layers, FORMATS[self._format.value]):
-                written.append(write_labels(path, data))
+            for layer, (path, payload) in zip(layers, self._targets(layers, ext), strict=True):
+                written.append(_write(path, layer, payload, ext))
+                if ext == "csv" and not _set_features(layer, payload):
+                    _say.info(
+                        f"'{layer.name}' repeats ids across planes: its measurements are in "
+                        f"{path}, not shown on hover"
+                    )
         except (OSError, ValueError) as err:
             done = ", ".join(map(str, written))
             message = f"{err} (already written: {done})" if written else f"nothing exported: {err}"
             _say.error(message)
             return
-        _say.info(f"wrote {len(written)} label file(s): {', '.join(map(str, written))}")
+        _say.info(f"wrote {len(written)} file(s): {', '.join(map(str, written))}")
 
     def _on_save_model(self, value=None) -> None:
         from ..core.store import save_model

@@ -376,6 +376,7 @@ class PredictWidget(Container):
         common = {
             "name": free_name(viewer, f"{image.name} {kind} (running)"),
             "scale": image.scale[: len(shape)],
+            "units": image.units[: len(shape)],
             "translate": image.translate[: len(shape)],
             "metadata": {MADE: f"{kind} (running)", OF: image.name},
         }

@@ -18,6 +18,7 @@ __all__ = [
     "split_channels",
     "check_finite",
     "check_label_image",
+    "label_planes",
 ]
 
 PERCENTILES = (1.0, 99.8)
@@ -147,6 +148,23 @@ def check_label_image(labels: np.ndarray, name: str = "labels") -> None:
             "image; a label image holds one integer id per cell (0 = background), each cell a "
             "patch of pixels with the same id"
         )
+
+
+def label_planes(labels: np.ndarray, name: str = "labels") -> np.ndarray:
+    """``labels`` as ``(N, H, W)`` planes (a view), checked: ``(H, W)`` or ``(..., H, W)``
+    non-negative integer ids, 0 = background; ValueError saying what is wrong otherwise."""
+    labels = np.asarray(labels)
+    if labels.ndim < 2 or labels.size == 0:
+        raise ValueError(
+            f"{name} must be a non-empty (H, W) or (..., H, W) array, got {labels.shape}"
+        )
+    if labels.dtype.kind not in "biu":
+        raise ValueError(
+            f"{name} must hold integer ids (0 = background), got dtype {labels.dtype}"
+        )
+    if labels.min() < 0:
+        raise ValueError(f"{name} must not hold negative ids, found {labels.min()}")
+    return labels.reshape(-1, *labels.shape[-2:])
 
 
 def to_grey(image: np.ndarray) -> np.ndarray:

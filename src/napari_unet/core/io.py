@@ -26,6 +26,8 @@ import numpy as np
 
 __all__ = [
     "read_image",
+    "read_pixel_size",
+    "check_pixel_size",
     "image_info",
     "write_labels",
     "write_image",
@@ -176,6 +178,93 @@ def read_image(path: str | os.PathLike, *, max_pixels: int | None = MAX_PIXELS) 
     if image.size == 0:
         raise ValueError(f"{path} holds an empty image (shape {image.shape})")
     return image
+
+
+_UM_PER_UNIT = {
+    "m": 1e6,
+    "cm": 1e4,
+    "mm": 1e3,
+    "um": 1.0,
+    "\u00b5m": 1.0,  # micro sign
+    "\u03bcm": 1.0,  # Greek mu
+    "\\u00b5m": 1.0,  # as ImageJ escapes it in a TIFF description
+    "micron": 1.0,
+    "microns": 1.0,
+    "micrometer": 1.0,
+    "micrometre": 1.0,
+    "nm": 1e-3,
+    "nanometer": 1e-3,
+    "\u00e5": 1e-4,  # angstrom
+    "angstrom": 1e-4,
+}
+
+
+def _in_um(value, unit: str | None) -> float | None:
+    """``value`` in ``unit`` as micrometres; None for an unknown unit or a non-positive value."""
+    factor = _UM_PER_UNIT.get((unit or "").strip().lower())
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    if factor is None or not 0 < value < math.inf:
+        return None
+    return value * factor
+
+
+def _ome_pixel_size(xml: str) -> tuple[float, float] | None:
+    from xml.etree import ElementTree
+
+    try:
+        root = ElementTree.fromstring(xml)
+    except ElementTree.ParseError:
+        return None
+    pixels = next((e for e in root.iter() if e.tag.rsplit("}", 1)[-1] == "Pixels"), None)
+    if pixels is None:
+        return None
+    y, x = (
+        _in_um(pixels.get(f"PhysicalSize{a}"), pixels.get(f"PhysicalSize{a}Unit", "\u00b5m"))
+        for a in "YX"
+    )
+    return (y, x) if y and x else None
+
+
+def _tiff_pixel_size(tif) -> tuple[float, float] | None:
+    from tifffile import RESUNIT
+
+    if tif.is_ome:
+        return _ome_pixel_size(tif.ome_metadata or "")
+    page = tif.pages.first
+    x_per, y_per = page.resolution  # pixels per unit
+    if not (x_per > 0 and y_per > 0):
+        return None
+    if tif.is_imagej:
+        unit = (tif.imagej_metadata or {}).get("unit")
+    elif page.resolutionunit == RESUNIT.CENTIMETER:
+        unit = "cm"
+    else:  # inches are desktop DPI (72 px/inch), not a microscope's calibration
+        return None
+    y, x = _in_um(1 / y_per, unit), _in_um(1 / x_per, unit)
+    return (y, x) if y and x else None
+
+
+def read_pixel_size(path: str | os.PathLike) -> tuple[float, float] | None:
+    """The ``(y, x)`` pixel size in micrometres that a TIFF's metadata holds, else None.
+
+    Read from OME-TIFF ``PhysicalSizeY/X`` (with their units), ImageJ TIFFs (resolution tags and
+    the ``unit`` of the ImageJ description) or plain TIFF resolution tags in centimetres. Tags in
+    inches (desktop DPI), unknown units, PNG and NPY files give None; so does an unreadable file.
+    """
+    path = Path(path)
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        return None
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            return _tiff_pixel_size(tif)
+    except Exception:  # no metadata worth failing a read for: the image itself reads or says why
+        log.debug("%s: no pixel size read", path, exc_info=True)
+        return None
 
 
 def is_prediction_output(path: str | os.PathLike) -> bool:
@@ -364,14 +453,46 @@ def _label_dtype(labels: np.ndarray, fmt: str) -> np.dtype:
     return np.dtype(np.uint32 if top <= np.iinfo(np.uint32).max else np.uint64)
 
 
-def _writer(fmt: str, software: str | None = None) -> Callable[[Path, np.ndarray], None]:
+def _resolution(array: np.ndarray, pixel_size: tuple[float, float]) -> dict:
+    """tifffile arguments for a ``(y, x)`` pixel size in micrometres: an ImageJ description
+    (unit micron) where the ImageJ format holds the array, else resolution tags in px/cm."""
+    y, x = check_pixel_size(pixel_size)
+    if array.dtype in (np.uint8, np.uint16) and array.ndim in (2, 3):
+        axes = "ZYX" if array.ndim == 3 else "YX"
+        return {
+            "imagej": True,
+            "resolution": (1 / x, 1 / y),
+            "metadata": {"unit": "um", "axes": axes},
+        }
+    return {"resolution": (1e4 / x, 1e4 / y), "resolutionunit": "CENTIMETER"}
+
+
+def check_pixel_size(pixel_size) -> tuple[float, float]:
+    """``pixel_size`` as two positive finite floats ``(y, x)``; ValueError otherwise."""
+    try:
+        y, x = (float(v) for v in pixel_size)
+    except (TypeError, ValueError):
+        y = x = math.nan
+    if not (0 < y < math.inf and 0 < x < math.inf):
+        raise ValueError(f"pixel_size must be two positive numbers (y, x) in um, got {pixel_size}")
+    return y, x
+
+
+def _writer(
+    fmt: str, software: str | None = None, pixel_size: tuple[float, float] | None = None
+) -> Callable[[Path, np.ndarray], None]:
     if fmt == "tif":
         import tifffile
 
         extra = {"software": software} if software else {}
+        if pixel_size is not None:
+            check_pixel_size(pixel_size)
+            return lambda p, a: tifffile.imwrite(
+                p, a, compression="zlib", **extra, **_resolution(a, pixel_size)
+            )
         return lambda p, a: tifffile.imwrite(p, a, compression="zlib", **extra)
-    if software:
-        raise ValueError(f"a Software tag needs a TIFF file, got .{fmt}")
+    if software or pixel_size is not None:
+        raise ValueError(f"a Software tag or a pixel size needs a TIFF file, got .{fmt}")
     if fmt == "png":
         import imageio.v3 as iio
 
@@ -411,13 +532,18 @@ def write_image(
 
 
 def write_labels(
-    path: str | os.PathLike, labels: np.ndarray, *, software: str | None = None
+    path: str | os.PathLike,
+    labels: np.ndarray,
+    *,
+    software: str | None = None,
+    pixel_size: tuple[float, float] | None = None,
 ) -> Path:
     """Write an instance label mask atomically; the format follows the suffix.
 
     ``.tif``/``.tiff`` (uint16, or uint32 when ids need it; stacks as multi-page), ``.png``
     (``(H, W)`` only, uint8 or uint16 as the ids need) or ``.npy``. ``software`` sets a TIFF's
-    Software tag (e.g. ``PREDICTION_SOFTWARE``). Returns the path.
+    Software tag (e.g. ``PREDICTION_SOFTWARE``); ``pixel_size`` ``(y, x)`` in micrometres its
+    resolution, as Fiji reads it (:func:`read_pixel_size` reads it back). Returns the path.
     """
     path = Path(path)
     fmt = _format(path, LABEL_FORMATS)
@@ -431,7 +557,7 @@ def write_labels(
     if fmt == "png" and labels.ndim != 2:
         raise ValueError(f"PNG holds one (H, W) plane, labels have shape {labels.shape}; use TIFF")
     data = labels.astype(_label_dtype(labels, fmt), copy=False)
-    write = _writer(fmt, software)
+    write = _writer(fmt, software, pixel_size)
     with atomic_path(path) as tmp:
         write(tmp, data)
     return path

@@ -234,10 +234,15 @@ def load_bundled(name: str | None = None, device=None) -> UNet:
 
 
 def open_model(name_or_path: str | os.PathLike | None = None, device=None) -> UNet:
-    """A model file's path, a bundled model's name, or ``None`` for the default bundled model."""
+    """A model file's path, a bundled model's name, or ``None`` for the default bundled model;
+    a ``.zip`` is a bioimage.io package napari-unet exported (``bioimageio.load_bioimageio``)."""
     if name_or_path is None:
         return load_bundled(device=device)
     path = Path(name_or_path)
+    if path.suffix.lower() == ".zip":
+        from .bioimageio import load_bioimageio
+
+        return load_bioimageio(path, device=device)
     if path.suffix or path.exists() or len(path.parts) > 1:
         return load_model(path, device=device)
     return load_bundled(str(name_or_path), device=device)

@@ -1,0 +1,70 @@
+"""bioimage.io model packages: validated, passing bioimageio.core's model test, read back."""
+
+from __future__ import annotations
+
+import os
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+
+from napari_unet.core.bioimageio import WEIGHTS_NAME, export_bioimageio, load_bioimageio
+
+
+@pytest.fixture(scope="module")
+def package(tmp_path_factory, whole_sample):
+    pytest.importorskip("bioimageio.core", reason="the bioimageio extra is not installed")
+    from napari_unet import UNet
+
+    torch.manual_seed(0)
+    model = UNet(base_channels=4, depth=3).eval()
+    model.metadata = {"source": "tiny test model"}
+    path = tmp_path_factory.mktemp("bioimageio") / "tiny.zip"
+    return model, export_bioimageio(
+        model, path, authors=["Tester"], test_image=whole_sample[0], test=False
+    )
+
+
+def test_package_passes_the_bioimageio_model_test(package):
+    from napari_unet.core.bioimageio import test_bioimageio
+
+    summary = test_bioimageio(package[1])
+    assert summary.status == "passed", summary.format()
+
+
+def test_package_output_is_napari_unets_prediction_inside_the_margin(package):
+    from napari_unet import predict
+
+    model, path = package
+    with zipfile.ZipFile(path) as z, z.open("test_input.npy") as a, z.open("test_output.npy") as b:
+        test_in, test_out = np.load(a), np.load(b)
+    m = model.margin
+    assert test_out.shape[-1] == test_in.shape[-1] - 2 * m
+    foreground = predict(model, test_in[0, 0])  # mirror-padded to the input's size
+    np.testing.assert_allclose(test_out[0, 1], foreground[m:-m, m:-m], atol=1e-5)
+
+
+def test_package_is_read_back_by_napari_unet(package, tmp_path):
+    model, path = package
+    back = load_bioimageio(path)
+    assert (
+        back.config() == model.config()
+        and back.metadata["source"] == "bioimage.io package tiny.zip"
+    )
+    for a, b in zip(model.state_dict().values(), back.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    foreign = tmp_path / "foreign.zip"
+    with zipfile.ZipFile(foreign, "w") as z:
+        z.writestr("rdf.yaml", "type: model\n")
+    with pytest.raises(ValueError, match=f"has no {WEIGHTS_NAME}"):
+        load_bioimageio(foreign)
+
+
+def test_bad_export_writes_nothing(tmp_path, tiny_unet):
+    pytest.importorskip("bioimageio.spec", reason="the bioimageio extra is not installed")
+    with pytest.raises(ValueError, match=r"\.zip file"):
+        export_bioimageio(tiny_unet, tmp_path / "model.yaml", test=False)
+    with pytest.raises(ValueError, match="needs 156 x 156 px"):
+        export_bioimageio(tiny_unet, tmp_path / "m.zip", test_image=np.ones((64, 64)), test=False)
+    assert os.listdir(tmp_path) == []

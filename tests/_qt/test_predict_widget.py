@@ -89,7 +89,7 @@ def test_post_processing_settings_reach_the_instances(setup, qtbot):
         widget._expand.value = expand
         run(widget, qtbot)
         prob = viewer.layers["cells probability"].data
-        expected = to_instances(prob, 0.45, widget._min_size.value, expand=expand)
+        expected = to_instances(prob, 0.45, widget._min_size.value or None, expand=expand)
         results.append(viewer.layers["cells prediction"].data.copy())
         np.testing.assert_array_equal(results[-1], expected)
     assert (results[1] > 0).sum() > (results[0] > 0).sum()  # grown cells cover more
@@ -390,7 +390,7 @@ def test_cancel_keeps_the_earlier_prediction(setup, qtbot, cells, tiny):
     run(widget, qtbot)  # a complete run replaces the earlier result, in place
     assert [layer.name for layer in viewer.layers if layer.name not in partial] == order
     probability = viewer.layers["cells probability"].data
-    expected = to_instances(predict(tiny, cells), 0.2, widget._min_size.value, expand=1)
+    expected = to_instances(predict(tiny, cells), 0.2, widget._min_size.value or None, expand=1)
     np.testing.assert_allclose(probability, predict(tiny, cells), atol=1e-6)
     np.testing.assert_array_equal(viewer.layers["cells prediction"].data, expected)
 

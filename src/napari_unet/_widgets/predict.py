@@ -78,18 +78,19 @@ def _predict_job(model, pixels, *, grey, shape, tile, center, flips, threshold, 
     from contextlib import closing
 
     from napari_unet.core.image import grey_if_rgb
-    from napari_unet.core.instances import to_instances
+    from napari_unet.core.instances import Probabilities, to_instances
     from napari_unet.core.predict import predict_tiles
 
     if grey:
         pixels = grey_if_rgb(pixels, model.in_channels)
-    probabilities = np.zeros(shape, dtype=np.float32)
+    probabilities = Probabilities.for_model(np.zeros(shape, dtype=np.float32), model)
     tiles = predict_tiles(model, pixels, tile=tile, center=center, flips=flips)
     with closing(tiles):
         for result in tiles:
             probabilities[result.plane][result.region] = result.probabilities
             yield result
-    return to_instances(probabilities, threshold, min_size, expand=expand), probabilities
+    labels = to_instances(probabilities, threshold, min_size, expand=expand)
+    return labels, np.asarray(probabilities)
 
 
 @dataclass
@@ -158,7 +159,14 @@ class PredictWidget(Container):
             tooltip="Average the 8 flips and quarter turns of each tile: 8x slower, more accurate",
         )
         self._threshold = FloatSpinBox(label="threshold", min=0.05, max=0.9, step=0.05, value=0.5)
-        self._min_size = SpinBox(label="minimum size (px)", min=0, max=1_000_000, value=16)
+        self._min_size = SpinBox(
+            label="min. size (0 = auto)",
+            min=0,
+            max=1_000_000,
+            value=0,
+            tooltip="Smallest cell kept, px. 0: 5 % of the median area of the cells the model "
+            "was fine-tuned on (shown above), else 16 px.",
+        )
         self._expand = SpinBox(label="grow cells (px)", min=0, max=20, value=1)
         self._with_probability = CheckBox(text="probability layer", value=False)
         self._grey = CheckBox(
@@ -358,7 +366,7 @@ class PredictWidget(Container):
             center=center,
             flips=self._flips.value,
             threshold=self._threshold.value,
-            min_size=self._min_size.value,
+            min_size=self._min_size.value or None,
             expand=self._expand.value,
         )
 

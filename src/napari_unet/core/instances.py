@@ -36,6 +36,11 @@ class Probabilities(np.ndarray):
         obj.cells = cells
         return obj
 
+    @classmethod
+    def for_model(cls, array, model) -> Probabilities:
+        """``array`` carrying ``model.metadata["cells"]`` (``None`` when absent)."""
+        return cls(array, (getattr(model, "metadata", None) or {}).get("cells"))
+
     def __array_finalize__(self, obj) -> None:
         self.cells = getattr(obj, "cells", None)
 

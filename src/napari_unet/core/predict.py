@@ -352,7 +352,7 @@ def predict(
     """
     plan = _plan(model, image, tile, batch_size, percentiles, center, flips)
     out = _assemble(plan, _start(model, plan, resolve_device(device, model)), progress)
-    return Probabilities(out, (getattr(model, "metadata", None) or {}).get("cells"))
+    return Probabilities.for_model(out, model)
 
 
 def predict_held(model, image, device: torch.device) -> np.ndarray:

@@ -115,8 +115,11 @@ def test_cell_sizes_count_the_annotated_cells():
     assert list(cell_areas(labels)) == [10, 25, 64]
     assert list(cell_areas(labels, mask)) == [10, 25]
     sizes = cell_sizes(cell_areas(labels))
-    assert sizes == {"median_area": 25.0, "median_diameter": pytest.approx(5.642, abs=1e-3),
-                     "count": 3}
+    assert sizes == {
+        "median_area": 25.0,
+        "median_diameter": pytest.approx(5.642, abs=1e-3),
+        "count": 3,
+    }
     with pytest.raises(ValueError, match="no annotated cell"):
         cell_sizes(cell_areas(np.zeros((4, 4), np.uint8)))
 

@@ -297,9 +297,7 @@ def test_predictions_carry_the_cells_trained_on_to_to_instances(sample, tmp_path
     assert predict(tiny(), image).cells is None
     size = max(1, round(0.05 * prob.cells["median_area"]))
     plain = np.asarray(prob)
-    assert np.array_equal(
-        to_instances(prob), to_instances(plain, min_size=size, min_core=size)
-    )
+    assert np.array_equal(to_instances(prob), to_instances(plain, min_size=size, min_core=size))
 
 
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])

@@ -235,7 +235,7 @@ def test_the_swap_at_the_end_of_training_leaves_predictions_in_flight_alone(
     with qtbot.waitSignal(first.worker.finished, timeout=TIMEOUT):
         pass
     assert first._status.value.startswith("done")
-    expected = to_instances(predict(model, image), 0.5, first._min_size.value or None, expand=1)
+    expected = to_instances(predict(model, image), 0.5, None, expand=1)
     np.testing.assert_array_equal(viewer.layers["cells prediction"].data, expected)
 
 

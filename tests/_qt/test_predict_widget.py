@@ -89,7 +89,7 @@ def test_post_processing_settings_reach_the_instances(setup, qtbot):
         widget._expand.value = expand
         run(widget, qtbot)
         prob = viewer.layers["cells probability"].data
-        expected = to_instances(prob, 0.45, widget._min_size.value or None, expand=expand)
+        expected = to_instances(prob, 0.45, None, expand=expand)
         results.append(viewer.layers["cells prediction"].data.copy())
         np.testing.assert_array_equal(results[-1], expected)
     assert (results[1] > 0).sum() > (results[0] > 0).sum()  # grown cells cover more
@@ -390,7 +390,7 @@ def test_cancel_keeps_the_earlier_prediction(setup, qtbot, cells, tiny):
     run(widget, qtbot)  # a complete run replaces the earlier result, in place
     assert [layer.name for layer in viewer.layers if layer.name not in partial] == order
     probability = viewer.layers["cells probability"].data
-    expected = to_instances(predict(tiny, cells), 0.2, widget._min_size.value or None, expand=1)
+    expected = to_instances(predict(tiny, cells), 0.2, None, expand=1)
     np.testing.assert_allclose(probability, predict(tiny, cells), atol=1e-6)
     np.testing.assert_array_equal(viewer.layers["cells prediction"].data, expected)
 
@@ -422,10 +422,11 @@ def test_a_failed_run_keeps_the_earlier_prediction(setup, qtbot, monkeypatch, fa
 def test_cell_size_of_the_current_model_is_shown(setup, qtbot, tmp_path, tiny):
     """A model that records the cells it was fine-tuned on (``metadata["cells"]``) says how
     large they are, also after a round trip through its file; a model that does not, nothing."""
-    from napari_unet import UNet, save_model
+    from napari_unet import UNet, save_model, to_instances
 
     viewer, widget = setup
     assert widget._cells.value == "" and widget._cells.native.isHidden()
+    widget._with_probability.value = True
     cells = {"median_area": 452.0, "median_diameter": 24.2, "count": 53}
     path = save_model(tiny, tmp_path / "sized.safetensors", {"cells": cells})
     widget._model_choice.value = FILE
@@ -435,6 +436,17 @@ def test_cell_size_of_the_current_model_is_shown(setup, qtbot, tmp_path, tiny):
     assert session_for(viewer).model.metadata["cells"] == cells
     assert widget._cells.value == "cells ~24 px across (from 53 annotated cells)"
     assert not widget._cells.native.isHidden()
+    assert widget._auto_size.value and not widget._min_size.enabled  # 5 % of 452 px: 23
+    prob = viewer.layers["cells probability"].data
+    expected = to_instances(prob, 0.5, 23, min_core=23, expand=1)
+    np.testing.assert_array_equal(viewer.layers["cells prediction"].data, expected)
+
+    widget._auto_size.value = False  # the user's own size
+    assert widget._min_size.enabled
+    widget._min_size.value = 0
+    run(widget, qtbot)
+    expected = to_instances(viewer.layers["cells probability"].data, 0.5, 0, min_core=23)
+    np.testing.assert_array_equal(viewer.layers["cells prediction"].data, expected)
 
     session_for(viewer).set_model(UNet(base_channels=4, depth=3), "plain")
     assert widget._cells.value == "" and widget._cells.native.isHidden()

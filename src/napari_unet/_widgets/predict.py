@@ -159,14 +159,13 @@ class PredictWidget(Container):
             tooltip="Average the 8 flips and quarter turns of each tile: 8x slower, more accurate",
         )
         self._threshold = FloatSpinBox(label="threshold", min=0.05, max=0.9, step=0.05, value=0.5)
-        self._min_size = SpinBox(
-            label="min. size (0 = auto)",
-            min=0,
-            max=1_000_000,
-            value=0,
-            tooltip="Smallest cell kept, px. 0: 5 % of the median area of the cells the model "
-            "was fine-tuned on (shown above), else 16 px.",
+        self._auto_size = CheckBox(
+            text="min. size from the model",
+            value=True,
+            tooltip="Smallest cell kept and smallest seed: 5 % of the median area of the cells "
+            "the model was fine-tuned on (shown above); 16 px and 200 px when it says nothing.",
         )
+        self._min_size = SpinBox(label="min. size (px)", min=0, max=1_000_000, value=16)
         self._expand = SpinBox(label="grow cells (px)", min=0, max=20, value=1)
         self._with_probability = CheckBox(text="probability layer", value=False)
         self._grey = CheckBox(
@@ -190,6 +189,7 @@ class PredictWidget(Container):
                 self._tile,
                 self._flips,
                 self._threshold,
+                self._auto_size,
                 self._min_size,
                 self._expand,
                 self._with_probability,
@@ -203,6 +203,7 @@ class PredictWidget(Container):
         )
         narrow(self)
         self._connect_signals()
+        self._on_auto_size()
         self._on_model_choice()
         self._on_model_changed()
         self._on_image_changed()
@@ -214,9 +215,13 @@ class PredictWidget(Container):
         self._session.model_changed.connect(self._on_model_changed)
         self._predict.clicked.connect(self._on_predict)
         self._cancel.clicked.connect(self._on_cancel)
+        self._auto_size.changed.connect(self._on_auto_size)
         self._refresh_timer.timeout.connect(self._on_refresh_timer)
 
     # ------------------------------------------------------------------ choices and state
+    def _on_auto_size(self, value=None) -> None:
+        self._min_size.enabled = not self._auto_size.value
+
     def _on_layers_changed(self, _event=None) -> None:
         self.reset_choices()
 
@@ -243,6 +248,7 @@ class PredictWidget(Container):
                 widget.enabled = not running
         self._cancel.enabled = running
         if not running:
+            self._on_auto_size()
             self._on_image_changed()
 
     # ------------------------------------------------------------------------- Predict
@@ -366,7 +372,7 @@ class PredictWidget(Container):
             center=center,
             flips=self._flips.value,
             threshold=self._threshold.value,
-            min_size=self._min_size.value or None,
+            min_size=None if self._auto_size.value else self._min_size.value,
             expand=self._expand.value,
         )
 

@@ -346,9 +346,9 @@ def predict(
 
     Takes the arguments of :func:`predict_tiles`; ``progress`` is called with each finished
     :class:`TileResult`. Returns ``(..., H, W)`` float32 in [0, 1] (the channel axis, if any,
-    dropped), equal to the untiled prediction, as :class:`~napari_unet.core.instances.Probabilities`
-    carrying ``model.metadata["cells"]`` (the size of the cells it was fine-tuned on, if any) for
-    :func:`~napari_unet.to_instances`.
+    dropped), equal to the untiled prediction, as
+    :class:`~napari_unet.core.instances.Probabilities` carrying ``model.metadata["cells"]`` (the
+    size of the cells it was fine-tuned on, if any) for :func:`~napari_unet.to_instances`.
     """
     plan = _plan(model, image, tile, batch_size, percentiles, center, flips)
     out = _assemble(plan, _start(model, plan, resolve_device(device, model)), progress)

@@ -516,5 +516,7 @@ def _record(model, config: FinetuneConfig, steps: int, samples: list[TrainingSam
     metadata = dict(getattr(model, "metadata", None) or {})
     run = dataclasses.asdict(config)
     metadata["finetune"] = {**run, "augment": list(config.augment), "steps": steps}
-    metadata["cells"] = cell_sizes(np.concatenate([s.areas for s in samples]))
+    areas = np.concatenate([s.areas for s in samples])
+    if areas.size:  # cells only outside the masks say nothing of their size
+        metadata["cells"] = cell_sizes(areas)
     model.metadata = metadata

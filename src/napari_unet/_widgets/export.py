@@ -3,7 +3,8 @@ measurement tables, and the current model to a file.
 
 A TIFF keeps the layer's pixel size (its ``scale`` in a length unit) as Fiji reads it; the
 measurements are in micrometres too then, and become the layer's ``features`` (napari shows them
-on hover). Every layer and the destination are checked before any file is written.
+on hover), next to the user's own features, which are never dropped. Every layer and the
+destination are checked before any file is written.
 
 The model saved is the viewer's current model, with the label the other docks show for it
 (``metadata["source"]``): after a fine-tuning run the fine-tuned copy, after "Undo fine-tuning"
@@ -47,6 +48,7 @@ _SUFFIXES = {
 }
 _PNG_MAX_ID = np.iinfo(np.uint16).max
 _say = Messages("Export")
+_FEATURES = "napari-unet measurements"  # layer.metadata: the feature columns the dock set
 
 
 def safe_file_name(name: str) -> str:
@@ -124,14 +126,50 @@ def _write(path: Path, layer: Labels, payload, ext: str) -> Path:
     return write_labels(path, payload, pixel_size=pixel_size_um(layer) if ext == "tif" else None)
 
 
-def _set_features(layer: Labels, table: dict) -> bool:
-    """Give ``layer`` the measurements as ``features`` (napari maps ids through ``index``);
-    False, leaving them as they were, when an id has several rows (a stack's planes)."""
-    ids = table["id"]
+def _set_features(layer: Labels, table: dict, path: Path) -> str:
+    """Show the measurements ``table`` on hover as ``layer``'s ``features``; what to tell the
+    user about it (``""``: nothing).
+
+    Features that this dock set earlier (their columns are listed in ``layer.metadata``) are
+    replaced. The user's own features are kept: the measurements become new columns of their
+    rows, matched by id (napari's ``index`` column, else row ``i`` is id ``i``), with rows added
+    for cells they lack; a column name they already use keeps their values. Nothing changes
+    when an id has several rows (a stack's planes, or the user's table).
+    """
+    import pandas as pd
+
+    ids = np.asarray(table["id"])
     if len(np.unique(ids)) != len(ids):
-        return False
-    layer.features = {"index": ids, **table}
-    return True
+        return (
+            f"'{layer.name}' repeats ids across planes: its measurements are in {path}, "
+            "not shown on hover"
+        )
+    earlier = list(layer.metadata.get(_FEATURES, ()))
+    theirs = layer.features.drop(columns=[c for c in earlier if c != "index"], errors="ignore")
+    if theirs.columns.empty or (list(theirs.columns) == ["index"] and "index" in earlier):
+        layer.features = {"index": ids, **table}
+        layer.metadata[_FEATURES] = ["index", *table]
+        return ""
+    their_ids = theirs["index"] if "index" in theirs else pd.RangeIndex(len(theirs))
+    if not pd.Index(their_ids).is_unique:
+        return (
+            f"'{layer.name}' has features with several rows for one id: they were left as they "
+            f"were; its measurements are in {path}"
+        )
+    ours = pd.DataFrame(table, index=ids)
+    kept = [name for name in ours.columns if name in theirs.columns]
+    ours = ours.drop(columns=kept)
+    merged = theirs.set_axis(pd.Index(their_ids))
+    merged = merged.reindex(merged.index.append(ours.index.difference(merged.index)))
+    merged["index"] = merged.index  # the rows added for cells the user's table lacks
+    merged[list(ours.columns)] = ours.reindex(merged.index)
+    layer.features = merged.reset_index(drop=True)
+    layer.metadata[_FEATURES] = list(ours.columns)
+    same = f"; {', '.join(kept)} kept their values (the measured ones are in {path})"
+    return (
+        f"'{layer.name}' already had features: the measurements were added next to them"
+        + (same if kept else "")
+    )
 
 
 class ExportWidget(Container):
@@ -232,11 +270,9 @@ class ExportWidget(Container):
         try:
             for layer, (path, payload) in zip(layers, self._targets(layers, ext), strict=True):
                 written.append(_write(path, layer, payload, ext))
-                if ext == "csv" and not _set_features(layer, payload):
-                    _say.info(
-                        f"'{layer.name}' repeats ids across planes: its measurements are in "
-                        f"{path}, not shown on hover"
-                    )
+                note = _set_features(layer, payload, path) if ext == "csv" else ""
+                if note:
+                    _say.info(note)
         except (OSError, ValueError) as err:
             done = ", ".join(map(str, written))
             message = f"{err} (already written: {done})" if written else f"nothing exported: {err}"

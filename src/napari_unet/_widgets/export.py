@@ -165,11 +165,10 @@ def _set_features(layer: Labels, table: dict, path: Path) -> str:
     merged[list(ours.columns)] = ours.reindex(merged.index)
     layer.features = merged.reset_index(drop=True)
     layer.metadata[_FEATURES] = list(ours.columns)
-    same = f"; {', '.join(kept)} kept their values (the measured ones are in {path})"
-    return (
-        f"'{layer.name}' already had features: the measurements were added next to them"
-        + (same if kept else "")
-    )
+    note = f"'{layer.name}' already had features: the measurements were added next to them"
+    if kept:
+        note += f"; {', '.join(kept)} kept their values (the measured ones are in {path})"
+    return note
 
 
 class ExportWidget(Container):

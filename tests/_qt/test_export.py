@@ -219,3 +219,35 @@ def test_measurements_replace_the_ones_set_earlier(make_napari_viewer, messages,
     _measure(widget, layer, tmp_path / "second")
     assert layer.features["index"].tolist() == [3]  # the first export's rows are gone
     assert len(messages["info"]) == 2 and "already had" not in " ".join(messages["info"])
+
+
+def test_bioimageio_package_of_the_current_model(
+    make_napari_viewer, tiny_unet, messages, qtbot, tmp_path
+):
+    pytest.importorskip("bioimageio.core", reason="the bioimageio extra is not installed")
+    import torch
+
+    from napari_unet.core.bioimageio import load_bioimageio
+
+    viewer = make_napari_viewer()
+    widget = ExportWidget(viewer)
+    session_for(viewer).set_model(tiny_unet, "fine-tuned in a test")
+    widget._model_format.value = "bioimage.io model package (zip)"
+    widget._model_path.value = tmp_path / "tuned.safetensors"  # another format's suffix
+    widget._save_model.native.click()
+    assert "nothing saved: the file name tuned.safetensors ends in" in messages["error"][-1]
+    widget._model_path.value = tmp_path / "missing" / "tuned"
+    widget._save_model.native.click()
+    assert "nothing saved: cannot write" in messages["error"][-1] and widget._task is None
+
+    widget._model_path.value = tmp_path / "tuned"  # the suffix follows the format
+    widget._save_model.native.click()
+    assert not widget._save_model.enabled and session_for(viewer).busy  # until the run ends
+    qtbot.waitUntil(lambda: widget._task is None, timeout=60_000)
+    assert widget._save_model.enabled and not session_for(viewer).busy
+    assert len(messages["error"]) == 2 and "model test passed" in messages["info"][-1]
+    assert [p.name for p in tmp_path.iterdir()] == ["tuned.zip"]
+    back = load_bioimageio(tmp_path / "tuned.zip")
+    assert back.metadata["source"] == "bioimage.io package tuned.zip"
+    for a, b in zip(tiny_unet.state_dict().values(), back.state_dict().values(), strict=True):
+        assert torch.equal(a, b)

@@ -1,5 +1,6 @@
 """Export dock: labels layers to TIFF / PNG / NPY label files, ImageJ ROI sets or per-cell
-measurement tables, and the current model to a file.
+measurement tables, and the current model to a napari-unet ``.safetensors`` file or a
+bioimage.io model package.
 
 A TIFF keeps the layer's pixel size (its ``scale`` in a length unit) as Fiji reads it; the
 measurements are in micrometres too then, and become the layer's ``features`` (napari shows them
@@ -9,7 +10,8 @@ destination are checked before any file is written.
 The model saved is the viewer's current model, with the label the other docks show for it
 (``metadata["source"]``): after a fine-tuning run the fine-tuned copy, after "Undo fine-tuning"
 the model before it. Saving works while a fine-tuning run trains its copy: it saves the current
-model, not the one in training.
+model, not the one in training. A bioimage.io package is written in a background run (the
+model test of ``bioimageio.core`` takes seconds), atomically: a failed export leaves no file.
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ from napari.layers import Labels
 
 from ..core.io import check_writable_folder
 from ._layers import image_choices, layer_choices, pixel_size_um, watch_layers
-from ._session import session_for
+from ._session import PREDICTING, session_for
 from ._ui import Messages, narrow
+from ._worker import Outcome, Task
 
 if TYPE_CHECKING:
     import napari
@@ -46,6 +49,12 @@ _SUFFIXES = {
     "zip": (".zip",),
     "csv": (".csv",),
 }
+MODEL_FORMATS = {
+    "napari-unet (safetensors)": "safetensors",
+    "bioimage.io model package (zip)": "zip",
+}
+_MODEL_SUFFIXES = {ext: (f".{ext}",) for ext in MODEL_FORMATS.values()}
+_SAVE_MODEL = "Save model"
 _PNG_MAX_ID = np.iinfo(np.uint16).max
 _say = Messages("Export")
 _FEATURES = "napari-unet measurements"  # layer.metadata: the feature columns the dock set
@@ -57,12 +66,13 @@ def safe_file_name(name: str) -> str:
     return name or "labels"
 
 
-def _file_with_format(path: Path, ext: str) -> Path:
-    """``path`` ending in the suffix of ``ext``; raises if it ends in another format's suffix."""
+def _file_with_format(path: Path, ext: str, suffixes: dict = _SUFFIXES) -> Path:
+    """``path`` ending in the suffix of ``ext``; raises if it ends in another format's suffix
+    (``suffixes``: format -> the suffixes of its files)."""
     suffix = path.suffix.lower()
-    if suffix in _SUFFIXES[ext]:
+    if suffix in suffixes[ext]:
         return path
-    if any(suffix in known for known in _SUFFIXES.values()):
+    if any(suffix in known for known in suffixes.values()):
         raise ValueError(
             f"the file name {path.name} ends in {suffix}, but the format is .{ext}; "
             "change the file name or the format"
@@ -197,11 +207,18 @@ class ExportWidget(Container):
             tooltip="A file for one layer; a folder for several ('<layer name>.<format>' each)",
         )
         self._export = PushButton(text="Export labels")
+        self._model_format = ComboBox(
+            label="model format",
+            choices=list(MODEL_FORMATS),
+            value="napari-unet (safetensors)",
+            tooltip="napari-unet's own file, or a bioimage.io package that other tools open",
+        )
         self._model_path = FileEdit(label="model file", mode="w", filter="*.safetensors")
         self._save_model = PushButton(
-            text="Save model",
-            tooltip="Save the current model (weights and metadata) to a .safetensors file",
+            text=_SAVE_MODEL,
+            tooltip="Save the current model (weights and metadata) in the model format",
         )
+        self._task: Task | None = None
         super().__init__(
             widgets=[
                 self._layers,
@@ -209,6 +226,7 @@ class ExportWidget(Container):
                 self._intensities,
                 self._destination,
                 self._export,
+                self._model_format,
                 self._model_path,
                 self._save_model,
             ]
@@ -221,6 +239,7 @@ class ExportWidget(Container):
         self._layers.changed.connect(self._on_selection_changed)
         self._format.changed.connect(self._on_format_changed)
         self._export.changed.connect(self._on_export)
+        self._model_format.changed.connect(self._on_model_format_changed)
         self._save_model.changed.connect(self._on_save_model)
 
     def _on_layers_changed(self, _event=None) -> None:
@@ -231,6 +250,9 @@ class ExportWidget(Container):
 
     def _on_format_changed(self, value=None) -> None:
         self._intensities.visible = FORMATS[self._format.value] == "csv"
+
+    def _on_model_format_changed(self, value=None) -> None:
+        self._model_path.filter = f"*.{MODEL_FORMATS[self._model_format.value]}"
 
     def _targets(self, layers: list[Labels], ext: str) -> list[tuple[Path, object]]:
         """``(path, what to write)`` for every layer; raises before anything is written."""
@@ -282,21 +304,91 @@ class ExportWidget(Container):
     def _on_save_model(self, value=None) -> None:
         from ..core.store import save_model
 
+        ext = MODEL_FORMATS[self._model_format.value]
         path = Path(self._model_path.value)
-        if str(path) in ("", "."):
-            _say.error("choose a model file to save to (*.safetensors)")
+        try:
+            path = self._model_file(path, ext)
+        except (OSError, ValueError, ImportError) as err:
+            _say.error(f"nothing saved: {err}")
             return
-        if path.suffix != ".safetensors":
-            path = path.with_name(f"{path.name}.safetensors")
         model = self._session.get_model(_say)
         if model is None:
             return
         source = self._session.source
         metadata = dict(getattr(model, "metadata", None) or {})
         metadata["source"] = source
+        if ext == "zip":
+            self._export_package(model, path, metadata)
+            return
         try:
             save_model(model, path, metadata)
         except (OSError, ValueError) as err:
             _say.error(f"could not save the model: {err}")
             return
         _say.info(f"saved the model ({source}) to {path}")
+
+    @staticmethod
+    def _model_file(path: Path, ext: str) -> Path:
+        """The file to save the model to in format ``ext``, checked; raises (with the reason)
+        before anything is written."""
+        if str(path) in ("", "."):
+            raise ValueError(f"choose a model file to save to (*.{ext})")
+        path = _file_with_format(path, ext, _MODEL_SUFFIXES)
+        if path.is_dir():
+            raise IsADirectoryError(f"{path} is a folder; choose a file name")
+        check_writable_folder(path.parent, context=f"cannot write {path}")
+        if ext == "zip":
+            _check_bioimageio_extra()
+        return path
+
+    def _export_package(self, model, path: Path, metadata: dict) -> None:
+        """Write the bioimage.io package of ``model`` in a background run."""
+        self._task = Task(
+            _package_job(model, path, metadata),
+            _say,
+            on_yielded=self._on_package_step,
+            on_done=lambda outcome: self._on_package_done(outcome, path, metadata["source"]),
+            session=self._session,
+            task=PREDICTING,  # reads the model as a prediction does; blocks nothing
+        )
+        self._save_model.enabled = False
+        self._save_model.text = "Exporting…"
+        if not self._task.start():
+            self._on_package_done(None, path, "")
+
+    def _on_package_step(self, step: str) -> None:
+        self._save_model.text = step
+
+    def _on_package_done(self, outcome: Outcome | None, path: Path, source: str) -> None:
+        self._task = None
+        self._save_model.enabled = True
+        self._save_model.text = _SAVE_MODEL
+        if outcome is not None and outcome.error is None and not outcome.cancelled:
+            _say.info(
+                f"wrote the bioimage.io package of the model ({source}) to {path}; "
+                "bioimageio.core's model test passed"
+            )
+
+
+def _check_bioimageio_extra() -> None:
+    """Raise ImportError (saying how to install them) unless the packages that a bioimage.io
+    export needs are installed; imports nothing."""
+    from importlib.util import find_spec
+
+    for name in ("bioimageio.spec", "bioimageio.core"):
+        try:
+            found = find_spec(name) is not None
+        except ModuleNotFoundError:  # no bioimageio namespace at all
+            found = False
+        if not found:
+            raise ImportError(
+                f'a bioimage.io package needs {name}: pip install "napari-unet[bioimageio]"'
+            )
+
+
+def _package_job(model, path: Path, metadata: dict):
+    """Worker generator: write and test the bioimage.io package; returns its path."""
+    from ..core.bioimageio import export_bioimageio
+
+    yield "Writing and testing the package…"
+    return export_bioimageio(model, path, metadata=metadata)

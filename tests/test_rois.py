@@ -23,11 +23,14 @@ def test_roi_set_round_trip_matches_every_cell_of_the_sample(tmp_path, whole_sam
     rois = roifile.roiread(path)
     ids = np.unique(labels[labels > 0])
     assert [r.name for r in rois] == [f"cell-{i:02d}" for i in ids]
+    ious = []
     for roi, i in zip(rois, ids, strict=True):
         assert roi.roitype == roifile.ROI_TYPE.POLYGON
         assert roi.properties["id"] == i
         cell, mask = labels == i, _filled(roi, labels.shape)
-        assert (cell & mask).sum() / (cell | mask).sum() >= 0.95, roi.name
+        ious.append((cell & mask).sum() / (cell | mask).sum())
+        assert ious[-1] >= 0.95, roi.name  # the bar, for every cell
+    assert np.mean(ious) > 0.98  # measured: every cell above 0.99
 
 
 def test_stack_rois_sit_on_their_slice_and_holes_are_noted():

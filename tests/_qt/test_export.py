@@ -164,3 +164,90 @@ def test_measurements_refuse_an_image_of_another_shape(
     _export(widget, [layer], "measurements (CSV)", tmp_path / "cells")
     assert "nothing exported: cannot measure layer 'cells annotation'" in messages["error"][-1]
     assert list(tmp_path.iterdir()) == [] and layer.features.empty
+
+
+def _measure(widget, layer, destination):
+    _export(widget, [layer], "measurements (CSV)", destination)
+
+
+def test_measurements_keep_the_users_features(make_napari_viewer, messages, tmp_path):
+    labels = np.zeros((40, 40), np.uint16)
+    labels[2:10, 2:10], labels[20:30, 20:30], labels[12:16, 30:36] = 5, 7, 9
+    viewer = make_napari_viewer()
+    mine = {"index": [7, 5, 3], "class": ["b", "a", "x"], "area_px": [-1, -2, -3]}
+    layer = viewer.add_labels(labels, name="typed cells", features=mine)
+    widget = ExportWidget(viewer)
+    for _ in range(2):  # a second export replaces the first one's columns, keeps the user's
+        _measure(widget, layer, tmp_path / "cells")
+        assert messages["error"] == []
+        assert "'typed cells' already had features" in messages["info"][-2]
+        assert "area_px kept their values" in messages["info"][-2]
+        features = layer.features
+        assert features["index"].tolist() == [7, 5, 3, 9]  # the user's rows, then a new cell's
+        assert features["class"].tolist()[:3] == ["b", "a", "x"]
+        assert features["area_px"].tolist()[:3] == [-1, -2, -3]
+        assert features["solidity"].tolist()[:2] == [1.0, 1.0] and features["id"][3] == 9
+        assert np.isnan(features["solidity"][2])  # id 3: no such cell
+        assert list(features.columns).count("solidity") == 1
+    status = layer.get_status((25, 25))["value"]
+    assert "class: b" in status and "solidity" in status
+    assert (tmp_path / "cells.csv").read_text().splitlines()[0].startswith("id,plane,area_px")
+
+
+def test_measurements_in_features_mapped_by_row(make_napari_viewer, messages, tmp_path):
+    labels = np.zeros((20, 20), np.uint8)
+    labels[2:6, 2:6], labels[10:15, 10:15] = 1, 3
+    viewer = make_napari_viewer()
+    layer = viewer.add_labels(labels, name="cells", features={"note": ["bg", "one", "two"]})
+    _measure(ExportWidget(viewer), layer, tmp_path / "cells")
+    features = layer.features  # no 'index' column: row i is id i, then the added rows
+    assert features["index"].tolist() == [0, 1, 2, 3]
+    assert features["note"].tolist()[:3] == ["bg", "one", "two"]
+    assert features["area_px"].tolist()[1] == 16 and features["area_px"].tolist()[3] == 25
+    assert np.isnan(features["area_px"][0]) and np.isnan(features["area_px"][2])
+
+
+def test_measurements_replace_the_ones_set_earlier(make_napari_viewer, messages, tmp_path):
+    labels = np.zeros((20, 20), np.uint8)
+    labels[2:6, 2:6], labels[10:15, 10:15] = 1, 3
+    viewer = make_napari_viewer()
+    layer = viewer.add_labels(labels, name="cells")
+    widget = ExportWidget(viewer)
+    _measure(widget, layer, tmp_path / "first")
+    labels[2:6, 2:6] = 0
+    layer.data = labels
+    _measure(widget, layer, tmp_path / "second")
+    assert layer.features["index"].tolist() == [3]  # the first export's rows are gone
+    assert len(messages["info"]) == 2 and "already had" not in " ".join(messages["info"])
+
+
+def test_bioimageio_package_of_the_current_model(
+    make_napari_viewer, tiny_unet, messages, qtbot, tmp_path
+):
+    pytest.importorskip("bioimageio.core", reason="the bioimageio extra is not installed")
+    import torch
+
+    from napari_unet.core.bioimageio import load_bioimageio
+
+    viewer = make_napari_viewer()
+    widget = ExportWidget(viewer)
+    session_for(viewer).set_model(tiny_unet, "fine-tuned in a test")
+    widget._model_format.value = "bioimage.io model package (zip)"
+    widget._model_path.value = tmp_path / "tuned.safetensors"  # another format's suffix
+    widget._save_model.native.click()
+    assert "nothing saved: the file name tuned.safetensors ends in" in messages["error"][-1]
+    widget._model_path.value = tmp_path / "missing" / "tuned"
+    widget._save_model.native.click()
+    assert "nothing saved: cannot write" in messages["error"][-1] and widget._task is None
+
+    widget._model_path.value = tmp_path / "tuned"  # the suffix follows the format
+    widget._save_model.native.click()
+    assert not widget._save_model.enabled and session_for(viewer).busy  # until the run ends
+    qtbot.waitUntil(lambda: widget._task is None, timeout=60_000)
+    assert widget._save_model.enabled and not session_for(viewer).busy
+    assert len(messages["error"]) == 2 and "model test passed" in messages["info"][-1]
+    assert [p.name for p in tmp_path.iterdir()] == ["tuned.zip"]
+    back = load_bioimageio(tmp_path / "tuned.zip")
+    assert back.metadata["source"] == "bioimage.io package tuned.zip"
+    for a, b in zip(tiny_unet.state_dict().values(), back.state_dict().values(), strict=True):
+        assert torch.equal(a, b)

@@ -138,14 +138,14 @@ def export_bioimageio(
     license: str = "MIT",
     test_image: np.ndarray | None = None,
     test: bool = True,
+    metadata: dict | None = None,
 ) -> Path:
     """Write ``model`` as a bioimage.io model package (``.zip``), atomically.
 
     Parameters
     ----------
     model
-        A :class:`~napari_unet.core.model.UNet`; its ``metadata`` (if any) is kept in the
-        package's napari-unet weights.
+        A :class:`~napari_unet.core.model.UNet`.
     path
         The ``.zip`` to write.
     name, description
@@ -160,6 +160,9 @@ def export_bioimageio(
     test
         Run ``bioimageio.core``'s model test on the package before writing it (needs
         ``bioimageio.core``); a failure raises ValueError and nothing is written.
+    metadata
+        Kept in the package's napari-unet weights (default: the model's ``metadata``, if any);
+        its ``"source"`` names the model on the card.
 
     The package is validated by ``bioimageio.spec`` before anything is written. Returns the path.
     """
@@ -178,7 +181,9 @@ def export_bioimageio(
         raise ValueError(f"a bioimage.io package is a .zip file, got {path.name}")
     if not isinstance(model, UNet):
         raise TypeError(f"expected a napari_unet.UNet, got {type(model).__name__}")
-    metadata = dict(getattr(model, "metadata", None) or {})
+    if metadata is None:
+        metadata = getattr(model, "metadata", None)
+    metadata = dict(metadata or {})
     name = name or f"napari-unet {metadata.get('source', 'U-Net')}"[:128]
     description = description or "U-Net cell segmentation model fine-tuned with napari-unet."
     model = copy.deepcopy(model).to("cpu").eval()  # the caller's model stays as it is

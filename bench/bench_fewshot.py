@@ -15,7 +15,8 @@ Protocols (leave one kind out; data from ``../shared/data`` only):
 
 Each fine-tune is ``finetune(copy_of_base, frames, steps=10**6, max_seconds=minutes*60)`` with
 the library's defaults (or ``--set`` overrides, the levers compared side by side), then
-``to_instances(predict(model, image))`` on the test frames. Scores (``bench/scoring.py``,
+``to_instances(predict(model, image))`` on the test frames (cells sized by the annotations, with
+the fixed pixel sizes beside them as ``[fixed px: ...]``). Scores (``bench/scoring.py``,
 independent of ``napari_unet.core.metrics``) pool over all reference cells as the Cell Tracking
 Challenge pools SEG; F1 counts cells matched at IoU > 0.5.
 
@@ -72,10 +73,15 @@ def protocol(name: str, root: Path, base: str | None):
 
 
 def score(model, test, rand: bool) -> dict:
-    pooled = Pooled()
+    """Pooled scores of ``to_instances(predict(model, image))`` (sized by the cells the model
+    was fine-tuned on), and SEG / F1 with the fixed pixel sizes beside them (``*_fixed``)."""
+    sized, fixed = Pooled(), Pooled()
     for _, image, truth in test:
-        pooled.add(truth, to_instances(predict(model, image)), rand=rand)
-    return pooled.row()
+        prob = predict(model, image)
+        sized.add(truth, to_instances(prob), rand=rand)
+        fixed.add(truth, to_instances(np.asarray(prob)))
+    row = sized.row()
+    return {**row, "seg_fixed": fixed.row()["seg"], "f1_fixed": fixed.row()["f1"]}
 
 
 def tune(model, frames, minutes: float, settings: dict, seed: int):
@@ -99,7 +105,8 @@ def report(results: list, kind: str, **row) -> None:
     extra = f"  adapted Rand error {row['rand_error']:.4f}" if "rand_error" in row else ""
     print(
         f"{kind:9s} {row['run']:28s} SEG {row['seg']:.3f}  F1 {row['f1']:.3f}  "
-        f"IoU {row['iou']:.3f}{extra}  ({row.get('steps', 0)} steps, "
+        f"IoU {row['iou']:.3f}{extra}  [fixed px: SEG {row['seg_fixed']:.3f} "
+        f"F1 {row['f1_fixed']:.3f}]  ({row.get('steps', 0)} steps, "
         f"{row.get('seconds', 0) / 60:.1f} min)",
         flush=True,
     )

@@ -120,6 +120,30 @@ def test_large_image_on_cluster_equals_in_process(large_run, whole, client):
     assert set(loads.values()) == {1}  # the model once per worker, not per task
 
 
+def test_non_square_blocks_each_own_their_chunks(client, large_run, bundled, whole, tmp_path):
+    from napari_unet.core.distributed import segment_large
+
+    name = large_run[0]
+    image = whole[0][:200, :330]  # blocks of 80 rows and 96 columns
+    expected = to_instances(predict(bundled, image), **INSTANCE)
+    path = tmp_path / "wide.ome.zarr"
+    segment_large(client, name, bundled, image, path, block=96, halo=HALO, instance=INSTANCE)
+    level0 = zarr.open_array(str(path), path="0", mode="r")
+    for block in plan_blocks(image.shape, bundled, 96):  # no chunk is shared by two blocks
+        assert all(s.start % c == 0 for s, c in zip(block.inner, level0.chunks, strict=True))
+    matched, n_ref, n_out = match_counts(expected, level0[:], 0.99)
+    assert n_ref > 10 and matched == n_ref == n_out
+
+
+def test_label_image_is_complete_only_once_marked(tmp_path):
+    from napari_unet.core.zarrio import mark_complete
+
+    root = create_labels(tmp_path / "x.ome.zarr", (40, 60), (32, 32), np.uint32)
+    assert not is_complete_output(tmp_path / "x.ome.zarr")  # as an interrupted job leaves it
+    mark_complete(root, cells=0)
+    assert is_complete_output(tmp_path / "x.ome.zarr")
+
+
 def test_large_output_is_ome_zarr_labels_with_pixel_size(large_run):
     from ome_zarr.io import parse_url
     from ome_zarr.reader import Label, Reader
@@ -182,7 +206,7 @@ def test_inspect_reads_tiff_and_ome_zarr_lazily_with_pixel_size(tmp_path, rng):
     root = create_labels(
         tmp_path / "b.ome.zarr",
         image.shape,
-        128,
+        (128, 128),
         np.uint16,
         pixel_size=info.pixel_size,
         unit=info.unit,
@@ -227,7 +251,7 @@ def test_cli_large_tiff_and_zarr_inputs_give_tiff_and_ome_zarr(client, large_run
     out = tmp_path / "out"
     assert main(["predict", str(tmp_path / "big.tif"), "--out", str(out), *argv]) == 0
     assert (tifffile.imread(out / "big_labels.tif") == expected).all()
-    root = create_labels(tmp_path / "img.ome.zarr", whole[0].shape, 256, np.uint16)
+    root = create_labels(tmp_path / "img.ome.zarr", whole[0].shape, (256, 256), np.uint16)
     root["0"][:] = whole[0]
     assert main(["predict", str(tmp_path / "img.ome.zarr"), "--out", str(out), *argv]) == 0
     labels = zarr.open_array(str(out / "img_labels.ome.zarr"), path="0", mode="r")[:]

@@ -97,18 +97,26 @@ def _plane_shape(shape: tuple[int, ...]) -> tuple[int, int]:
 
 def _write_small(target: Path, labels, info) -> None:
     from .core.io import PREDICTION_SOFTWARE, write_labels
-    from .core.zarrio import atomic_folder, create_labels, pyramid_shapes, write_level
+    from .core.zarrio import (
+        atomic_folder,
+        create_labels,
+        mark_complete,
+        pyramid_shapes,
+        write_level,
+    )
 
     if target.suffix == ".tif":
         write_labels(target, labels, software=PREDICTION_SOFTWARE)
         return
     with atomic_folder(target) as tmp:
+        chunks = (1024, 1024)
         root = create_labels(
-            tmp, labels.shape, 1024, labels.dtype, pixel_size=info.pixel_size, unit=info.unit
+            tmp, labels.shape, chunks, labels.dtype, pixel_size=info.pixel_size, unit=info.unit
         )
         root["0"][:] = labels
-        for level, shape in enumerate(pyramid_shapes(labels.shape, 1024)[1:], start=1):
+        for level, shape in enumerate(pyramid_shapes(labels.shape, chunks)[1:], start=1):
             write_level(root, level, (slice(0, shape[0]), slice(0, shape[1])))
+        mark_complete(root)
 
 
 def _segment_large(client, name, model, info, target: Path, args, instance) -> int:

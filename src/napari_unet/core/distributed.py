@@ -21,7 +21,6 @@ does not grow with the image. The model travels once to each worker as safetenso
 from __future__ import annotations
 
 import logging
-import math
 import os
 import shutil
 import tempfile
@@ -259,26 +258,27 @@ def segment_large(
     """
     import dask
 
-    from .zarrio import create_labels, pyramid_shapes
+    from .zarrio import create_labels, mark_complete, pyramid_shapes
 
     instance = dict(instance or {})
     shape = tuple(source.shape[:2])
     blocks = plan_blocks(shape, model, block)
-    step = blocks[0].inner[0].stop - blocks[0].inner[0].start
-    step = max(step, blocks[0].inner[1].stop - blocks[0].inner[1].start)
+    # every block of an axis but the last has the first one's size: chunks of that size per
+    # axis hold one block each, so no two tasks ever write the same chunk
+    chunks = tuple(s.stop - s.start for s in blocks[0].inner)
     with _opened(source) as plane:
         norm = estimate_normalisation(plane, blocks)
     labels = Path(labels)
     record = {
         **(metadata or {}),
         "normalisation": norm.as_dict(),
-        "block": step,
+        "block": list(chunks),
         "halo": halo,
         "instances": instance,
         "flips": flips,
     }
     root = create_labels(
-        labels, shape, step, np.uint32, pixel_size=pixel_size, unit=unit, metadata=record
+        labels, shape, chunks, np.uint32, pixel_size=pixel_size, unit=unit, metadata=record
     )
     work = Path(tempfile.mkdtemp(dir=work or labels.parent, prefix=".napari-unet-work-"))
     try:
@@ -286,7 +286,7 @@ def segment_large(
 
         store = str(work / "provisional.zarr")
         zarr.create_array(
-            store, shape=shape, chunks=(step, step), dtype=np.uint64, fill_value=0, zarr_format=2
+            store, shape=shape, chunks=chunks, dtype=np.uint64, fill_value=0, zarr_format=2
         )
         src = source if hasattr(source, "open") else dask.delayed(source, pure=True)
         d = dask.delayed
@@ -312,15 +312,15 @@ def segment_large(
             )
             done.append(d(_ids_task)(store, str(labels), b.inner, offsets, painted))
         levels = []
-        for level, level_shape in enumerate(pyramid_shapes(shape, step)[1:], start=1):
-            for region in _chunks(level_shape, step):
+        for level, level_shape in enumerate(pyramid_shapes(shape, chunks)[1:], start=1):
+            for region in _chunks(level_shape, chunks):
                 levels.append(d(_level_task)(str(labels), level, region, *done))
         totals, _ = dask.compute(counts, levels, scheduler=client)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     cells_n = int(sum(t[0] for t in totals))
     cut = int(sum(t[1] for t in totals))
-    root.attrs[_key()] = {**root.attrs[_key()], "cells": cells_n, "cut_cells": cut}
+    mark_complete(root, cells=cells_n, cut_cells=cut)
     if cut:
         log.warning(
             "%d cell(s) reach past the %d px halo of their block; they may be labelled "
@@ -331,17 +331,13 @@ def segment_large(
     return LargeResult(labels, cells_n, cut, norm, len(blocks))
 
 
-def _key() -> str:
-    from .zarrio import METADATA_KEY
-
-    return METADATA_KEY
-
-
-def _chunks(shape, step) -> list[tuple[slice, slice]]:
+def _chunks(shape, chunks) -> list[tuple[slice, slice]]:
+    """The ``(cy, cx)`` chunks of an ``(H, W)`` array, as regions."""
+    (cy, cx) = chunks
     return [
-        (slice(y, min(y + step, shape[0])), slice(x, min(x + step, shape[1])))
-        for y in range(0, shape[0], step)
-        for x in range(0, shape[1], step)
+        (slice(y, min(y + cy, shape[0])), slice(x, min(x + cx, shape[1])))
+        for y in range(0, shape[0], cy)
+        for x in range(0, shape[1], cx)
     ]
 
 
@@ -357,4 +353,4 @@ def segment_small(
 
 def fits_one_block(shape, block: int) -> bool:
     """Whether an ``(H, W[, C])`` plane needs no more than one block of side ``block``."""
-    return max(shape[:2]) <= block and math.prod(shape[:2]) <= block**2
+    return max(shape[:2]) <= block

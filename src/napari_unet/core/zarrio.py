@@ -39,6 +39,7 @@ __all__ = [
     "is_complete_output",
     "atomic_folder",
     "create_labels",
+    "mark_complete",
     "pyramid_shapes",
     "write_level",
     "write_tiff_bands",
@@ -303,10 +304,10 @@ def atomic_folder(path: str | os.PathLike):
         raise
 
 
-def pyramid_shapes(shape: tuple[int, int], chunk: int) -> list[tuple[int, int]]:
-    """``(H, W)`` of each level, halving (nearest) until the plane fits one chunk."""
+def pyramid_shapes(shape: tuple[int, int], chunks: tuple[int, int]) -> list[tuple[int, int]]:
+    """``(H, W)`` of each level, halving (nearest) until the plane fits one ``(cy, cx)`` chunk."""
     shapes = [tuple(shape)]
-    while max(shapes[-1]) > chunk and min(shapes[-1]) > 1:
+    while any(n > c for n, c in zip(shapes[-1], chunks, strict=True)) and min(shapes[-1]) > 1:
         shapes.append(tuple(math.ceil(n / 2) for n in shapes[-1]))
     return shapes
 
@@ -314,7 +315,7 @@ def pyramid_shapes(shape: tuple[int, int], chunk: int) -> list[tuple[int, int]]:
 def create_labels(
     path: str | os.PathLike,
     shape: tuple[int, int],
-    chunk: int,
+    chunks: tuple[int, int],
     dtype,
     *,
     pixel_size: tuple[float, float] | None = None,
@@ -324,22 +325,24 @@ def create_labels(
 ):
     """An empty OME-Zarr label image (NGFF 0.4, zarr format 2) with its pyramid of levels.
 
-    Levels ``"0"``, ``"1"``, ... are ``(H, W)`` arrays of ``chunk`` x ``chunk`` chunks, each
-    half the last (nearest: labels stay ids); level 0 has ``pixel_size`` (``(y, x)`` in
-    ``unit``; ``None``: 1 per pixel). The root is both a multiscale image and an ``image-label``,
-    so viewers open it as labels; ``metadata`` is stored under the ``"napari-unet"`` attribute.
-    Returns the zarr group.
+    Levels ``"0"``, ``"1"``, ... are ``(H, W)`` arrays of ``(cy, cx)`` ``chunks`` (a writer
+    that fills level 0 block by block in parallel passes its blocks' size, so that no two
+    blocks share a chunk), each half the last (nearest: labels stay ids); level 0 has
+    ``pixel_size`` (``(y, x)`` in ``unit``; ``None``: 1 per pixel). The root is both a
+    multiscale image and an ``image-label``, so viewers open it as labels; ``metadata`` is
+    stored under the ``"napari-unet"`` attribute, without the mark of a complete output
+    (:func:`mark_complete` adds it once the levels are written). Returns the zarr group.
     """
     import zarr
 
     size = tuple(pixel_size) if pixel_size else (1.0, 1.0)
     root = zarr.open_group(str(path), mode="w", zarr_format=2)
     datasets = []
-    for level, level_shape in enumerate(pyramid_shapes(shape, chunk)):
+    for level, level_shape in enumerate(pyramid_shapes(shape, chunks)):
         root.create_array(
             str(level),
             shape=level_shape,
-            chunks=(min(chunk, level_shape[0]), min(chunk, level_shape[1])),
+            chunks=tuple(min(c, n) for c, n in zip(chunks, level_shape, strict=True)),
             dtype=dtype,
             fill_value=0,
             chunk_key_encoding={"name": "v2", "separator": "/"},
@@ -361,10 +364,21 @@ def create_labels(
                 }
             ],
             "image-label": {"version": NGFF_VERSION},
-            METADATA_KEY: {"software": PREDICTION_SOFTWARE, **(metadata or {})},
+            METADATA_KEY: dict(metadata or {}),
         }
     )
     return root
+
+
+def mark_complete(root, **record) -> None:
+    """Mark the label image ``root`` (from :func:`create_labels`) as a complete output of
+    ``napari-unet predict`` (what :func:`is_complete_output` looks for), adding ``record`` to
+    its metadata; call it once every level is written."""
+    root.attrs[METADATA_KEY] = {
+        **root.attrs[METADATA_KEY],
+        **record,
+        "software": PREDICTION_SOFTWARE,
+    }
 
 
 def write_level(root, level: int, region: tuple[slice, slice]) -> None:

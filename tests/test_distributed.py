@@ -144,6 +144,55 @@ def test_label_image_is_complete_only_once_marked(tmp_path):
     assert is_complete_output(tmp_path / "x.ome.zarr")
 
 
+def test_folders_of_killed_runs_are_removed_by_the_next_run(tmp_path):
+    import subprocess
+    import sys
+
+    from napari_unet.core.io import work_folder
+    from napari_unet.core.zarrio import atomic_folder
+
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    left = [
+        tmp_path / f".x_labels.ome.napari-unet-{dead}-k3j9.zarr.part",  # the new output
+        tmp_path / f".x_labels.ome.napari-unet-{dead}-old-k3j9.zarr.part",  # the one replaced
+        tmp_path / f".napari-unet-work-{dead}-k3j9",  # provisional ids
+    ]
+    old = time.time() - 120
+    for folder in left:
+        (folder / "0").mkdir(parents=True)
+        os.utime(folder, (old, old))
+    with atomic_folder(tmp_path / "x_labels.ome.zarr") as tmp, work_folder(tmp_path):
+        (tmp / "y").touch()
+    assert sorted(os.listdir(tmp_path)) == ["x_labels.ome.zarr"]
+
+
+def test_atomic_folder_keeps_the_old_output_when_the_new_cannot_take_its_place(
+    tmp_path, monkeypatch
+):
+    from napari_unet.core.zarrio import atomic_folder
+
+    path = tmp_path / "x_labels.ome.zarr"
+    path.mkdir()
+    (path / "old").touch()
+    real = os.replace
+
+    def failing(src, dst):  # the new output cannot take the old one's place
+        if os.fspath(dst) == os.fspath(path) and os.path.basename(src) != "x":
+            raise OSError(28, "No space left on device")
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", failing)
+    with pytest.raises(OSError, match="No space"), atomic_folder(path) as tmp:
+        (tmp / "new").touch()
+    monkeypatch.setattr(os, "replace", real)
+    assert os.listdir(tmp_path) == ["x_labels.ome.zarr"] and os.listdir(path) == ["old"]
+
+
 def test_large_output_is_ome_zarr_labels_with_pixel_size(large_run):
     from ome_zarr.io import parse_url
     from ome_zarr.reader import Label, Reader

@@ -121,6 +121,7 @@ def _write_small(target: Path, labels, info) -> None:
 
 def _segment_large(client, name, model, info, target: Path, args, instance) -> int:
     from .core.distributed import segment_large
+    from .core.io import work_folder
     from .core.zarrio import atomic_folder, write_tiff_bands
 
     options = {
@@ -135,8 +136,7 @@ def _segment_large(client, name, model, info, target: Path, args, instance) -> i
     if target.suffix != ".tif":
         with atomic_folder(target) as tmp:
             return segment_large(client, name, model, info, tmp, **options).cells
-    work = Path(tempfile.mkdtemp(dir=target.parent, prefix=".napari-unet-work-"))
-    try:
+    with work_folder(target.parent) as work:
         result = segment_large(client, name, model, info, work / "labels.ome.zarr", **options)
         import zarr
 
@@ -144,8 +144,6 @@ def _segment_large(client, name, model, info, target: Path, args, instance) -> i
         dtype = "uint16" if result.cells <= 65535 else "uint32"
         write_tiff_bands(target, labels, pixel_size=info.pixel_size, unit=info.unit, dtype=dtype)
         return result.cells
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def run(args) -> int:

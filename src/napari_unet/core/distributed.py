@@ -250,7 +250,8 @@ def segment_large(
     instance
         Keyword arguments of :func:`~napari_unet.to_instances`.
     work
-        Folder for the provisional ids (default: beside ``labels``); removed at the end.
+        Folder in which a scratch folder for the provisional ids is made (default: beside
+        ``labels``); removed at the end, and those of killed runs at the next run.
 
     Returns
     -------
@@ -258,6 +259,7 @@ def segment_large(
     """
     import dask
 
+    from .io import work_folder
     from .zarrio import create_labels, mark_complete, pyramid_shapes
 
     instance = dict(instance or {})
@@ -280,11 +282,10 @@ def segment_large(
     root = create_labels(
         labels, shape, chunks, np.uint32, pixel_size=pixel_size, unit=unit, metadata=record
     )
-    work = Path(tempfile.mkdtemp(dir=work or labels.parent, prefix=".napari-unet-work-"))
-    try:
+    with work_folder(work or labels.parent) as scratch:
         import zarr
 
-        store = str(work / "provisional.zarr")
+        store = str(scratch / "provisional.zarr")
         zarr.create_array(
             store, shape=shape, chunks=chunks, dtype=np.uint64, fill_value=0, zarr_format=2
         )
@@ -316,8 +317,6 @@ def segment_large(
             for region in _chunks(level_shape, chunks):
                 levels.append(d(_level_task)(str(labels), level, region, *done))
         totals, _ = dask.compute(counts, levels, scheduler=client)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     cells_n = int(sum(t[0] for t in totals))
     cut = int(sum(t[1] for t in totals))
     mark_complete(root, cells=cells_n, cut_cells=cut)

@@ -55,8 +55,8 @@ as its own outputs and may replace them; it never replaces a file without it."""
 
 _PART_TAG = ".napari-unet-"
 STALE_SECONDS = 60
-"""A ``.part`` file of a writer that died is removed by the next write of the same target once it
-is this old; one older than a day is removed whatever its pid."""
+"""A ``.part`` file (or folder) of a writer that died is removed by the next write of the same
+target once it is this old; one older than a day is removed whatever its pid."""
 
 
 def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
@@ -300,19 +300,45 @@ def _part_affixes(target: Path) -> tuple[str, str]:
 
 
 def _remove_stale_parts(target: Path) -> None:
-    """Remove the ``.part`` files of ``target`` that writers killed by SIGKILL left behind."""
-    prefix, suffix = _part_affixes(target)
+    """Remove the ``.part`` files and folders of ``target`` that writers killed by SIGKILL left
+    behind."""
+    _remove_stale(target.parent, *_part_affixes(target))
+
+
+def _remove_stale(folder: Path, prefix: str, suffix: str) -> None:
+    """Remove the files and folders ``<prefix><pid>-*<suffix>`` in ``folder`` whose writer is
+    gone (and that are ``STALE_SECONDS`` old), or that are a day old whatever their pid."""
     pattern = re.compile(re.escape(prefix) + r"(\d+)-[^/]*" + re.escape(suffix))
     now = time.time()
-    for part in target.parent.glob(glob.escape(prefix) + "*" + glob.escape(suffix)):
+    for part in folder.glob(glob.escape(prefix) + "*" + glob.escape(suffix)):
         match = pattern.fullmatch(part.name)
         try:
             age = now - part.lstat().st_mtime
             if match and (age > 86400 or (age > STALE_SECONDS and not _pid_alive(int(match[1])))):
-                part.unlink()
+                if part.is_dir() and not part.is_symlink():
+                    shutil.rmtree(part)
+                else:
+                    part.unlink()
                 log.info("removed %s, left behind by a killed writer", part)
         except OSError:  # gone meanwhile, or not ours to remove
             continue
+
+
+_WORK_PREFIX = ".napari-unet-work-"
+
+
+@contextmanager
+def work_folder(parent: str | os.PathLike):
+    """Yield a hidden scratch folder ``.napari-unet-work-<pid>-<random>`` in ``parent``,
+    removed at the end; those that killed runs left are removed first (as ``.part`` files
+    are, :data:`STALE_SECONDS`)."""
+    parent = Path(parent)
+    _remove_stale(parent, _WORK_PREFIX, "")
+    work = Path(tempfile.mkdtemp(dir=parent, prefix=f"{_WORK_PREFIX}{os.getpid()}-"))
+    try:
+        yield work
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def _keeps_owner(tmp: Path, old: os.stat_result) -> bool:

@@ -283,25 +283,33 @@ def is_complete_output(path: str | os.PathLike) -> bool:
 @contextmanager
 def atomic_folder(path: str | os.PathLike):
     """Yield a temporary folder beside ``path`` that replaces it when the block ends without
-    error (renamed in one step; a folder already at ``path`` is removed after); on error the
-    temporary folder is removed and ``path`` stays as it was."""
+    error (renamed in one step; a folder already at ``path`` is moved aside first and removed
+    after); on error the temporary folder is removed and ``path`` stays as it was. Temporary
+    folders that a killed run left are removed first (see :func:`~napari_unet.core.io.atomic_path`).
+    """
     path = Path(path)
     check_writable_folder(path.parent, context=f"cannot write {path}")
     _remove_stale_parts(path)
     prefix, suffix = _part_affixes(path)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f"{prefix}{os.getpid()}-", suffix=suffix))
+    pid = os.getpid()
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f"{prefix}{pid}-", suffix=suffix))
+    old = None
     try:
         yield tmp
-        old = None
         if path.exists():
-            old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f"{prefix}old-", suffix=suffix))
+            old = tempfile.mkdtemp(dir=path.parent, prefix=f"{prefix}{pid}-old-", suffix=suffix)
+            old = Path(old)
             os.replace(path, old / "x")
         os.replace(tmp, path)
+    except BaseException:
+        if old is not None and (old / "x").exists():
+            os.replace(old / "x", path)  # the new one did not take its place: put it back
+        shutil.rmtree(tmp, ignore_errors=True)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def pyramid_shapes(shape: tuple[int, int], chunks: tuple[int, int]) -> list[tuple[int, int]]:

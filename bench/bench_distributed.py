@@ -80,7 +80,7 @@ def main() -> None:
     image = mosaic(args.size)
     folder = Path(tempfile.mkdtemp(prefix="bench-distributed-"))
     source = folder / "mosaic.ome.zarr"
-    root = create_labels(source, image.shape, (1024, 1024), image.dtype)  # a plain multiscale image
+    root = create_labels(source, image.shape, (1024, 1024), image.dtype)  # a multiscale image
     root["0"][:] = image
     report = {"size": args.size, "block": args.block, "halo": args.halo}
 

@@ -12,9 +12,7 @@ from __future__ import annotations
 import glob
 import logging
 import os
-import shutil
 import sys
-import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path

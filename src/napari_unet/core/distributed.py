@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import tempfile
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass

@@ -285,7 +285,8 @@ def atomic_folder(path: str | os.PathLike):
     """Yield a temporary folder beside ``path`` that replaces it when the block ends without
     error (renamed in one step; a folder already at ``path`` is moved aside first and removed
     after); on error the temporary folder is removed and ``path`` stays as it was. Temporary
-    folders that a killed run left are removed first (see :func:`~napari_unet.core.io.atomic_path`).
+    folders that a killed run left are removed first (as
+    :func:`~napari_unet.core.io.atomic_path` removes its files).
     """
     path = Path(path)
     check_writable_folder(path.parent, context=f"cannot write {path}")

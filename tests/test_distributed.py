@@ -23,6 +23,7 @@ from napari_unet.core.blocks import (  # noqa: E402
     plan_blocks,
     predict_block,
 )
+from napari_unet.core.io import read_pixel_size  # noqa: E402
 from napari_unet.core.metrics import match_counts  # noqa: E402
 from napari_unet.core.zarrio import (  # noqa: E402
     create_labels,
@@ -73,7 +74,6 @@ def large_run(client, bundled, whole, tmp_path_factory):
         halo=HALO,
         instance=INSTANCE,
         pixel_size=(0.5, 0.5),
-        unit="micrometer",
     )
     return name, result, zarr.open_array(str(path), path="0", mode="r")[:]
 
@@ -92,21 +92,32 @@ def test_blocks_equal_whole_image_prediction(tiny_unet, rng):
     blocks = plan_blocks(image.shape, tiny_unet, 64)
     assert all(b.inner[a].start % tiny_unet.multiple == 0 for b in blocks for a in (0, 1))
     norm = estimate_normalisation(image, blocks)
-    assert (norm.blocks, norm.stride) == (len(blocks), 1)  # small: every block, exact
+    assert (norm.blocks, norm.stride) == (len(blocks), (1, 1))  # small: every block, exact
     out = np.zeros(image.shape, np.float32)
     for block in blocks:
         out[block.inner] = predict_block(tiny_unet, image, block, norm)
     assert np.abs(out - predict(tiny_unet, image)).max() <= 1e-5
 
 
-def test_normalisation_sample_is_strided_within_its_budget(tiny_unet, rng):
+def test_normalisation_sample_is_a_lattice_within_its_budget(tiny_unet, rng):
     image = rng.integers(0, 4000, (256, 256)).astype(np.uint16)
-    blocks = plan_blocks(image.shape, tiny_unet, 32)  # 64 blocks of 32 x 32
+    blocks = plan_blocks(image.shape, tiny_unet, 32)  # 8 x 8 blocks of 32 x 32
     norm = estimate_normalisation(image, blocks, values=16 * 32 * 32)
-    assert (norm.total, norm.blocks, norm.stride) == (64, 16, 4)
-    sample = np.concatenate([image[b.inner].ravel() for b in blocks[::4]])
+    assert (norm.total, norm.blocks, norm.stride) == (64, 16, (2, 2))
+    chosen = [b for b in blocks if b.inner[0].start % 64 == 0 and b.inner[1].start % 64 == 0]
+    sample = np.concatenate([image[b.inner].ravel() for b in chosen])
     assert norm.lo[0] == np.percentile(sample, 1.0)
     assert norm.as_dict()["sampled_blocks"] == 16
+
+
+def test_normalisation_sample_spreads_over_columns_when_the_stride_divides_them(tiny_unet):
+    from napari_unet.core.blocks import sample_blocks
+
+    blocks = plan_blocks((128, 128), tiny_unet, 32)  # 4 x 4 blocks; 4 fit the budget
+    chosen, stride = sample_blocks(blocks, values=4 * 32 * 32)
+    assert stride == (2, 2) and len(chosen) == 4
+    assert {b.inner[1].start for b in chosen} == {0, 64}  # not only the left column
+    assert {b.inner[0].start for b in chosen} == {0, 64}
 
 
 def test_large_image_on_cluster_equals_in_process(large_run, whole, client):
@@ -249,7 +260,7 @@ def test_inspect_reads_tiff_and_ome_zarr_lazily_with_pixel_size(tmp_path, rng):
         resolutionunit="CENTIMETER",
     )
     info = inspect_image(tmp_path / "a.tif")
-    assert (info.shape, info.pixel_size, info.unit) == ((300, 270), (0.65, 0.65), "micrometer")
+    assert (info.shape, info.pixel_size) == ((300, 270), pytest.approx((0.65, 0.65)))
     with info.open() as plane:
         assert (plane[10:50, 3:9] == image[10:50, 3:9]).all()
     root = create_labels(
@@ -258,14 +269,37 @@ def test_inspect_reads_tiff_and_ome_zarr_lazily_with_pixel_size(tmp_path, rng):
         (128, 128),
         np.uint16,
         pixel_size=info.pixel_size,
-        unit=info.unit,
+        unit="micrometer",
     )
     root["0"][:] = image
     info = inspect_image(tmp_path / "b.ome.zarr")
-    assert (info.shape, info.pixel_size) == ((300, 270), (0.65, 0.65))
-    write_tiff_bands(tmp_path / "c.tif", root["0"], pixel_size=info.pixel_size, unit=info.unit)
+    assert (info.shape, info.pixel_size) == ((300, 270), pytest.approx((0.65, 0.65)))
+    write_tiff_bands(tmp_path / "c.tif", root["0"], pixel_size=info.pixel_size)
     assert (tifffile.imread(tmp_path / "c.tif") == image).all()
-    assert inspect_image(tmp_path / "c.tif").pixel_size == (0.65, 0.65)
+    assert inspect_image(tmp_path / "c.tif").pixel_size == pytest.approx((0.65, 0.65))
+    assert read_pixel_size(tmp_path / "c.tif") == pytest.approx((0.65, 0.65))
+    tifffile.imwrite(tmp_path / "dpi.tif", image, resolution=(72, 72), resolutionunit="INCH")
+    assert inspect_image(tmp_path / "dpi.tif").pixel_size is None  # desktop DPI, as io reads it
+
+
+def test_inspect_takes_the_plane_of_a_5d_ome_zarr_with_channels(tmp_path, rng):
+    image = rng.integers(0, 255, (1, 3, 1, 50, 60)).astype(np.uint8)  # (t, c, z, y, x)
+    root = zarr.open_group(str(tmp_path / "rgb.ome.zarr"), mode="w", zarr_format=2)
+    root.create_array("0", data=image, chunks=(1, 1, 1, 32, 32))
+    axes = [{"name": n, "type": t} for n, t in zip("tczyx", ["time", "channel"] + ["space"] * 3)]
+    axes[-1]["unit"] = axes[-2]["unit"] = "nanometer"
+    scale = [{"type": "scale", "scale": [1, 1, 1, 650, 650]}]
+    root.attrs["multiscales"] = [
+        {
+            "version": "0.4",
+            "axes": axes,
+            "datasets": [{"path": "0", "coordinateTransformations": scale}],
+        }
+    ]
+    info = inspect_image(tmp_path / "rgb.ome.zarr")
+    assert (info.shape, info.pixel_size) == ((50, 60, 3), pytest.approx((0.65, 0.65)))
+    with info.open() as plane:
+        assert (plane[5:9, 7:20] == np.moveaxis(image[0, :, 0], 0, -1)[5:9, 7:20]).all()
 
 
 def test_cli_on_cluster_resumes_and_reports_failures(client, whole_sample, tmp_path, capsys):

@@ -23,14 +23,22 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from distributed import Client, LocalCluster, WorkerPlugin, get_worker
 
-from .blocks import Normalisation, cell_window, estimate_normalisation, plan_blocks, predict_block
+from .blocks import (
+    Normalisation,
+    cell_window,
+    estimate_normalisation,
+    model_source,
+    opened,
+    plan_blocks,
+    predict_block,
+)
 from .seams import final_ids, owned_cells, paint
 
 __all__ = [
@@ -92,8 +100,11 @@ class ModelPlugin(WorkerPlugin):
 
         from .store import load_model
 
-        if self.torch_threads:
-            torch.set_num_threads(self.torch_threads)
+        threads = self.torch_threads
+        if threads is None and worker is not None:  # dask's nanny set one thread
+            threads = max(1, usable_cpus() // max(1, worker.state.nthreads))
+        if threads:
+            torch.set_num_threads(threads)
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / "model.safetensors"
             path.write_bytes(self.blob)
@@ -101,10 +112,17 @@ class ModelPlugin(WorkerPlugin):
         self.loads += 1
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity: what SLURM or taskset gave it)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def share_model(client: Client, model, torch_threads: int | None = None) -> str:
     """Send ``model`` (a :class:`~napari_unet.UNet`) to every worker of ``client`` once; returns
     the name tasks use to find it. ``torch_threads``: intra-op threads per worker (``None``:
-    torch's default, one under dask's nanny)."""
+    each worker's :func:`usable_cpus` over its dask threads; dask's nanny would leave one)."""
     from .store import save_model
 
     with tempfile.TemporaryDirectory() as folder:
@@ -118,13 +136,9 @@ def _model(name: str):
     return get_worker().plugins[name].model
 
 
-def _opened(source):
-    return source.open() if hasattr(source, "open") else nullcontext(source)
-
-
 # ---------------------------------------------------------------------------------- the tasks
 def _predict_task(name, source, block, norm: Normalisation, flips: bool) -> np.ndarray:
-    with _opened(source) as plane:
+    with opened(source) as plane:
         return predict_block(_model(name), plane, block, norm, flips=flips)
 
 
@@ -182,8 +196,8 @@ def _whole_task(name, source, flips: bool, instance: dict, probabilities: bool):
     from .instances import to_instances
     from .predict import predict
 
-    with _opened(source) as plane:
-        image = np.asarray(plane[:, :]) if hasattr(source, "open") else plane
+    with opened(source) as plane:
+        image = np.asarray(plane[:, :])
     prob = np.asarray(predict(_model(name), image, flips=flips), np.float32)
     labels = to_instances(prob, **instance)
     return labels, (prob if probabilities else None)
@@ -227,7 +241,6 @@ def segment_large(
     flips: bool = False,
     instance: dict | None = None,
     pixel_size=None,
-    unit=None,
     metadata: dict | None = None,
     work: str | os.PathLike | None = None,
 ) -> LargeResult:
@@ -248,6 +261,11 @@ def segment_large(
         Block side (px, rounded onto the pooling grid as tiles are) and cell halo (px).
     instance
         Keyword arguments of :func:`~napari_unet.to_instances`.
+    pixel_size
+        ``(y, x)`` in micrometres, kept in the label image (``None``: not known).
+    metadata
+        Recorded in the label image's ``"napari-unet"`` attribute, with the normalisation and
+        the options.
     work
         Folder in which a scratch folder for the provisional ids is made (default: beside
         ``labels``); removed at the end, and those of killed runs at the next run.
@@ -261,13 +279,19 @@ def segment_large(
     from .io import work_folder
     from .zarrio import create_labels, mark_complete, pyramid_shapes
 
+    if getattr(source, "kind", None) == "other":
+        raise ValueError(
+            f"{source.path} cannot be read a block at a time (every block would read it "
+            "whole); convert it to TIFF or OME-Zarr"
+        )
+    source = model_source(source, model.in_channels)
     instance = dict(instance or {})
     shape = tuple(source.shape[:2])
     blocks = plan_blocks(shape, model, block)
     # every block of an axis but the last has the first one's size: chunks of that size per
     # axis hold one block each, so no two tasks ever write the same chunk
     chunks = tuple(s.stop - s.start for s in blocks[0].inner)
-    with _opened(source) as plane:
+    with opened(source) as plane:
         norm = estimate_normalisation(plane, blocks)
     labels = Path(labels)
     record = {
@@ -279,7 +303,13 @@ def segment_large(
         "flips": flips,
     }
     root = create_labels(
-        labels, shape, chunks, np.uint32, pixel_size=pixel_size, unit=unit, metadata=record
+        labels,
+        shape,
+        chunks,
+        np.uint32,
+        pixel_size=pixel_size,
+        unit="micrometer" if pixel_size else None,
+        metadata=record,
     )
     with work_folder(work or labels.parent) as scratch:
         import zarr

@@ -28,10 +28,12 @@ __all__ = [
     "read_image",
     "read_pixel_size",
     "check_pixel_size",
+    "tiff_resolution",
     "image_info",
     "write_labels",
     "write_image",
     "atomic_path",
+    "work_folder",
     "check_writable_folder",
     "is_prediction_output",
     "LABEL_FORMATS",
@@ -479,11 +481,13 @@ def _label_dtype(labels: np.ndarray, fmt: str) -> np.dtype:
     return np.dtype(np.uint32 if top <= np.iinfo(np.uint32).max else np.uint64)
 
 
-def _resolution(array: np.ndarray, pixel_size: tuple[float, float]) -> dict:
-    """tifffile arguments for a ``(y, x)`` pixel size in micrometres: an ImageJ description
-    (unit micron) where the ImageJ format holds the array, else resolution tags in px/cm."""
+def tiff_resolution(pixel_size: tuple[float, float], array: np.ndarray | None = None) -> dict:
+    """tifffile arguments for a ``(y, x)`` pixel size in micrometres, which
+    :func:`read_pixel_size` reads back: an ImageJ description (unit micron) where the ImageJ
+    format holds ``array`` (uint8/uint16, 2-D or 3-D), else (and without ``array``, for a file
+    written tile by tile) resolution tags in pixels per centimetre."""
     y, x = check_pixel_size(pixel_size)
-    if array.dtype in (np.uint8, np.uint16) and array.ndim in (2, 3):
+    if array is not None and array.dtype in (np.uint8, np.uint16) and array.ndim in (2, 3):
         axes = "ZYX" if array.ndim == 3 else "YX"
         return {
             "imagej": True,
@@ -514,7 +518,7 @@ def _writer(
         if pixel_size is not None:
             check_pixel_size(pixel_size)
             return lambda p, a: tifffile.imwrite(
-                p, a, compression="zlib", **extra, **_resolution(a, pixel_size)
+                p, a, compression="zlib", **extra, **tiff_resolution(pixel_size, a)
             )
         return lambda p, a: tifffile.imwrite(p, a, compression="zlib", **extra)
     if software or pixel_size is not None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
 
 import numpy as np
@@ -222,31 +221,49 @@ def test_large_output_is_ome_zarr_labels_with_pixel_size(large_run):
 
 
 def test_job_survives_a_killed_worker(client, bundled, whole, large_run, tmp_path):
-    from napari_unet.core.distributed import segment_large
+    from concurrent.futures import ThreadPoolExecutor
+
+    from distributed import Event
+
+    from napari_unet.core import distributed as dist
 
     name, _, expected = large_run
     path = tmp_path / "again.ome.zarr"
-    job = threading.Thread(
-        target=segment_large,
-        args=(client, name, bundled, whole[0], path),
-        kwargs={"block": BLOCK, "halo": HALO, "instance": INSTANCE},
-    )
     pids = client.run(os.getpid)
-    job.start()
+    gate = Event("napari-unet-test-gate", client=client)
+    real = dist._paint_task
 
-    def finished_blocks(dask_scheduler):
-        return sum(
-            "_predict_task" in str(ts.key) and ts.state in ("memory", "released", "forgotten")
-            for ts in dask_scheduler.tasks.values()
-        )
+    def paused(*args):  # no block is labelled until the test has killed a worker
+        Event("napari-unet-test-gate").wait(60)
+        return real(*args)
 
-    deadline = time.monotonic() + 20
-    while client.run_on_scheduler(finished_blocks) < 2 and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert job.is_alive()  # killed in the middle of the job
-    os.kill(next(iter(pids.values())), signal.SIGKILL)
-    job.join(60)
-    assert not job.is_alive()
+    dist._paint_task = paused
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            job = pool.submit(
+                dist.segment_large,
+                client,
+                name,
+                bundled,
+                whole[0],
+                path,
+                block=BLOCK,
+                halo=HALO,
+                instance=INSTANCE,
+            )
+            while (
+                client.run_on_scheduler(
+                    lambda dask_scheduler: sum("paused" in str(k) for k in dask_scheduler.tasks)
+                )
+                == 0
+            ):
+                assert not job.done(), job.exception()
+            os.kill(next(iter(pids.values())), signal.SIGKILL)  # in the middle of the job
+            gate.set()
+            job.result(timeout=120)
+    finally:
+        dist._paint_task = real
+        gate.set()
     assert (zarr.open_array(str(path), path="0", mode="r")[:] == expected).all()
 
 
@@ -286,7 +303,10 @@ def test_inspect_takes_the_plane_of_a_5d_ome_zarr_with_channels(tmp_path, rng):
     image = rng.integers(0, 255, (1, 3, 1, 50, 60)).astype(np.uint8)  # (t, c, z, y, x)
     root = zarr.open_group(str(tmp_path / "rgb.ome.zarr"), mode="w", zarr_format=2)
     root.create_array("0", data=image, chunks=(1, 1, 1, 32, 32))
-    axes = [{"name": n, "type": t} for n, t in zip("tczyx", ["time", "channel"] + ["space"] * 3)]
+    axes = [
+        {"name": n, "type": t}
+        for n, t in zip("tczyx", ["time", "channel"] + ["space"] * 3, strict=True)
+    ]
     axes[-1]["unit"] = axes[-2]["unit"] = "nanometer"
     scale = [{"type": "scale", "scale": [1, 1, 1, 650, 650]}]
     root.attrs["multiscales"] = [
@@ -306,24 +326,30 @@ def test_cli_on_cluster_resumes_and_reports_failures(client, whole_sample, tmp_p
     image = whole_sample[0]
     folder, out = tmp_path / "in", tmp_path / "out"
     folder.mkdir()
-    tifffile.imwrite(folder / "a.tif", image[:200, :200])
+    size = {"PhysicalSizeX": 0.65, "PhysicalSizeY": 0.65}  # OME-XML, in um
+    tifffile.imwrite(folder / "a.ome.tif", image[:200, :200], metadata=size)
     tifffile.imwrite(folder / "b.tif", image[200:, 100:])
+    tifffile.imwrite(folder / "c.tif", np.stack([image[:96, :96]] * 3, -1))  # RGB: grey
     (folder / "broken.tif").write_bytes(b"not a tiff")
     address = client.scheduler.address
     argv = ["predict", str(folder), "--out", str(out), "--scheduler", address, "--block", "384"]
-    assert main(argv) == 1
+    assert main([*argv, "--rois"]) == 1
     err = capsys.readouterr().err
-    assert "broken.tif" in err and "1 of 3 image(s) failed" in err
-    assert sorted(p.name for p in out.iterdir()) == ["a_labels.tif", "b_labels.tif"]
+    assert "broken.tif" in err and "2 of 4 image(s) failed" in err
+    assert "b.tif: --rois/--measurements need the labels in memory" in err  # b: block by block
+    names = ["a_labels.tif", "a_rois.zip", "c_labels.tif", "c_rois.zip"]
+    assert sorted(p.name for p in out.iterdir()) == names
     expected = to_instances(predict(load_bundled(), image[:200, :200]), **INSTANCE)
     assert (tifffile.imread(out / "a_labels.tif") == expected).all()
-    (out / "b_labels.tif").unlink()  # as if interrupted before b was written
+    assert read_pixel_size(out / "a_labels.tif") == pytest.approx((0.65, 0.65))
     before = (out / "a_labels.tif").stat().st_mtime_ns
     (folder / "broken.tif").unlink()
     assert main(argv) == 0
     assert (out / "a_labels.tif").stat().st_mtime_ns == before  # done, skipped
     assert is_complete_output(out / "b_labels.tif")
     assert "nothing to do" in (main(argv) == 0 and capsys.readouterr().out)
+    assert main([*argv[:3], str(folder), "--scheduler", address]) == 0  # --out is the input:
+    assert not list(folder.glob("*_labels_labels.tif"))  # its outputs are not segmented again
 
 
 def test_cli_large_tiff_and_zarr_inputs_give_tiff_and_ome_zarr(client, large_run, whole, tmp_path):
@@ -339,6 +365,13 @@ def test_cli_large_tiff_and_zarr_inputs_give_tiff_and_ome_zarr(client, large_run
     assert main(["predict", str(tmp_path / "img.ome.zarr"), "--out", str(out), *argv]) == 0
     labels = zarr.open_array(str(out / "img_labels.ome.zarr"), path="0", mode="r")[:]
     assert (labels == expected).all()
+    before = (out / "img_labels.ome.zarr" / ".zattrs").stat().st_mtime_ns
+    zarr_argv = ["predict", str(tmp_path / "img.ome.zarr"), "--out", str(out), *argv]
+    assert main(zarr_argv) == 0  # the same model and options: kept
+    assert (out / "img_labels.ome.zarr" / ".zattrs").stat().st_mtime_ns == before
+    assert main([*zarr_argv, "--threshold", "0.6"]) == 0  # other options: redone
+    stored = zarr.open_group(str(out / "img_labels.ome.zarr"), mode="r").attrs["napari-unet"]
+    assert stored["instances"]["threshold"] == 0.6 and len(stored["model_sha256"]) == 64
 
 
 def test_cli_and_distributed_path_run_without_napari_or_qt():

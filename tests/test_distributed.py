@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
 
 import numpy as np
@@ -23,6 +22,7 @@ from napari_unet.core.blocks import (  # noqa: E402
     plan_blocks,
     predict_block,
 )
+from napari_unet.core.io import read_pixel_size  # noqa: E402
 from napari_unet.core.metrics import match_counts  # noqa: E402
 from napari_unet.core.zarrio import (  # noqa: E402
     create_labels,
@@ -73,7 +73,6 @@ def large_run(client, bundled, whole, tmp_path_factory):
         halo=HALO,
         instance=INSTANCE,
         pixel_size=(0.5, 0.5),
-        unit="micrometer",
     )
     return name, result, zarr.open_array(str(path), path="0", mode="r")[:]
 
@@ -92,21 +91,32 @@ def test_blocks_equal_whole_image_prediction(tiny_unet, rng):
     blocks = plan_blocks(image.shape, tiny_unet, 64)
     assert all(b.inner[a].start % tiny_unet.multiple == 0 for b in blocks for a in (0, 1))
     norm = estimate_normalisation(image, blocks)
-    assert (norm.blocks, norm.stride) == (len(blocks), 1)  # small: every block, exact
+    assert (norm.blocks, norm.stride) == (len(blocks), (1, 1))  # small: every block, exact
     out = np.zeros(image.shape, np.float32)
     for block in blocks:
         out[block.inner] = predict_block(tiny_unet, image, block, norm)
     assert np.abs(out - predict(tiny_unet, image)).max() <= 1e-5
 
 
-def test_normalisation_sample_is_strided_within_its_budget(tiny_unet, rng):
+def test_normalisation_sample_is_a_lattice_within_its_budget(tiny_unet, rng):
     image = rng.integers(0, 4000, (256, 256)).astype(np.uint16)
-    blocks = plan_blocks(image.shape, tiny_unet, 32)  # 64 blocks of 32 x 32
+    blocks = plan_blocks(image.shape, tiny_unet, 32)  # 8 x 8 blocks of 32 x 32
     norm = estimate_normalisation(image, blocks, values=16 * 32 * 32)
-    assert (norm.total, norm.blocks, norm.stride) == (64, 16, 4)
-    sample = np.concatenate([image[b.inner].ravel() for b in blocks[::4]])
+    assert (norm.total, norm.blocks, norm.stride) == (64, 16, (2, 2))
+    chosen = [b for b in blocks if b.inner[0].start % 64 == 0 and b.inner[1].start % 64 == 0]
+    sample = np.concatenate([image[b.inner].ravel() for b in chosen])
     assert norm.lo[0] == np.percentile(sample, 1.0)
     assert norm.as_dict()["sampled_blocks"] == 16
+
+
+def test_normalisation_sample_spreads_over_columns_when_the_stride_divides_them(tiny_unet):
+    from napari_unet.core.blocks import sample_blocks
+
+    blocks = plan_blocks((128, 128), tiny_unet, 32)  # 4 x 4 blocks; 4 fit the budget
+    chosen, stride = sample_blocks(blocks, values=4 * 32 * 32)
+    assert stride == (2, 2) and len(chosen) == 4
+    assert {b.inner[1].start for b in chosen} == {0, 64}  # not only the left column
+    assert {b.inner[0].start for b in chosen} == {0, 64}
 
 
 def test_large_image_on_cluster_equals_in_process(large_run, whole, client):
@@ -118,6 +128,79 @@ def test_large_image_on_cluster_equals_in_process(large_run, whole, client):
     assert sorted(np.unique(labels))[1:] == list(range(1, n_ref + 1))
     loads = client.run(lambda dask_worker: dask_worker.plugins[name].loads)
     assert set(loads.values()) == {1}  # the model once per worker, not per task
+
+
+def test_non_square_blocks_each_own_their_chunks(client, large_run, bundled, whole, tmp_path):
+    from napari_unet.core.distributed import segment_large
+
+    name = large_run[0]
+    image = whole[0][:200, :330]  # blocks of 80 rows and 96 columns
+    expected = to_instances(predict(bundled, image), **INSTANCE)
+    path = tmp_path / "wide.ome.zarr"
+    segment_large(client, name, bundled, image, path, block=96, halo=HALO, instance=INSTANCE)
+    level0 = zarr.open_array(str(path), path="0", mode="r")
+    for block in plan_blocks(image.shape, bundled, 96):  # no chunk is shared by two blocks
+        assert all(s.start % c == 0 for s, c in zip(block.inner, level0.chunks, strict=True))
+    matched, n_ref, n_out = match_counts(expected, level0[:], 0.99)
+    assert n_ref > 10 and matched == n_ref == n_out
+
+
+def test_label_image_is_complete_only_once_marked(tmp_path):
+    from napari_unet.core.zarrio import mark_complete
+
+    root = create_labels(tmp_path / "x.ome.zarr", (40, 60), (32, 32), np.uint32)
+    assert not is_complete_output(tmp_path / "x.ome.zarr")  # as an interrupted job leaves it
+    mark_complete(root, cells=0)
+    assert is_complete_output(tmp_path / "x.ome.zarr")
+
+
+def test_folders_of_killed_runs_are_removed_by_the_next_run(tmp_path):
+    import subprocess
+    import sys
+
+    from napari_unet.core.io import work_folder
+    from napari_unet.core.zarrio import atomic_folder
+
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    left = [
+        tmp_path / f".x_labels.ome.napari-unet-{dead}-k3j9.zarr.part",  # the new output
+        tmp_path / f".x_labels.ome.napari-unet-{dead}-old-k3j9.zarr.part",  # the one replaced
+        tmp_path / f".napari-unet-work-{dead}-k3j9",  # provisional ids
+    ]
+    old = time.time() - 120
+    for folder in left:
+        (folder / "0").mkdir(parents=True)
+        os.utime(folder, (old, old))
+    with atomic_folder(tmp_path / "x_labels.ome.zarr") as tmp, work_folder(tmp_path):
+        (tmp / "y").touch()
+    assert sorted(os.listdir(tmp_path)) == ["x_labels.ome.zarr"]
+
+
+def test_atomic_folder_keeps_the_old_output_when_the_new_cannot_take_its_place(
+    tmp_path, monkeypatch
+):
+    from napari_unet.core.zarrio import atomic_folder
+
+    path = tmp_path / "x_labels.ome.zarr"
+    path.mkdir()
+    (path / "old").touch()
+    real = os.replace
+
+    def failing(src, dst):  # the new output cannot take the old one's place
+        if os.fspath(dst) == os.fspath(path) and os.path.basename(src) != "x":
+            raise OSError(28, "No space left on device")
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", failing)
+    with pytest.raises(OSError, match="No space"), atomic_folder(path) as tmp:
+        (tmp / "new").touch()
+    monkeypatch.setattr(os, "replace", real)
+    assert os.listdir(tmp_path) == ["x_labels.ome.zarr"] and os.listdir(path) == ["old"]
 
 
 def test_large_output_is_ome_zarr_labels_with_pixel_size(large_run):
@@ -138,31 +221,49 @@ def test_large_output_is_ome_zarr_labels_with_pixel_size(large_run):
 
 
 def test_job_survives_a_killed_worker(client, bundled, whole, large_run, tmp_path):
-    from napari_unet.core.distributed import segment_large
+    from concurrent.futures import ThreadPoolExecutor
+
+    from distributed import Event
+
+    from napari_unet.core import distributed as dist
 
     name, _, expected = large_run
     path = tmp_path / "again.ome.zarr"
-    job = threading.Thread(
-        target=segment_large,
-        args=(client, name, bundled, whole[0], path),
-        kwargs={"block": BLOCK, "halo": HALO, "instance": INSTANCE},
-    )
     pids = client.run(os.getpid)
-    job.start()
+    gate = Event("napari-unet-test-gate", client=client)
+    real = dist._paint_task
 
-    def finished_blocks(dask_scheduler):
-        return sum(
-            "_predict_task" in str(ts.key) and ts.state in ("memory", "released", "forgotten")
-            for ts in dask_scheduler.tasks.values()
-        )
+    def paused(*args):  # no block is labelled until the test has killed a worker
+        Event("napari-unet-test-gate").wait(60)
+        return real(*args)
 
-    deadline = time.monotonic() + 20
-    while client.run_on_scheduler(finished_blocks) < 2 and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert job.is_alive()  # killed in the middle of the job
-    os.kill(next(iter(pids.values())), signal.SIGKILL)
-    job.join(60)
-    assert not job.is_alive()
+    dist._paint_task = paused
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            job = pool.submit(
+                dist.segment_large,
+                client,
+                name,
+                bundled,
+                whole[0],
+                path,
+                block=BLOCK,
+                halo=HALO,
+                instance=INSTANCE,
+            )
+            while (
+                client.run_on_scheduler(
+                    lambda dask_scheduler: sum("paused" in str(k) for k in dask_scheduler.tasks)
+                )
+                == 0
+            ):
+                assert not job.done(), job.exception()
+            os.kill(next(iter(pids.values())), signal.SIGKILL)  # in the middle of the job
+            gate.set()
+            job.result(timeout=120)
+    finally:
+        dist._paint_task = real
+        gate.set()
     assert (zarr.open_array(str(path), path="0", mode="r")[:] == expected).all()
 
 
@@ -176,47 +277,79 @@ def test_inspect_reads_tiff_and_ome_zarr_lazily_with_pixel_size(tmp_path, rng):
         resolutionunit="CENTIMETER",
     )
     info = inspect_image(tmp_path / "a.tif")
-    assert (info.shape, info.pixel_size, info.unit) == ((300, 270), (0.65, 0.65), "micrometer")
+    assert (info.shape, info.pixel_size) == ((300, 270), pytest.approx((0.65, 0.65)))
     with info.open() as plane:
         assert (plane[10:50, 3:9] == image[10:50, 3:9]).all()
     root = create_labels(
         tmp_path / "b.ome.zarr",
         image.shape,
-        128,
+        (128, 128),
         np.uint16,
         pixel_size=info.pixel_size,
-        unit=info.unit,
+        unit="micrometer",
     )
     root["0"][:] = image
     info = inspect_image(tmp_path / "b.ome.zarr")
-    assert (info.shape, info.pixel_size) == ((300, 270), (0.65, 0.65))
-    write_tiff_bands(tmp_path / "c.tif", root["0"], pixel_size=info.pixel_size, unit=info.unit)
+    assert (info.shape, info.pixel_size) == ((300, 270), pytest.approx((0.65, 0.65)))
+    write_tiff_bands(tmp_path / "c.tif", root["0"], pixel_size=info.pixel_size)
     assert (tifffile.imread(tmp_path / "c.tif") == image).all()
-    assert inspect_image(tmp_path / "c.tif").pixel_size == (0.65, 0.65)
+    assert inspect_image(tmp_path / "c.tif").pixel_size == pytest.approx((0.65, 0.65))
+    assert read_pixel_size(tmp_path / "c.tif") == pytest.approx((0.65, 0.65))
+    tifffile.imwrite(tmp_path / "dpi.tif", image, resolution=(72, 72), resolutionunit="INCH")
+    assert inspect_image(tmp_path / "dpi.tif").pixel_size is None  # desktop DPI, as io reads it
+
+
+def test_inspect_takes_the_plane_of_a_5d_ome_zarr_with_channels(tmp_path, rng):
+    image = rng.integers(0, 255, (1, 3, 1, 50, 60)).astype(np.uint8)  # (t, c, z, y, x)
+    root = zarr.open_group(str(tmp_path / "rgb.ome.zarr"), mode="w", zarr_format=2)
+    root.create_array("0", data=image, chunks=(1, 1, 1, 32, 32))
+    axes = [
+        {"name": n, "type": t}
+        for n, t in zip("tczyx", ["time", "channel"] + ["space"] * 3, strict=True)
+    ]
+    axes[-1]["unit"] = axes[-2]["unit"] = "nanometer"
+    scale = [{"type": "scale", "scale": [1, 1, 1, 650, 650]}]
+    root.attrs["multiscales"] = [
+        {
+            "version": "0.4",
+            "axes": axes,
+            "datasets": [{"path": "0", "coordinateTransformations": scale}],
+        }
+    ]
+    info = inspect_image(tmp_path / "rgb.ome.zarr")
+    assert (info.shape, info.pixel_size) == ((50, 60, 3), pytest.approx((0.65, 0.65)))
+    with info.open() as plane:
+        assert (plane[5:9, 7:20] == np.moveaxis(image[0, :, 0], 0, -1)[5:9, 7:20]).all()
 
 
 def test_cli_on_cluster_resumes_and_reports_failures(client, whole_sample, tmp_path, capsys):
     image = whole_sample[0]
     folder, out = tmp_path / "in", tmp_path / "out"
     folder.mkdir()
-    tifffile.imwrite(folder / "a.tif", image[:200, :200])
+    size = {"PhysicalSizeX": 0.65, "PhysicalSizeY": 0.65}  # OME-XML, in um
+    tifffile.imwrite(folder / "a.ome.tif", image[:200, :200], metadata=size)
     tifffile.imwrite(folder / "b.tif", image[200:, 100:])
+    tifffile.imwrite(folder / "c.tif", np.stack([image[:96, :96]] * 3, -1))  # RGB: grey
     (folder / "broken.tif").write_bytes(b"not a tiff")
     address = client.scheduler.address
     argv = ["predict", str(folder), "--out", str(out), "--scheduler", address, "--block", "384"]
-    assert main(argv) == 1
+    assert main([*argv, "--rois"]) == 1
     err = capsys.readouterr().err
-    assert "broken.tif" in err and "1 of 3 image(s) failed" in err
-    assert sorted(p.name for p in out.iterdir()) == ["a_labels.tif", "b_labels.tif"]
+    assert "broken.tif" in err and "2 of 4 image(s) failed" in err
+    assert "b.tif: --rois/--measurements need the labels in memory" in err  # b: block by block
+    names = ["a_labels.tif", "a_rois.zip", "c_labels.tif", "c_rois.zip"]
+    assert sorted(p.name for p in out.iterdir()) == names
     expected = to_instances(predict(load_bundled(), image[:200, :200]), **INSTANCE)
     assert (tifffile.imread(out / "a_labels.tif") == expected).all()
-    (out / "b_labels.tif").unlink()  # as if interrupted before b was written
+    assert read_pixel_size(out / "a_labels.tif") == pytest.approx((0.65, 0.65))
     before = (out / "a_labels.tif").stat().st_mtime_ns
     (folder / "broken.tif").unlink()
     assert main(argv) == 0
     assert (out / "a_labels.tif").stat().st_mtime_ns == before  # done, skipped
     assert is_complete_output(out / "b_labels.tif")
     assert "nothing to do" in (main(argv) == 0 and capsys.readouterr().out)
+    assert main([*argv[:3], str(folder), "--scheduler", address]) == 0  # --out is the input:
+    assert not list(folder.glob("*_labels_labels.tif"))  # its outputs are not segmented again
 
 
 def test_cli_large_tiff_and_zarr_inputs_give_tiff_and_ome_zarr(client, large_run, whole, tmp_path):
@@ -227,11 +360,18 @@ def test_cli_large_tiff_and_zarr_inputs_give_tiff_and_ome_zarr(client, large_run
     out = tmp_path / "out"
     assert main(["predict", str(tmp_path / "big.tif"), "--out", str(out), *argv]) == 0
     assert (tifffile.imread(out / "big_labels.tif") == expected).all()
-    root = create_labels(tmp_path / "img.ome.zarr", whole[0].shape, 256, np.uint16)
+    root = create_labels(tmp_path / "img.ome.zarr", whole[0].shape, (256, 256), np.uint16)
     root["0"][:] = whole[0]
     assert main(["predict", str(tmp_path / "img.ome.zarr"), "--out", str(out), *argv]) == 0
     labels = zarr.open_array(str(out / "img_labels.ome.zarr"), path="0", mode="r")[:]
     assert (labels == expected).all()
+    before = (out / "img_labels.ome.zarr" / ".zattrs").stat().st_mtime_ns
+    zarr_argv = ["predict", str(tmp_path / "img.ome.zarr"), "--out", str(out), *argv]
+    assert main(zarr_argv) == 0  # the same model and options: kept
+    assert (out / "img_labels.ome.zarr" / ".zattrs").stat().st_mtime_ns == before
+    assert main([*zarr_argv, "--threshold", "0.6"]) == 0  # other options: redone
+    stored = zarr.open_group(str(out / "img_labels.ome.zarr"), mode="r").attrs["napari-unet"]
+    assert stored["instances"]["threshold"] == 0.6 and len(stored["model_sha256"]) == 64
 
 
 def test_cli_and_distributed_path_run_without_napari_or_qt():

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import glob
 import logging
-import os
-import shutil
 import sys
-import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 log = logging.getLogger("napari_unet")
 
@@ -26,18 +25,13 @@ __all__ = ["expand_inputs", "run"]
 
 def expand_inputs(items: list[str]) -> list[Path]:
     """Files for ``items``: a file or zarr folder as is, a folder's images and zarr folders
-    (sorted), a glob pattern's matches (sorted); FileNotFoundError for an item that gives none."""
+    (sorted), a glob pattern's matching images and zarr folders (sorted); FileNotFoundError for
+    an item that gives none."""
     from .core.io import IMAGE_SUFFIXES
     from .core.zarrio import is_zarr
 
-    def images_in(folder: Path) -> list[Path]:
-        found = [
-            p
-            for p in sorted(folder.iterdir())
-            if not p.name.startswith(".")
-            and (is_zarr(p) or (p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES))
-        ]
-        return found
+    def image(p: Path) -> bool:
+        return is_zarr(p) or (p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
     paths: list[Path] = []
     for item in items:
@@ -45,11 +39,14 @@ def expand_inputs(items: list[str]) -> list[Path]:
         if is_zarr(path) or path.is_file():
             paths.append(path)
         elif path.is_dir():
-            paths.extend(images_in(path))
+            paths.extend(
+                p for p in sorted(path.iterdir()) if not p.name.startswith(".") and image(p)
+            )
         else:
-            paths.extend(Path(p) for p in sorted(glob.glob(item)))
-            if not glob.glob(item):
+            matches = sorted(glob.glob(item))
+            if not matches:
                 raise FileNotFoundError(f"no such image file, folder or pattern: {item}")
+            paths.extend(p for p in map(Path, matches) if image(p))
     if not paths:
         raise FileNotFoundError(f"no images found in {', '.join(items)}")
     return list(dict.fromkeys(paths))
@@ -71,48 +68,58 @@ class _WholeFile:
         yield grey_if_rgb(read_image(self.path, max_pixels=self.max_pixels), self.in_channels)
 
 
-def _targets(paths: list[Path], out: Path) -> list[tuple[Path, Path]]:
-    """``(input, output)``: ``<stem>_labels.ome.zarr`` for zarr inputs, else
-    ``<stem>_labels.tif``; a stem met again gets ``-2``, ``-3``, ..."""
-    from .core.zarrio import ImageFile, is_zarr
+def _check_channels(shape: tuple[int, ...], in_channels: int) -> None:
+    """Refuse, before submitting, a ``(..., H, W[, C])`` file whose channels do not fit."""
+    from .core.image import MAX_CHANNELS
 
-    plan, taken = [], set()
-    for path in paths:
-        stem = ImageFile(str(path), "", (), None).stem
-        suffix = "_labels.ome.zarr" if is_zarr(path) else "_labels.tif"
-        name, k = f"{stem}{suffix}", 1
-        while name in taken:
-            k += 1
-            name = f"{stem}-{k}{suffix}"
-        taken.add(name)
-        plan.append((path, out / name))
-    return plan
+    channels = shape[-1] if len(shape) >= 3 and shape[-1] <= MAX_CHANNELS else 1
+    if channels != in_channels and not (in_channels == 1 and channels in (3, 4)):
+        raise ValueError(
+            f"image of shape {shape} has {channels} channel(s) but the model takes {in_channels}"
+        )
 
 
 def _plane_shape(shape: tuple[int, ...]) -> tuple[int, int]:
     """``(H, W)`` of the planes of a file's ``(..., H, W[, C])`` image."""
-    channels_last = len(shape) >= 3 and shape[-1] <= 4
+    from .core.image import MAX_CHANNELS
+
+    channels_last = len(shape) >= 3 and shape[-1] <= MAX_CHANNELS
     return tuple(shape[-3:-1]) if channels_last else tuple(shape[-2:])
 
 
-def _write_small(target: Path, labels, info) -> None:
+def _record(args, model) -> dict:
+    """What an output records of how it was made (compared when a rerun resumes)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return {"model": args.model or "bundled", "model_sha256": digest.hexdigest()}
+
+
+def _write_small(targets: dict, labels, source, pixel_size, record: dict, chunk: int) -> None:
+    """Write the labels of an image segmented whole, with the ROI set and measurements asked
+    for (as the in-process command writes them)."""
+    from .cli import _write_cell_tables
+    from .core.blocks import opened
     from .core.io import PREDICTION_SOFTWARE, write_labels
-    from .core.zarrio import atomic_folder, create_labels, pyramid_shapes, write_level
+    from .core.zarrio import write_labels_zarr
 
+    target = targets["labels"]
     if target.suffix == ".tif":
-        write_labels(target, labels, software=PREDICTION_SOFTWARE)
-        return
-    with atomic_folder(target) as tmp:
-        root = create_labels(
-            tmp, labels.shape, 1024, labels.dtype, pixel_size=info.pixel_size, unit=info.unit
-        )
-        root["0"][:] = labels
-        for level, shape in enumerate(pyramid_shapes(labels.shape, 1024)[1:], start=1):
-            write_level(root, level, (slice(0, shape[0]), slice(0, shape[1])))
+        write_labels(target, labels, software=PREDICTION_SOFTWARE, pixel_size=pixel_size)
+    else:
+        write_labels_zarr(target, labels, (chunk, chunk), pixel_size=pixel_size, metadata=record)
+    if len(targets) > 1:
+        with opened(source) as plane:
+            image = np.asarray(plane[:, :])
+        _write_cell_tables(targets, labels, image, pixel_size)
 
 
-def _segment_large(client, name, model, info, target: Path, args, instance) -> int:
+def _segment_large(client, name, model, info, target: Path, args, instance, record) -> int:
     from .core.distributed import segment_large
+    from .core.io import work_folder
     from .core.zarrio import atomic_folder, write_tiff_bands
 
     options = {
@@ -121,34 +128,42 @@ def _segment_large(client, name, model, info, target: Path, args, instance) -> i
         "flips": args.flips,
         "instance": instance,
         "pixel_size": info.pixel_size,
-        "unit": info.unit,
-        "metadata": {"input": str(info.path), "model": args.model or "bundled"},
+        "metadata": record,
     }
     if target.suffix != ".tif":
         with atomic_folder(target) as tmp:
             return segment_large(client, name, model, info, tmp, **options).cells
-    work = Path(tempfile.mkdtemp(dir=target.parent, prefix=".napari-unet-work-"))
-    try:
+    with work_folder(target.parent) as work:
         result = segment_large(client, name, model, info, work / "labels.ome.zarr", **options)
         import zarr
 
         labels = zarr.open_array(str(result.labels), path="0", mode="r")
         dtype = "uint16" if result.cells <= 65535 else "uint32"
-        write_tiff_bands(target, labels, pixel_size=info.pixel_size, unit=info.unit, dtype=dtype)
+        write_tiff_bands(target, labels, pixel_size=info.pixel_size, dtype=dtype)
         return result.cells
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+
+
+def _why(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def _torch_threads(workers: int | None) -> int | None:
+    """Torch threads per worker of a local cluster of ``workers``: this process's CPUs shared
+    out; ``None`` for a remote cluster (each worker uses its own CPUs, see ``ModelPlugin``)."""
+    from .core.distributed import usable_cpus
+
+    return max(1, usable_cpus() // workers) if workers else None
 
 
 def run(args) -> int:
     """Run ``predict`` on dask; returns the exit status (1 when a file failed)."""
-    import numpy as np
     from tqdm import tqdm
 
-    from .core.instances import size_defaults, to_instances
-    from .core.io import image_info
+    from .cli import _plan_outputs, instance_options
+    from .core.blocks import model_source
+    from .core.io import image_info, read_pixel_size
     from .core.store import open_model
-    from .core.zarrio import inspect_image, is_complete_output, is_zarr
+    from .core.zarrio import inspect_image, is_zarr
 
     try:
         from .core.distributed import DEFAULT_BLOCK, DEFAULT_HALO
@@ -168,69 +183,79 @@ def run(args) -> int:
         raise ValueError("--probabilities is not written with --workers/--scheduler yet")
     if args.device not in (None, "cpu"):
         raise ValueError("--device: workers predict on their own CPU (leave --device out)")
-    to_instances(np.zeros((1, 1), np.float32), args.threshold, args.min_size, expand=args.expand)
+    if args.tile is not None:
+        raise ValueError(
+            "--tile: with --workers/--scheduler every block chooses its tile automatically "
+            "(the result is the same); leave --tile out, or use --block"
+        )
     model = open_model(args.model)
-    # blocks are labelled from plain arrays: the model's cell-size defaults are resolved here
-    min_size, min_core = size_defaults((getattr(model, "metadata", None) or {}).get("cells"))
-    instance = {
-        "threshold": args.threshold,
-        "min_size": min_size if args.min_size is None else args.min_size,
-        "min_core": min_core,
-        "expand": args.expand,
-    }
+    instance = instance_options(model, args)
+    record = {**_record(args, model), "instances": instance, "flips": args.flips}
     out = Path(args.out)
     args.folders.check(out)
-    plan = _targets(expand_inputs(args.images), out)
+    kinds = ("labels",) + ("rois",) * args.rois + ("cells",) * args.measurements
+    plan = _plan_outputs(expand_inputs(args.images), out, kinds)
     todo = []
-    for path, target in plan:
-        if is_complete_output(target):
-            log.info("%s: done already (%s), skipped", path.name, target.name)
-        elif os.path.lexists(target):
-            raise FileExistsError(
-                f"{target} exists and napari-unet predict did not write it; refusing to replace "
-                f"it with the output for {path} (move it, or choose another --out)"
-            )
+    for path, targets in plan:
+        done, why = _resumable(targets["labels"], record)
+        if done:
+            log.info("%s: done already (%s), skipped", path.name, targets["labels"].name)
         else:
-            todo.append((path, target))
+            if why:
+                log.info("%s: redone (%s)", path.name, why)
+            todo.append((path, targets))
     if not todo:
         print(f"nothing to do: all {len(plan)} output(s) are complete in {out}")
         return 0
     args.folders.make(out)
     failures: dict[Path, str] = {}
-    threads = max(1, (os.cpu_count() or 1) // args.workers) if args.workers else None
     with connect(workers=args.workers, scheduler=args.scheduler) as client:
-        name = share_model(client, model, torch_threads=threads)
+        name = share_model(client, model, torch_threads=_torch_threads(args.workers))
         small, large = {}, []
-        for path, target in todo:
+        for path, targets in todo:
             try:
                 info = inspect_image(path) if is_zarr(path) else None
-                shape = info.shape if info else _plane_shape(image_info(path)[0])
-                if fits_one_block(shape, args.block):
-                    source = info or _WholeFile(str(path), model.in_channels, args.max_pixels)
+                shape = info.shape if info else image_info(path)[0]
+                if fits_one_block(_plane_shape(shape), args.block):
+                    if info:
+                        source = model_source(info, model.in_channels)
+                    else:
+                        _check_channels(shape, model.in_channels)
+                        source = _WholeFile(str(path), model.in_channels, args.max_pixels)
                     future = segment_small(
                         client, name, source, flips=args.flips, instance=instance
                     )
-                    small[future] = (path, target, info)
+                    size = info.pixel_size if info else read_pixel_size(path)
+                    small[future] = (path, targets, source, size)
                 else:
-                    large.append((path, target, info or inspect_image(path)))
+                    if len(targets) > 1:
+                        raise ValueError(
+                            f"--rois/--measurements need the labels in memory, and this image "
+                            f"is larger than one block (--block {args.block}) and is "
+                            "segmented block by block; run it without them, or in-process"
+                        )
+                    large.append((path, targets["labels"], info or inspect_image(path)))
             except Exception as err:  # noqa: BLE001 - reported per file at the end
-                failures[path] = " ".join(str(err).split()) or type(err).__name__
+                failures[path] = _why(err)
         with tqdm(total=len(todo) - len(failures), desc="images", unit="image") as bar:
             for path, target, info in large:
                 try:
-                    cells = _segment_large(client, name, model, info, target, args, instance)
+                    meta = {**record, "input": str(path)}
+                    cells = _segment_large(client, name, model, info, target, args, instance, meta)
                     tqdm.write(f"{path.name}: {cells} cells -> {target}")
                 except Exception as err:  # noqa: BLE001 - reported per file at the end
-                    failures[path] = " ".join(str(err).split()) or type(err).__name__
+                    failures[path] = _why(err)
                 bar.update(1)
             for future in as_completed(list(small)):
-                path, target, info = small.pop(future)
+                path, targets, source, size = small.pop(future)
                 try:
                     labels, _ = future.result()
-                    _write_small(target, labels, info)
-                    tqdm.write(f"{path.name}: {int(labels.max(initial=0))} cells -> {target}")
+                    meta = {**record, "input": str(path), "normalisation": _whole_norm()}
+                    _write_small(targets, labels, source, size, meta, args.block)
+                    cells = int(labels.max(initial=0))
+                    tqdm.write(f"{path.name}: {cells} cells -> {targets['labels']}")
                 except Exception as err:  # noqa: BLE001 - reported per file at the end
-                    failures[path] = " ".join(str(err).split()) or type(err).__name__
+                    failures[path] = _why(err)
                 bar.update(1)
     if failures:
         for path, why in failures.items():
@@ -242,3 +267,27 @@ def run(args) -> int:
         )
         return 1
     return 0
+
+
+def _whole_norm() -> dict:
+    from .core.image import PERCENTILES
+
+    return {"percentiles": list(PERCENTILES), "sampled_blocks": 1, "blocks": 1}
+
+
+def _resumable(target: Path, record: dict) -> tuple[bool, str]:
+    """Whether the complete output ``target`` may be kept by a rerun made as ``record`` says:
+    ``(True, "")``; else ``(False, why)``, ``why`` naming what differs ("" when there is no
+    complete output). An OME-Zarr output records the model and options; a TIFF records
+    neither, and is kept."""
+    from .core.zarrio import is_complete_output, read_record
+
+    if not is_complete_output(target):
+        return False, ""
+    stored = read_record(target)
+    if stored is None:
+        return True, ""
+    differ = [k for k in ("model_sha256", "instances", "flips") if stored.get(k) != record[k]]
+    if differ:
+        return False, "made with another " + ", ".join(differ)
+    return True, ""

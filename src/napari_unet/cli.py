@@ -216,15 +216,17 @@ def _check_out_file(out: Path, inputs: list[Path]) -> None:
 def _plan_outputs(images: list[Path], out: Path, kinds: tuple[str, ...]) -> list[tuple]:
     """``(image, {kind: output path})`` per image to segment; raises before anything is written.
 
-    Outputs are ``<stem>_<kind>.tif``; a stem met again gets ``<stem>-2``, ``-3``, ... in the
-    order given. Inputs that an earlier ``predict`` wrote are not segmented. An output may
-    replace a file only when an earlier ``predict`` wrote it, and never an input.
+    Outputs are ``<stem>_<kind>.tif`` (``<stem>_labels.ome.zarr`` for the labels of a zarr or
+    OME-Zarr input), the stem without ``.ome``; a stem met again gets ``<stem>-2``, ``-3``, ...
+    in the order given. Inputs that an earlier ``predict`` wrote are not segmented. An output
+    may replace a file only when an earlier ``predict`` wrote it, and never an input. Used by
+    the in-process and the distributed command alike.
     """
-    from .core.io import is_prediction_output
+    from .core.zarrio import is_complete_output
 
     todo = []
     for path in images:
-        if is_prediction_output(path):
+        if is_complete_output(path):
             log.warning("%s: not segmented, napari-unet predict wrote it", path)
         else:
             todo.append(path)
@@ -239,18 +241,17 @@ def _plan_outputs(images: list[Path], out: Path, kinds: tuple[str, ...]) -> list
         taken.update(t.name for t in targets.values())
         if k > 1:
             name = targets[kinds[0]].name
-            log.warning("%s -> %s (another input has the name %s)", path, name, path.stem)
+            log.warning("%s -> %s (another input has the name %s)", path, name, _stem(path, 1))
         plan.append((path, targets))
     for path, targets in plan:
-        for target in targets.values():
+        for kind, target in targets.items():
             hit = next((i for i in todo if _same_file(target, i)), None)
             if hit is not None:
                 raise FileExistsError(
                     f"the output for {path} would replace the input {hit}; choose another --out"
                 )
-            if os.path.lexists(target) and not is_prediction_output(
-                target if target.suffix == ".tif" else targets["labels"]  # ROIs, CSV: beside it
-            ):
+            ours = target if kind == "labels" else targets["labels"]  # ROIs, CSV: beside it
+            if os.path.lexists(target) and not is_complete_output(ours):
                 raise FileExistsError(
                     f"{target} exists and napari-unet predict did not write it; refusing to "
                     f"replace it with the output for {path} (move it, or choose another --out)"
@@ -259,7 +260,10 @@ def _plan_outputs(images: list[Path], out: Path, kinds: tuple[str, ...]) -> list
 
 
 def _stem(path: Path, k: int) -> str:
-    return path.stem if k == 1 else f"{path.stem}-{k}"
+    from .core.zarrio import ImageFile
+
+    stem = ImageFile(str(path), "", (), None).stem  # x.ome.tif, x.ome.zarr: x
+    return stem if k == 1 else f"{stem}-{k}"
 
 
 _SUFFIXES = {"rois": ".zip", "cells": ".csv"}
@@ -267,7 +271,28 @@ _SUFFIXES = {"rois": ".zip", "cells": ".csv"}
 
 
 def _output_name(path: Path, k: int, kind: str) -> str:
-    return f"{_stem(path, k)}_{kind}{_SUFFIXES.get(kind, '.tif')}"
+    from .core.zarrio import is_zarr
+
+    suffix = ".ome.zarr" if kind == "labels" and is_zarr(path) else _SUFFIXES.get(kind, ".tif")
+    return f"{_stem(path, k)}_{kind}{suffix}"
+
+
+def instance_options(model, args) -> dict:
+    """Keyword arguments of :func:`~napari_unet.to_instances` for ``predict``'s options:
+    checked together on a 1 x 1 plane (before any prediction), the cell-size defaults
+    resolved from ``model``'s metadata (so that plain arrays, e.g. blocks, label the same)."""
+    import numpy as np
+
+    from .core.instances import size_defaults, to_instances
+
+    to_instances(np.zeros((1, 1), np.float32), args.threshold, args.min_size, expand=args.expand)
+    min_size, min_core = size_defaults((getattr(model, "metadata", None) or {}).get("cells"))
+    return {
+        "threshold": args.threshold,
+        "min_size": min_size if args.min_size is None else args.min_size,
+        "min_core": min_core,
+        "expand": args.expand,
+    }
 
 
 def _predict(args) -> int | None:
@@ -277,7 +302,6 @@ def _predict(args) -> int | None:
         return run(args)
     if args.block is not None or args.halo is not None:
         raise ValueError("--block and --halo take effect with --workers or --scheduler")
-    import numpy as np
     from tqdm import tqdm
 
     from .core.instances import to_instances
@@ -286,10 +310,9 @@ def _predict(args) -> int | None:
     from .core.store import open_model
 
     device = _checked_device(args.device)
-    # the labelling options, checked together on a 1 x 1 plane before any prediction
-    to_instances(np.zeros((1, 1), np.float32), args.threshold, args.min_size, expand=args.expand)
     images = _checked_images(args.images, args.max_pixels)
     model = open_model(args.model, device=device)
+    instance = instance_options(model, args)
     _check_tile(args.tile, model)
     out = Path(args.out)
     _NewFolders.check(out)
@@ -314,7 +337,7 @@ def _predict(args) -> int | None:
                     flips=args.flips,
                     progress=progress,
                 )
-            labels = to_instances(probabilities, args.threshold, args.min_size, expand=args.expand)
+            labels = to_instances(probabilities, **instance)
             pixel_size = read_pixel_size(path)
             write_labels(
                 targets["labels"], labels, software=PREDICTION_SOFTWARE, pixel_size=pixel_size

@@ -10,12 +10,13 @@ array, a TIFF opened as zarr, a memory map) without ever reading the whole plane
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import numpy as np
 
-from .image import PERCENTILES, rescale
-from .tiling import Tile, padding, plan_tiles
+from .image import PERCENTILES, rescale, to_grey
+from .tiling import Tile, plan_tiles
 
 __all__ = [
     "SAMPLE_VALUES",
@@ -23,15 +24,18 @@ __all__ = [
     "plan_blocks",
     "mirror_indices",
     "read_padded",
-    "block_input",
     "cell_window",
     "sample_blocks",
     "estimate_normalisation",
     "predict_block",
+    "model_source",
+    "opened",
+    "GreySource",
 ]
 
 SAMPLE_VALUES = 2**24
-"""Pixels of the normalisation sample: every k-th block (raster order) until this many."""
+"""Pixels of the normalisation sample: a lattice of blocks (every ``sy``-th block row, every
+``sx``-th block column) of about this many pixels."""
 
 
 @dataclass(frozen=True)
@@ -39,8 +43,9 @@ class Normalisation:
     """Intensity normalisation shared by every block of a plane (saved with the result).
 
     ``lo``/``hi`` are the ``percentiles`` of the sampled pixels, one per channel; ``blocks`` of
-    ``total`` blocks were sampled, every ``stride``-th in raster order (``blocks == total``: the
-    whole plane, the exact percentiles that :func:`~napari_unet.normalize` computes).
+    ``total`` blocks were sampled, those of every ``stride[0]``-th block row and
+    ``stride[1]``-th block column (``blocks == total``: the whole plane, the exact percentiles
+    that :func:`~napari_unet.normalize` computes).
     """
 
     percentiles: tuple[float, float]
@@ -48,7 +53,7 @@ class Normalisation:
     hi: tuple[float, ...]
     blocks: int
     total: int
-    stride: int
+    stride: tuple[int, int]
 
     def apply(self, pixels: np.ndarray) -> np.ndarray:
         """``(h, w)`` or ``(h, w, C)`` pixels as float32, scaled as the whole plane is."""
@@ -65,7 +70,7 @@ class Normalisation:
             "hi": list(self.hi),
             "sampled_blocks": self.blocks,
             "blocks": self.total,
-            "stride": self.stride,
+            "stride": list(self.stride),
         }
 
 
@@ -101,16 +106,6 @@ def read_padded(source, rows: tuple[int, int], cols: tuple[int, int]) -> np.ndar
     return part[np.ix_(iy - y0, ix - x0)]
 
 
-def block_input(source, shape, block: Tile, sub_tiles: list[Tile], margin: int) -> np.ndarray:
-    """Raw ``(h', w'[, C])`` input of ``block``: its padded plane (the block at offset
-    ``margin``), large enough for every tile of ``sub_tiles`` (tiles of the block's own plane)."""
-    pad = padding(_size(block.inner), sub_tiles, margin)
-    (y0, x0) = (s.start - margin for s in block.inner)
-    rows = (y0, y0 + margin + _size(block.inner)[0] + pad[0][1])
-    cols = (x0, x0 + margin + _size(block.inner)[1] + pad[1][1])
-    return read_padded(source, rows, cols)
-
-
 def _size(region: tuple[slice, slice]) -> tuple[int, int]:
     return tuple(s.stop - s.start for s in region)
 
@@ -123,12 +118,30 @@ def cell_window(region: tuple[slice, slice], halo: int, shape) -> tuple[slice, s
     )
 
 
-def sample_blocks(blocks: list[Tile], values: int = SAMPLE_VALUES) -> tuple[list[Tile], int]:
-    """Every ``stride``-th block in raster order, ``stride`` the smallest that keeps the sample
-    within ``values`` pixels; returns ``(blocks, stride)``."""
+def sample_blocks(
+    blocks: list[Tile], values: int = SAMPLE_VALUES
+) -> tuple[list[Tile], tuple[int, int]]:
+    """A lattice of ``blocks`` (from :func:`plan_blocks`) of at most about ``values`` pixels.
+
+    The blocks of every ``sy``-th block row and every ``sx``-th block column, ``sy * sx`` the
+    smallest stride that keeps the sample within ``values`` pixels, split as evenly as the
+    grid allows: the sample spreads over the plane in both directions (a stride in raster
+    order would hit the same columns whenever it divides the number of block columns). Returns
+    ``(blocks, (sy, sx))``; ``(1, 1)`` samples every block.
+    """
+    rows = sorted({b.inner[0].start for b in blocks})
+    cols = sorted({b.inner[1].start for b in blocks})
     largest = max(math.prod(_size(b.inner)) for b in blocks)
     stride = max(1, math.ceil(len(blocks) / max(1, values // largest)))
-    return blocks[::stride], stride
+    sy = min(len(rows), math.ceil(math.sqrt(stride)))
+    sx = min(len(cols), math.ceil(stride / sy))
+    sy = min(len(rows), math.ceil(stride / sx))
+    chosen = [
+        b
+        for b in blocks
+        if rows.index(b.inner[0].start) % sy == 0 and cols.index(b.inner[1].start) % sx == 0
+    ]
+    return chosen, (sy, sx)
 
 
 def estimate_normalisation(
@@ -137,7 +150,7 @@ def estimate_normalisation(
     percentiles: tuple[float, float] = PERCENTILES,
     values: int = SAMPLE_VALUES,
 ) -> Normalisation:
-    """The percentiles of a strided sample of ``blocks`` of ``source`` (see
+    """The percentiles of a lattice sample of ``blocks`` of ``source`` (see
     :func:`sample_blocks`). When every block is sampled they are the plane's own percentiles,
     so blocks normalise exactly as :func:`~napari_unet.normalize` does the whole plane."""
     chosen, stride = sample_blocks(blocks, values)
@@ -162,26 +175,69 @@ def predict_block(
 ) -> np.ndarray:
     """``(h, w)`` float32 foreground probability of ``block`` of the plane ``source``.
 
-    Reads only the block's padded input from ``source`` (``(H, W[, C])``, sliceable), scales it
-    with ``norm`` and runs it as :func:`~napari_unet.predict` runs a plane (tiles of the
-    automatic size inside the block, the same memory budget and model guard). The block and its
-    tiles start on the pooling grid, so the result equals the block's region of ``predict``
-    on the whole plane with the same normalisation (to float rounding, about 1e-6).
+    Reads only the block's input with the network margin (and the tiles' overhang) from
+    ``source`` (``(H, W[, C])``, sliceable), scales it with ``norm`` and predicts it with
+    :func:`~napari_unet.core.predict.predict_window` (tiles of the automatic size inside the
+    block, the same memory budget and model guard as :func:`~napari_unet.predict`). The block
+    and its tiles start on the pooling grid, so the result equals the block's region of
+    ``predict`` on the whole plane with the same normalisation (to float rounding, about 1e-6).
     """
-    from . import predict as p  # torch only when a block is predicted
-    from .device import resolve_device
+    from .predict import predict_window  # torch only when a block is predicted
 
-    core = _size(block.inner)
-    tiles = p._tiles(model, core, None, 1)
-    pixels = norm.apply(block_input(source, source.shape[:2], block, tiles, model.margin))
-    plan = p._Plan(
-        image=pixels,
-        shape=core,
-        planes=[()],
-        tiles=tiles,
-        pad=((0, 0), (0, 0)),
-        batch_size=1,
-        percentiles=None,
-        flips=flips,
+    (y0, x0) = (s.start for s in block.inner)
+
+    def read(rows, cols):
+        window = read_padded(source, (y0 + rows[0], y0 + rows[1]), (x0 + cols[0], x0 + cols[1]))
+        return norm.apply(window)
+
+    return predict_window(model, read, _size(block.inner), flips=flips, device=device)
+
+
+def model_source(source, in_channels: int):
+    """``source`` as a model of ``in_channels`` channels reads it: an RGB(A) plane seen as grey
+    (:func:`~napari_unet.to_grey`) for a one-channel model, else ``source`` itself.
+
+    ``source`` is ``(H, W[, C])``: an array, or anything with an ``open()`` context giving one
+    (opened where it is read). Raises ValueError, before any work, for channels that do not
+    fit the model.
+    """
+    channels = source.shape[2] if len(source.shape) == 3 else 1
+    if channels == in_channels:
+        return source
+    if in_channels == 1 and channels in (3, 4):
+        return GreySource(source)
+    raise ValueError(
+        f"image of shape {tuple(source.shape)} has {channels} channel(s) but the model takes "
+        f"{in_channels}" + (" (RGB or RGBA become grey)" if in_channels == 1 else "")
     )
-    return np.asarray(p._assemble(plan, p._guarded(model, plan, resolve_device(device, model))))
+
+
+def opened(source):
+    """A context giving the ``(H, W[, C])`` array of ``source`` (its ``open()``, or itself)."""
+    return source.open() if hasattr(source, "open") else nullcontext(source)
+
+
+@dataclass(frozen=True)
+class GreySource:
+    """An RGB(A) ``source`` seen as an ``(H, W)`` float32 grey plane, read region by region."""
+
+    source: object
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.source.shape[:2])
+
+    @contextmanager
+    def open(self):
+        with opened(self.source) as plane:
+            yield _GreyPlane(plane)
+
+
+class _GreyPlane:
+    dtype = np.dtype(np.float32)
+
+    def __init__(self, plane):
+        self.plane, self.shape = plane, tuple(plane.shape[:2])
+
+    def __getitem__(self, region) -> np.ndarray:
+        return to_grey(np.asarray(self.plane[region]))

@@ -21,18 +21,24 @@ does not grow with the image. The model travels once to each worker as safetenso
 from __future__ import annotations
 
 import logging
-import math
 import os
-import shutil
 import tempfile
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from distributed import Client, LocalCluster, WorkerPlugin, get_worker
 
-from .blocks import Normalisation, cell_window, estimate_normalisation, plan_blocks, predict_block
+from .blocks import (
+    Normalisation,
+    cell_window,
+    estimate_normalisation,
+    model_source,
+    opened,
+    plan_blocks,
+    predict_block,
+)
 from .seams import final_ids, owned_cells, paint
 
 __all__ = [
@@ -94,8 +100,11 @@ class ModelPlugin(WorkerPlugin):
 
         from .store import load_model
 
-        if self.torch_threads:
-            torch.set_num_threads(self.torch_threads)
+        threads = self.torch_threads
+        if threads is None and worker is not None:  # dask's nanny set one thread
+            threads = max(1, usable_cpus() // max(1, worker.state.nthreads))
+        if threads:
+            torch.set_num_threads(threads)
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / "model.safetensors"
             path.write_bytes(self.blob)
@@ -103,10 +112,17 @@ class ModelPlugin(WorkerPlugin):
         self.loads += 1
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity: what SLURM or taskset gave it)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def share_model(client: Client, model, torch_threads: int | None = None) -> str:
     """Send ``model`` (a :class:`~napari_unet.UNet`) to every worker of ``client`` once; returns
     the name tasks use to find it. ``torch_threads``: intra-op threads per worker (``None``:
-    torch's default, one under dask's nanny)."""
+    each worker's :func:`usable_cpus` over its dask threads; dask's nanny would leave one)."""
     from .store import save_model
 
     with tempfile.TemporaryDirectory() as folder:
@@ -120,13 +136,9 @@ def _model(name: str):
     return get_worker().plugins[name].model
 
 
-def _opened(source):
-    return source.open() if hasattr(source, "open") else nullcontext(source)
-
-
 # ---------------------------------------------------------------------------------- the tasks
 def _predict_task(name, source, block, norm: Normalisation, flips: bool) -> np.ndarray:
-    with _opened(source) as plane:
+    with opened(source) as plane:
         return predict_block(_model(name), plane, block, norm, flips=flips)
 
 
@@ -184,8 +196,8 @@ def _whole_task(name, source, flips: bool, instance: dict, probabilities: bool):
     from .instances import to_instances
     from .predict import predict
 
-    with _opened(source) as plane:
-        image = np.asarray(plane[:, :]) if hasattr(source, "open") else plane
+    with opened(source) as plane:
+        image = np.asarray(plane[:, :])
     prob = np.asarray(predict(_model(name), image, flips=flips), np.float32)
     labels = to_instances(prob, **instance)
     return labels, (prob if probabilities else None)
@@ -229,7 +241,6 @@ def segment_large(
     flips: bool = False,
     instance: dict | None = None,
     pixel_size=None,
-    unit=None,
     metadata: dict | None = None,
     work: str | os.PathLike | None = None,
 ) -> LargeResult:
@@ -250,8 +261,14 @@ def segment_large(
         Block side (px, rounded onto the pooling grid as tiles are) and cell halo (px).
     instance
         Keyword arguments of :func:`~napari_unet.to_instances`.
+    pixel_size
+        ``(y, x)`` in micrometres, kept in the label image (``None``: not known).
+    metadata
+        Recorded in the label image's ``"napari-unet"`` attribute, with the normalisation and
+        the options.
     work
-        Folder for the provisional ids (default: beside ``labels``); removed at the end.
+        Folder in which a scratch folder for the provisional ids is made (default: beside
+        ``labels``); removed at the end, and those of killed runs at the next run.
 
     Returns
     -------
@@ -259,34 +276,47 @@ def segment_large(
     """
     import dask
 
-    from .zarrio import create_labels, pyramid_shapes
+    from .io import work_folder
+    from .zarrio import create_labels, mark_complete, pyramid_shapes
 
+    if getattr(source, "kind", None) == "other":
+        raise ValueError(
+            f"{source.path} cannot be read a block at a time (every block would read it "
+            "whole); convert it to TIFF or OME-Zarr"
+        )
+    source = model_source(source, model.in_channels)
     instance = dict(instance or {})
     shape = tuple(source.shape[:2])
     blocks = plan_blocks(shape, model, block)
-    step = blocks[0].inner[0].stop - blocks[0].inner[0].start
-    step = max(step, blocks[0].inner[1].stop - blocks[0].inner[1].start)
-    with _opened(source) as plane:
+    # every block of an axis but the last has the first one's size: chunks of that size per
+    # axis hold one block each, so no two tasks ever write the same chunk
+    chunks = tuple(s.stop - s.start for s in blocks[0].inner)
+    with opened(source) as plane:
         norm = estimate_normalisation(plane, blocks)
     labels = Path(labels)
     record = {
         **(metadata or {}),
         "normalisation": norm.as_dict(),
-        "block": step,
+        "block": list(chunks),
         "halo": halo,
         "instances": instance,
         "flips": flips,
     }
     root = create_labels(
-        labels, shape, step, np.uint32, pixel_size=pixel_size, unit=unit, metadata=record
+        labels,
+        shape,
+        chunks,
+        np.uint32,
+        pixel_size=pixel_size,
+        unit="micrometer" if pixel_size else None,
+        metadata=record,
     )
-    work = Path(tempfile.mkdtemp(dir=work or labels.parent, prefix=".napari-unet-work-"))
-    try:
+    with work_folder(work or labels.parent) as scratch:
         import zarr
 
-        store = str(work / "provisional.zarr")
+        store = str(scratch / "provisional.zarr")
         zarr.create_array(
-            store, shape=shape, chunks=(step, step), dtype=np.uint64, fill_value=0, zarr_format=2
+            store, shape=shape, chunks=chunks, dtype=np.uint64, fill_value=0, zarr_format=2
         )
         src = source if hasattr(source, "open") else dask.delayed(source, pure=True)
         d = dask.delayed
@@ -312,15 +342,13 @@ def segment_large(
             )
             done.append(d(_ids_task)(store, str(labels), b.inner, offsets, painted))
         levels = []
-        for level, level_shape in enumerate(pyramid_shapes(shape, step)[1:], start=1):
-            for region in _chunks(level_shape, step):
+        for level, level_shape in enumerate(pyramid_shapes(shape, chunks)[1:], start=1):
+            for region in _chunks(level_shape, chunks):
                 levels.append(d(_level_task)(str(labels), level, region, *done))
         totals, _ = dask.compute(counts, levels, scheduler=client)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     cells_n = int(sum(t[0] for t in totals))
     cut = int(sum(t[1] for t in totals))
-    root.attrs[_key()] = {**root.attrs[_key()], "cells": cells_n, "cut_cells": cut}
+    mark_complete(root, cells=cells_n, cut_cells=cut)
     if cut:
         log.warning(
             "%d cell(s) reach past the %d px halo of their block; they may be labelled "
@@ -331,17 +359,13 @@ def segment_large(
     return LargeResult(labels, cells_n, cut, norm, len(blocks))
 
 
-def _key() -> str:
-    from .zarrio import METADATA_KEY
-
-    return METADATA_KEY
-
-
-def _chunks(shape, step) -> list[tuple[slice, slice]]:
+def _chunks(shape, chunks) -> list[tuple[slice, slice]]:
+    """The ``(cy, cx)`` chunks of an ``(H, W)`` array, as regions."""
+    (cy, cx) = chunks
     return [
-        (slice(y, min(y + step, shape[0])), slice(x, min(x + step, shape[1])))
-        for y in range(0, shape[0], step)
-        for x in range(0, shape[1], step)
+        (slice(y, min(y + cy, shape[0])), slice(x, min(x + cx, shape[1])))
+        for y in range(0, shape[0], cy)
+        for x in range(0, shape[1], cx)
     ]
 
 
@@ -357,4 +381,4 @@ def segment_small(
 
 def fits_one_block(shape, block: int) -> bool:
     """Whether an ``(H, W[, C])`` plane needs no more than one block of side ``block``."""
-    return max(shape[:2]) <= block and math.prod(shape[:2]) <= block**2
+    return max(shape[:2]) <= block

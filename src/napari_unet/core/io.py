@@ -28,10 +28,12 @@ __all__ = [
     "read_image",
     "read_pixel_size",
     "check_pixel_size",
+    "tiff_resolution",
     "image_info",
     "write_labels",
     "write_image",
     "atomic_path",
+    "work_folder",
     "check_writable_folder",
     "is_prediction_output",
     "LABEL_FORMATS",
@@ -55,8 +57,8 @@ as its own outputs and may replace them; it never replaces a file without it."""
 
 _PART_TAG = ".napari-unet-"
 STALE_SECONDS = 60
-"""A ``.part`` file of a writer that died is removed by the next write of the same target once it
-is this old; one older than a day is removed whatever its pid."""
+"""A ``.part`` file (or folder) of a writer that died is removed by the next write of the same
+target once it is this old; one older than a day is removed whatever its pid."""
 
 
 def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
@@ -143,7 +145,7 @@ def _check_budget(path: Path, shape, dtype, max_pixels: int | None) -> None:
             f"{path} holds {n:,} pixel values ({'x'.join(map(str, shape))} {dtype}, "
             f"{n * dtype.itemsize / 2**30:.1f} GiB decoded), more than the limit of "
             f"{max_pixels:,}; raise the pixel limit (max_pixels) if this machine has the "
-            "memory, or run it block by block (napari-unet predict --workers N, or "
+            "memory, or segment it block by block (napari-unet predict with workers, or "
             "napari_unet.core.distributed)"
         )
 
@@ -300,19 +302,45 @@ def _part_affixes(target: Path) -> tuple[str, str]:
 
 
 def _remove_stale_parts(target: Path) -> None:
-    """Remove the ``.part`` files of ``target`` that writers killed by SIGKILL left behind."""
-    prefix, suffix = _part_affixes(target)
+    """Remove the ``.part`` files and folders of ``target`` that writers killed by SIGKILL left
+    behind."""
+    _remove_stale(target.parent, *_part_affixes(target))
+
+
+def _remove_stale(folder: Path, prefix: str, suffix: str) -> None:
+    """Remove the files and folders ``<prefix><pid>-*<suffix>`` in ``folder`` whose writer is
+    gone (and that are ``STALE_SECONDS`` old), or that are a day old whatever their pid."""
     pattern = re.compile(re.escape(prefix) + r"(\d+)-[^/]*" + re.escape(suffix))
     now = time.time()
-    for part in target.parent.glob(glob.escape(prefix) + "*" + glob.escape(suffix)):
+    for part in folder.glob(glob.escape(prefix) + "*" + glob.escape(suffix)):
         match = pattern.fullmatch(part.name)
         try:
             age = now - part.lstat().st_mtime
             if match and (age > 86400 or (age > STALE_SECONDS and not _pid_alive(int(match[1])))):
-                part.unlink()
+                if part.is_dir() and not part.is_symlink():
+                    shutil.rmtree(part)
+                else:
+                    part.unlink()
                 log.info("removed %s, left behind by a killed writer", part)
         except OSError:  # gone meanwhile, or not ours to remove
             continue
+
+
+_WORK_PREFIX = ".napari-unet-work-"
+
+
+@contextmanager
+def work_folder(parent: str | os.PathLike):
+    """Yield a hidden scratch folder ``.napari-unet-work-<pid>-<random>`` in ``parent``,
+    removed at the end; those that killed runs left are removed first (as ``.part`` files
+    are, :data:`STALE_SECONDS`)."""
+    parent = Path(parent)
+    _remove_stale(parent, _WORK_PREFIX, "")
+    work = Path(tempfile.mkdtemp(dir=parent, prefix=f"{_WORK_PREFIX}{os.getpid()}-"))
+    try:
+        yield work
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def _keeps_owner(tmp: Path, old: os.stat_result) -> bool:
@@ -453,11 +481,13 @@ def _label_dtype(labels: np.ndarray, fmt: str) -> np.dtype:
     return np.dtype(np.uint32 if top <= np.iinfo(np.uint32).max else np.uint64)
 
 
-def _resolution(array: np.ndarray, pixel_size: tuple[float, float]) -> dict:
-    """tifffile arguments for a ``(y, x)`` pixel size in micrometres: an ImageJ description
-    (unit micron) where the ImageJ format holds the array, else resolution tags in px/cm."""
+def tiff_resolution(pixel_size: tuple[float, float], array: np.ndarray | None = None) -> dict:
+    """tifffile arguments for a ``(y, x)`` pixel size in micrometres, which
+    :func:`read_pixel_size` reads back: an ImageJ description (unit micron) where the ImageJ
+    format holds ``array`` (uint8/uint16, 2-D or 3-D), else (and without ``array``, for a file
+    written tile by tile) resolution tags in pixels per centimetre."""
     y, x = check_pixel_size(pixel_size)
-    if array.dtype in (np.uint8, np.uint16) and array.ndim in (2, 3):
+    if array is not None and array.dtype in (np.uint8, np.uint16) and array.ndim in (2, 3):
         axes = "ZYX" if array.ndim == 3 else "YX"
         return {
             "imagej": True,
@@ -488,7 +518,7 @@ def _writer(
         if pixel_size is not None:
             check_pixel_size(pixel_size)
             return lambda p, a: tifffile.imwrite(
-                p, a, compression="zlib", **extra, **_resolution(a, pixel_size)
+                p, a, compression="zlib", **extra, **tiff_resolution(pixel_size, a)
             )
         return lambda p, a: tifffile.imwrite(p, a, compression="zlib", **extra)
     if software or pixel_size is not None:

@@ -26,7 +26,7 @@ from .tiling import (
     tiled_multiply_adds,
 )
 
-__all__ = ["TileResult", "predict_tiles", "predict"]
+__all__ = ["TileResult", "predict_tiles", "predict", "predict_window"]
 
 log = logging.getLogger(__name__)
 
@@ -353,6 +353,42 @@ def predict(
     plan = _plan(model, image, tile, batch_size, percentiles, center, flips)
     out = _assemble(plan, _start(model, plan, resolve_device(device, model)), progress)
     return Probabilities.for_model(out, model)
+
+
+def predict_window(
+    model,
+    read: Callable[[tuple[int, int], tuple[int, int]], np.ndarray],
+    shape,
+    *,
+    flips: bool = False,
+    device=None,
+) -> np.ndarray:
+    """Foreground probability of an ``(h, w)`` region of a larger plane, reading only its input.
+
+    ``read(rows, cols)`` returns the normalised ``(len(rows), len(cols)[, C])`` float32 pixels
+    of ``[rows) x [cols)`` (``(start, stop)`` relative to the region, reaching past it by the
+    network margin and the tiles' overhang, mirrored where the plane ends). The region is
+    tiled as :func:`predict` tiles a plane of that size (automatic tile, same memory budget,
+    same model guard); when it starts on the pooling grid of the plane, the result equals the
+    region of :func:`predict` of the whole plane with the same normalisation (to float
+    rounding). Returns ``(h, w)`` float32.
+    """
+    _check_model(model)
+    shape = tuple(int(n) for n in shape)
+    tiles = _tiles(model, shape, None, 1)
+    (top, bottom), (left, right) = padding(shape, tiles, model.margin)
+    pixels = read((-top, shape[0] + bottom), (-left, shape[1] + right))
+    plan = _Plan(
+        image=pixels,
+        shape=shape,
+        planes=[()],
+        tiles=tiles,
+        pad=((0, 0), (0, 0)),  # read with its padding
+        batch_size=1,
+        percentiles=None,
+        flips=flips,
+    )
+    return _assemble(plan, _guarded(model, plan, resolve_device(device, model)))
 
 
 def predict_held(model, image, device: torch.device) -> np.ndarray:

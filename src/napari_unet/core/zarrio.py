@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -21,15 +20,19 @@ from pathlib import Path
 
 import numpy as np
 
+from .image import MAX_CHANNELS
 from .io import (
     IMAGE_SUFFIXES,
     PREDICTION_SOFTWARE,
+    _in_um,
     _part_affixes,
     _remove_stale_parts,
     atomic_path,
     check_writable_folder,
     is_prediction_output,
     read_image,
+    read_pixel_size,
+    tiff_resolution,
 )
 
 __all__ = [
@@ -39,6 +42,9 @@ __all__ = [
     "is_complete_output",
     "atomic_folder",
     "create_labels",
+    "mark_complete",
+    "read_record",
+    "write_labels_zarr",
     "pyramid_shapes",
     "write_level",
     "write_tiff_bands",
@@ -64,8 +70,10 @@ class ImageFile:
     """A plane on disk: where and how to open it, and what it holds.
 
     ``shape`` is ``(H, W)`` or ``(H, W, C)`` (channels last); ``pixel_size`` ``(y, x)`` in
-    ``unit`` or ``None`` when the file does not say. ``index`` picks the plane out of the
-    stored array (``axes`` names the stored axes, ``channel`` the one that holds channels).
+    micrometres, or ``None`` when the file does not say. ``index`` picks the plane out of the
+    stored array: per stored axis the position kept (an int: a dropped singleton axis) or
+    ``None`` (a plane or channel axis; ``()``: every axis); ``channel`` is the stored axis that
+    holds channels.
     """
 
     path: str
@@ -73,7 +81,6 @@ class ImageFile:
     shape: tuple[int, ...]
     dtype: np.dtype
     pixel_size: tuple[float, float] | None = None
-    unit: str | None = None
     component: str = ""
     index: tuple = ()
     channel: int | None = None
@@ -113,9 +120,13 @@ class _Plane:
     """``(H, W[, C])`` view of one plane of a stored array; reads only what is sliced."""
 
     def __init__(self, array, index: tuple, channel: int | None):
-        self.array, self.index, self.channel = array, index, channel
         ndim = len(array.shape)
-        self._spatial = [a for a in range(ndim) if a >= len(index) and a != channel]
+        self.array, self.channel = array, channel
+        self.index = tuple(index) or (None,) * ndim
+        kept = [a for a in range(ndim) if self.index[a] is None]
+        self._spatial = [a for a in kept if a != channel]
+        # the channel axis's place among the axes the key keeps, moved last after reading
+        self._from = kept.index(channel) if channel is not None else None
         self.shape = tuple(array.shape[a] for a in self._spatial)
         if channel is not None:
             self.shape += (array.shape[channel],)
@@ -123,49 +134,13 @@ class _Plane:
 
     def __getitem__(self, region) -> np.ndarray:
         region = region if isinstance(region, tuple) else (region,)
-        key = list(self.index) + [slice(None)] * (len(self.array.shape) - len(self.index))
+        key = [slice(None) if i is None else i for i in self.index]
         for axis, s in zip(self._spatial, region, strict=False):
             key[axis] = s
         part = np.asarray(self.array[tuple(key)])
-        if self.channel is not None:  # the channel axis (after the dropped ones) goes last
-            part = np.moveaxis(part, self.channel - len(self.index), -1)
+        if self._from is not None:
+            part = np.moveaxis(part, self._from, -1)
         return part
-
-
-def _tiff_pixel_size(tif) -> tuple[tuple[float, float] | None, str | None]:
-    """``((y, x), unit)`` from OME-XML, ImageJ metadata or the resolution tags."""
-    if tif.is_ome and tif.ome_metadata:
-        found = {a: re.search(rf'PhysicalSize{a}="([0-9.eE+-]+)"', tif.ome_metadata) for a in "YX"}
-        if all(found.values()):
-            unit = re.search(r'PhysicalSizeXUnit="([^"]+)"', tif.ome_metadata)
-            unit = unit[1] if unit else "µm"
-            return (float(found["Y"][1]), float(found["X"][1])), _unit_name(unit)
-    page = tif.pages.first
-    try:
-        rx, ry = page.get_resolution()
-    except Exception:  # no or broken resolution tags
-        return None, None
-    if not rx or not ry or (rx == 1 and ry == 1):
-        return None, None
-    if tif.is_imagej:
-        unit = (tif.imagej_metadata or {}).get("unit")
-        return (1 / ry, 1 / rx), _unit_name(unit) if unit else None
-    per_micrometre = {2: 25400.0, 3: 10000.0}.get(int(page.resolutionunit))
-    if per_micrometre is None:
-        return None, None
-    return (per_micrometre / ry, per_micrometre / rx), "micrometer"
-
-
-def _unit_name(unit: str) -> str:
-    """An NGFF unit name for the spellings microscopes write."""
-    return {
-        "µm": "micrometer",
-        "um": "micrometer",
-        "micron": "micrometer",
-        "\\u00B5m": "micrometer",
-        "nm": "nanometer",
-        "mm": "millimeter",
-    }.get(unit, unit)
 
 
 def _ngff_attrs(attrs) -> dict:
@@ -174,23 +149,29 @@ def _ngff_attrs(attrs) -> dict:
 
 
 def _plane_layout(shape, names: list[str], what: str) -> tuple[tuple, int | None]:
-    """``(index, channel axis)`` that picks the one ``(y, x[, c])`` plane of a stored array."""
+    """``(index, channel axis)`` that picks the one ``(y, x[, c])`` plane of a stored array
+    whose axes are ``names``: ``y`` and ``x`` kept, a ``c`` axis of more than one channel kept
+    as channels, any other axis of length 1 dropped wherever it is (ValueError for a longer
+    one); see :class:`ImageFile`."""
     index, channel = [], None
     for axis, (n, name) in enumerate(zip(shape, names, strict=True)):
         if name in ("y", "x"):
-            break
-        if name == "c" and n > 1:
+            index.append(None)
+        elif name == "c" and n > 1:
+            if n > MAX_CHANNELS:
+                raise ValueError(
+                    f"{what} has {n} channels; distributed prediction takes at most "
+                    f"{MAX_CHANNELS} (one (y, x) plane with or without channels)"
+                )
+            index.append(None)
             channel = axis
-            continue
-        if n > 1:
+        elif n == 1:
+            index.append(0)
+        else:
             raise ValueError(
                 f"{what} holds {n} planes along its {name!r} axis; distributed prediction "
                 "takes one (y, x) plane, with or without channels"
             )
-        if channel is None:
-            index.append(0)
-    if channel is not None and index and len(index) != channel:
-        raise ValueError(f"{what}: axes {names} are not in NGFF order (t, c, z, y, x)")
     return tuple(index), channel
 
 
@@ -200,9 +181,9 @@ def _inspect_zarr(path: Path) -> ImageFile:
     node = zarr.open(str(path), mode="r")
     if isinstance(node, zarr.Array):
         names = ["?"] * (node.ndim - 2) + ["y", "x"]
-        if node.ndim == 3 and node.shape[-1] <= 4:
+        if node.ndim == 3 and node.shape[-1] <= MAX_CHANNELS:
             names = ["y", "x", "c"]
-        return _zarr_file(path, "", node, names, None, None)
+        return _zarr_file(path, "", node, names, None)
     multiscales = _ngff_attrs(node.attrs).get("multiscales")
     if not multiscales:
         raise ValueError(f"{path} is a zarr group but not an OME-Zarr image (no multiscales)")
@@ -215,30 +196,26 @@ def _inspect_zarr(path: Path) -> ImageFile:
         (t["scale"] for t in dataset.get("coordinateTransformations", []) if t["type"] == "scale"),
         None,
     )
-    size = unit = None
+    size = None
     if scale is not None and "y" in names and "x" in names:
-        size = (float(scale[names.index("y")]), float(scale[names.index("x")]))
-        unit = units[names.index("x")]
-    return _zarr_file(path, dataset["path"], node[dataset["path"]], names, size, unit)
+        y, x = (_in_um(scale[names.index(a)], units[names.index(a)] or "micrometer") for a in "yx")
+        size = (y, x) if y and x else None
+    return _zarr_file(path, dataset["path"], node[dataset["path"]], names, size)
 
 
-def _zarr_file(path, component, array, names, size, unit) -> ImageFile:
-    if names[-1] == "c":  # channels last (a plain zarr array): no index, the channel axis last
-        index, channel = tuple(0 for _ in names[:-3]), len(names) - 1
-    else:
-        index, channel = _plane_layout(array.shape, names, str(path))
-    spatial = [n for a, n in enumerate(array.shape) if a >= len(index) and a != channel]
-    shape = tuple(spatial) + ((array.shape[channel],) if channel is not None else ())
-    return ImageFile(
-        str(path), "zarr", shape, np.dtype(array.dtype), size, unit, component, index, channel
-    )
+def _zarr_file(path, component, array, names, size) -> ImageFile:
+    index, channel = _plane_layout(array.shape, names, str(path))
+    plane = _Plane(array, index, channel)
+    return ImageFile(str(path), "zarr", plane.shape, plane.dtype, size, component, index, channel)
 
 
 def inspect_image(path: str | os.PathLike) -> ImageFile:
     """What :meth:`ImageFile.open` will give for ``path``, from its header alone.
 
     TIFF (series 0; a stack of planes is refused), zarr arrays, OME-Zarr images (level 0 of the
-    first multiscale; singleton t/z axes dropped, a ``c`` axis as channels), NPY, PNG.
+    first multiscale; singleton axes dropped, a ``c`` axis as channels), NPY, PNG. The pixel
+    size is :func:`~napari_unet.core.io.read_pixel_size`'s for a TIFF, the scale of level 0
+    (in its unit, micrometres when it names none) for an OME-Zarr image.
     """
     path = Path(path)
     if is_zarr(path):
@@ -247,19 +224,15 @@ def inspect_image(path: str | os.PathLike) -> ImageFile:
 
     shape, dtype = image_info(path)
     suffix = path.suffix.lower()
-    if len(shape) > 3 or (len(shape) == 3 and shape[-1] > 4):
+    if len(shape) > 3 or (len(shape) == 3 and shape[-1] > MAX_CHANNELS):
         raise ValueError(
             f"{path} is a stack of shape {shape}; distributed prediction of one large image "
             "takes one (H, W[, C]) plane"
         )
-    if suffix in (".tif", ".tiff"):
-        import tifffile
-
-        with tifffile.TiffFile(path) as tif:
-            size, unit = _tiff_pixel_size(tif)
-        return ImageFile(str(path), "tiff", tuple(shape), dtype, size, unit)
-    kind = "npy" if suffix == ".npy" else "other"
-    return ImageFile(str(path), kind, tuple(shape), dtype)
+    channel = 2 if len(shape) == 3 else None
+    kind = {".tif": "tiff", ".tiff": "tiff", ".npy": "npy"}.get(suffix, "other")
+    size = read_pixel_size(path)
+    return ImageFile(str(path), kind, tuple(shape), dtype, size, channel=channel)
 
 
 def is_complete_output(path: str | os.PathLike) -> bool:
@@ -282,31 +255,40 @@ def is_complete_output(path: str | os.PathLike) -> bool:
 @contextmanager
 def atomic_folder(path: str | os.PathLike):
     """Yield a temporary folder beside ``path`` that replaces it when the block ends without
-    error (renamed in one step; a folder already at ``path`` is removed after); on error the
-    temporary folder is removed and ``path`` stays as it was."""
+    error (renamed in one step; a folder already at ``path`` is moved aside first and removed
+    after); on error the temporary folder is removed and ``path`` stays as it was. Temporary
+    folders that a killed run left are removed first (as
+    :func:`~napari_unet.core.io.atomic_path` removes its files).
+    """
     path = Path(path)
     check_writable_folder(path.parent, context=f"cannot write {path}")
     _remove_stale_parts(path)
     prefix, suffix = _part_affixes(path)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f"{prefix}{os.getpid()}-", suffix=suffix))
+    pid = os.getpid()
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f"{prefix}{pid}-", suffix=suffix))
+    old = None
     try:
         yield tmp
-        old = None
         if path.exists():
-            old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f"{prefix}old-", suffix=suffix))
+            old = tempfile.mkdtemp(dir=path.parent, prefix=f"{prefix}{pid}-old-", suffix=suffix)
+            old = Path(old)
             os.replace(path, old / "x")
         os.replace(tmp, path)
+    except BaseException:
+        if old is not None and (old / "x").exists():
+            os.replace(old / "x", path)  # the new one did not take its place: put it back
+        shutil.rmtree(tmp, ignore_errors=True)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
-def pyramid_shapes(shape: tuple[int, int], chunk: int) -> list[tuple[int, int]]:
-    """``(H, W)`` of each level, halving (nearest) until the plane fits one chunk."""
+def pyramid_shapes(shape: tuple[int, int], chunks: tuple[int, int]) -> list[tuple[int, int]]:
+    """``(H, W)`` of each level, halving (nearest) until the plane fits one ``(cy, cx)`` chunk."""
     shapes = [tuple(shape)]
-    while max(shapes[-1]) > chunk and min(shapes[-1]) > 1:
+    while any(n > c for n, c in zip(shapes[-1], chunks, strict=True)) and min(shapes[-1]) > 1:
         shapes.append(tuple(math.ceil(n / 2) for n in shapes[-1]))
     return shapes
 
@@ -314,7 +296,7 @@ def pyramid_shapes(shape: tuple[int, int], chunk: int) -> list[tuple[int, int]]:
 def create_labels(
     path: str | os.PathLike,
     shape: tuple[int, int],
-    chunk: int,
+    chunks: tuple[int, int],
     dtype,
     *,
     pixel_size: tuple[float, float] | None = None,
@@ -324,22 +306,24 @@ def create_labels(
 ):
     """An empty OME-Zarr label image (NGFF 0.4, zarr format 2) with its pyramid of levels.
 
-    Levels ``"0"``, ``"1"``, ... are ``(H, W)`` arrays of ``chunk`` x ``chunk`` chunks, each
-    half the last (nearest: labels stay ids); level 0 has ``pixel_size`` (``(y, x)`` in
-    ``unit``; ``None``: 1 per pixel). The root is both a multiscale image and an ``image-label``,
-    so viewers open it as labels; ``metadata`` is stored under the ``"napari-unet"`` attribute.
-    Returns the zarr group.
+    Levels ``"0"``, ``"1"``, ... are ``(H, W)`` arrays of ``(cy, cx)`` ``chunks`` (a writer
+    that fills level 0 block by block in parallel passes its blocks' size, so that no two
+    blocks share a chunk), each half the last (nearest: labels stay ids); level 0 has
+    ``pixel_size`` (``(y, x)`` in ``unit``; ``None``: 1 per pixel). The root is both a
+    multiscale image and an ``image-label``, so viewers open it as labels; ``metadata`` is
+    stored under the ``"napari-unet"`` attribute, without the mark of a complete output
+    (:func:`mark_complete` adds it once the levels are written). Returns the zarr group.
     """
     import zarr
 
     size = tuple(pixel_size) if pixel_size else (1.0, 1.0)
     root = zarr.open_group(str(path), mode="w", zarr_format=2)
     datasets = []
-    for level, level_shape in enumerate(pyramid_shapes(shape, chunk)):
+    for level, level_shape in enumerate(pyramid_shapes(shape, chunks)):
         root.create_array(
             str(level),
             shape=level_shape,
-            chunks=(min(chunk, level_shape[0]), min(chunk, level_shape[1])),
+            chunks=tuple(min(c, n) for c, n in zip(chunks, level_shape, strict=True)),
             dtype=dtype,
             fill_value=0,
             chunk_key_encoding={"name": "v2", "separator": "/"},
@@ -361,10 +345,59 @@ def create_labels(
                 }
             ],
             "image-label": {"version": NGFF_VERSION},
-            METADATA_KEY: {"software": PREDICTION_SOFTWARE, **(metadata or {})},
+            METADATA_KEY: dict(metadata or {}),
         }
     )
     return root
+
+
+def mark_complete(root, **record) -> None:
+    """Mark the label image ``root`` (from :func:`create_labels`) as a complete output of
+    ``napari-unet predict`` (what :func:`is_complete_output` looks for), adding ``record`` to
+    its metadata; call it once every level is written."""
+    root.attrs[METADATA_KEY] = {
+        **root.attrs[METADATA_KEY],
+        **record,
+        "software": PREDICTION_SOFTWARE,
+    }
+
+
+def read_record(path: str | os.PathLike) -> dict | None:
+    """The ``"napari-unet"`` metadata of an OME-Zarr output (``None`` for a TIFF or other)."""
+    if not is_zarr(path):
+        return None
+    import zarr
+
+    return dict(zarr.open_group(str(path), mode="r").attrs.get(METADATA_KEY, {}))
+
+
+def write_labels_zarr(
+    path: str | os.PathLike,
+    labels: np.ndarray,
+    chunks: tuple[int, int],
+    *,
+    pixel_size: tuple[float, float] | None = None,
+    metadata: dict | None = None,
+) -> Path:
+    """Write ``(H, W)`` ``labels`` in memory as a complete OME-Zarr label image atomically
+    (uint32, as :func:`~napari_unet.core.distributed.segment_large` writes them; ``pixel_size``
+    ``(y, x)`` in micrometres)."""
+    path = Path(path)
+    with atomic_folder(path) as tmp:
+        root = create_labels(
+            tmp,
+            labels.shape,
+            chunks,
+            np.uint32,
+            pixel_size=pixel_size,
+            unit="micrometer" if pixel_size else None,
+            metadata=metadata,
+        )
+        root["0"][:] = labels
+        for level, shape in enumerate(pyramid_shapes(labels.shape, chunks)[1:], start=1):
+            write_level(root, level, (slice(0, shape[0]), slice(0, shape[1])))
+        mark_complete(root, cells=int(labels.max(initial=0)))
+    return path
 
 
 def write_level(root, level: int, region: tuple[slice, slice]) -> None:
@@ -380,15 +413,15 @@ def write_tiff_bands(
     array,
     *,
     pixel_size: tuple[float, float] | None = None,
-    unit: str | None = None,
     dtype=None,
     software: str = PREDICTION_SOFTWARE,
 ) -> Path:
     """Write the ``(H, W)`` ``array`` (zarr or numpy) to a tiled, zlib TIFF atomically, reading
     it band by band (about 64 MiB at a time); BigTIFF when it needs 4 GiB or more.
 
-    ``dtype``: the TIFF's (default: ``array``'s). A pixel size in micrometres is written as the
-    resolution tags (pixels per centimetre).
+    ``dtype``: the TIFF's (default: ``array``'s). ``pixel_size`` ``(y, x)`` in micrometres is
+    written as :func:`~napari_unet.core.io.write_labels` writes it (resolution tags in pixels
+    per centimetre, which :func:`~napari_unet.core.io.read_pixel_size` reads back).
     """
     path = Path(path)
     height, width = array.shape
@@ -403,9 +436,7 @@ def write_tiff_bands(
                 for tx in range(0, width, tile):
                     yield band[ty : ty + tile, tx : tx + tile]
 
-    extra = {}
-    if pixel_size and unit == "micrometer":
-        extra = {"resolution": (1e4 / pixel_size[1], 1e4 / pixel_size[0]), "resolutionunit": 3}
+    extra = tiff_resolution(pixel_size) if pixel_size is not None else {}
     import tifffile
 
     with atomic_path(path) as tmp:

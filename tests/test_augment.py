@@ -7,6 +7,7 @@ from torch.nn import functional as F
 
 from napari_unet.core.augment import (
     elastic_deform,
+    random_cell_contrast,
     random_displacement,
     random_flip_rot,
     random_gamma,
@@ -298,3 +299,30 @@ def test_random_illumination_adds_one_smooth_bounded_background():
     np.testing.assert_array_equal(random_illumination(image, rng=rng, strength=0), image)
     with pytest.raises(ValueError, match="strength must be >= 0"):
         random_illumination(image, rng=rng, strength=-1)
+
+
+def test_random_cell_contrast_scales_each_cell_against_the_background():
+    """Two separate cells on a flat background: each cell's contrast changes by its own factor
+    (some by none), pixels far from every cell stay, and the change stays within the factors."""
+    image = np.full((64, 64, 1), 0.1, np.float32)
+    target = np.zeros((64, 64), np.uint8)
+    target[10:22, 10:22] = target[40:52, 40:52] = 1
+    image[target == 1] = 0.9
+    rng = np.random.default_rng(3)
+    ratios = []
+    for _ in range(40):
+        out = random_cell_contrast(image, target, rng=rng, fraction=0.5, low=0.2, high=1.5)
+        assert out.dtype == np.float32 and out.shape == image.shape
+        np.testing.assert_allclose(out[30, 30], 0.1, atol=1e-6)  # background far from cells
+        ratio = [(out[16, 16, 0] - 0.1) / 0.8, (out[46, 46, 0] - 0.1) / 0.8]
+        assert all(0.2 - 1e-4 <= r <= 1.5 + 1e-4 for r in ratio)
+        ratios.append(ratio)
+    ratios = np.array(ratios)
+    unchanged = np.isclose(ratios, 1, atol=1e-4)
+    assert 0.2 < unchanged.mean() < 0.8  # about half the cells picked
+    assert (ratios < 0.5).any() and (ratios > 1.2).any()  # dimmer and brighter both occur
+    assert (np.abs(ratios[:, 0] - ratios[:, 1]) > 0.05).any()  # each cell its own factor
+    empty = np.zeros_like(target)
+    np.testing.assert_array_equal(random_cell_contrast(image, empty, rng=rng), image)
+    with pytest.raises(ValueError, match="0 < low <= high"):
+        random_cell_contrast(image, target, rng=rng, low=0)

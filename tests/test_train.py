@@ -170,7 +170,7 @@ def test_augmentations_can_be_chosen(sample):
         False,
         ["flips"],
         ("elastic", "intensity"),
-        ["zoom", "gamma", "illumination"],
+        ["zoom", "gamma", "illumination", "contrast"],
         True,
     ):
         model = UNet(base_channels=2, depth=2)

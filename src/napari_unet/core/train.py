@@ -18,6 +18,7 @@ import torch
 from torch.nn import functional as F
 
 from .augment import (
+    random_cell_contrast,
     random_displacement,
     random_flip_rot,
     random_gamma,
@@ -42,7 +43,7 @@ __all__ = [
     "DEFAULT_AUGMENTATIONS",
 ]
 
-AUGMENTATIONS = ("elastic", "flips", "intensity", "zoom", "gamma", "illumination")
+AUGMENTATIONS = ("elastic", "flips", "intensity", "zoom", "gamma", "illumination", "contrast")
 DEFAULT_AUGMENTATIONS = ("elastic", "flips", "intensity")  # what augment=True means
 
 
@@ -65,8 +66,9 @@ class FinetuneConfig:
         ``True`` for ``DEFAULT_AUGMENTATIONS``: ``"elastic"`` deformation (paper: 3x3 grid,
         10 px), ``"flips"`` (flips and 90-degree turns), ``"intensity"`` (gain and offset);
         ``False`` for none, or a collection of names from ``AUGMENTATIONS``, which adds
-        ``"zoom"`` (0.77-1.3x about the crop centre), ``"gamma"`` (0.67-1.5) and
-        ``"illumination"`` (a smooth added background of up to 0.4). Stored as the tuple of the
+        ``"zoom"`` (0.77-1.3x about the crop centre), ``"gamma"`` (0.67-1.5),
+        ``"illumination"`` (a smooth added background of up to 0.4) and ``"contrast"`` (half
+        the cells 0.15-1.5x their contrast to the background). Stored as the tuple of the
         chosen names, in the order of ``AUGMENTATIONS``.
     w0, sigma, class_balance
         Separation weight map (see :func:`~napari_unet.training_target`); the defaults are
@@ -274,6 +276,8 @@ def _augmented_batch(samples, n: int, side: int, out_side: int, margin: int, aug
             weight = warp(weight, field, order=1)
         if "flips" in augment:
             image, target, weight = random_flip_rot([image, target, weight], rng=rng)
+        if "contrast" in augment:
+            image = random_cell_contrast(image, target, rng=rng)
         if "gamma" in augment:
             image = random_gamma(image, rng=rng)
         if "illumination" in augment:

@@ -250,8 +250,11 @@ def model_source(source, in_channels: int):
 
 
 def opened(source):
-    """A context giving the ``(H, W[, C])`` array of ``source`` (its ``open()``, or itself)."""
-    return source.open() if hasattr(source, "open") else nullcontext(source)
+    """A context giving the ``(H, W[, C])`` array of ``source`` (its ``open()``, or itself
+    when it is sliceable already: a zarr array's ``open`` is no such context)."""
+    if hasattr(source, "open") and not hasattr(source, "__getitem__"):
+        return source.open()
+    return nullcontext(source)
 
 
 @dataclass(frozen=True)

@@ -60,13 +60,20 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+
 @contextmanager
-def connect(workers: int | None = None, scheduler: str | None = None, memory_limit="auto"):
+def connect(
+    workers: int | None = None,
+    scheduler: str | None = None,
+    memory_limit="auto",
+    timeout: float | None = None,
+):
     """Yield a :class:`distributed.Client`: to ``scheduler`` (an address such as
-    ``tcp://host:8786``) or to a new ``LocalCluster`` of ``workers`` single-threaded processes
-    (closed at the end)."""
+    ``tcp://host:8786``; OSError when it cannot be reached within ``timeout`` seconds, dask's
+    configured timeout by default) or to a new ``LocalCluster`` of ``workers`` single-threaded
+    processes (closed at the end)."""
     if scheduler is not None:
-        with Client(scheduler) as client:
+        with Client(scheduler, **({"timeout": timeout} if timeout else {})) as client:
             yield client
         return
     with (

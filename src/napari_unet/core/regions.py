@@ -22,12 +22,12 @@ import numpy as np
 from .blocks import (
     DEFAULT_BLOCK,
     DEFAULT_HALO,
+    SAMPLE_VALUES,
     assemble,
     cell_window,
     estimate_normalisation,
     model_source,
     opened,
-    overlapping,
     plan_blocks,
     predict_block,
 )
@@ -72,8 +72,9 @@ class PlaneStream:
         Keyword arguments of :func:`~napari_unet.to_instances`.
     flips
         Average the 8 flips and quarter turns (see :func:`~napari_unet.predict`).
-    sample_block
-        Block side of the normalisation sample's lattice (that of ``segment_large``).
+    sample_block, sample_values
+        Block side of the normalisation sample's lattice (that of ``segment_large``), and its
+        most pixels (see :func:`~napari_unet.core.blocks.sample_blocks`).
     """
 
     def __init__(
@@ -86,17 +87,22 @@ class PlaneStream:
         instance: dict | None = None,
         flips: bool = False,
         sample_block: int = DEFAULT_BLOCK,
+        sample_values: int = SAMPLE_VALUES,
     ) -> None:
         self.source = model_source(source, model.in_channels)
         self.shape = tuple(int(n) for n in source.shape[:2])
         self.blocks = plan_blocks(self.shape, model, step)
         self.cores = [b.inner for b in self.blocks]
+        self._corners = np.array(
+            [(r.start, r.stop, c.start, c.stop) for r, c in self.cores], dtype=np.int64
+        )
         windows = [cell_window(core, halo, self.shape) for core in self.cores]
         self.windows = windows
         # window j overlaps core k <=> block k's probabilities are read to label window j
         # <=> window j's cells are painted into core k: one neighbourhood serves both ways
-        self._near = [overlapping(w, self.cores) for w in windows]
+        self._near = [self.overlapping(w) for w in windows]
         self._sample = plan_blocks(self.shape, model, sample_block)
+        self._sample_values = sample_values
         self.instance = dict(instance or {})
         self.flips = flips
         self.norm = None
@@ -115,8 +121,12 @@ class PlaneStream:
         return tuple(s.stop - s.start for s in self.cores[0])
 
     def overlapping(self, region: tuple[slice, slice]) -> list[int]:
-        """Indices of the blocks whose core overlaps ``region`` (plane coordinates)."""
-        return overlapping(region, self.cores)
+        """Indices of the blocks whose core overlaps ``region`` (plane coordinates), as
+        :func:`~napari_unet.core.blocks.overlapping` finds them (vectorised: many blocks)."""
+        (rows, cols), c = region, self._corners
+        hit = (c[:, 0] < rows.stop) & (rows.start < c[:, 1])
+        hit &= (c[:, 2] < cols.stop) & (cols.start < c[:, 3])
+        return np.flatnonzero(hit).tolist()
 
     def needed(self, indices: Iterable[int]) -> set[int]:
         """The blocks to predict so that the labels of blocks ``indices`` are final."""
@@ -147,7 +157,7 @@ class PlaneStream:
         between two yields, the stream stays consistent: a later run goes on from there."""
         with opened(self.source) as plane:
             if self.norm is None:
-                self.norm = estimate_normalisation(plane, self._sample)
+                self.norm = estimate_normalisation(plane, self._sample, values=self._sample_values)
             for i in sorted(self.predicted):  # a run closed before labelling its last block
                 yield from self._label_around(i)
             for i in indices:

@@ -34,6 +34,7 @@ from magicgui.widgets import (
     FileEdit,
     FloatSpinBox,
     Label,
+    LineEdit,
     ProgressBar,
     PushButton,
     RadioButtons,
@@ -42,6 +43,16 @@ from magicgui.widgets import (
 from napari.layers import Image, Labels
 from qtpy.QtCore import QTimer
 
+from ._large import (
+    LazyOutput,
+    cluster_job,
+    full_resolution,
+    goes_lazy,
+    instance_settings,
+    layer_file,
+    open_labels,
+    visible_region,
+)
 from ._layers import (
     EDITED,
     MADE,
@@ -61,12 +72,14 @@ if TYPE_CHECKING:
     import napari
 
     from ..core.model import UNet
+    from ..core.regions import PlaneStream
     from ._worker import Outcome
 
 __all__ = ["PredictWidget"]
 
 CURRENT, FILE = "current model", "file…"
 PLANE, ALL_PLANES = "current plane", "all planes"
+THIS_PROCESS, LOCAL_CLUSTER, SCHEDULER = "this process", "local cluster", "dask scheduler"
 REFRESH_INTERVAL = 0.1  # seconds; streamed tiles are shown at most this often
 _say = Messages("Predict")
 
@@ -115,6 +128,50 @@ class _Run:
     total: int = 0
     dirty: bool = False  # tiles written since the last refresh
 
+    def refresh(self) -> None:
+        for output in (self.labels, self.probability):
+            if output is not None:
+                output.layer.refresh()
+
+
+@dataclass
+class _LargeJob:
+    """A lazy image predicted region by region: its stream, what it was made with (``key``),
+    and its on-disk outputs; kept between runs (visible region, then the rest)."""
+
+    image: Image
+    key: tuple
+    stream: PlaneStream
+    output: LazyOutput
+
+
+@dataclass
+class _LargeRun:
+    """One run of a :class:`_LargeJob` (some of its blocks)."""
+
+    job: _LargeJob
+    total: int  # blocks this run predicts
+    done: int = 0
+    dirty: bool = False
+
+    def refresh(self) -> None:
+        self.job.output.refresh()
+
+
+@dataclass
+class _ClusterRun:
+    """A job sent to a dask cluster; its labels open as a layer once complete."""
+
+    image: Image
+    target: Path
+    temporary: Path | None  # a folder of ours to remove with the layer
+    done: int = 0
+    total: int = 0
+    dirty: bool = False
+
+    def refresh(self) -> None:
+        pass
+
 
 def cell_size_hint(model: UNet) -> str:
     """One line on the cells ``model`` was fine-tuned on (``metadata["cells"]``, a dict with
@@ -136,7 +193,9 @@ class PredictWidget(Container):
         self._session = session_for(viewer)
         self.worker = None  # the last run's worker
         self._task: Task | None = None
-        self._run: _Run | None = None
+        self._run: _Run | _LargeRun | _ClusterRun | None = None
+        self._large: dict[int, _LargeJob] = {}  # id of an image layer: its large job
+        self._temporary: dict[int, object] = {}  # id of a cluster's labels layer: its cleanup
         self._last_refresh = 0.0
         self._refresh_timer = QTimer()
         self._refresh_timer.setSingleShot(True)
@@ -174,7 +233,27 @@ class PredictWidget(Container):
             tooltip="Turn RGB(A) images into grey for a one-channel model.",
         )
         self._planes = RadioButtons(label="stack", choices=[PLANE, ALL_PLANES], value=PLANE)
+        self._run_on = ComboBox(
+            label="run on",
+            choices=[THIS_PROCESS, LOCAL_CLUSTER, SCHEDULER],
+            value=THIS_PROCESS,
+            tooltip="A large image from a file (TIFF, zarr, OME-Zarr) can be segmented block by "
+            "block on a dask cluster: a local one of some worker processes, or a running one",
+        )
+        self._workers = SpinBox(label="workers", min=1, max=256, value=2)
+        self._scheduler = LineEdit(label="scheduler", value="tcp://localhost:8786")
+        self._out_folder = FileEdit(
+            label="save labels in",
+            mode="d",
+            tooltip="Folder for the OME-Zarr labels the cluster writes; empty: a temporary "
+            "folder removed with the layer",
+        )
         self._predict = PushButton(text="Predict")
+        self._rest = PushButton(
+            text="Predict the rest",
+            tooltip="A large lazy image is predicted in view first; this predicts the rest, "
+            "nearest to the view first",
+        )
         self._cancel = PushButton(text="Cancel", enabled=False)
         self._progress = ProgressBar(label="progress", min=0, max=1, value=0)
         self._status = Label(value="")
@@ -195,7 +274,12 @@ class PredictWidget(Container):
                 self._with_probability,
                 self._grey,
                 self._planes,
+                self._run_on,
+                self._workers,
+                self._scheduler,
+                self._out_folder,
                 self._predict,
+                self._rest,
                 self._cancel,
                 self._progress,
                 self._status,
@@ -205,6 +289,7 @@ class PredictWidget(Container):
         self._connect_signals()
         self._on_auto_size()
         self._on_model_choice()
+        self._on_run_on()
         self._on_model_changed()
         self._on_image_changed()
 
@@ -214,6 +299,8 @@ class PredictWidget(Container):
         self._model_choice.changed.connect(self._on_model_choice)
         self._session.model_changed.connect(self._on_model_changed)
         self._predict.clicked.connect(self._on_predict)
+        self._rest.clicked.connect(self._on_rest)
+        self._run_on.changed.connect(self._on_run_on)
         self._cancel.clicked.connect(self._on_cancel)
         self._auto_size.changed.connect(self._on_auto_size)
         self._refresh_timer.timeout.connect(self._on_refresh_timer)
@@ -224,12 +311,25 @@ class PredictWidget(Container):
 
     def _on_layers_changed(self, _event=None) -> None:
         self.reset_choices()
+        for key, job in list(self._large.items()):
+            if job.image not in self._viewer.layers or not job.output.shown:
+                del self._large[key]  # its outputs remove their folder once both are gone
+        layers = {id(layer) for layer in self._viewer.layers}
+        for key in [k for k in self._temporary if k not in layers]:
+            self._temporary.pop(key)()  # a cluster's labels in a folder of ours
 
     def _on_image_changed(self, _value=None) -> None:
         layer = self._image.value
         spatial = layer.ndim if layer is not None else 2
         self._planes.enabled = spatial > 2
         self._grey.enabled = layer is not None and layer.rgb
+        job = self._large.get(id(layer))
+        self._rest.enabled = job is not None and job.stream.left > 0
+
+    def _on_run_on(self, _value=None) -> None:
+        self._workers.visible = self._run_on.value == LOCAL_CLUSTER
+        self._scheduler.visible = self._run_on.value == SCHEDULER
+        self._out_folder.visible = self._run_on.value != THIS_PROCESS
 
     def _on_model_choice(self, _value=None) -> None:
         from_file = self._model_choice.value == FILE
@@ -279,8 +379,9 @@ class PredictWidget(Container):
         return float(y), float(x)
 
     def _check_layout(self, layer: Image, model: UNet) -> tuple[tuple[int, ...], bool] | None:
-        """``(spatial shape, convert to grey)`` of ``layer`` for ``model``; None (and the user
-        told why) when the image does not fit the model."""
+        """``(spatial shape, convert to grey)`` of ``layer`` (its full resolution) for
+        ``model``; None (and the user told why) when the image does not fit the model."""
+        data = full_resolution(layer)
         grey = bool(layer.rgb and model.in_channels == 1)
         if grey and not self._grey.value:
             _say.error(
@@ -289,28 +390,25 @@ class PredictWidget(Container):
             )
             return None
         if grey:
-            return tuple(layer.data.shape[:-1]), True
+            return tuple(data.shape[:-1]), True
         from napari_unet.core.image import split_channels
 
         try:  # checks the layout only: a zero-strided stand-in, nothing copied
             checked, has_channels = split_channels(
-                np.broadcast_to(np.zeros((), np.uint8), layer.data.shape), model.in_channels
+                np.broadcast_to(np.zeros((), np.uint8), data.shape), model.in_channels
             )
         except ValueError as err:
             _say.error(f"'{layer.name}' does not fit the model: {err}")
             return None
         return tuple(checked.shape[:-1] if has_channels else checked.shape), False
 
-    def _on_predict(self) -> None:
+    def _on_rest(self, _value=None) -> None:
+        self._on_predict(rest=True)
+
+    def _on_predict(self, _value=None, *, rest: bool = False) -> None:
         layer = self._image.value
         if layer is None:
             _say.warning("add or open an image layer to predict")
-            return
-        if layer.multiscale:
-            _say.error(
-                f"'{layer.name}' is multiscale; predict its full-resolution level as a "
-                "separate layer (viewer.add_image(layer.data[0]))"
-            )
             return
         make_current = self._model_choice.value == FILE and self._make_current.value
         if make_current and not self._session.check_free(CHANGE, _say):
@@ -322,11 +420,20 @@ class PredictWidget(Container):
         if make_current:
             self._session.set_model(model, f"file: {Path(self._model_file.value).name}")
         try:
-            events = self._prepare(layer, model, *layout)
+            if self._run_on.value != THIS_PROCESS:
+                events = self._prepare_cluster(layer, model)
+            elif goes_lazy(full_resolution(layer), layout[0]):
+                events = self._prepare_large(layer, model, *layout, rest=rest)
+            else:
+                events = self._prepare(layer, model, *layout)
         except Exception as err:  # e.g. the image cannot be read into memory
             self._run = None
             _say.error(f"could not start: {err}")
             return
+        self._start(events)
+
+    def _start(self, events) -> None:
+        """Run the worker's generator ``events`` for ``self._run``."""
         self._task = Task(
             events,
             _say,
@@ -342,7 +449,8 @@ class PredictWidget(Container):
         started = self._task.start()  # claims the model right before the worker starts
         self.worker = self._task.worker
         if not started:
-            self._discard(self._run)
+            if isinstance(self._run, _Run):
+                self._discard(self._run)
             self._task = self._run = None
             self._status.value = "not started"
             self._set_running(False)
@@ -353,7 +461,8 @@ class PredictWidget(Container):
         if self._planes.value == PLANE:  # the viewed plane; the image may end in channels
             step = layer.world_to_data(self._viewer.dims.point)
             prefix = plane_index(shape, step[: len(shape)])
-        pixels = np.array(layer.data[prefix] if prefix else layer.data)  # the worker's copy
+        data = full_resolution(layer)
+        pixels = np.array(data[prefix] if prefix else data)  # the worker's copy
         center = self._view_center(layer, len(shape))
         self._run = _Run(
             labels=self._output(layer, shape, "prediction"),
@@ -374,6 +483,116 @@ class PredictWidget(Container):
             threshold=self._threshold.value,
             min_size=None if self._auto_size.value else self._min_size.value,
             expand=self._expand.value,
+        )
+
+    def _prepare_large(
+        self, layer: Image, model: UNet, shape: tuple[int, ...], grey: bool, *, rest: bool
+    ):
+        """The run of a lazy image's :class:`_LargeJob` (made, or kept from an earlier run with
+        the same model and settings) over the blocks in view and those their labels need
+        (``rest``: over all blocks left), nearest to the view first; its generator."""
+        from napari_unet.core.regions import PlaneStream
+        from napari_unet.core.tiling import auto_tile
+
+        from . import _large
+
+        data, prefix = full_resolution(layer), ()
+        if len(shape) > 2:
+            if self._planes.value == ALL_PLANES:
+                raise ValueError(
+                    f"'{layer.name}' is too large to read whole; predict it a plane at a time "
+                    f"('{PLANE}')"
+                )
+            step = layer.world_to_data(self._viewer.dims.point)
+            prefix = plane_index(shape, step[: len(shape)])
+            data = _lazy_plane(data, prefix)
+        plane_shape = shape[len(prefix) :]
+        if tuple(data.shape[:2]) != tuple(plane_shape):
+            raise ValueError(
+                f"'{layer.name}' has its channels first (shape {data.shape}); a large image is "
+                "predicted from (y, x) or (y, x, channels) planes"
+            )
+        instance = instance_settings(
+            model,
+            self._threshold.value,
+            None if self._auto_size.value else self._min_size.value,
+            self._expand.value,
+        )
+        step = self._tile.value or auto_tile(plane_shape, model)
+        key = (id(model), prefix, step, self._flips.value, tuple(sorted(instance.items())))
+        job = self._large.get(id(layer))
+        if job is None or job.key != key or not job.output.shown:
+            stream = PlaneStream(
+                model,
+                data,
+                step=step,
+                halo=_large.CELL_HALO,
+                instance=instance,
+                flips=self._flips.value,
+                sample_block=_large.SAMPLE[0],
+                sample_values=_large.SAMPLE[1],
+            )
+            output = LazyOutput(self._viewer, layer, stream, len(shape))
+            job = self._large[id(layer)] = _LargeJob(layer, key, stream, output)
+        stream = job.stream
+        center = self._view_center(layer, len(shape))
+        if rest:
+            order = stream.by_distance(range(len(stream.blocks)), center)
+        else:
+            seen = stream.overlapping(visible_region(self._viewer, layer, len(shape), plane_shape))
+            order = stream.by_distance(seen, center)
+            order += stream.by_distance(stream.needed(seen) - set(seen), center)
+        todo = [i for i in order if i not in stream.predicted]
+        self._run = _LargeRun(job, total=len(todo))
+        return stream.run(model, todo)
+
+    def _prepare_cluster(self, layer: Image, model: UNet):
+        """The job that segments ``layer``'s file on a dask cluster; its generator."""
+        import tempfile
+        from types import SimpleNamespace
+
+        from napari_unet._batch import _record
+        from napari_unet.core.blocks import DEFAULT_BLOCK, DEFAULT_HALO
+
+        info = layer_file(layer)
+        workers = scheduler = None
+        if self._run_on.value == SCHEDULER:
+            scheduler = self._scheduler.value.strip()
+            if not scheduler:
+                raise ValueError("enter the address of a running dask scheduler (tcp://host:8786)")
+        else:
+            workers = self._workers.value
+        instance = instance_settings(
+            model,
+            self._threshold.value,
+            None if self._auto_size.value else self._min_size.value,
+            self._expand.value,
+        )
+        flips = self._flips.value
+        record = {
+            **_record(SimpleNamespace(model=self._session.label), model),
+            "instances": instance,
+            "flips": flips,
+        }
+        folder, temporary = Path(self._out_folder.value or ""), None
+        if str(folder) in ("", "."):
+            folder = temporary = Path(tempfile.mkdtemp(prefix="napari-unet-"))
+        target, n = folder / f"{info.stem}_labels.ome.zarr", 1
+        while target.exists():  # never replace a folder the user has
+            n += 1
+            target = folder / f"{info.stem}_labels-{n}.ome.zarr"
+        self._run = _ClusterRun(layer, target, temporary)
+        return cluster_job(
+            model,
+            info,
+            target,
+            workers=workers,
+            scheduler=scheduler,
+            record=record,
+            block=self._tile.value or DEFAULT_BLOCK,
+            halo=DEFAULT_HALO,
+            flips=flips,
+            instance=instance,
         )
 
     # ------------------------------------------------------------------- output layers
@@ -452,6 +671,38 @@ class PredictWidget(Container):
     # --------------------------------------------------------------- worker callbacks
     def _on_tile(self, result) -> None:
         run = self._run
+        if isinstance(run, _ClusterRun):
+            run.done, run.total = result
+            self._progress.max = max(1, run.total)
+            self._progress.value = run.done
+            if not self._task.cancelling:
+                text = f"task {run.done}/{run.total}" if run.total else "starting the cluster…"
+                self._status.value = text
+            return
+        if isinstance(run, _LargeRun):
+            self._on_block(run, result)
+        else:
+            self._on_streamed_tile(run, result)
+        if time.perf_counter() - self._last_refresh >= REFRESH_INTERVAL:
+            self._refresh_layers()
+        elif not self._refresh_timer.isActive():
+            self._refresh_timer.start()
+
+    def _on_block(self, run: _LargeRun, event) -> None:
+        from napari_unet.core.regions import BlockProbabilities
+
+        if isinstance(event, BlockProbabilities):
+            run.job.output.write("probability", event.region, event.probabilities)
+            run.done += 1
+            self._progress.max = max(1, run.total)
+            self._progress.value = run.done
+            if not self._task.cancelling:
+                self._status.value = f"block {run.done}/{run.total}"
+        else:
+            run.job.output.write("prediction", event.region, event.labels)
+        run.dirty = True
+
+    def _on_streamed_tile(self, run: _Run, result) -> None:
         index = run.prefix + result.plane
         run.labels.layer.data[index][result.region] = result.probabilities > run.threshold
         if run.probability is not None:
@@ -463,10 +714,6 @@ class PredictWidget(Container):
         self._progress.value = run.done
         if not self._task.cancelling:
             self._status.value = f"tile {run.done}/{run.total}"
-        if time.perf_counter() - self._last_refresh >= REFRESH_INTERVAL:
-            self._refresh_layers()
-        elif not self._refresh_timer.isActive():
-            self._refresh_timer.start()
 
     def _on_refresh_timer(self) -> None:
         if self._run is not None:
@@ -478,9 +725,7 @@ class PredictWidget(Container):
         run = self._run
         if not run.dirty:
             return
-        run.labels.layer.refresh()
-        if run.probability is not None:
-            run.probability.layer.refresh()
+        run.refresh()
         run.dirty = False
         self._last_refresh = time.perf_counter()
 
@@ -494,6 +739,12 @@ class PredictWidget(Container):
         self._refresh_layers()
         self._run = self._task = None
         self._set_running(False)
+        if isinstance(run, _LargeRun):
+            self._large_done(run, outcome)
+            return
+        if isinstance(run, _ClusterRun):
+            self._cluster_done(run, outcome)
+            return
         outputs = [out for out in (run.labels, run.probability) if out is not None]
         kept = (
             "; the earlier prediction is unchanged"
@@ -519,6 +770,52 @@ class PredictWidget(Container):
             cells = int(labels.max(initial=0))
             self._status.value = f"done: {cells} cell(s) in {run.total} tile(s)"
 
+    def _large_done(self, run: _LargeRun, outcome: Outcome) -> None:
+        stream = run.job.stream
+        n = len(stream.blocks)
+        text = (
+            f"{run.done} block(s) predicted, {n - stream.left}/{n} labelled, "
+            f"{stream.cells} cell(s)"
+        )
+        if outcome.error is not None:
+            self._status.value = f"failed; {text} (kept)"
+        elif outcome.cancelled:
+            self._status.value = f"cancelled; {text} (kept)"
+        else:
+            more = "; 'Predict the rest' for the others" if stream.left else ""
+            self._status.value = f"done: {text}{more}"
+
+    def _cluster_done(self, run: _ClusterRun, outcome: Outcome) -> None:
+        import shutil
+        import weakref
+
+        if outcome.error is not None or outcome.cancelled:
+            if run.temporary is not None:
+                shutil.rmtree(run.temporary, ignore_errors=True)
+            what = "failed" if outcome.error is not None else "cancelled"
+            self._status.value = f"{what}; nothing written"
+            return
+        result = outcome.value
+        levels = open_labels(result.labels)
+        image, n = run.image, len(run.image.scale)
+        layer = Labels(
+            levels,
+            multiscale=len(levels) > 1,
+            name=free_name(self._viewer, f"{image.name} prediction (cluster)"),
+            scale=image.scale[n - 2 :],
+            translate=image.translate[n - 2 :],
+            units=image.units[n - 2 :],
+            metadata={MADE: "prediction (cluster)", OF: image.name},
+        )
+        add_quietly(self._viewer, layer)
+        if run.temporary is not None:
+            cleanup = weakref.finalize(layer, shutil.rmtree, str(run.temporary), True)
+            self._temporary[id(layer)] = cleanup
+        where = "a temporary folder" if run.temporary is not None else str(result.labels)
+        self._status.value = (
+            f"done: {result.cells} cell(s) in {result.blocks} block(s), saved in {where}"
+        )
+
     @staticmethod
     def _place(layer, values: np.ndarray, prefix: tuple[int, ...]) -> None:
         if not prefix:
@@ -528,3 +825,11 @@ class PredictWidget(Container):
             layer.data = layer.data.astype(values.dtype)
         layer.data[prefix] = values
         layer.refresh()
+
+
+def _lazy_plane(data, prefix: tuple[int, ...]):
+    """Plane ``prefix`` of the lazy stack ``data`` (dask or zarr), still lazy."""
+    import dask.array as da
+
+    stack = data if isinstance(data, da.Array) else da.from_array(data)
+    return stack[prefix]

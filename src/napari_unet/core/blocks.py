@@ -19,12 +19,16 @@ from .image import PERCENTILES, rescale, to_grey
 from .tiling import Tile, plan_tiles
 
 __all__ = [
+    "DEFAULT_BLOCK",
+    "DEFAULT_HALO",
     "SAMPLE_VALUES",
     "Normalisation",
     "plan_blocks",
     "mirror_indices",
     "read_padded",
     "cell_window",
+    "overlapping",
+    "assemble",
     "sample_blocks",
     "estimate_normalisation",
     "predict_block",
@@ -33,6 +37,10 @@ __all__ = [
     "GreySource",
 ]
 
+DEFAULT_BLOCK = 1024
+"""Output side of a block (px): one task's prediction; its memory is the automatic tile's."""
+DEFAULT_HALO = 128
+"""Cell halo (px) around a block when labelling: larger than a cell, so cells are whole."""
 SAMPLE_VALUES = 2**24
 """Pixels of the normalisation sample: a lattice of blocks (every ``sy``-th block row, every
 ``sx``-th block column) of about this many pixels."""
@@ -116,6 +124,35 @@ def cell_window(region: tuple[slice, slice], halo: int, shape) -> tuple[slice, s
         slice(max(0, s.start - halo), min(n, s.stop + halo))
         for s, n in zip(region, shape, strict=True)
     )
+
+
+def overlapping(region: tuple[slice, slice], regions) -> list[int]:
+    """Indices of the ``regions`` (``(slice, slice)``) that overlap ``region``."""
+    return [
+        i
+        for i, r in enumerate(regions)
+        if r[0].start < region[0].stop
+        and region[0].start < r[0].stop
+        and r[1].start < region[1].stop
+        and region[1].start < r[1].stop
+    ]
+
+
+def assemble(window: tuple[slice, slice], regions, parts) -> np.ndarray:
+    """``(h, w)`` float32 of the plane's ``window`` from ``parts`` (arrays of the plane's
+    ``regions``, ``(slice, slice)`` each, that together cover it)."""
+    out = np.empty([s.stop - s.start for s in window], np.float32)
+    for region, part in zip(regions, parts, strict=True):
+        rows = slice(max(region[0].start, window[0].start), min(region[0].stop, window[0].stop))
+        cols = slice(max(region[1].start, window[1].start), min(region[1].stop, window[1].stop))
+        out[
+            rows.start - window[0].start : rows.stop - window[0].start,
+            cols.start - window[1].start : cols.stop - window[1].start,
+        ] = part[
+            rows.start - region[0].start : rows.stop - region[0].start,
+            cols.start - region[1].start : cols.stop - region[1].start,
+        ]
+    return out
 
 
 def sample_blocks(
@@ -213,8 +250,11 @@ def model_source(source, in_channels: int):
 
 
 def opened(source):
-    """A context giving the ``(H, W[, C])`` array of ``source`` (its ``open()``, or itself)."""
-    return source.open() if hasattr(source, "open") else nullcontext(source)
+    """A context giving the ``(H, W[, C])`` array of ``source`` (its ``open()``, or itself
+    when it is sliceable already: a zarr array's ``open`` is no such context)."""
+    if hasattr(source, "open") and not hasattr(source, "__getitem__"):
+        return source.open()
+    return nullcontext(source)
 
 
 @dataclass(frozen=True)

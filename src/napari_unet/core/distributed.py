@@ -23,19 +23,24 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from distributed import Client, LocalCluster, WorkerPlugin, get_worker
+from distributed import Client, LocalCluster, WorkerPlugin, get_worker, wait
 
 from .blocks import (
+    DEFAULT_BLOCK,
+    DEFAULT_HALO,
     Normalisation,
+    assemble,
     cell_window,
     estimate_normalisation,
     model_source,
     opened,
+    overlapping,
     plan_blocks,
     predict_block,
 )
@@ -48,25 +53,27 @@ __all__ = [
     "connect",
     "share_model",
     "segment_large",
+    "segment_large_steps",
     "segment_small",
     "LargeResult",
 ]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BLOCK = 1024
-"""Output side of a block (px): one task's prediction; its memory is the automatic tile's."""
-DEFAULT_HALO = 128
-"""Cell halo (px) around a block when labelling: larger than a cell, so cells are whole."""
-
 
 @contextmanager
-def connect(workers: int | None = None, scheduler: str | None = None, memory_limit="auto"):
+def connect(
+    workers: int | None = None,
+    scheduler: str | None = None,
+    memory_limit="auto",
+    timeout: float | None = None,
+):
     """Yield a :class:`distributed.Client`: to ``scheduler`` (an address such as
-    ``tcp://host:8786``) or to a new ``LocalCluster`` of ``workers`` single-threaded processes
-    (closed at the end)."""
+    ``tcp://host:8786``; OSError when it cannot be reached within ``timeout`` seconds, dask's
+    configured timeout by default) or to a new ``LocalCluster`` of ``workers`` single-threaded
+    processes (closed at the end)."""
     if scheduler is not None:
-        with Client(scheduler) as client:
+        with Client(scheduler, **({"timeout": timeout} if timeout else {})) as client:
             yield client
         return
     with (
@@ -145,17 +152,7 @@ def _predict_task(name, source, block, norm: Normalisation, flips: bool) -> np.n
 def _cells_task(window, core, shape, regions, instance: dict, *probs):
     from .instances import to_instances
 
-    prob = np.empty([s.stop - s.start for s in window], np.float32)
-    for region, p in zip(regions, probs, strict=True):
-        rows = slice(max(region[0].start, window[0].start), min(region[0].stop, window[0].stop))
-        cols = slice(max(region[1].start, window[1].start), min(region[1].stop, window[1].stop))
-        prob[
-            rows.start - window[0].start : rows.stop - window[0].start,
-            cols.start - window[1].start : cols.stop - window[1].start,
-        ] = p[
-            rows.start - region[0].start : rows.stop - region[0].start,
-            cols.start - region[1].start : cols.stop - region[1].start,
-        ]
+    prob = assemble(window, regions, probs)
     return owned_cells(to_instances(prob, **instance), window, core, shape)
 
 
@@ -217,19 +214,18 @@ class LargeResult:
     blocks: int
 
 
-def _overlapping(region, regions) -> list[int]:
-    """Indices of the ``regions`` (``(slice, slice)``) that overlap ``region``."""
-    return [
-        i
-        for i, r in enumerate(regions)
-        if r[0].start < region[0].stop
-        and region[0].start < r[0].stop
-        and r[1].start < region[1].stop
-        and region[1].start < r[1].stop
-    ]
+def segment_large(client: Client, name: str, model, source, labels, **options) -> LargeResult:
+    """Predict and label one large plane block by block on the cluster of ``client``; takes
+    the arguments of :func:`segment_large_steps` and waits for the end."""
+    steps = segment_large_steps(client, name, model, source, labels, **options)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as end:
+            return end.value
 
 
-def segment_large(
+def segment_large_steps(
     client: Client,
     name: str,
     model,
@@ -243,8 +239,11 @@ def segment_large(
     pixel_size=None,
     metadata: dict | None = None,
     work: str | os.PathLike | None = None,
-) -> LargeResult:
-    """Predict and label one large plane block by block on the cluster of ``client``.
+    poll: float = 0.5,
+) -> Iterator[tuple[int, int]]:
+    """Predict and label one large plane block by block on the cluster of ``client``: a
+    generator yielding ``(tasks done, tasks)`` at least every ``poll`` seconds, returning a
+    :class:`LargeResult`. Closing it cancels the job's futures (a running task finishes).
 
     Parameters
     ----------
@@ -269,10 +268,6 @@ def segment_large(
     work
         Folder in which a scratch folder for the provisional ids is made (default: beside
         ``labels``); removed at the end, and those of killed runs at the next run.
-
-    Returns
-    -------
-    LargeResult
     """
     import dask
 
@@ -325,7 +320,7 @@ def segment_large(
         windows = [cell_window(core, halo, shape) for core in cores]
         cells = []
         for b, window in zip(blocks, windows, strict=True):
-            near = _overlapping(window, cores)
+            near = overlapping(window, cores)
             regions = [cores[j] for j in near]
             cells.append(
                 d(_cells_task, pure=True)(
@@ -336,7 +331,7 @@ def segment_large(
         offsets = d(_offsets, pure=True)(*counts)
         done = []
         for b in blocks:
-            near = _overlapping(b.inner, windows)
+            near = overlapping(b.inner, windows)
             painted = d(_paint_task)(
                 store, b.inner, near, [windows[j] for j in near], *[cells[j] for j in near]
             )
@@ -345,7 +340,18 @@ def segment_large(
         for level, level_shape in enumerate(pyramid_shapes(shape, chunks)[1:], start=1):
             for region in _chunks(level_shape, chunks):
                 levels.append(d(_level_task)(str(labels), level, region, *done))
-        totals, _ = dask.compute(counts, levels, scheduler=client)
+        futures = client.compute([*counts, *done, *levels])
+        try:
+            while True:
+                try:
+                    wait(futures, timeout=poll)
+                    break
+                except TimeoutError:
+                    yield sum(f.done() for f in futures), len(futures)
+            totals = client.gather(futures[: len(counts)])
+            client.gather(futures[len(counts) :])  # raises a failed task's error
+        finally:
+            client.cancel(futures)  # nothing left to run once the job ends or is abandoned
     cells_n = int(sum(t[0] for t in totals))
     cut = int(sum(t[1] for t in totals))
     mark_complete(root, cells=cells_n, cut_cells=cut)

@@ -1,0 +1,213 @@
+"""A large plane predicted region by region in this process, in any order, never read whole.
+
+:class:`PlaneStream` holds what has been done of one plane between runs: each run predicts the
+blocks it is given (:func:`~napari_unet.core.blocks.predict_block`, one shared
+:class:`~napari_unet.core.blocks.Normalisation` estimated once from the same lattice sample as
+:func:`~napari_unet.core.distributed.segment_large`'s, so every block's probabilities equal
+``segment_large``'s and ``predict``'s), yields them one by one, and labels cells with the seam
+rule of :mod:`~napari_unet.core.seams` as soon as a block's neighbourhood is predicted: a
+block's window (its core grown by the cell halo) is labelled once every block it overlaps is
+predicted, and a block's labels are final once every window that reaches into it is labelled.
+Ids are unique: the cells a window owns get the next free ids when it is labelled. Only the
+probabilities and owned cells still needed by an unfinished neighbour stay in memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from .blocks import (
+    DEFAULT_BLOCK,
+    DEFAULT_HALO,
+    SAMPLE_VALUES,
+    assemble,
+    cell_window,
+    estimate_normalisation,
+    model_source,
+    opened,
+    plan_blocks,
+    predict_block,
+)
+from .seams import final_ids, owned_cells, paint
+
+__all__ = ["BlockProbabilities", "BlockLabels", "PlaneStream"]
+
+
+@dataclass(frozen=True)
+class BlockProbabilities:
+    """``(h, w)`` float32 foreground ``probabilities`` of ``region`` (block ``index``)."""
+
+    index: int
+    region: tuple[slice, slice]
+    probabilities: np.ndarray
+
+
+@dataclass(frozen=True)
+class BlockLabels:
+    """Final ``(h, w)`` uint32 instance ``labels`` of ``region`` (block ``index``)."""
+
+    index: int
+    region: tuple[slice, slice]
+    labels: np.ndarray
+
+
+class PlaneStream:
+    """Prediction and instance labelling of one ``(H, W[, C])`` plane, block by block.
+
+    Parameters
+    ----------
+    model
+        A :class:`~napari_unet.UNet`; RGB(A) planes are seen as grey by a one-channel model.
+    source
+        The plane: anything sliceable (a dask or zarr array, a memory map), read a block with
+        its margin at a time.
+    step
+        Block side (px, on the pooling grid as tiles are): a run yields once per block.
+    halo
+        Cell halo (px): larger than a cell, so cells are whole across blocks.
+    instance
+        Keyword arguments of :func:`~napari_unet.to_instances`.
+    flips
+        Average the 8 flips and quarter turns (see :func:`~napari_unet.predict`).
+    sample_block, sample_values
+        Block side of the normalisation sample's lattice (that of ``segment_large``), and its
+        most pixels (see :func:`~napari_unet.core.blocks.sample_blocks`).
+    """
+
+    def __init__(
+        self,
+        model,
+        source,
+        *,
+        step: int,
+        halo: int = DEFAULT_HALO,
+        instance: dict | None = None,
+        flips: bool = False,
+        sample_block: int = DEFAULT_BLOCK,
+        sample_values: int = SAMPLE_VALUES,
+    ) -> None:
+        self.source = model_source(source, model.in_channels)
+        self.shape = tuple(int(n) for n in source.shape[:2])
+        self.blocks = plan_blocks(self.shape, model, step)
+        self.cores = [b.inner for b in self.blocks]
+        self._corners = np.array(
+            [(r.start, r.stop, c.start, c.stop) for r, c in self.cores], dtype=np.int64
+        )
+        windows = [cell_window(core, halo, self.shape) for core in self.cores]
+        self.windows = windows
+        # window j overlaps core k <=> block k's probabilities are read to label window j
+        # <=> window j's cells are painted into core k: one neighbourhood serves both ways
+        self._near = [self.overlapping(w) for w in windows]
+        self._sample = plan_blocks(self.shape, model, sample_block)
+        self._sample_values = sample_values
+        self.instance = dict(instance or {})
+        self.flips = flips
+        self.norm = None
+        self.predicted: set[int] = set()
+        self.painted: set[int] = set()
+        self.cells = 0  # ids handed out so far
+        self.cut = 0  # cells that reach past their window (larger than the halo)
+        self._labelled: set[int] = set()
+        self._offsets = np.zeros(len(self.blocks), np.uint64)
+        self._probs: dict[int, np.ndarray] = {}
+        self._owned: dict[int, np.ndarray] = {}
+
+    @property
+    def chunks(self) -> tuple[int, int]:
+        """``(h, w)`` of the first block: every block of an axis but the last has its size."""
+        return tuple(s.stop - s.start for s in self.cores[0])
+
+    def overlapping(self, region: tuple[slice, slice]) -> list[int]:
+        """Indices of the blocks whose core overlaps ``region`` (plane coordinates), as
+        :func:`~napari_unet.core.blocks.overlapping` finds them (vectorised: many blocks)."""
+        (rows, cols), c = region, self._corners
+        hit = (c[:, 0] < rows.stop) & (rows.start < c[:, 1])
+        hit &= (c[:, 2] < cols.stop) & (cols.start < c[:, 3])
+        return np.flatnonzero(hit).tolist()
+
+    def needed(self, indices: Iterable[int]) -> set[int]:
+        """The blocks to predict so that the labels of blocks ``indices`` are final."""
+        windows = {j for k in indices for j in self._near[k]}
+        return {i for j in windows for i in self._near[j]}
+
+    def by_distance(self, indices: Iterable[int], center: tuple[float, float]) -> list[int]:
+        """``indices`` nearest to ``center`` (``(y, x)``) first."""
+
+        def distance(i: int) -> float:
+            (rows, cols) = self.cores[i]
+            cy, cx = (rows.start + rows.stop) / 2, (cols.start + cols.stop) / 2
+            return (cy - center[0]) ** 2 + (cx - center[1]) ** 2
+
+        return sorted(indices, key=lambda i: (distance(i), i))
+
+    @property
+    def left(self) -> int:
+        """Blocks whose labels are not final yet."""
+        return len(self.blocks) - len(self.painted)
+
+    def run(
+        self, model, indices: Iterable[int], device=None
+    ) -> Iterator[BlockProbabilities | BlockLabels]:
+        """Predict the blocks ``indices`` not predicted yet, in that order; yields each one's
+        :class:`BlockProbabilities`, and the :class:`BlockLabels` of every block whose labels
+        became final. The first run estimates the normalisation (reading its sample). Closed
+        between two yields, the stream stays consistent: a later run goes on from there."""
+        with opened(self.source) as plane:
+            if self.norm is None:
+                self.norm = estimate_normalisation(plane, self._sample, values=self._sample_values)
+            for i in sorted(self.predicted):  # a run closed before labelling its last block
+                yield from self._label_around(i)
+            for i in indices:
+                if i in self.predicted:
+                    continue
+                block = self.blocks[i]
+                probs = predict_block(
+                    model, plane, block, self.norm, flips=self.flips, device=device
+                )
+                self._probs[i] = probs
+                self.predicted.add(i)
+                yield BlockProbabilities(i, self.cores[i], probs)
+                yield from self._label_around(i)
+
+    def _label_around(self, i: int) -> Iterator[BlockLabels]:
+        """Label the windows that block ``i`` completed; yield the cores they completed."""
+        for j in self._near[i]:
+            if j not in self._labelled and self.predicted.issuperset(self._near[j]):
+                self._label(j)
+        for j in self._near[i]:
+            for k in self._near[j] if j in self._labelled else ():
+                if k not in self.painted and self._labelled.issuperset(self._near[k]):
+                    pieces = [(p, self.windows[p], self._owned[p]) for p in self._near[k]]
+                    ids = final_ids(paint(self.cores[k], pieces), self._offsets, np.uint32)
+                    self.painted.add(k)
+                    self._forget(k)
+                    yield BlockLabels(k, self.cores[k], ids)
+
+    def _label(self, j: int) -> None:
+        """Label window ``j`` (every block it overlaps is predicted); its cells get the next
+        free ids."""
+        from .instances import to_instances
+
+        near = self._near[j]
+        cores, probs = [self.cores[i] for i in near], [self._probs[i] for i in near]
+        prob = assemble(self.windows[j], cores, probs)
+        owned, n, cut = owned_cells(
+            to_instances(prob, **self.instance), self.windows[j], self.cores[j], self.shape
+        )
+        self._owned[j] = owned
+        self._offsets[j] = self.cells
+        self.cells += n
+        self.cut += cut
+        self._labelled.add(j)
+        for i in near:  # probabilities no window still needs
+            if self._labelled.issuperset(self._near[i]):
+                self._probs.pop(i, None)
+
+    def _forget(self, k: int) -> None:
+        """Drop the owned cells of the windows whose every core is painted (``k`` just was)."""
+        for j in self._near[k]:
+            if self.painted.issuperset(self._near[j]):
+                self._owned.pop(j, None)

@@ -1,0 +1,198 @@
+"""Predict on large images: lazy layers region by region (visible first), and a dask cluster."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_unet._widgets import _large
+from napari_unet._widgets._session import session_for
+from napari_unet._widgets.predict import LOCAL_CLUSTER, PredictWidget
+
+da = pytest.importorskip("dask.array")
+zarr = pytest.importorskip("zarr")
+
+TIMEOUT = 60_000
+STEP = 64  # block side (the dock's tile size)
+
+
+@pytest.fixture
+def small_budget(monkeypatch):
+    """Lazy path for small arrays: a 512 x 512 plane is 'large', sampled on 4 of its 64 blocks."""
+    monkeypatch.setattr(_large, "LAZY_PIXELS", 1000)
+    monkeypatch.setattr(_large, "SAMPLE", (STEP, 4 * STEP * STEP))
+    monkeypatch.setattr(_large, "CELL_HALO", 16)
+
+
+@pytest.fixture(scope="module")
+def pattern():
+    """(512, 512) uint16: one random 64 x 64 block repeated, so that every block, and so any
+    sample of blocks, has the whole image's percentiles (the same normalisation as predict)."""
+    block = np.random.default_rng(0).integers(0, 4000, (STEP, STEP)).astype(np.uint16)
+    return np.tile(block, (8, 8))
+
+
+def counted(image, reads):
+    """``image`` as a dask array that notes each chunk read."""
+
+    def note(chunk, block_info=None):
+        reads.add(tuple(block_info[0]["chunk-location"]))
+        return chunk
+
+    return da.from_array(image, chunks=STEP).map_blocks(note, dtype=image.dtype)
+
+
+def dock(viewer, model):
+    session_for(viewer).set_model(model, "test")
+    widget = PredictWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget._tile.value = STEP
+    return widget
+
+
+def look_at(viewer, center, width):
+    """Centre the camera on ``center`` ``(y, x)`` with about ``width`` px in view."""
+    camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera
+    camera.center = center
+    camera.zoom = max(viewer.canvas.size) / width
+
+
+def click(widget, button, qtbot, seen=None):
+    button.native.click()
+    if seen is not None:
+        widget.worker.yielded.connect(seen.append)
+    with qtbot.waitSignal(widget.worker.finished, timeout=TIMEOUT):
+        pass
+
+
+@pytest.mark.parametrize("kind", ["dask", "zarr"])
+def test_lazy_layer_visible_region_first_then_the_rest(
+    make_napari_viewer, qtbot, small_budget, tiny_unet, pattern, kind, tmp_path
+):
+    from napari_unet import predict
+    from napari_unet.core.regions import BlockLabels, BlockProbabilities
+
+    reads = set()
+    if kind == "dask":
+        data = counted(pattern, reads)
+    else:
+        data = zarr.create_array(
+            tmp_path / "in.zarr",
+            shape=pattern.shape,
+            chunks=(64, 64),
+            dtype=pattern.dtype,
+            zarr_format=2,
+        )
+        data[:] = pattern
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(data, name="big", visible=False)  # napari itself reads nothing
+    widget = dock(viewer, tiny_unet)
+    look_at(viewer, (100, 300), 40)  # blocks (1, 4), maybe their neighbours
+    events = []
+    click(widget, widget._predict, qtbot, events)
+    blocks = [e for e in events if isinstance(e, BlockProbabilities)]
+    out = viewer.layers["big probability (large)"]
+    prob = out.data[0][:]
+    whole = predict(tiny_unet, pattern)
+    starts = [(b.region[0].start, b.region[1].start) for b in blocks]
+    assert starts[0] == (64, 256)  # the block in view first, then what its labels need:
+    near = {(y, x) for y in range(0, 256, 64) for x in range(128, 448, 64)}  # two rings
+    assert set(starts) == near and len(starts) == 20
+    for b in blocks:
+        assert np.abs(prob[b.region] - whole[b.region]).max() <= 1e-5
+    assert not prob[256:].any() and not prob[:, :128].any()  # the rest: not predicted
+    final = [(e.region[0].start, e.region[1].start) for e in events if isinstance(e, BlockLabels)]
+    assert (64, 256) in final and set(final) < near  # the labels in view are final
+    if kind == "dask":
+        assert len(reads) < 64  # of 64 chunks: the sample's, and the blocks' with their margins
+    assert widget._rest.enabled and not widget._status.value.startswith("failed")
+    click(widget, widget._rest, qtbot, events)
+    prob = out.data[0][:]
+    assert np.abs(prob - whole).max() <= 1e-5  # the whole plane, no block twice
+    labels = viewer.layers["big prediction (large)"].data[0][:]
+    stream = widget._large[id(layer)].stream
+    assert stream.left == 0 and not widget._rest.enabled
+    assert sum(isinstance(e, BlockLabels) for e in events) == 64
+    assert set(np.unique(labels)) - {0} == set(range(1, stream.cells + 1))  # ids unique
+    coarse = out.data[1][:]
+    np.testing.assert_array_equal(coarse, prob[::2, ::2])  # the pyramid follows
+
+
+def test_multiscale_layer_is_predicted_at_full_resolution(
+    make_napari_viewer, qtbot, small_budget, tiny_unet, pattern
+):
+    from napari_unet import predict
+
+    viewer = make_napari_viewer()
+    level0 = da.from_array(pattern, chunks=STEP)
+    viewer.add_image([level0, level0[::2, ::2], level0[::4, ::4]], multiscale=True, name="ms")
+    widget = dock(viewer, tiny_unet)
+    look_at(viewer, (256, 256), 512)
+    click(widget, widget._predict, qtbot)
+    out = viewer.layers["ms probability (large)"]
+    assert out.multiscale and out.data[0].shape == (512, 512)
+    prob = out.data[0][:]
+    assert np.abs(prob - predict(tiny_unet, pattern)).max() <= 1e-5  # all of it was in view
+
+
+def test_numpy_layer_cannot_go_to_a_cluster(make_napari_viewer, tiny_unet, pattern, notes):
+    viewer = make_napari_viewer()
+    viewer.add_image(pattern, name="mem")
+    widget = dock(viewer, tiny_unet)
+    widget._run_on.value = LOCAL_CLUSTER
+    widget._predict.native.click()
+    assert widget.worker is None and [layer.name for layer in viewer.layers] == ["mem"]
+    assert any("held in memory with no file" in n.message for n in notes)
+    assert not session_for(viewer).busy and widget._predict.enabled
+
+
+@pytest.fixture(scope="module")
+def ome_zarr(tmp_path_factory, whole_sample):
+    """A (256, 384) crop of the sample as an OME-Zarr image on disk."""
+    from napari_unet.core.zarrio import create_labels
+
+    path = tmp_path_factory.mktemp("cluster") / "cells.ome.zarr"
+    image = whole_sample[0][:256, :384]
+    root = create_labels(path, image.shape, (128, 128), np.uint16)
+    root["0"][:] = image
+    return path
+
+
+def test_cluster_route_equals_the_cli_and_cancel_stops_it(
+    make_napari_viewer, qtbot, ome_zarr, tmp_path
+):
+    import multiprocessing
+
+    from napari_unet import load_bundled
+    from napari_unet.cli import main
+
+    model = load_bundled()
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(zarr.open_array(str(ome_zarr), path="0", mode="r"), name="cells")
+    widget = dock(viewer, model)
+    widget._tile.value = 128
+    widget._run_on.value = LOCAL_CLUSTER
+    widget._workers.value = 1
+    widget._out_folder.value = str(tmp_path)
+    click(widget, widget._predict, qtbot)
+    assert widget._status.value.startswith("done"), widget._status.value
+    shown = viewer.layers["cells prediction (cluster)"]
+    target = tmp_path / "cells_labels.ome.zarr"
+    assert str(shown.data[0].store.root) == str(target)
+    assert shown.scale.tolist() == layer.scale.tolist()
+    out = tmp_path / "cli"
+    argv = ["predict", str(ome_zarr), "--out", str(out), "--workers", "1", "--block", "128"]
+    assert main(argv) == 0
+    expected = zarr.open_array(str(out / "cells_labels.ome.zarr"), path="0", mode="r")[:]
+    np.testing.assert_array_equal(zarr.open_array(str(target), path="0", mode="r")[:], expected)
+    # cancel: at the first progress of the job itself
+    widget._out_folder.value = ""
+    widget._tile.value = 32  # many small blocks
+    widget._predict.native.click()
+    worker = widget.worker
+    worker.yielded.connect(lambda p: p[1] and widget._cancel.native.click())
+    with qtbot.waitSignal(worker.finished, timeout=TIMEOUT):
+        pass
+    assert widget._status.value.startswith("cancelled")
+    assert [la.name for la in viewer.layers] == ["cells", "cells prediction (cluster)"]
+    assert not multiprocessing.active_children()  # the LocalCluster it started is closed

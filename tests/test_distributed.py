@@ -145,6 +145,22 @@ def test_non_square_blocks_each_own_their_chunks(client, large_run, bundled, who
     assert n_ref > 10 and matched == n_ref == n_out
 
 
+def test_cluster_and_plane_stream_normalise_alike_whatever_the_block(
+    client, large_run, bundled, whole, tmp_path
+):
+    from napari_unet.core.distributed import segment_large
+    from napari_unet.core.regions import PlaneStream
+
+    image, sample = whole[0][:256, :256], {"sample_block": 128, "sample_values": 2 * 128 * 128}
+    result = segment_large(
+        client, large_run[0], bundled, image, tmp_path / "n.ome.zarr", block=96, **sample
+    )
+    stream = PlaneStream(bundled, image, step=64, **sample)
+    list(stream.run([]))  # estimates the normalisation only
+    assert stream.norm == result.normalisation  # one lattice, not the task blocks'
+    assert stream.norm.blocks < stream.norm.total  # a sample, not the whole plane
+
+
 def test_label_image_is_complete_only_once_marked(tmp_path):
     from napari_unet.core.zarrio import mark_complete
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+import pytest
+
 from napari_unet import load_bundled, predict, to_instances
 from napari_unet.core.metrics import match_counts
 from napari_unet.core.regions import BlockLabels, BlockProbabilities, PlaneStream
@@ -37,11 +39,11 @@ def test_regions_in_any_order_equal_whole_image_prediction_and_labels(whole_samp
     labels = np.zeros(image.shape, np.uint32)
     painted = []
     first = stream.needed([0])  # what block 0's final labels need
-    events = list(stream.run(model, stream.by_distance(first, (0, 0))))
+    events = list(stream.run(stream.by_distance(first, (0, 0))))
     assert {e.index for e in events if isinstance(e, BlockProbabilities)} == first
     assert first == {0, 1, 2, 4, 5, 6}  # block 0, its neighbours, theirs (two halos)
     assert [e.index for e in events if isinstance(e, BlockLabels)] == [0, 4]  # the final ones
-    rest = stream.run(model, range(len(stream.blocks)))
+    rest = stream.run(range(len(stream.blocks)))
     for event in [*events, *rest]:
         if isinstance(event, BlockProbabilities):
             prob[event.region] = event.probabilities
@@ -56,3 +58,39 @@ def test_regions_in_any_order_equal_whole_image_prediction_and_labels(whole_samp
     assert n_ref > 10 and matched == n_ref == n_out and stream.cut == 0
     assert sorted(np.unique(labels))[1:] == list(range(1, stream.cells + 1))
     assert not stream._probs and not stream._owned  # nothing kept once all is done
+
+
+@pytest.mark.parametrize(
+    ("shape", "step", "interrupt"),
+    [((300, 451), 96, False), ((257, 200, 3), 64, False), ((200, 260), 64, True)],
+    ids=["odd-size", "rgb", "closed-then-resumed"],
+)
+def test_odd_planes_rgb_and_interrupted_runs_equal_predict(tiny_unet, rng, shape, step, interrupt):
+    from itertools import islice
+
+    from napari_unet.core.image import grey_if_rgb
+
+    image = rng.integers(0, 4000, shape).astype(np.uint16)
+    stream = PlaneStream(tiny_unet, image, step=step, halo=64, instance=INSTANCE)
+    events = []
+    if interrupt:  # closed between two yields, then resumed by a later run
+        first = stream.run(range(len(stream.blocks)))
+        events += islice(first, 5)
+        first.close()
+        assert 0 < len(stream.predicted) < len(stream.blocks)
+    events += stream.run(range(len(stream.blocks)))
+    prob = np.full(shape[:2], np.nan, np.float32)
+    labels = np.zeros(shape[:2], np.uint32)
+    painted = []
+    for event in events:
+        if isinstance(event, BlockProbabilities):
+            prob[event.region] = event.probabilities
+        else:
+            labels[event.region] = event.labels
+            painted.append(event.index)
+    assert sorted(painted) == list(range(len(stream.blocks)))  # each block once
+    assert sorted(stream.order) == list(range(len(stream.blocks)))
+    whole = predict(tiny_unet, grey_if_rgb(image, tiny_unet.in_channels))
+    assert np.abs(prob - whole).max() <= 1e-5
+    assert sorted(np.unique(labels))[1:] == list(range(1, stream.cells + 1))  # ids unique
+    assert stream.cells > 0

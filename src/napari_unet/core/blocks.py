@@ -28,6 +28,7 @@ __all__ = [
     "read_padded",
     "cell_window",
     "overlapping",
+    "corners",
     "assemble",
     "sample_blocks",
     "estimate_normalisation",
@@ -127,15 +128,20 @@ def cell_window(region: tuple[slice, slice], halo: int, shape) -> tuple[slice, s
 
 
 def overlapping(region: tuple[slice, slice], regions) -> list[int]:
-    """Indices of the ``regions`` (``(slice, slice)``) that overlap ``region``."""
-    return [
-        i
-        for i, r in enumerate(regions)
-        if r[0].start < region[0].stop
-        and region[0].start < r[0].stop
-        and r[1].start < region[1].stop
-        and region[1].start < r[1].stop
-    ]
+    """Indices of the ``regions`` (``(slice, slice)`` each, or an ``(n, 4)`` int array of
+    ``(y0, y1, x0, x1)`` corners, see :func:`corners`) that overlap ``region``; vectorised."""
+    c = regions if isinstance(regions, np.ndarray) else corners(regions)
+    rows, cols = region
+    hit = (c[:, 0] < rows.stop) & (rows.start < c[:, 1])
+    hit &= (c[:, 2] < cols.stop) & (cols.start < c[:, 3])
+    return np.flatnonzero(hit).tolist()
+
+
+def corners(regions) -> np.ndarray:
+    """``(n, 4)`` int64 ``(y0, y1, x0, x1)`` of ``n`` regions ``(slice, slice)``."""
+    return np.array(
+        [(r.start, r.stop, c.start, c.stop) for r, c in regions], dtype=np.int64
+    ).reshape(-1, 4)
 
 
 def assemble(window: tuple[slice, slice], regions, parts) -> np.ndarray:

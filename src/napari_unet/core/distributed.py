@@ -34,9 +34,11 @@ from distributed import Client, LocalCluster, WorkerPlugin, get_worker, wait
 from .blocks import (
     DEFAULT_BLOCK,
     DEFAULT_HALO,
+    SAMPLE_VALUES,
     Normalisation,
     assemble,
     cell_window,
+    corners,
     estimate_normalisation,
     model_source,
     opened,
@@ -68,12 +70,14 @@ def connect(
     memory_limit="auto",
     timeout: float | None = None,
 ):
-    """Yield a :class:`distributed.Client`: to ``scheduler`` (an address such as
+    """Yield a :class:`distributed.Client` (never the process's default one: other dask work,
+    e.g. napari slicing a dask layer, stays local): to ``scheduler`` (an address such as
     ``tcp://host:8786``; OSError when it cannot be reached within ``timeout`` seconds, dask's
     configured timeout by default) or to a new ``LocalCluster`` of ``workers`` single-threaded
     processes (closed at the end)."""
     if scheduler is not None:
-        with Client(scheduler, **({"timeout": timeout} if timeout else {})) as client:
+        options = {"timeout": timeout} if timeout else {}
+        with Client(scheduler, set_as_default=False, **options) as client:
             yield client
         return
     with (
@@ -84,7 +88,7 @@ def connect(
             dashboard_address=None,
             memory_limit=memory_limit,
         ) as cluster,
-        Client(cluster) as client,
+        Client(cluster, set_as_default=False) as client,
     ):
         yield client
 
@@ -236,6 +240,8 @@ def segment_large_steps(
     halo: int = DEFAULT_HALO,
     flips: bool = False,
     instance: dict | None = None,
+    sample_block: int = DEFAULT_BLOCK,
+    sample_values: int = SAMPLE_VALUES,
     pixel_size=None,
     metadata: dict | None = None,
     work: str | os.PathLike | None = None,
@@ -260,6 +266,10 @@ def segment_large_steps(
         Block side (px, rounded onto the pooling grid as tiles are) and cell halo (px).
     instance
         Keyword arguments of :func:`~napari_unet.to_instances`.
+    sample_block, sample_values
+        The normalisation sample: a lattice of blocks of side ``sample_block`` (independent of
+        ``block``, so every block size normalises alike) of at most about ``sample_values``
+        pixels (see :func:`~napari_unet.core.blocks.sample_blocks`).
     pixel_size
         ``(y, x)`` in micrometres, kept in the label image (``None``: not known).
     metadata
@@ -287,7 +297,8 @@ def segment_large_steps(
     # axis hold one block each, so no two tasks ever write the same chunk
     chunks = tuple(s.stop - s.start for s in blocks[0].inner)
     with opened(source) as plane:
-        norm = estimate_normalisation(plane, blocks)
+        sample = plan_blocks(shape, model, sample_block)
+        norm = estimate_normalisation(plane, sample, values=sample_values)
     labels = Path(labels)
     record = {
         **(metadata or {}),
@@ -318,9 +329,10 @@ def segment_large_steps(
         probs = [d(_predict_task, pure=True)(name, src, b, norm, flips) for b in blocks]
         cores = [b.inner for b in blocks]
         windows = [cell_window(core, halo, shape) for core in cores]
+        core_corners, window_corners = corners(cores), corners(windows)
         cells = []
         for b, window in zip(blocks, windows, strict=True):
-            near = overlapping(window, cores)
+            near = overlapping(window, core_corners)
             regions = [cores[j] for j in near]
             cells.append(
                 d(_cells_task, pure=True)(
@@ -331,7 +343,7 @@ def segment_large_steps(
         offsets = d(_offsets, pure=True)(*counts)
         done = []
         for b in blocks:
-            near = overlapping(b.inner, windows)
+            near = overlapping(b.inner, window_corners)
             painted = d(_paint_task)(
                 store, b.inner, near, [windows[j] for j in near], *[cells[j] for j in near]
             )

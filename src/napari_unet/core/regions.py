@@ -3,8 +3,8 @@
 :class:`PlaneStream` holds what has been done of one plane between runs: each run predicts the
 blocks it is given (:func:`~napari_unet.core.blocks.predict_block`, one shared
 :class:`~napari_unet.core.blocks.Normalisation` estimated once from the same lattice sample as
-:func:`~napari_unet.core.distributed.segment_large`'s, so every block's probabilities equal
-``segment_large``'s and ``predict``'s), yields them one by one, and labels cells with the seam
+:func:`~napari_unet.core.distributed.segment_large`'s, whatever the block sizes, so every block's
+probabilities equal ``segment_large``'s and ``predict``'s), yields them one by one, and labels cells with the seam
 rule of :mod:`~napari_unet.core.seams` as soon as a block's neighbourhood is predicted: a
 block's window (its core grown by the cell halo) is labelled once every block it overlaps is
 predicted, and a block's labels are final once every window that reaches into it is labelled.
@@ -25,9 +25,11 @@ from .blocks import (
     SAMPLE_VALUES,
     assemble,
     cell_window,
+    corners,
     estimate_normalisation,
     model_source,
     opened,
+    overlapping,
     plan_blocks,
     predict_block,
 )
@@ -60,7 +62,8 @@ class PlaneStream:
     Parameters
     ----------
     model
-        A :class:`~napari_unet.UNet`; RGB(A) planes are seen as grey by a one-channel model.
+        A :class:`~napari_unet.UNet` (every run predicts with it); RGB(A) planes are seen as
+        grey by a one-channel model.
     source
         The plane: anything sliceable (a dask or zarr array, a memory map), read a block with
         its margin at a time.
@@ -73,8 +76,14 @@ class PlaneStream:
     flips
         Average the 8 flips and quarter turns (see :func:`~napari_unet.predict`).
     sample_block, sample_values
-        Block side of the normalisation sample's lattice (that of ``segment_large``), and its
-        most pixels (see :func:`~napari_unet.core.blocks.sample_blocks`).
+        Block side of the normalisation sample's lattice, independent of ``step`` (the
+        defaults are ``segment_large``'s), and its most pixels (see
+        :func:`~napari_unet.core.blocks.sample_blocks`).
+
+    Attributes
+    ----------
+    order
+        The blocks predicted so far, in the order they were predicted.
     """
 
     def __init__(
@@ -89,13 +98,12 @@ class PlaneStream:
         sample_block: int = DEFAULT_BLOCK,
         sample_values: int = SAMPLE_VALUES,
     ) -> None:
+        self.model = model
         self.source = model_source(source, model.in_channels)
         self.shape = tuple(int(n) for n in source.shape[:2])
         self.blocks = plan_blocks(self.shape, model, step)
         self.cores = [b.inner for b in self.blocks]
-        self._corners = np.array(
-            [(r.start, r.stop, c.start, c.stop) for r, c in self.cores], dtype=np.int64
-        )
+        self._corners = corners(self.cores)
         windows = [cell_window(core, halo, self.shape) for core in self.cores]
         self.windows = windows
         # window j overlaps core k <=> block k's probabilities are read to label window j
@@ -107,6 +115,7 @@ class PlaneStream:
         self.flips = flips
         self.norm = None
         self.predicted: set[int] = set()
+        self.order: list[int] = []
         self.painted: set[int] = set()
         self.cells = 0  # ids handed out so far
         self.cut = 0  # cells that reach past their window (larger than the halo)
@@ -121,12 +130,8 @@ class PlaneStream:
         return tuple(s.stop - s.start for s in self.cores[0])
 
     def overlapping(self, region: tuple[slice, slice]) -> list[int]:
-        """Indices of the blocks whose core overlaps ``region`` (plane coordinates), as
-        :func:`~napari_unet.core.blocks.overlapping` finds them (vectorised: many blocks)."""
-        (rows, cols), c = region, self._corners
-        hit = (c[:, 0] < rows.stop) & (rows.start < c[:, 1])
-        hit &= (c[:, 2] < cols.stop) & (cols.start < c[:, 3])
-        return np.flatnonzero(hit).tolist()
+        """Indices of the blocks whose core overlaps ``region`` (plane coordinates)."""
+        return overlapping(region, self._corners)
 
     def needed(self, indices: Iterable[int]) -> set[int]:
         """The blocks to predict so that the labels of blocks ``indices`` are final."""
@@ -148,9 +153,7 @@ class PlaneStream:
         """Blocks whose labels are not final yet."""
         return len(self.blocks) - len(self.painted)
 
-    def run(
-        self, model, indices: Iterable[int], device=None
-    ) -> Iterator[BlockProbabilities | BlockLabels]:
+    def run(self, indices: Iterable[int], device=None) -> Iterator[BlockProbabilities | BlockLabels]:
         """Predict the blocks ``indices`` not predicted yet, in that order; yields each one's
         :class:`BlockProbabilities`, and the :class:`BlockLabels` of every block whose labels
         became final. The first run estimates the normalisation (reading its sample). Closed
@@ -165,10 +168,11 @@ class PlaneStream:
                     continue
                 block = self.blocks[i]
                 probs = predict_block(
-                    model, plane, block, self.norm, flips=self.flips, device=device
+                    self.model, plane, block, self.norm, flips=self.flips, device=device
                 )
                 self._probs[i] = probs
                 self.predicted.add(i)
+                self.order.append(i)
                 yield BlockProbabilities(i, self.cores[i], probs)
                 yield from self._label_around(i)
 

@@ -20,7 +20,7 @@ import numpy as np
 
 log = logging.getLogger("napari_unet")
 
-__all__ = ["expand_inputs", "run"]
+__all__ = ["expand_inputs", "model_record", "model_sha256", "run", "torch_threads"]
 
 
 def expand_inputs(items: list[str]) -> list[Path]:
@@ -87,15 +87,21 @@ def _plane_shape(shape: tuple[int, ...]) -> tuple[int, int]:
     return tuple(shape[-3:-1]) if channels_last else tuple(shape[-2:])
 
 
-def _record(args, model) -> dict:
-    """What an output records of how it was made (compared when a rerun resumes)."""
+def model_sha256(model) -> str:
+    """Hex SHA-256 of ``model``'s weights (names and values): equal for equal weights."""
     import hashlib
 
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return {"model": args.model or "bundled", "model_sha256": digest.hexdigest()}
+    return digest.hexdigest()
+
+
+def model_record(label: str | None, model) -> dict:
+    """What an output records of the model it was made with (compared when a rerun resumes):
+    ``label`` (a file, ``None``: the bundled model) and the weights' SHA-256."""
+    return {"model": label or "bundled", "model_sha256": model_sha256(model)}
 
 
 def _write_small(targets: dict, labels, source, pixel_size, record: dict, chunk: int) -> None:
@@ -147,7 +153,7 @@ def _why(err: BaseException) -> str:
     return " ".join(str(err).split()) or type(err).__name__
 
 
-def _torch_threads(workers: int | None) -> int | None:
+def torch_threads(workers: int | None) -> int | None:
     """Torch threads per worker of a local cluster of ``workers``: this process's CPUs shared
     out; ``None`` for a remote cluster (each worker uses its own CPUs, see ``ModelPlugin``)."""
     from .core.distributed import usable_cpus
@@ -190,7 +196,7 @@ def run(args) -> int:
         )
     model = open_model(args.model)
     instance = instance_options(model, args)
-    record = {**_record(args, model), "instances": instance, "flips": args.flips}
+    record = {**model_record(args.model, model), "instances": instance, "flips": args.flips}
     out = Path(args.out)
     args.folders.check(out)
     kinds = ("labels",) + ("rois",) * args.rois + ("cells",) * args.measurements
@@ -210,7 +216,7 @@ def run(args) -> int:
     args.folders.make(out)
     failures: dict[Path, str] = {}
     with connect(workers=args.workers, scheduler=args.scheduler) as client:
-        name = share_model(client, model, torch_threads=_torch_threads(args.workers))
+        name = share_model(client, model, torch_threads=torch_threads(args.workers))
         small, large = {}, []
         for path, targets in todo:
             try:

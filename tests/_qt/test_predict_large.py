@@ -7,7 +7,7 @@ import pytest
 
 from napari_unet._widgets import _large
 from napari_unet._widgets._session import session_for
-from napari_unet._widgets.predict import LOCAL_CLUSTER, PredictWidget
+from napari_unet._widgets.predict import LOCAL_CLUSTER, SCHEDULER, PredictWidget
 
 da = pytest.importorskip("dask.array")
 zarr = pytest.importorskip("zarr")
@@ -19,7 +19,7 @@ STEP = 64  # block side (the dock's tile size)
 @pytest.fixture
 def small_budget(monkeypatch):
     """Lazy path for small arrays: a 512 x 512 plane is 'large', sampled on 4 of its 64 blocks."""
-    monkeypatch.setattr(_large, "LAZY_PIXELS", 1000)
+    monkeypatch.setattr(_large, "LAZY_BYTES", 1000)
     monkeypatch.setattr(_large, "SAMPLE", (STEP, 4 * STEP * STEP))
     monkeypatch.setattr(_large, "CELL_HALO", 16)
 
@@ -57,65 +57,73 @@ def look_at(viewer, center, width):
     camera.zoom = max(viewer.canvas.size) / width
 
 
-def click(widget, button, qtbot, seen=None):
+def click(widget, button, qtbot):
+    """Click ``button`` and wait for the run it starts to end (no signal to miss)."""
     button.native.click()
-    if seen is not None:
-        widget.worker.yielded.connect(seen.append)
-    with qtbot.waitSignal(widget.worker.finished, timeout=TIMEOUT):
-        pass
+    qtbot.waitUntil(lambda: widget._task is None, timeout=TIMEOUT)
 
 
-@pytest.mark.parametrize("kind", ["dask", "zarr"])
 def test_lazy_layer_visible_region_first_then_the_rest(
-    make_napari_viewer, qtbot, small_budget, tiny_unet, pattern, kind, tmp_path
+    make_napari_viewer, qtbot, small_budget, tiny_unet, pattern
 ):
     from napari_unet import predict
-    from napari_unet.core.regions import BlockLabels, BlockProbabilities
 
     reads = set()
-    if kind == "dask":
-        data = counted(pattern, reads)
-    else:
-        data = zarr.create_array(
-            tmp_path / "in.zarr",
-            shape=pattern.shape,
-            chunks=(64, 64),
-            dtype=pattern.dtype,
-            zarr_format=2,
-        )
-        data[:] = pattern
     viewer = make_napari_viewer()
-    layer = viewer.add_image(data, name="big", visible=False)  # napari itself reads nothing
+    layer = viewer.add_image(
+        counted(pattern, reads), name="big", visible=False
+    )  # napari reads none
     widget = dock(viewer, tiny_unet)
     look_at(viewer, (100, 300), 40)  # blocks (1, 4), maybe their neighbours
-    events = []
-    click(widget, widget._predict, qtbot, events)
-    blocks = [e for e in events if isinstance(e, BlockProbabilities)]
+    click(widget, widget._predict, qtbot)
     out = viewer.layers["big probability (large)"]
     prob = out.data[0][:]
     whole = predict(tiny_unet, pattern)
-    starts = [(b.region[0].start, b.region[1].start) for b in blocks]
+    stream = widget._large.jobs[id(layer)].stream
+    starts = [(stream.cores[i][0].start, stream.cores[i][1].start) for i in stream.order]
     assert starts[0] == (64, 256)  # the block in view first, then what its labels need:
     near = {(y, x) for y in range(0, 256, 64) for x in range(128, 448, 64)}  # two rings
     assert set(starts) == near and len(starts) == 20
-    for b in blocks:
-        assert np.abs(prob[b.region] - whole[b.region]).max() <= 1e-5
+    for i in stream.order:
+        assert np.abs(prob[stream.cores[i]] - whole[stream.cores[i]]).max() <= 1e-5
     assert not prob[256:].any() and not prob[:, :128].any()  # the rest: not predicted
-    final = [(e.region[0].start, e.region[1].start) for e in events if isinstance(e, BlockLabels)]
-    assert (64, 256) in final and set(final) < near  # the labels in view are final
-    if kind == "dask":
-        assert len(reads) < 64  # of 64 chunks: the sample's, and the blocks' with their margins
+    final = {(stream.cores[i][0].start, stream.cores[i][1].start) for i in stream.painted}
+    assert (64, 256) in final and final < near  # the labels in view are final
+    assert len(reads) < 64  # of 64 chunks: the sample's, and the blocks' with their margins
     assert widget._rest.enabled and not widget._status.value.startswith("failed")
-    click(widget, widget._rest, qtbot, events)
+    click(widget, widget._rest, qtbot)
     prob = out.data[0][:]
     assert np.abs(prob - whole).max() <= 1e-5  # the whole plane, no block twice
     labels = viewer.layers["big prediction (large)"].data[0][:]
-    stream = widget._large[id(layer)].stream
-    assert stream.left == 0 and not widget._rest.enabled
-    assert sum(isinstance(e, BlockLabels) for e in events) == 64
+    assert stream.left == 0 and not widget._rest.enabled and len(stream.order) == 64
     assert set(np.unique(labels)) - {0} == set(range(1, stream.cells + 1))  # ids unique
     coarse = out.data[1][:]
     np.testing.assert_array_equal(coarse, prob[::2, ::2])  # the pyramid follows
+
+
+def test_lazy_results_outlive_a_new_run_and_their_image(
+    make_napari_viewer, qtbot, small_budget, tiny_unet, pattern
+):
+    viewer = make_napari_viewer()
+    image = viewer.add_image(da.from_array(pattern, chunks=STEP), name="big")
+    widget = dock(viewer, tiny_unet)
+    look_at(viewer, (32, 32), 40)
+    click(widget, widget._predict, qtbot)
+    old = widget._large.jobs[id(image)].output
+    widget._threshold.value = 0.3  # another job, into new layers
+    click(widget, widget._predict, qtbot)
+    assert widget._large.jobs[id(image)].output is not old
+    old_layers = [
+        viewer.layers["big probability (large)"],
+        viewer.layers["big prediction (large)"],
+    ]
+    viewer.layers.remove(image)
+    assert old.folder.is_dir() and not old.closed  # its layers still read from it
+    assert old_layers[1].data[0][:].any()
+    viewer.layers.remove(old_layers[0])
+    assert old.folder.is_dir()
+    viewer.layers.remove(old_layers[1])
+    assert not old.folder.exists() and old.closed  # gone with the last of its layers
 
 
 def test_multiscale_layer_is_predicted_at_full_resolution(
@@ -123,16 +131,34 @@ def test_multiscale_layer_is_predicted_at_full_resolution(
 ):
     from napari_unet import predict
 
+    image = pattern[:256, :256]
     viewer = make_napari_viewer()
-    level0 = da.from_array(pattern, chunks=STEP)
+    level0 = da.from_array(image, chunks=STEP)
     viewer.add_image([level0, level0[::2, ::2], level0[::4, ::4]], multiscale=True, name="ms")
     widget = dock(viewer, tiny_unet)
-    look_at(viewer, (256, 256), 512)
+    look_at(viewer, (128, 128), 256)
     click(widget, widget._predict, qtbot)
     out = viewer.layers["ms probability (large)"]
-    assert out.multiscale and out.data[0].shape == (512, 512)
+    assert out.multiscale and out.data[0].shape == (256, 256)
     prob = out.data[0][:]
-    assert np.abs(prob - predict(tiny_unet, pattern)).max() <= 1e-5  # all of it was in view
+    assert np.abs(prob - predict(tiny_unet, image)).max() <= 1e-5  # all of it was in view
+
+
+def test_lazy_layer_in_3d_view_or_out_of_view_is_refused(
+    make_napari_viewer, small_budget, tiny_unet, pattern, notes
+):
+    viewer = make_napari_viewer()
+    viewer.add_image(da.from_array(pattern, chunks=STEP), name="big")
+    widget = dock(viewer, tiny_unet)
+    viewer.dims.ndisplay = 3
+    widget._predict.native.click()
+    viewer.dims.ndisplay = 2
+    look_at(viewer, (-5000, -5000), 40)
+    widget._predict.native.click()
+    assert widget.worker is None and [layer.name for layer in viewer.layers] == ["big"]
+    messages = [n.message for n in notes]
+    assert any("switch to 2D view" in m for m in messages)
+    assert any("pan to the image" in m for m in messages)
 
 
 def test_numpy_layer_cannot_go_to_a_cluster(make_napari_viewer, tiny_unet, pattern, notes):
@@ -142,7 +168,7 @@ def test_numpy_layer_cannot_go_to_a_cluster(make_napari_viewer, tiny_unet, patte
     widget._run_on.value = LOCAL_CLUSTER
     widget._predict.native.click()
     assert widget.worker is None and [layer.name for layer in viewer.layers] == ["mem"]
-    assert any("held in memory with no file" in n.message for n in notes)
+    assert any("has no file napari-unet can find" in n.message for n in notes)
     assert not session_for(viewer).busy and widget._predict.enabled
 
 
@@ -158,21 +184,33 @@ def ome_zarr(tmp_path_factory, whole_sample):
     return path
 
 
+@pytest.fixture(scope="module")
+def scheduler():
+    """A running LocalCluster of one worker, reached by its address ('dask scheduler')."""
+    from distributed import LocalCluster
+
+    with LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None
+    ) as cluster:
+        yield cluster.scheduler_address
+
+
 def test_cluster_route_equals_the_cli_and_cancel_stops_it(
-    make_napari_viewer, qtbot, ome_zarr, tmp_path
+    make_napari_viewer, qtbot, ome_zarr, tmp_path, scheduler
 ):
     import multiprocessing
 
     from napari_unet import load_bundled
     from napari_unet.cli import main
+    from napari_unet.core.zarrio import read_record
 
     model = load_bundled()
     viewer = make_napari_viewer()
     layer = viewer.add_image(zarr.open_array(str(ome_zarr), path="0", mode="r"), name="cells")
     widget = dock(viewer, model)
-    widget._tile.value = 128
-    widget._run_on.value = LOCAL_CLUSTER
-    widget._workers.value = 1
+    widget._tile.value = 96  # not the default block: the same normalisation sample anyway
+    widget._run_on.value = SCHEDULER
+    widget._scheduler.value = scheduler
     widget._out_folder.value = str(tmp_path)
     click(widget, widget._predict, qtbot)
     assert widget._status.value.startswith("done"), widget._status.value
@@ -181,18 +219,24 @@ def test_cluster_route_equals_the_cli_and_cancel_stops_it(
     assert str(shown.data[0].store.root) == str(target)
     assert shown.scale.tolist() == layer.scale.tolist()
     out = tmp_path / "cli"
-    argv = ["predict", str(ome_zarr), "--out", str(out), "--workers", "1", "--block", "128"]
-    assert main(argv) == 0
-    expected = zarr.open_array(str(out / "cells_labels.ome.zarr"), path="0", mode="r")[:]
-    np.testing.assert_array_equal(zarr.open_array(str(target), path="0", mode="r")[:], expected)
-    # cancel: at the first progress of the job itself
+    argv = ["predict", str(ome_zarr), "--out", str(out), "--scheduler", scheduler]
+    assert main([*argv, "--block", "96"]) == 0
+    expected = out / "cells_labels.ome.zarr"
+    np.testing.assert_array_equal(
+        zarr.open_array(str(target), path="0", mode="r")[:],
+        zarr.open_array(str(expected), path="0", mode="r")[:],
+    )
+    assert read_record(target)["normalisation"] == read_record(expected)["normalisation"]
+    # cancel a local cluster's run at the first progress of the job itself
+    children = set(multiprocessing.active_children())
+    widget._run_on.value = LOCAL_CLUSTER
+    widget._workers.value = 1
     widget._out_folder.value = ""
     widget._tile.value = 32  # many small blocks
     widget._predict.native.click()
     worker = widget.worker
     worker.yielded.connect(lambda p: p[1] and widget._cancel.native.click())
-    with qtbot.waitSignal(worker.finished, timeout=TIMEOUT):
-        pass
+    qtbot.waitUntil(lambda: widget._task is None, timeout=TIMEOUT)
     assert widget._status.value.startswith("cancelled")
     assert [la.name for la in viewer.layers] == ["cells", "cells prediction (cluster)"]
-    assert not multiprocessing.active_children()  # the LocalCluster it started is closed
+    assert set(multiprocessing.active_children()) <= children  # its LocalCluster is closed

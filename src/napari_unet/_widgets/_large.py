@@ -1,18 +1,20 @@
 """Predict's large images: lazy layers region by region in this process, or sent to a cluster.
 
-A layer whose full-resolution data is lazy (a dask or zarr array, level 0 of a multiscale
-layer) and larger than :data:`LAZY_PIXELS` is never read whole: a
-:class:`~napari_unet.core.regions.PlaneStream` predicts the blocks in view first (with those
-their final labels need), the rest on request, and its results go to an on-disk
-:class:`LazyOutput` (OME-Zarr pyramids in a temporary folder, removed with its layers or at
-exit) shown as multiscale layers whose coarser levels are refreshed block by block.
-:func:`cluster_job` sends a layer backed by a file to
-:func:`~napari_unet.core.distributed.segment_large_steps` instead. Nothing here runs Qt; the
-generators run in the dock's worker and never touch a layer.
+A layer whose full-resolution data is not in memory (a dask or zarr array, level 0 of a
+multiscale layer, a memory map) and would take more than :data:`LAZY_BYTES` to read with its
+outputs is never read whole: a :class:`~napari_unet.core.regions.PlaneStream` predicts the
+blocks in view first (with those their final labels need), the rest on request, and its
+results go to an on-disk :class:`LazyOutput` (OME-Zarr pyramids in a folder of their own,
+removed once both its layers are gone, or at exit) shown as multiscale layers whose coarser
+levels are refreshed block by block. :func:`cluster_job` sends a layer backed by a file to
+:func:`~napari_unet.core.distributed.segment_large_steps` instead. The dock's controller of
+both is :mod:`._large_jobs`. Nothing here runs Qt; the generators run in the dock's worker and
+never touch a layer.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import shutil
 import tempfile
@@ -32,7 +34,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CELL_HALO",
-    "LAZY_PIXELS",
+    "LAZY_BYTES",
     "SAMPLE",
     "LazyOutput",
     "cluster_job",
@@ -44,12 +46,16 @@ __all__ = [
     "visible_region",
 ]
 
-LAZY_PIXELS = 2**26
-"""A lazy plane with more pixels than this (256 MiB as float32) is predicted region by region,
-never read whole; a smaller one is read into memory and predicted as any layer."""
+LAZY_BYTES = 2**30
+"""Data not in memory that would take more than this (bytes, with its float32 probability and
+labels) to read is predicted region by region, never read whole; less is read into memory and
+predicted as any layer."""
 SAMPLE = (DEFAULT_BLOCK, SAMPLE_VALUES)
-"""Block side and most pixels of the normalisation sample: ``segment_large``'s defaults, so
-both normalise alike."""
+"""Block side and most pixels of the normalisation sample, for the lazy and the cluster route
+alike: ``segment_large``'s (and so the CLI's) defaults, whatever the tile size."""
+OUTPUT_BYTES = 8 * 4 / 3
+"""Bytes per pixel of a :class:`LazyOutput` at most: float32 probability and uint32 labels,
+uncompressed, with their pyramids."""
 CELL_HALO = DEFAULT_HALO
 """Cell halo (px) of the lazy path: ``segment_large``'s default."""
 
@@ -59,31 +65,44 @@ def full_resolution(layer):
     return layer.data[0] if layer.multiscale else layer.data
 
 
-def goes_lazy(data, plane_shape) -> bool:
-    """Whether ``data`` (full resolution) is lazy and its planes of ``plane_shape`` too large
-    to read whole (see :data:`LAZY_PIXELS`)."""
-    return not isinstance(data, np.ndarray) and math.prod(plane_shape[-2:]) > LAZY_PIXELS
+def goes_lazy(data, shape, read) -> bool:
+    """Whether reading ``read`` (the spatial shape of what a run reads: a plane, or the whole
+    ``shape``) of ``data`` (full resolution, spatial ``shape`` and maybe channels) with its
+    outputs takes more than :data:`LAZY_BYTES`, and ``data`` is not in memory already (a
+    dask or zarr array, a memory map)."""
+    if isinstance(data, np.ndarray) and not isinstance(data, np.memmap):
+        return False
+    channels = math.prod(data.shape) // max(1, math.prod(shape))
+    per_pixel = channels * np.dtype(data.dtype).itemsize + 8  # float32 probability, labels
+    return math.prod(read) * per_pixel > LAZY_BYTES
 
 
 def visible_region(viewer: napari.viewer.Viewer, layer, n_spatial: int, shape) -> tuple:
-    """``(rows, cols)`` slices of the plane of ``shape`` that the canvas shows (clipped to it;
-    the whole plane when none of it is in view)."""
+    """``(rows, cols)`` slices of the plane of ``shape`` that the 2D canvas shows (the box
+    around its four corners in data coordinates, clipped to the plane). ValueError in 3D view
+    or when none of the plane is in view."""
+    if viewer.dims.ndisplay != 2:
+        raise ValueError(
+            "switch to 2D view to predict the visible region (or use 'Predict the rest')"
+        )
     viewer_camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera
     displayed = list(viewer.dims.displayed)
     half = np.asarray(viewer.canvas.size, float) / (2 * viewer_camera.zoom)
     center = np.asarray(viewer_camera.center[-len(displayed) :], float)
     corners = []
-    for sign in (-1, 1):
+    for signs in itertools.product((-1, 1), repeat=2):  # all four: rotated or sheared too
         point = np.asarray(viewer.dims.point, dtype=float)
-        point[displayed] = center + sign * half
+        point[displayed] = center + np.asarray(signs) * half
         corners.append(layer.world_to_data(point)[n_spatial - 2 : n_spatial])
-    lo, hi = np.minimum(*corners), np.maximum(*corners)
+    lo, hi = np.min(corners, axis=0), np.max(corners, axis=0)
     region = tuple(
         slice(int(max(0, math.floor(a))), int(min(n, math.ceil(b))))
         for a, b, n in zip(lo, hi, shape, strict=True)
     )
     if any(s.start >= s.stop for s in region):
-        return tuple(slice(0, n) for n in shape)
+        raise ValueError(
+            f"none of '{layer.name}' is in view; pan to the image to predict what is shown"
+        )
     return region
 
 
@@ -99,16 +118,28 @@ def instance_settings(model, threshold: float, min_size: int | None, expand: int
 class LazyOutput:
     """Probabilities and labels of a :class:`~napari_unet.core.regions.PlaneStream` on disk.
 
-    Two OME-Zarr pyramids (chunks of the stream's block size) in a temporary folder, shown as
-    a multiscale Image (probability, additive, over ``image``) and Labels layer; the folder
-    is removed when both layers are removed from the viewer, or at exit.
+    Two OME-Zarr pyramids (chunks of the stream's block size) in a new folder
+    ``napari-unet-*`` in ``parent`` (the system's temporary folder by default), shown as a
+    multiscale Image (probability, additive, over ``image``) and Labels layer. The folder is
+    removed once both layers are removed from the viewer (whoever else still refers to this
+    object), or at exit; after that :attr:`closed` is True and :meth:`write` does nothing.
+    OSError, saying how much is needed, when ``parent`` has too little free space.
     """
 
-    def __init__(self, viewer: napari.viewer.Viewer, image, stream, n_spatial: int) -> None:
-        from ..core.zarrio import create_labels
+    def __init__(
+        self, viewer: napari.viewer.Viewer, image, stream, n_spatial: int, parent=None
+    ) -> None:
+        from ..core.zarrio import create_labels, levels
 
+        parent = Path(parent or tempfile.gettempdir())
+        needed, free = math.prod(stream.shape) * OUTPUT_BYTES, shutil.disk_usage(parent).free
+        if needed > free:
+            raise OSError(
+                f"the results need up to {needed / 1e9:.1f} GB in {parent}, which has "
+                f"{free / 1e9:.1f} GB free; choose another folder in 'save labels in'"
+            )
         self.viewer = viewer
-        self.folder = Path(tempfile.mkdtemp(prefix="napari-unet-"))
+        self.folder = Path(tempfile.mkdtemp(prefix="napari-unet-", dir=parent))
         self._cleanup = weakref.finalize(self, shutil.rmtree, str(self.folder), True)
         shape, chunks = stream.shape, stream.chunks
         self.roots = {
@@ -120,10 +151,10 @@ class LazyOutput:
             "translate": image.translate[n_spatial - 2 : n_spatial],
             "units": image.units[n_spatial - 2 : n_spatial],
         }
-        levels = {kind: self._levels(kind) for kind in self.roots}
+        arrays = {kind: levels(root) for kind, root in self.roots.items()}
         probability = Image(
-            levels["probability"],
-            multiscale=len(levels["probability"]) > 1,
+            arrays["probability"],
+            multiscale=len(arrays["probability"]) > 1,
             contrast_limits=(0.0, 1.0),
             colormap="magma",
             blending="additive",
@@ -133,8 +164,8 @@ class LazyOutput:
         )
         self.probability = add_quietly(viewer, probability, index=viewer.layers.index(image) + 1)
         labels = Labels(
-            levels["prediction"],
-            multiscale=len(levels["prediction"]) > 1,
+            arrays["prediction"],
+            multiscale=len(arrays["prediction"]) > 1,
             name=free_name(viewer, f"{image.name} prediction (large)"),
             metadata={MADE: "prediction (large)", OF: image.name},
             **common,
@@ -142,30 +173,26 @@ class LazyOutput:
         self.labels = add_quietly(viewer, labels)
         viewer.layers.events.removed.connect(self._on_removed)
 
-    def _levels(self, kind: str) -> list:
-        root = self.roots[kind]
-        return [root[str(level)] for level in range(len(root.attrs["multiscales"][0]["datasets"]))]
-
     @property
     def shown(self) -> bool:
         """Whether either layer is still in the viewer."""
         return self.labels in self.viewer.layers or self.probability in self.viewer.layers
 
-    def write(self, kind: str, region: tuple[slice, slice], values: np.ndarray) -> None:
-        """Write ``values`` of level-0 ``region`` of ``kind`` and refresh its coarser levels."""
-        from ..core.zarrio import write_level
+    @property
+    def closed(self) -> bool:
+        """Whether the folder is removed (both layers are gone)."""
+        return not self._cleanup.alive
 
+    def write(self, kind: str, region: tuple[slice, slice], values: np.ndarray) -> None:
+        """Write ``values`` of level-0 ``region`` of ``kind`` and refresh its coarser levels;
+        nothing once :attr:`closed` (a run whose layers were removed under it)."""
+        from ..core.zarrio import update_levels
+
+        if self.closed:
+            return
         root = self.roots[kind]
         root["0"][region] = values
-        for level in range(1, len(root.attrs["multiscales"][0]["datasets"])):
-            f = 2**level
-            shape = root[str(level)].shape
-            scaled = tuple(
-                slice(-(-s.start // f), min(-(-s.stop // f), n))
-                for s, n in zip(region, shape, strict=True)
-            )
-            if all(s.start < s.stop for s in scaled):
-                write_level(root, level, scaled)
+        update_levels(root, region)
 
     def refresh(self) -> None:
         for layer in (self.labels, self.probability):
@@ -178,26 +205,38 @@ class LazyOutput:
 
     def close(self) -> None:
         """Remove the folder (the layers must be gone: they read from it)."""
-        self.viewer.layers.events.removed.disconnect(self._on_removed)
-        self._cleanup()
+        if not self.closed:
+            self.viewer.layers.events.removed.disconnect(self._on_removed)
+            self._cleanup()
 
 
 # ------------------------------------------------------------------------------- the cluster
 def layer_file(layer):
     """The :class:`~napari_unet.core.zarrio.ImageFile` of the plane a cluster's workers read
     for ``layer``: the file it was opened from, or the zarr array on disk behind its data.
-    ValueError, saying what is expected, for anything else (e.g. an array in memory)."""
+    ValueError, saying what is expected, for anything else (e.g. an array in memory, or a
+    layer that shows something else than its file holds: one channel of it, changed data)."""
+    from ..core.image import MAX_CHANNELS
     from ..core.zarrio import ImageFile, inspect_image
 
     data = full_resolution(layer)
     path = getattr(layer.source, "path", None)
     if path:
         info = inspect_image(path)
+        shown = tuple(data.shape)
+        while len(shown) > 2 and shown[0] == 1:  # singleton axes the file's plane drops
+            shown = shown[1:]
+        if shown != tuple(info.shape):
+            raise ValueError(
+                f"'{layer.name}' shows data of shape {tuple(data.shape)} but its file "
+                f"{Path(info.path).name} holds a plane of shape {tuple(info.shape)}; cluster "
+                "workers read the file, so run on 'this process' to predict what is shown"
+            )
     elif type(data).__module__.startswith("zarr") and hasattr(getattr(data, "store", 0), "root"):
-        if data.ndim != 2 and not (layer.rgb and data.ndim == 3):
+        if not (data.ndim == 2 or (data.ndim == 3 and data.shape[-1] <= MAX_CHANNELS)):
             raise ValueError(
                 f"'{layer.name}' has shape {data.shape}; a cluster takes one (y, x) plane, "
-                "with or without colour channels"
+                f"with or without up to {MAX_CHANNELS} channels last"
             )
         info = ImageFile(
             str(data.store.root),
@@ -210,9 +249,9 @@ def layer_file(layer):
         )
     else:
         raise ValueError(
-            f"'{layer.name}' is held in memory with no file behind it, so cluster workers "
-            "cannot read it; open it from a TIFF, zarr or OME-Zarr file, or run on "
-            "'this process'"
+            f"'{layer.name}' has no file napari-unet can find (not opened from a file, and not "
+            "a zarr array on disk), so cluster workers cannot read it; open it from a TIFF, "
+            "zarr or OME-Zarr file, or run on 'this process'"
         )
     if info.kind == "other":
         raise ValueError(
@@ -232,7 +271,7 @@ def cluster_job(model, info, target: Path, *, workers, scheduler, record: dict, 
     from contextlib import ExitStack
     from dataclasses import replace
 
-    from .._batch import _torch_threads
+    from .._batch import torch_threads
     from ..core.distributed import connect, segment_large_steps, share_model
     from ..core.zarrio import atomic_folder
 
@@ -241,23 +280,37 @@ def cluster_job(model, info, target: Path, *, workers, scheduler, record: dict, 
         try:
             client = stack.enter_context(connect(workers=workers, scheduler=scheduler, timeout=10))
         except (OSError, TimeoutError) as err:
+            if scheduler is None:
+                raise ValueError(
+                    f"could not start a local cluster of {workers} worker(s): {err}"
+                ) from None
             raise ValueError(
                 f"cannot reach the dask scheduler at {scheduler!r} ({err}); expected the address "
                 "of a running scheduler, e.g. tcp://host:8786"
             ) from None
-        name = share_model(client, model, torch_threads=_torch_threads(workers))
+        name = share_model(client, model, torch_threads=torch_threads(workers))
         yield 0, 0
         with atomic_folder(target) as tmp:
-            result = yield from segment_large_steps(
-                client,
-                name,
-                model,
-                info,
-                tmp,
-                pixel_size=info.pixel_size,
-                metadata={**record, "input": info.path},
-                **options,
-            )
+            try:
+                result = yield from segment_large_steps(
+                    client,
+                    name,
+                    model,
+                    info,
+                    tmp,
+                    pixel_size=info.pixel_size,
+                    metadata={**record, "input": info.path},
+                    sample_block=SAMPLE[0],
+                    sample_values=SAMPLE[1],
+                    **options,
+                )
+            except FileNotFoundError as err:
+                if scheduler is None:
+                    raise
+                raise FileNotFoundError(
+                    f"{err}; every worker of the cluster at {scheduler} must see {info.path} "
+                    "at that path"
+                ) from None
     return replace(result, labels=target)
 
 
@@ -265,6 +318,6 @@ def open_labels(path: Path) -> list:
     """The levels of the OME-Zarr label image at ``path`` (zarr arrays, read lazily)."""
     import zarr
 
-    root = zarr.open_group(str(path), mode="r")
-    datasets = root.attrs["multiscales"][0]["datasets"]
-    return [root[d["path"]] for d in datasets]
+    from ..core.zarrio import levels
+
+    return levels(zarr.open_group(str(path), mode="r"))

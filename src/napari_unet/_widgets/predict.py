@@ -43,16 +43,8 @@ from magicgui.widgets import (
 from napari.layers import Image, Labels
 from qtpy.QtCore import QTimer
 
-from ._large import (
-    LazyOutput,
-    cluster_job,
-    full_resolution,
-    goes_lazy,
-    instance_settings,
-    layer_file,
-    open_labels,
-    visible_region,
-)
+from ._large import full_resolution, goes_lazy, instance_settings
+from ._large_jobs import ClusterRun, LargeImages, LazyRun, Settings
 from ._layers import (
     EDITED,
     MADE,
@@ -72,7 +64,6 @@ if TYPE_CHECKING:
     import napari
 
     from ..core.model import UNet
-    from ..core.regions import PlaneStream
     from ._worker import Outcome
 
 __all__ = ["PredictWidget"]
@@ -134,45 +125,6 @@ class _Run:
                 output.layer.refresh()
 
 
-@dataclass
-class _LargeJob:
-    """A lazy image predicted region by region: its stream, what it was made with (``key``),
-    and its on-disk outputs; kept between runs (visible region, then the rest)."""
-
-    image: Image
-    key: tuple
-    stream: PlaneStream
-    output: LazyOutput
-
-
-@dataclass
-class _LargeRun:
-    """One run of a :class:`_LargeJob` (some of its blocks)."""
-
-    job: _LargeJob
-    total: int  # blocks this run predicts
-    done: int = 0
-    dirty: bool = False
-
-    def refresh(self) -> None:
-        self.job.output.refresh()
-
-
-@dataclass
-class _ClusterRun:
-    """A job sent to a dask cluster; its labels open as a layer once complete."""
-
-    image: Image
-    target: Path
-    temporary: Path | None  # a folder of ours to remove with the layer
-    done: int = 0
-    total: int = 0
-    dirty: bool = False
-
-    def refresh(self) -> None:
-        pass
-
-
 def cell_size_hint(model: UNet) -> str:
     """One line on the cells ``model`` was fine-tuned on (``metadata["cells"]``, a dict with
     ``"median_diameter"`` in px and ``"count"``), e.g. ``"cells ~24 px across (from 53
@@ -193,9 +145,8 @@ class PredictWidget(Container):
         self._session = session_for(viewer)
         self.worker = None  # the last run's worker
         self._task: Task | None = None
-        self._run: _Run | _LargeRun | _ClusterRun | None = None
-        self._large: dict[int, _LargeJob] = {}  # id of an image layer: its large job
-        self._temporary: dict[int, object] = {}  # id of a cluster's labels layer: its cleanup
+        self._run: _Run | LazyRun | ClusterRun | None = None
+        self._large = LargeImages(viewer)  # lazy layers' jobs and outputs, cluster labels
         self._last_refresh = 0.0
         self._refresh_timer = QTimer()
         self._refresh_timer.setSingleShot(True)
@@ -245,8 +196,9 @@ class PredictWidget(Container):
         self._out_folder = FileEdit(
             label="save labels in",
             mode="d",
-            tooltip="Folder for the OME-Zarr labels the cluster writes; empty: a temporary "
-            "folder removed with the layer",
+            tooltip="Folder for the results of large images: the OME-Zarr labels a cluster "
+            "writes (kept), and a lazy image's results (in a folder napari-unet-* removed with "
+            "their layers); empty: the system's temporary folder",
         )
         self._predict = PushButton(text="Predict")
         self._rest = PushButton(
@@ -311,25 +263,18 @@ class PredictWidget(Container):
 
     def _on_layers_changed(self, _event=None) -> None:
         self.reset_choices()
-        for key, job in list(self._large.items()):
-            if job.image not in self._viewer.layers or not job.output.shown:
-                del self._large[key]  # its outputs remove their folder once both are gone
-        layers = {id(layer) for layer in self._viewer.layers}
-        for key in [k for k in self._temporary if k not in layers]:
-            self._temporary.pop(key)()  # a cluster's labels in a folder of ours
+        self._large.prune()
 
     def _on_image_changed(self, _value=None) -> None:
         layer = self._image.value
         spatial = layer.ndim if layer is not None else 2
         self._planes.enabled = spatial > 2
         self._grey.enabled = layer is not None and layer.rgb
-        job = self._large.get(id(layer))
-        self._rest.enabled = job is not None and job.stream.left > 0
+        self._rest.enabled = self._task is None and self._large.can_go_on(layer)
 
     def _on_run_on(self, _value=None) -> None:
         self._workers.visible = self._run_on.value == LOCAL_CLUSTER
         self._scheduler.visible = self._run_on.value == SCHEDULER
-        self._out_folder.visible = self._run_on.value != THIS_PROCESS
 
     def _on_model_choice(self, _value=None) -> None:
         from_file = self._model_choice.value == FILE
@@ -406,6 +351,8 @@ class PredictWidget(Container):
         self._on_predict(rest=True)
 
     def _on_predict(self, _value=None, *, rest: bool = False) -> None:
+        if self._task is not None:  # one run at a time
+            return
         layer = self._image.value
         if layer is None:
             _say.warning("add or open an image layer to predict")
@@ -419,22 +366,64 @@ class PredictWidget(Container):
             return
         if make_current:
             self._session.set_model(model, f"file: {Path(self._model_file.value).name}")
+        shape, grey = layout
         try:
             if self._run_on.value != THIS_PROCESS:
-                events = self._prepare_cluster(layer, model)
-            elif goes_lazy(full_resolution(layer), layout[0]):
-                events = self._prepare_large(layer, model, *layout, rest=rest)
+                workers = scheduler = None
+                if self._run_on.value == SCHEDULER:
+                    scheduler = self._scheduler.value.strip()
+                    if not scheduler:
+                        raise ValueError(
+                            "enter the address of a running dask scheduler (tcp://host:8786)"
+                        )
+                else:
+                    workers = self._workers.value
+                run, events = self._large.cluster(
+                    layer, model, self._settings(model), workers=workers, scheduler=scheduler
+                )
             else:
-                events = self._prepare(layer, model, *layout)
+                prefix = self._prefix(layer, shape)
+                read = shape if prefix is None else shape[len(prefix) :]
+                if goes_lazy(full_resolution(layer), shape, read):
+                    center = self._view_center(layer, len(shape))
+                    run, events = self._large.lazy(
+                        layer, model, shape, prefix, center, self._settings(model), rest=rest
+                    )
+                else:
+                    run, events = self._prepare(layer, model, shape, grey, prefix or ())
         except Exception as err:  # e.g. the image cannot be read into memory
-            self._run = None
             _say.error(f"could not start: {err}")
             return
-        self._start(events)
+        self._start(run, events)
 
-    def _start(self, events) -> None:
-        """Run the worker's generator ``events`` for ``self._run``."""
-        self._task = Task(
+    def _prefix(self, layer: Image, shape: tuple[int, ...]) -> tuple[int, ...] | None:
+        """Index of the viewed plane of a stack with "current plane" (``()`` for a 2-D
+        image); None for "all planes" of a stack."""
+        if len(shape) <= 2:
+            return ()
+        if self._planes.value == ALL_PLANES:
+            return None
+        step = layer.world_to_data(self._viewer.dims.point)
+        return plane_index(shape, step[: len(shape)])
+
+    def _settings(self, model: UNet) -> Settings:
+        folder = Path(self._out_folder.value or "")
+        return Settings(
+            instance=instance_settings(
+                model,
+                self._threshold.value,
+                None if self._auto_size.value else self._min_size.value,
+                self._expand.value,
+            ),
+            tile=self._tile.value,
+            flips=self._flips.value,
+            folder=None if str(folder) in ("", ".") else folder,
+            model_label=self._session.label,
+        )
+
+    def _start(self, run, events) -> None:
+        """Run the worker's generator ``events`` for ``run``."""
+        task = Task(
             events,
             _say,
             on_yielded=self._on_tile,
@@ -445,26 +434,25 @@ class PredictWidget(Container):
         self._status.value = "starting…"
         self._progress.value = 0
         self._last_refresh = 0.0
+        self._task, self._run = task, run
         self._set_running(True)
-        started = self._task.start()  # claims the model right before the worker starts
-        self.worker = self._task.worker
+        started = task.start()  # claims the model right before the worker starts
+        self.worker = task.worker
         if not started:
-            if isinstance(self._run, _Run):
-                self._discard(self._run)
+            if isinstance(run, _Run):
+                self._discard(run)
             self._task = self._run = None
             self._status.value = "not started"
             self._set_running(False)
 
-    def _prepare(self, layer: Image, model: UNet, shape: tuple[int, ...], grey: bool):
-        """Copy the pixels, make the output layers and the run; the worker's generator."""
-        prefix = ()
-        if self._planes.value == PLANE:  # the viewed plane; the image may end in channels
-            step = layer.world_to_data(self._viewer.dims.point)
-            prefix = plane_index(shape, step[: len(shape)])
+    def _prepare(
+        self, layer: Image, model: UNet, shape: tuple[int, ...], grey: bool, prefix: tuple
+    ):
+        """Copy the pixels (plane ``prefix``), make the output layers; ``(run, generator)``."""
         data = full_resolution(layer)
         pixels = np.array(data[prefix] if prefix else data)  # the worker's copy
         center = self._view_center(layer, len(shape))
-        self._run = _Run(
+        run = _Run(
             labels=self._output(layer, shape, "prediction"),
             probability=(
                 self._output(layer, shape, "probability") if self._with_probability.value else None
@@ -472,7 +460,7 @@ class PredictWidget(Container):
             prefix=prefix,
             threshold=self._threshold.value,
         )
-        return _predict_job(
+        return run, _predict_job(
             model,
             pixels,
             grey=grey,
@@ -483,116 +471,6 @@ class PredictWidget(Container):
             threshold=self._threshold.value,
             min_size=None if self._auto_size.value else self._min_size.value,
             expand=self._expand.value,
-        )
-
-    def _prepare_large(
-        self, layer: Image, model: UNet, shape: tuple[int, ...], grey: bool, *, rest: bool
-    ):
-        """The run of a lazy image's :class:`_LargeJob` (made, or kept from an earlier run with
-        the same model and settings) over the blocks in view and those their labels need
-        (``rest``: over all blocks left), nearest to the view first; its generator."""
-        from napari_unet.core.regions import PlaneStream
-        from napari_unet.core.tiling import auto_tile
-
-        from . import _large
-
-        data, prefix = full_resolution(layer), ()
-        if len(shape) > 2:
-            if self._planes.value == ALL_PLANES:
-                raise ValueError(
-                    f"'{layer.name}' is too large to read whole; predict it a plane at a time "
-                    f"('{PLANE}')"
-                )
-            step = layer.world_to_data(self._viewer.dims.point)
-            prefix = plane_index(shape, step[: len(shape)])
-            data = _lazy_plane(data, prefix)
-        plane_shape = shape[len(prefix) :]
-        if tuple(data.shape[:2]) != tuple(plane_shape):
-            raise ValueError(
-                f"'{layer.name}' has its channels first (shape {data.shape}); a large image is "
-                "predicted from (y, x) or (y, x, channels) planes"
-            )
-        instance = instance_settings(
-            model,
-            self._threshold.value,
-            None if self._auto_size.value else self._min_size.value,
-            self._expand.value,
-        )
-        step = self._tile.value or auto_tile(plane_shape, model)
-        key = (id(model), prefix, step, self._flips.value, tuple(sorted(instance.items())))
-        job = self._large.get(id(layer))
-        if job is None or job.key != key or not job.output.shown:
-            stream = PlaneStream(
-                model,
-                data,
-                step=step,
-                halo=_large.CELL_HALO,
-                instance=instance,
-                flips=self._flips.value,
-                sample_block=_large.SAMPLE[0],
-                sample_values=_large.SAMPLE[1],
-            )
-            output = LazyOutput(self._viewer, layer, stream, len(shape))
-            job = self._large[id(layer)] = _LargeJob(layer, key, stream, output)
-        stream = job.stream
-        center = self._view_center(layer, len(shape))
-        if rest:
-            order = stream.by_distance(range(len(stream.blocks)), center)
-        else:
-            seen = stream.overlapping(visible_region(self._viewer, layer, len(shape), plane_shape))
-            order = stream.by_distance(seen, center)
-            order += stream.by_distance(stream.needed(seen) - set(seen), center)
-        todo = [i for i in order if i not in stream.predicted]
-        self._run = _LargeRun(job, total=len(todo))
-        return stream.run(model, todo)
-
-    def _prepare_cluster(self, layer: Image, model: UNet):
-        """The job that segments ``layer``'s file on a dask cluster; its generator."""
-        import tempfile
-        from types import SimpleNamespace
-
-        from napari_unet._batch import _record
-        from napari_unet.core.blocks import DEFAULT_BLOCK, DEFAULT_HALO
-
-        info = layer_file(layer)
-        workers = scheduler = None
-        if self._run_on.value == SCHEDULER:
-            scheduler = self._scheduler.value.strip()
-            if not scheduler:
-                raise ValueError("enter the address of a running dask scheduler (tcp://host:8786)")
-        else:
-            workers = self._workers.value
-        instance = instance_settings(
-            model,
-            self._threshold.value,
-            None if self._auto_size.value else self._min_size.value,
-            self._expand.value,
-        )
-        flips = self._flips.value
-        record = {
-            **_record(SimpleNamespace(model=self._session.label), model),
-            "instances": instance,
-            "flips": flips,
-        }
-        folder, temporary = Path(self._out_folder.value or ""), None
-        if str(folder) in ("", "."):
-            folder = temporary = Path(tempfile.mkdtemp(prefix="napari-unet-"))
-        target, n = folder / f"{info.stem}_labels.ome.zarr", 1
-        while target.exists():  # never replace a folder the user has
-            n += 1
-            target = folder / f"{info.stem}_labels-{n}.ome.zarr"
-        self._run = _ClusterRun(layer, target, temporary)
-        return cluster_job(
-            model,
-            info,
-            target,
-            workers=workers,
-            scheduler=scheduler,
-            record=record,
-            block=self._tile.value or DEFAULT_BLOCK,
-            halo=DEFAULT_HALO,
-            flips=flips,
-            instance=instance,
         )
 
     # ------------------------------------------------------------------- output layers
@@ -671,36 +549,21 @@ class PredictWidget(Container):
     # --------------------------------------------------------------- worker callbacks
     def _on_tile(self, result) -> None:
         run = self._run
-        if isinstance(run, _ClusterRun):
-            run.done, run.total = result
+        if isinstance(run, _Run):
+            self._on_streamed_tile(run, result)
+        else:
+            stop = self._large.apply(run, result)
+            if stop is not None and not self._task.cancelling:
+                _say.error(stop)
+                self._task.cancel()
             self._progress.max = max(1, run.total)
             self._progress.value = run.done
             if not self._task.cancelling:
-                text = f"task {run.done}/{run.total}" if run.total else "starting the cluster…"
-                self._status.value = text
-            return
-        if isinstance(run, _LargeRun):
-            self._on_block(run, result)
-        else:
-            self._on_streamed_tile(run, result)
+                self._status.value = run.status
         if time.perf_counter() - self._last_refresh >= REFRESH_INTERVAL:
             self._refresh_layers()
         elif not self._refresh_timer.isActive():
             self._refresh_timer.start()
-
-    def _on_block(self, run: _LargeRun, event) -> None:
-        from napari_unet.core.regions import BlockProbabilities
-
-        if isinstance(event, BlockProbabilities):
-            run.job.output.write("probability", event.region, event.probabilities)
-            run.done += 1
-            self._progress.max = max(1, run.total)
-            self._progress.value = run.done
-            if not self._task.cancelling:
-                self._status.value = f"block {run.done}/{run.total}"
-        else:
-            run.job.output.write("prediction", event.region, event.labels)
-        run.dirty = True
 
     def _on_streamed_tile(self, run: _Run, result) -> None:
         index = run.prefix + result.plane
@@ -739,11 +602,8 @@ class PredictWidget(Container):
         self._refresh_layers()
         self._run = self._task = None
         self._set_running(False)
-        if isinstance(run, _LargeRun):
-            self._large_done(run, outcome)
-            return
-        if isinstance(run, _ClusterRun):
-            self._cluster_done(run, outcome)
+        if not isinstance(run, _Run):
+            self._status.value = self._large.finish(run, outcome)
             return
         outputs = [out for out in (run.labels, run.probability) if out is not None]
         kept = (
@@ -770,52 +630,6 @@ class PredictWidget(Container):
             cells = int(labels.max(initial=0))
             self._status.value = f"done: {cells} cell(s) in {run.total} tile(s)"
 
-    def _large_done(self, run: _LargeRun, outcome: Outcome) -> None:
-        stream = run.job.stream
-        n = len(stream.blocks)
-        text = (
-            f"{run.done} block(s) predicted, {n - stream.left}/{n} labelled, "
-            f"{stream.cells} cell(s)"
-        )
-        if outcome.error is not None:
-            self._status.value = f"failed; {text} (kept)"
-        elif outcome.cancelled:
-            self._status.value = f"cancelled; {text} (kept)"
-        else:
-            more = "; 'Predict the rest' for the others" if stream.left else ""
-            self._status.value = f"done: {text}{more}"
-
-    def _cluster_done(self, run: _ClusterRun, outcome: Outcome) -> None:
-        import shutil
-        import weakref
-
-        if outcome.error is not None or outcome.cancelled:
-            if run.temporary is not None:
-                shutil.rmtree(run.temporary, ignore_errors=True)
-            what = "failed" if outcome.error is not None else "cancelled"
-            self._status.value = f"{what}; nothing written"
-            return
-        result = outcome.value
-        levels = open_labels(result.labels)
-        image, n = run.image, len(run.image.scale)
-        layer = Labels(
-            levels,
-            multiscale=len(levels) > 1,
-            name=free_name(self._viewer, f"{image.name} prediction (cluster)"),
-            scale=image.scale[n - 2 :],
-            translate=image.translate[n - 2 :],
-            units=image.units[n - 2 :],
-            metadata={MADE: "prediction (cluster)", OF: image.name},
-        )
-        add_quietly(self._viewer, layer)
-        if run.temporary is not None:
-            cleanup = weakref.finalize(layer, shutil.rmtree, str(run.temporary), True)
-            self._temporary[id(layer)] = cleanup
-        where = "a temporary folder" if run.temporary is not None else str(result.labels)
-        self._status.value = (
-            f"done: {result.cells} cell(s) in {result.blocks} block(s), saved in {where}"
-        )
-
     @staticmethod
     def _place(layer, values: np.ndarray, prefix: tuple[int, ...]) -> None:
         if not prefix:
@@ -825,11 +639,3 @@ class PredictWidget(Container):
             layer.data = layer.data.astype(values.dtype)
         layer.data[prefix] = values
         layer.refresh()
-
-
-def _lazy_plane(data, prefix: tuple[int, ...]):
-    """Plane ``prefix`` of the lazy stack ``data`` (dask or zarr), still lazy."""
-    import dask.array as da
-
-    stack = data if isinstance(data, da.Array) else da.from_array(data)
-    return stack[prefix]

@@ -70,14 +70,15 @@ def connect(
     memory_limit="auto",
     timeout: float | None = None,
 ):
-    """Yield a :class:`distributed.Client` (never the process's default one: other dask work,
-    e.g. napari slicing a dask layer, stays local): to ``scheduler`` (an address such as
+    """Yield a :class:`distributed.Client` (current in this thread's context only, never the
+    process's default: other dask work, e.g. napari slicing a dask layer, stays local): to
+    ``scheduler`` (an address such as
     ``tcp://host:8786``; OSError when it cannot be reached within ``timeout`` seconds, dask's
     configured timeout by default) or to a new ``LocalCluster`` of ``workers`` single-threaded
     processes (closed at the end)."""
     if scheduler is not None:
         options = {"timeout": timeout} if timeout else {}
-        with Client(scheduler, set_as_default=False, **options) as client:
+        with Client(scheduler, set_as_default=False, **options) as client, client.as_current():
             yield client
         return
     with (
@@ -89,6 +90,7 @@ def connect(
             memory_limit=memory_limit,
         ) as cluster,
         Client(cluster, set_as_default=False) as client,
+        client.as_current(),
     ):
         yield client
 
@@ -356,7 +358,8 @@ def segment_large_steps(
         try:
             while True:
                 try:
-                    wait(futures, timeout=poll)
+                    with client.as_current():  # wait() asks for the current client
+                        wait(futures, timeout=poll)
                     break
                 except TimeoutError:
                     yield sum(f.done() for f in futures), len(futures)

@@ -3,13 +3,14 @@
 :class:`PlaneStream` holds what has been done of one plane between runs: each run predicts the
 blocks it is given (:func:`~napari_unet.core.blocks.predict_block`, one shared
 :class:`~napari_unet.core.blocks.Normalisation` estimated once from the same lattice sample as
-:func:`~napari_unet.core.distributed.segment_large`'s, whatever the block sizes, so every block's
-probabilities equal ``segment_large``'s and ``predict``'s), yields them one by one, and labels cells with the seam
-rule of :mod:`~napari_unet.core.seams` as soon as a block's neighbourhood is predicted: a
-block's window (its core grown by the cell halo) is labelled once every block it overlaps is
-predicted, and a block's labels are final once every window that reaches into it is labelled.
-Ids are unique: the cells a window owns get the next free ids when it is labelled. Only the
-probabilities and owned cells still needed by an unfinished neighbour stay in memory.
+:func:`~napari_unet.core.distributed.segment_large`'s whatever the block sizes, so every
+block's probabilities equal ``segment_large``'s and ``predict``'s), yields them one by one, and
+labels cells with the seam rule of :mod:`~napari_unet.core.seams` as soon as a block's
+neighbourhood is predicted: a block's window (its core grown by the cell halo) is labelled once
+every block it overlaps is predicted, and a block's labels are final once every window that
+reaches into it is labelled. Ids are unique: the cells a window owns get the next free ids when
+it is labelled. Only the probabilities and owned cells still needed by an unfinished neighbour
+stay in memory.
 """
 
 from __future__ import annotations
@@ -153,7 +154,9 @@ class PlaneStream:
         """Blocks whose labels are not final yet."""
         return len(self.blocks) - len(self.painted)
 
-    def run(self, indices: Iterable[int], device=None) -> Iterator[BlockProbabilities | BlockLabels]:
+    def run(
+        self, indices: Iterable[int], device=None
+    ) -> Iterator[BlockProbabilities | BlockLabels]:
         """Predict the blocks ``indices`` not predicted yet, in that order; yields each one's
         :class:`BlockProbabilities`, and the :class:`BlockLabels` of every block whose labels
         became final. The first run estimates the normalisation (reading its sample). Closed

@@ -46,6 +46,8 @@ __all__ = [
     "read_record",
     "write_labels_zarr",
     "pyramid_shapes",
+    "levels",
+    "update_levels",
     "write_level",
     "write_tiff_bands",
     "NGFF_VERSION",
@@ -398,6 +400,24 @@ def write_labels_zarr(
             write_level(root, level, (slice(0, shape[0]), slice(0, shape[1])))
         mark_complete(root, cells=int(labels.max(initial=0)))
     return path
+
+
+def levels(root) -> list:
+    """The arrays of the OME-Zarr multiscale group ``root``, finest first (read lazily)."""
+    return [root[d["path"]] for d in root.attrs["multiscales"][0]["datasets"]]
+
+
+def update_levels(root, region: tuple[slice, slice]) -> None:
+    """Refresh every coarser level of ``root`` where level-0 ``region`` was written: at level
+    ``k`` the pixels ``ceil(start / 2**k) .. ceil(stop / 2**k)`` (every ``2**k``-th pixel)."""
+    for level, array in enumerate(levels(root)[1:], start=1):
+        f = 2**level
+        scaled = tuple(
+            slice(-(-s.start // f), min(-(-s.stop // f), n))
+            for s, n in zip(region, array.shape, strict=True)
+        )
+        if all(s.start < s.stop for s in scaled):
+            write_level(root, level, scaled)
 
 
 def write_level(root, level: int, region: tuple[slice, slice]) -> None:

@@ -161,6 +161,15 @@ def test_cluster_and_plane_stream_normalise_alike_whatever_the_block(
     assert stream.norm.blocks < stream.norm.total  # a sample, not the whole plane
 
 
+def test_the_client_is_not_the_process_default(client):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from distributed import default_client
+
+    with ThreadPoolExecutor(1) as pool:  # e.g. napari slicing a dask layer in its own thread
+        assert isinstance(pool.submit(default_client).exception(), ValueError)
+
+
 def test_label_image_is_complete_only_once_marked(tmp_path):
     from napari_unet.core.zarrio import mark_complete
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 
@@ -110,9 +112,16 @@ def test_lazy_results_outlive_a_new_run_and_their_image(
     look_at(viewer, (32, 32), 40)
     click(widget, widget._predict, qtbot)
     old = widget._large.jobs[id(image)].output
-    widget._threshold.value = 0.3  # another job, into new layers
+    session_for(viewer).set_model(copy.deepcopy(tiny_unet), "the same weights")
     click(widget, widget._predict, qtbot)
-    assert widget._large.jobs[id(image)].output is not old
+    assert widget._large.jobs[id(image)].output is old  # same weights: the same job goes on
+    widget._threshold.value = 0.3  # another job, into new layers
+    widget._predict.native.click()
+    widget._on_image_changed()  # e.g. the chosen image changed during the run
+    assert not widget._rest.enabled  # never during a run
+    qtbot.waitUntil(lambda: widget._task is None, timeout=TIMEOUT)
+    new = widget._large.jobs[id(image)].output
+    assert new is not old
     old_layers = [
         viewer.layers["big probability (large)"],
         viewer.layers["big prediction (large)"],
@@ -124,6 +133,65 @@ def test_lazy_results_outlive_a_new_run_and_their_image(
     assert old.folder.is_dir()
     viewer.layers.remove(old_layers[1])
     assert not old.folder.exists() and old.closed  # gone with the last of its layers
+
+
+def test_results_removed_during_a_run_stop_it(
+    make_napari_viewer, qtbot, small_budget, tiny_unet, pattern, notes
+):
+    viewer = make_napari_viewer()
+    image = viewer.add_image(da.from_array(pattern, chunks=STEP), name="big")
+    widget = dock(viewer, tiny_unet)
+    look_at(viewer, (32, 32), 40)
+    click(widget, widget._predict, qtbot)
+    output = widget._large.jobs[id(image)].output
+    widget._rest.native.click()
+
+    def remove(_event):
+        for layer in (output.probability, output.labels):
+            if layer in viewer.layers:
+                viewer.layers.remove(layer)
+
+    widget.worker.yielded.connect(remove)
+    qtbot.waitUntil(lambda: widget._task is None, timeout=TIMEOUT)
+    assert output.closed and not output.folder.exists()  # not made again by a late write
+    assert widget._status.value.startswith("cancelled")
+    assert any("layers were removed" in n.message for n in notes)
+
+
+def test_lazy_results_need_room_in_their_folder(
+    make_napari_viewer, small_budget, tiny_unet, pattern, notes, monkeypatch, tmp_path
+):
+    monkeypatch.setattr(_large, "OUTPUT_BYTES", 1e30)
+    viewer = make_napari_viewer()
+    viewer.add_image(da.from_array(pattern, chunks=STEP), name="big")
+    widget = dock(viewer, tiny_unet)
+    widget._out_folder.value = str(tmp_path)
+    widget._predict.native.click()
+    assert widget.worker is None and [layer.name for layer in viewer.layers] == ["big"]
+    assert any(f"GB in {tmp_path}" in n.message for n in notes)
+
+
+def test_what_goes_lazy_is_decided_on_bytes_memory_maps_too(tmp_path, monkeypatch):
+    monkeypatch.setattr(_large, "LAZY_BYTES", 10_000)
+    big = np.lib.format.open_memmap(tmp_path / "a.npy", "w+", np.uint16, (40, 40))
+    assert _large.goes_lazy(big, (40, 40), (40, 40))  # 40 * 40 * (2 + 8) bytes > 10,000
+    assert not _large.goes_lazy(np.asarray(big).copy(), (40, 40), (40, 40))  # in memory
+    stack = da.zeros((50, 20, 20), dtype=np.uint8)
+    assert _large.goes_lazy(stack, (50, 20, 20), (50, 20, 20))  # all planes: too much
+    assert not _large.goes_lazy(stack, (50, 20, 20), (20, 20))  # one plane fits
+
+
+def test_a_layer_showing_other_than_its_file_is_not_sent(tmp_path):
+    import tifffile
+    from napari.layers import Image
+    from napari.layers._source import layer_source
+
+    path = tmp_path / "two.tif"
+    tifffile.imwrite(path, np.zeros((64, 64), np.uint16))
+    with layer_source(path=str(path)):
+        layer = Image(np.zeros((32, 64), np.uint16), name="crop")
+    with pytest.raises(ValueError, match=r"shows data of shape \(32, 64\).*\(64, 64\)"):
+        _large.layer_file(layer)
 
 
 def test_multiscale_layer_is_predicted_at_full_resolution(

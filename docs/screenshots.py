@@ -59,6 +59,13 @@ class Window:
         self.annotation.opacity = 0.5
         self.viewer.reset_view()
 
+    @classmethod
+    def around(cls, viewer) -> Window:
+        """The picture window of a viewer set up otherwise."""
+        window = cls.__new__(cls)
+        window.viewer = viewer
+        return window
+
     @property
     def image(self):
         return self.viewer.layers[0]
@@ -129,6 +136,36 @@ def predict(window: Window, out: Path, model) -> None:
     window.save(out, "predict")
 
 
+def large(out: Path, model, size: int = 16384) -> None:
+    """A lazy 16,384 x 16,384 mosaic of the sample (a dask array, never read whole), zoomed in:
+    Predict does the blocks in view first."""
+    import dask.array as da
+    import numpy as np
+
+    from napari_unet._sample_data import phase_contrast_cells
+
+    (tile, *_), _ = phase_contrast_cells()
+    flips = [[tile[:: 1 - 2 * (i % 2), :: 1 - 2 * (j % 2)] for j in range(2)] for i in range(2)]
+    quad = da.from_array(np.block(flips), chunks=512)
+    mosaic = da.tile(quad, (size // quad.shape[0], size // quad.shape[1]))
+    viewer = napari.Viewer(title="napari-unet")
+    viewer.window.resize(1500, 950)
+    open_viewer([], viewer)
+    viewer.layers.clear()
+    viewer.add_image(mosaic, name="slide", contrast_limits=(0, float(tile.max())))
+    window = Window.around(viewer)
+    use(window, model)
+    widget = window.dock("Predict")
+    widget._image.value = viewer.layers["slide"]
+    viewer.camera.center = (5000, 7000)
+    viewer.camera.zoom = 0.5
+    settle()
+    widget._on_predict()
+    wait_for(widget)
+    viewer.camera.zoom = 0.12  # step back: the predicted region amid the rest of the slide
+    window.save(out, "large")
+
+
 def export(window: Window, out: Path) -> None:
     widget = window.dock("Export")
     widget._layers.value = [window.annotation]
@@ -170,6 +207,8 @@ def main() -> None:
     finetune(Window(args.image, args.labels), args.out, model)
     predict(Window(args.image, args.labels), args.out, model)
     export(Window(args.image, args.labels), args.out)
+    if args.image is None:
+        large(args.out, model)
 
 
 if __name__ == "__main__":

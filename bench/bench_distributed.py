@@ -60,6 +60,15 @@ def peak_rss(dask_worker=None) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def block_probabilities(name, source, block, norm) -> np.ndarray:
+    """What a predict task of the graph computes (it writes them to its scratch folder)."""
+    from napari_unet.core import distributed as dist
+    from napari_unet.core.blocks import opened, predict_block
+
+    with opened(source) as plane:
+        return predict_block(dist._model(name), plane, block, norm)
+
+
 def run_cluster(workers: int, model, zarr_path: Path, out: Path, block: int, halo: int, prob):
     """Segment on a LocalCluster; with ``prob`` (in-process probabilities) also the largest
     difference from them of the blocks' probabilities computed on the cluster."""
@@ -80,7 +89,7 @@ def run_cluster(workers: int, model, zarr_path: Path, out: Path, block: int, hal
         if prob is not None:  # the predict tasks of the graph, with its normalisation
             blocks = plan_blocks(info.shape, model, block)
             futures = [
-                client.submit(dist._predict_task, name, info, b, result.normalisation, False)
+                client.submit(block_probabilities, name, info, b, result.normalisation)
                 for b in blocks
             ]
             diff = max(

@@ -161,6 +161,39 @@ def test_cluster_and_plane_stream_normalise_alike_whatever_the_block(
     assert stream.norm.blocks < stream.norm.total  # a sample, not the whole plane
 
 
+def test_workers_hold_counts_not_blocks_whatever_the_order(
+    client, large_run, bundled, whole, tmp_path
+):
+    """Probabilities and cells go through the scratch folder: a worker holds a few counts, not
+    blocks' results (they piled up with the number of blocks: most predictions ran first)."""
+    from distributed import WorkerPlugin
+
+    from napari_unet.core.distributed import segment_large
+
+    class Held(WorkerPlugin):  # the bytes of task results a worker holds, at their most
+        name = "napari-unet-test-held"
+
+        def setup(self, worker):
+            self.worker, self.peak = worker, 0
+
+        def transition(self, key, start, finish, **kwargs):
+            self.peak = max(self.peak, self.worker.state.nbytes)
+
+    image = whole[0]  # 9 blocks
+    create_labels(tmp_path / "in.ome.zarr", image.shape, (128, 128), image.dtype)["0"][:] = image
+    source = inspect_image(tmp_path / "in.ome.zarr")  # read by the tasks, not sent to them
+    client.register_plugin(Held(), name=Held.name)
+    try:
+        result = segment_large(
+            client, large_run[0], bundled, source, tmp_path / "out.ome.zarr", block=BLOCK
+        )
+        peaks = client.run(lambda dask_worker: dask_worker.plugins[Held.name].peak)
+    finally:
+        client.unregister_worker_plugin(Held.name)
+    assert result.blocks == 9
+    assert 0 < max(peaks.values()) < BLOCK * BLOCK  # bytes: a quarter of one block's probabilities
+
+
 def test_the_client_is_not_the_process_default(client):
     from concurrent.futures import ThreadPoolExecutor
 

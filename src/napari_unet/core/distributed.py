@@ -6,16 +6,21 @@ becomes a graph of blocks (:mod:`~napari_unet.core.blocks`):
 
 1. ``predict``: each block's probabilities, read from the file by the worker (tasks carry block
    coordinates, not pixels), normalised with one :class:`~napari_unet.core.blocks.Normalisation`
-   estimated before the graph runs; equal to in-process :func:`~napari_unet.predict`;
+   estimated before the graph runs; equal to in-process :func:`~napari_unet.predict`; written
+   to a scratch zarr store beside the output;
 2. ``cells``: each block's probabilities grown by a cell halo, labelled with
-   :func:`~napari_unet.to_instances`, the cells it owns kept (:mod:`~napari_unet.core.seams`);
-3. ``paint``: each block's provisional ids, written to a zarr store beside the output;
+   :func:`~napari_unet.to_instances`, the cells it owns kept (:mod:`~napari_unet.core.seams`)
+   and written to the scratch folder;
+3. ``paint``: each block's provisional ids, from the cells of the windows reaching into it,
+   written to the scratch folder;
 4. ``ids``: final ids ``1..N`` once every block's count is known, written to level 0 of the
    OME-Zarr label image, then its pyramid levels.
 
-Intermediate results live on disk or only until their neighbours are done, so a worker's memory
-does not grow with the image. The model travels once to each worker as safetensors bytes
-(:class:`ModelPlugin`), never as a pickled module. Importing this module imports dask.
+Intermediate results live on disk (the scratch folder holds about 4 bytes per pixel of
+probabilities, compressed, and the cells), never as task results, so a worker's memory does not
+grow with the image whatever order dask runs the tasks in. The model travels once to each
+worker as safetensors bytes (:class:`ModelPlugin`), never as a pickled module. Importing this
+module imports dask.
 """
 
 from __future__ import annotations
@@ -36,7 +41,6 @@ from .blocks import (
     DEFAULT_HALO,
     SAMPLE_VALUES,
     Normalisation,
-    assemble,
     cell_window,
     corners,
     estimate_normalisation,
@@ -150,27 +154,42 @@ def _model(name: str):
 
 
 # ---------------------------------------------------------------------------------- the tasks
-def _predict_task(name, source, block, norm: Normalisation, flips: bool) -> np.ndarray:
-    with opened(source) as plane:
-        return predict_block(_model(name), plane, block, norm, flips=flips)
-
-
-def _cells_task(window, core, shape, regions, instance: dict, *probs):
-    from .instances import to_instances
-
-    prob = assemble(window, regions, probs)
-    return owned_cells(to_instances(prob, **instance), window, core, shape)
-
-
-def _count(cells) -> tuple[int, int]:
-    return cells[1], cells[2]
-
-
-def _paint_task(store: str, core, indices, windows, *cells) -> None:
+# Blocks hand their probabilities and cells to their neighbours through the scratch folder, not
+# as task results: a result stays in a worker's memory until every task that needs it has run,
+# and dask runs most predictions before the first labelling, so held results (and a worker's
+# peak memory) grew with the number of blocks. Tasks return at most two counts.
+def _predict_task(name, source, block, norm: Normalisation, flips: bool, probs: str) -> None:
     import zarr
 
-    pieces = [(i, w, c[0]) for i, w, c in zip(indices, windows, cells, strict=True)]
+    with opened(source) as plane:
+        prob = predict_block(_model(name), plane, block, norm, flips=flips)
+    zarr.open_array(probs, mode="r+")[block.inner] = prob
+
+
+def _cells_task(
+    probs: str, cells: str, index: int, window, core, shape, instance: dict, *_predicted
+) -> tuple[int, int]:
+    import zarr
+
+    from .instances import to_instances
+
+    prob = zarr.open_array(probs, mode="r")[window]
+    owned, n, cut = owned_cells(to_instances(prob, **instance), window, core, shape)
+    zarr.open_array(cells, mode="r+")[(index, *_extent(window))] = owned
+    return n, cut
+
+
+def _paint_task(store: str, cells: str, core, indices, windows, *_labelled) -> None:
+    import zarr
+
+    owned = zarr.open_array(cells, mode="r")
+    pieces = [(i, w, owned[(i, *_extent(w))]) for i, w in zip(indices, windows, strict=True)]
     zarr.open_array(store, mode="r+")[core] = paint(core, pieces)
+
+
+def _extent(window) -> tuple[slice, slice]:
+    """Where a window's cells lie in its slot of the scratch array of cells (at its origin)."""
+    return tuple(slice(0, s.stop - s.start) for s in window)
 
 
 def _offsets(*counts) -> np.ndarray:
@@ -323,38 +342,53 @@ def segment_large_steps(
         import zarr
 
         store = str(scratch / "provisional.zarr")
-        zarr.create_array(
-            store, shape=shape, chunks=chunks, dtype=np.uint64, fill_value=0, zarr_format=2
-        )
+        probs, cells_store = str(scratch / "probabilities.zarr"), str(scratch / "cells.zarr")
+        largest = tuple(c + 2 * halo for c in chunks)  # window
+        for path, size, chunk, dtype in (
+            (store, shape, chunks, np.uint64),
+            (probs, shape, chunks, np.float32),
+            (cells_store, (len(blocks), *largest), (1, *largest), np.uint32),  # one per block
+        ):
+            zarr.create_array(
+                path, shape=size, chunks=chunk, dtype=dtype, fill_value=0, zarr_format=2
+            )
         src = source if hasattr(source, "open") else dask.delayed(source, pure=True)
         d = dask.delayed
-        probs = [d(_predict_task, pure=True)(name, src, b, norm, flips) for b in blocks]
+        predicted = [d(_predict_task, pure=True)(name, src, b, norm, flips, probs) for b in blocks]
         cores = [b.inner for b in blocks]
         windows = [cell_window(core, halo, shape) for core in cores]
         core_corners, window_corners = corners(cores), corners(windows)
-        cells = []
-        for b, window in zip(blocks, windows, strict=True):
-            near = overlapping(window, core_corners)
-            regions = [cores[j] for j in near]
-            cells.append(
-                d(_cells_task, pure=True)(
-                    window, b.inner, shape, regions, instance, *[probs[j] for j in near]
-                )
+        cells = [
+            d(_cells_task, pure=True)(
+                probs,
+                cells_store,
+                i,
+                window,
+                core,
+                shape,
+                instance,
+                *[predicted[j] for j in overlapping(window, core_corners)],
             )
-        counts = [d(_count, pure=True)(c) for c in cells]
-        offsets = d(_offsets, pure=True)(*counts)
+            for i, (window, core) in enumerate(zip(windows, cores, strict=True))
+        ]
+        offsets = d(_offsets, pure=True)(*cells)
         done = []
-        for b in blocks:
-            near = overlapping(b.inner, window_corners)
+        for core in cores:
+            near = overlapping(core, window_corners)
             painted = d(_paint_task)(
-                store, b.inner, near, [windows[j] for j in near], *[cells[j] for j in near]
+                store,
+                cells_store,
+                core,
+                near,
+                [windows[j] for j in near],
+                *[cells[j] for j in near],
             )
-            done.append(d(_ids_task)(store, str(labels), b.inner, offsets, painted))
+            done.append(d(_ids_task)(store, str(labels), core, offsets, painted))
         levels = []
         for level, level_shape in enumerate(pyramid_shapes(shape, chunks)[1:], start=1):
             for region in _chunks(level_shape, chunks):
                 levels.append(d(_level_task)(str(labels), level, region, *done))
-        futures = client.compute([*counts, *done, *levels])
+        futures = client.compute([*cells, *done, *levels])
         try:
             while True:
                 try:
@@ -363,8 +397,8 @@ def segment_large_steps(
                     break
                 except TimeoutError:
                     yield sum(f.done() for f in futures), len(futures)
-            totals = client.gather(futures[: len(counts)])
-            client.gather(futures[len(counts) :])  # raises a failed task's error
+            totals = client.gather(futures[: len(cells)])
+            client.gather(futures[len(cells) :])  # raises a failed task's error
         finally:
             client.cancel(futures)  # nothing left to run once the job ends or is abandoned
     cells_n = int(sum(t[0] for t in totals))

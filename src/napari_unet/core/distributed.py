@@ -400,7 +400,11 @@ def segment_large_steps(
             totals = client.gather(futures[: len(cells)])
             client.gather(futures[len(cells) :])  # raises a failed task's error
         finally:
-            client.cancel(futures)  # nothing left to run once the job ends or is abandoned
+            # an abandoned job leaves nothing running; a finished one is released with its
+            # futures (cancelling finished futures trips an assertion in dask's scheduler log)
+            pending = [f for f in futures if not f.done()]
+            if pending:
+                client.cancel(pending)
     cells_n = int(sum(t[0] for t in totals))
     cut = int(sum(t[1] for t in totals))
     mark_complete(root, cells=cells_n, cut_cells=cut)

@@ -157,12 +157,14 @@ def large(out: Path, model, size: int = 16384) -> None:
     use(window, model)
     widget = window.dock("Predict")
     widget._image.value = viewer.layers["slide"]
-    viewer.camera.center = (5000, 7000)
-    viewer.camera.zoom = 0.5
+    camera = viewer.scene.camera
+    camera.center = (5000, 7000)
+    camera.zoom = 0.5
     settle()
     widget._on_predict()
     wait_for(widget)
-    viewer.camera.zoom = 0.12  # step back: the predicted region amid the rest of the slide
+    viewer.layers["slide probability (large)"].visible = False
+    camera.zoom = 0.09  # step back: the labelled region amid the rest of the slide
     window.save(out, "large")
 
 

@@ -451,3 +451,44 @@ def test_cli_and_distributed_path_run_without_napari_or_qt():
     done = subprocess.run(run, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "--scheduler" in done.stdout
+
+
+def test_cli_writes_probabilities_on_cluster_as_in_process(
+    client, bundled, whole, large_run, tmp_path
+):
+    image, prob, _ = whole
+    tifffile.imwrite(tmp_path / "big.tif", image)  # 9 blocks
+    tifffile.imwrite(tmp_path / "small.tif", image[:96, :96])  # one task
+    size = {"pixel_size": (0.5, 0.5), "unit": "micrometer"}
+    root = create_labels(tmp_path / "img.ome.zarr", image.shape, (256, 256), image.dtype, **size)
+    root["0"][:] = image
+    out = tmp_path / "out"
+    inputs = [str(tmp_path / n) for n in ("big.tif", "small.tif", "img.ome.zarr")]
+    argv = ["predict", *inputs, "--out", str(out), "--probabilities"]
+    argv += ["--block", str(BLOCK), "--halo", str(HALO), "--scheduler", client.scheduler.address]
+    assert main(argv) == 0
+    big = tifffile.imread(out / "big_probabilities.tif")
+    assert big.dtype == np.float32 and np.abs(big - prob).max() <= 1e-5
+    small = tifffile.imread(out / "small_probabilities.tif")
+    assert np.abs(small - predict(bundled, image[:96, :96])).max() <= 1e-5
+    path = out / "img_probabilities.ome.zarr"
+    assert is_complete_output(path) and is_complete_output(out / "img_labels.ome.zarr")
+    labels = zarr.open_array(str(out / "img_labels.ome.zarr"), path="0", mode="r")[:]
+    assert (labels == large_run[2]).all()  # the labels as without --probabilities
+    group = zarr.open_group(str(path), mode="r")
+    assert np.abs(group["0"][:] - prob).max() <= 1e-5
+    assert (group["1"][:] == group["0"][::2, ::2]).all()  # a pyramid, subsampled
+    assert "image-label" not in group.attrs  # an image, not labels
+    (multiscale,) = group.attrs["multiscales"]
+    assert multiscale["datasets"][0]["coordinateTransformations"][0]["scale"] == [0.5, 0.5]
+    assert inspect_image(path).pixel_size == pytest.approx((0.5, 0.5))
+    before = {p: p.stat().st_mtime_ns for p in out.iterdir()}
+    assert main(argv) == 0  # complete: skipped
+    assert {p: p.stat().st_mtime_ns for p in out.iterdir()} == before
+    import shutil
+
+    shutil.rmtree(path)
+    shutil.rmtree(out / "img_labels.ome.zarr")
+    assert main([*argv, "--threshold", "0.6"]) == 0  # missing outputs made again
+    stored = zarr.open_group(str(path), mode="r").attrs["napari-unet"]
+    assert stored["instances"]["threshold"] == 0.6

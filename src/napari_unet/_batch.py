@@ -104,12 +104,14 @@ def model_record(label: str | None, model) -> dict:
     return {"model": label or "bundled", "model_sha256": model_sha256(model)}
 
 
-def _write_small(targets: dict, labels, source, pixel_size, record: dict, chunk: int) -> None:
-    """Write the labels of an image segmented whole, with the ROI set and measurements asked
-    for (as the in-process command writes them)."""
+def _write_small(
+    targets: dict, labels, probs, source, pixel_size, record: dict, chunk: int
+) -> None:
+    """Write the labels (and ``probs``, when asked for) of an image segmented whole, with the
+    ROI set and measurements asked for (as the in-process command writes them)."""
     from .cli import _write_cell_tables
     from .core.blocks import opened
-    from .core.io import PREDICTION_SOFTWARE, write_labels
+    from .core.io import PREDICTION_SOFTWARE, write_image, write_labels
     from .core.zarrio import write_labels_zarr
 
     target = targets["labels"]
@@ -117,13 +119,29 @@ def _write_small(targets: dict, labels, source, pixel_size, record: dict, chunk:
         write_labels(target, labels, software=PREDICTION_SOFTWARE, pixel_size=pixel_size)
     else:
         write_labels_zarr(target, labels, (chunk, chunk), pixel_size=pixel_size, metadata=record)
-    if len(targets) > 1:
+    if "probabilities" in targets:
+        target = targets["probabilities"]
+        if target.suffix == ".tif":
+            write_image(target, probs, software=PREDICTION_SOFTWARE)
+        else:
+            options = {"pixel_size": pixel_size, "metadata": record, "label": False}
+            write_labels_zarr(target, probs, (chunk, chunk), **options)
+    if _TABLES.intersection(targets):
         with opened(source) as plane:
             image = np.asarray(plane[:, :])
         _write_cell_tables(targets, labels, image, pixel_size)
 
 
-def _segment_large(client, name, model, info, target: Path, args, instance, record) -> int:
+_TABLES = {"rois", "cells"}
+"""Output kinds made from the labels in memory (small images only)."""
+
+
+def _segment_large(client, name, model, info, targets: dict, args, instance, record) -> int:
+    """Segment a large image block by block into ``targets["labels"]`` (and
+    ``targets["probabilities"]`` when asked for): OME-Zarr written in place atomically, or TIFF
+    written band by band from OME-Zarr in a work folder. Returns the number of cells."""
+    from contextlib import ExitStack
+
     from .core.distributed import segment_large
     from .core.io import work_folder
     from .core.zarrio import atomic_folder, write_tiff_bands
@@ -136,13 +154,22 @@ def _segment_large(client, name, model, info, target: Path, args, instance, reco
         "pixel_size": info.pixel_size,
         "metadata": record,
     }
+    target, probs = targets["labels"], targets.get("probabilities")
     if target.suffix != ".tif":
-        with atomic_folder(target) as tmp:
+        with ExitStack() as stack:  # the labels, marked last, take their place last
+            tmp = stack.enter_context(atomic_folder(target))
+            if probs is not None:
+                options["probabilities"] = stack.enter_context(atomic_folder(probs))
             return segment_large(client, name, model, info, tmp, **options).cells
     with work_folder(target.parent) as work:
+        if probs is not None:
+            options["probabilities"] = work / "probabilities.ome.zarr"
         result = segment_large(client, name, model, info, work / "labels.ome.zarr", **options)
         import zarr
 
+        if probs is not None:
+            array = zarr.open_array(str(options["probabilities"]), path="0", mode="r")
+            write_tiff_bands(probs, array, pixel_size=info.pixel_size, dtype="float32")
         labels = zarr.open_array(str(result.labels), path="0", mode="r")
         dtype = "uint16" if result.cells <= 65535 else "uint32"
         write_tiff_bands(target, labels, pixel_size=info.pixel_size, dtype=dtype)
@@ -165,7 +192,7 @@ def run(args) -> int:
     """Run ``predict`` on dask; returns the exit status (1 when a file failed)."""
     from tqdm import tqdm
 
-    from .cli import _plan_outputs, instance_options
+    from .cli import _MARKED, _plan_outputs, instance_options
     from .core.blocks import model_source
     from .core.io import image_info, read_pixel_size
     from .core.store import open_model
@@ -185,8 +212,6 @@ def run(args) -> int:
 
     from .core.distributed import connect, fits_one_block, segment_small, share_model
 
-    if args.probabilities:
-        raise ValueError("--probabilities is not written with --workers/--scheduler yet")
     if args.device not in (None, "cpu"):
         raise ValueError("--device: workers predict on their own CPU (leave --device out)")
     if args.tile is not None:
@@ -199,11 +224,12 @@ def run(args) -> int:
     record = {**model_record(args.model, model), "instances": instance, "flips": args.flips}
     out = Path(args.out)
     args.folders.check(out)
-    kinds = ("labels",) + ("rois",) * args.rois + ("cells",) * args.measurements
+    kinds = ("labels",) + ("probabilities",) * args.probabilities
+    kinds += ("rois",) * args.rois + ("cells",) * args.measurements
     plan = _plan_outputs(expand_inputs(args.images), out, kinds)
     todo = []
     for path, targets in plan:
-        done, why = _resumable(targets["labels"], record)
+        done, why = _resumable([t for k, t in targets.items() if k in _MARKED], record)
         if done:
             log.info("%s: done already (%s), skipped", path.name, targets["labels"].name)
         else:
@@ -229,35 +255,41 @@ def run(args) -> int:
                         _check_channels(shape, model.in_channels)
                         source = _WholeFile(str(path), model.in_channels, args.max_pixels)
                     future = segment_small(
-                        client, name, source, flips=args.flips, instance=instance
+                        client,
+                        name,
+                        source,
+                        flips=args.flips,
+                        instance=instance,
+                        probabilities=args.probabilities,
                     )
                     size = info.pixel_size if info else read_pixel_size(path)
                     small[future] = (path, targets, source, size)
                 else:
-                    if len(targets) > 1:
+                    if _TABLES.intersection(targets):
                         raise ValueError(
                             f"--rois/--measurements need the labels in memory, and this image "
                             f"is larger than one block (--block {args.block}) and is "
                             "segmented block by block; run it without them, or in-process"
                         )
-                    large.append((path, targets["labels"], info or inspect_image(path)))
+                    large.append((path, targets, info or inspect_image(path)))
             except Exception as err:  # noqa: BLE001 - reported per file at the end
                 failures[path] = _why(err)
         with tqdm(total=len(todo) - len(failures), desc="images", unit="image") as bar:
-            for path, target, info in large:
+            for path, targets, info in large:
                 try:
                     meta = {**record, "input": str(path)}
-                    cells = _segment_large(client, name, model, info, target, args, instance, meta)
-                    tqdm.write(f"{path.name}: {cells} cells -> {target}")
+                    job = (client, name, model, info, targets, args, instance, meta)
+                    cells = _segment_large(*job)
+                    tqdm.write(f"{path.name}: {cells} cells -> {targets['labels']}")
                 except Exception as err:  # noqa: BLE001 - reported per file at the end
                     failures[path] = _why(err)
                 bar.update(1)
             for future in as_completed(list(small)):
                 path, targets, source, size = small.pop(future)
                 try:
-                    labels, _ = future.result()
+                    labels, probs = future.result()
                     meta = {**record, "input": str(path), "normalisation": _whole_norm()}
-                    _write_small(targets, labels, source, size, meta, args.block)
+                    _write_small(targets, labels, probs, source, size, meta, args.block)
                     cells = int(labels.max(initial=0))
                     tqdm.write(f"{path.name}: {cells} cells -> {targets['labels']}")
                 except Exception as err:  # noqa: BLE001 - reported per file at the end
@@ -281,19 +313,21 @@ def _whole_norm() -> dict:
     return {"percentiles": list(PERCENTILES), "sampled_blocks": 1, "blocks": 1}
 
 
-def _resumable(target: Path, record: dict) -> tuple[bool, str]:
-    """Whether the complete output ``target`` may be kept by a rerun made as ``record`` says:
-    ``(True, "")``; else ``(False, why)``, ``why`` naming what differs ("" when there is no
-    complete output). An OME-Zarr output records the model and options; a TIFF records
+def _resumable(targets: list[Path], record: dict) -> tuple[bool, str]:
+    """Whether the complete outputs ``targets`` may be kept by a rerun made as ``record`` says:
+    ``(True, "")``; else ``(False, why)``, ``why`` naming what differs ("" when an output is
+    missing or incomplete). An OME-Zarr output records the model and options; a TIFF records
     neither, and is kept."""
     from .core.zarrio import is_complete_output, read_record
 
-    if not is_complete_output(target):
+    if not all(map(is_complete_output, targets)):
         return False, ""
-    stored = read_record(target)
-    if stored is None:
-        return True, ""
-    differ = [k for k in ("model_sha256", "instances", "flips") if stored.get(k) != record[k]]
-    if differ:
-        return False, "made with another " + ", ".join(differ)
+    for target in targets:
+        stored = read_record(target)
+        if stored is None:
+            continue
+        keys = ("model_sha256", "instances", "flips")
+        differ = [k for k in keys if stored.get(k) != record[k]]
+        if differ:
+            return False, "made with another " + ", ".join(differ)
     return True, ""

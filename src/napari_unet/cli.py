@@ -216,11 +216,12 @@ def _check_out_file(out: Path, inputs: list[Path]) -> None:
 def _plan_outputs(images: list[Path], out: Path, kinds: tuple[str, ...]) -> list[tuple]:
     """``(image, {kind: output path})`` per image to segment; raises before anything is written.
 
-    Outputs are ``<stem>_<kind>.tif`` (``<stem>_labels.ome.zarr`` for the labels of a zarr or
-    OME-Zarr input), the stem without ``.ome``; a stem met again gets ``<stem>-2``, ``-3``, ...
-    in the order given. Inputs that an earlier ``predict`` wrote are not segmented. An output
-    may replace a file only when an earlier ``predict`` wrote it, and never an input. Used by
-    the in-process and the distributed command alike.
+    Outputs are ``<stem>_<kind>.tif`` (``<stem>_labels.ome.zarr`` and
+    ``<stem>_probabilities.ome.zarr`` for a zarr or OME-Zarr input), the stem without
+    ``.ome``; a stem met again gets ``<stem>-2``, ``-3``, ... in the order given. Inputs that
+    an earlier ``predict`` wrote are not segmented. An output may replace a file only when an
+    earlier ``predict`` wrote it, and never an input. Used by the in-process and the
+    distributed command alike.
     """
     from .core.zarrio import is_complete_output
 
@@ -250,7 +251,7 @@ def _plan_outputs(images: list[Path], out: Path, kinds: tuple[str, ...]) -> list
                 raise FileExistsError(
                     f"the output for {path} would replace the input {hit}; choose another --out"
                 )
-            ours = target if kind == "labels" else targets["labels"]  # ROIs, CSV: beside it
+            ours = target if kind in _MARKED else targets["labels"]  # ROIs, CSV: beside it
             if os.path.lexists(target) and not is_complete_output(ours):
                 raise FileExistsError(
                     f"{target} exists and napari-unet predict did not write it; refusing to "
@@ -268,12 +269,14 @@ def _stem(path: Path, k: int) -> str:
 
 _SUFFIXES = {"rois": ".zip", "cells": ".csv"}
 """Output kinds that are not TIFF files (``<stem>_rois.zip``, ``<stem>_cells.csv``)."""
+_MARKED = ("labels", "probabilities")
+"""Output kinds that carry the mark of ``predict`` (OME-Zarr for a zarr input)."""
 
 
 def _output_name(path: Path, k: int, kind: str) -> str:
     from .core.zarrio import is_zarr
 
-    suffix = ".ome.zarr" if kind == "labels" and is_zarr(path) else _SUFFIXES.get(kind, ".tif")
+    suffix = ".ome.zarr" if kind in _MARKED and is_zarr(path) else _SUFFIXES.get(kind, ".tif")
     return f"{_stem(path, k)}_{kind}{suffix}"
 
 
@@ -674,7 +677,10 @@ def _parser() -> argparse.ArgumentParser:
         help="average the 8 flips and quarter turns (8x slower, more accurate)",
     )
     p.add_argument(
-        "--probabilities", action="store_true", help="also write IMAGE_probabilities.tif"
+        "--probabilities",
+        action="store_true",
+        help="also write IMAGE_probabilities.tif (float32; IMAGE_probabilities.ome.zarr for a "
+        "zarr/OME-Zarr input with --workers/--scheduler)",
     )
     p.add_argument(
         "--rois",

@@ -266,6 +266,7 @@ def segment_large_steps(
     pixel_size=None,
     metadata: dict | None = None,
     work: str | os.PathLike | None = None,
+    probabilities: str | os.PathLike | None = None,
     poll: float = 0.5,
 ) -> Iterator[tuple[int, int]]:
     """Predict and label one large plane block by block on the cluster of ``client``: a
@@ -299,6 +300,10 @@ def segment_large_steps(
     work
         Folder in which a scratch folder for the provisional ids is made (default: beside
         ``labels``); removed at the end, and those of killed runs at the next run.
+    probabilities
+        Folder of an OME-Zarr image to create with the float32 foreground probabilities (a
+        pyramid as the labels', subsampled, with the same pixel size and metadata; marked
+        complete at the end); ``None``: they stay in the scratch folder.
     """
     import dask
 
@@ -338,17 +343,34 @@ def segment_large_steps(
         unit="micrometer" if pixel_size else None,
         metadata=record,
     )
+    prob_root = None
+    if probabilities is not None:
+        prob_root = create_labels(
+            probabilities,
+            shape,
+            chunks,
+            np.float32,
+            pixel_size=pixel_size,
+            unit="micrometer" if pixel_size else None,
+            name="probabilities",
+            metadata=record,
+            label=False,
+        )
     with work_folder(work or labels.parent) as scratch:
         import zarr
 
         store = str(scratch / "provisional.zarr")
         probs, cells_store = str(scratch / "probabilities.zarr"), str(scratch / "cells.zarr")
+        if probabilities is not None:
+            probs = str(Path(probabilities) / "0")  # level 0 of the output, made above
         largest = tuple(c + 2 * halo for c in chunks)  # window
-        for path, size, chunk, dtype in (
+        stores = [
             (store, shape, chunks, np.uint64),
-            (probs, shape, chunks, np.float32),
             (cells_store, (len(blocks), *largest), (1, *largest), np.uint32),  # one per block
-        ):
+        ]
+        if probabilities is None:
+            stores.append((probs, shape, chunks, np.float32))
+        for path, size, chunk, dtype in stores:
             zarr.create_array(
                 path, shape=size, chunks=chunk, dtype=dtype, fill_value=0, zarr_format=2
             )
@@ -385,9 +407,13 @@ def segment_large_steps(
             )
             done.append(d(_ids_task)(store, str(labels), core, offsets, painted))
         levels = []
+        pyramids = [(str(labels), done)]
+        if probabilities is not None:
+            pyramids.append((str(probabilities), predicted))
         for level, level_shape in enumerate(pyramid_shapes(shape, chunks)[1:], start=1):
             for region in _chunks(level_shape, chunks):
-                levels.append(d(_level_task)(str(labels), level, region, *done))
+                for group, after in pyramids:
+                    levels.append(d(_level_task)(group, level, region, *after))
         futures = client.compute([*cells, *done, *levels])
         try:
             while True:
@@ -407,6 +433,8 @@ def segment_large_steps(
                 client.cancel(pending)
     cells_n = int(sum(t[0] for t in totals))
     cut = int(sum(t[1] for t in totals))
+    if prob_root is not None:
+        mark_complete(prob_root)
     mark_complete(root, cells=cells_n, cut_cells=cut)
     if cut:
         log.warning(

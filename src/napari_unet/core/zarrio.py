@@ -305,6 +305,7 @@ def create_labels(
     unit: str | None = None,
     name: str = "labels",
     metadata: dict | None = None,
+    label: bool = True,
 ):
     """An empty OME-Zarr label image (NGFF 0.4, zarr format 2) with its pyramid of levels.
 
@@ -314,7 +315,9 @@ def create_labels(
     ``pixel_size`` (``(y, x)`` in ``unit``; ``None``: 1 per pixel). The root is both a
     multiscale image and an ``image-label``, so viewers open it as labels; ``metadata`` is
     stored under the ``"napari-unet"`` attribute, without the mark of a complete output
-    (:func:`mark_complete` adds it once the levels are written). Returns the zarr group.
+    (:func:`mark_complete` adds it once the levels are written). ``label=False``: a plain
+    multiscale image (e.g. probabilities; its levels are subsampled as well). Returns the zarr
+    group.
     """
     import zarr
 
@@ -346,7 +349,7 @@ def create_labels(
                     "type": "nearest",
                 }
             ],
-            "image-label": {"version": NGFF_VERSION},
+            **({"image-label": {"version": NGFF_VERSION}} if label else {}),
             METADATA_KEY: dict(metadata or {}),
         }
     )
@@ -380,25 +383,29 @@ def write_labels_zarr(
     *,
     pixel_size: tuple[float, float] | None = None,
     metadata: dict | None = None,
+    label: bool = True,
 ) -> Path:
     """Write ``(H, W)`` ``labels`` in memory as a complete OME-Zarr label image atomically
     (uint32, as :func:`~napari_unet.core.distributed.segment_large` writes them; ``pixel_size``
-    ``(y, x)`` in micrometres)."""
+    ``(y, x)`` in micrometres). ``label=False``: ``labels`` are probabilities, written as a
+    float32 OME-Zarr image."""
     path = Path(path)
     with atomic_folder(path) as tmp:
         root = create_labels(
             tmp,
             labels.shape,
             chunks,
-            np.uint32,
+            np.uint32 if label else np.float32,
             pixel_size=pixel_size,
             unit="micrometer" if pixel_size else None,
+            name="labels" if label else "probabilities",
             metadata=metadata,
+            label=label,
         )
         root["0"][:] = labels
         for level, shape in enumerate(pyramid_shapes(labels.shape, chunks)[1:], start=1):
             write_level(root, level, (slice(0, shape[0]), slice(0, shape[1])))
-        mark_complete(root, cells=int(labels.max(initial=0)))
+        mark_complete(root, **({"cells": int(labels.max(initial=0))} if label else {}))
     return path
 
 

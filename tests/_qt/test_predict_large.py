@@ -308,3 +308,30 @@ def test_cluster_route_equals_the_cli_and_cancel_stops_it(
     assert widget._status.value.startswith("cancelled")
     assert [la.name for la in viewer.layers] == ["cells", "cells prediction (cluster)"]
     assert set(multiprocessing.active_children()) <= children  # its LocalCluster is closed
+
+
+def test_lazy_outputs_of_a_plane_show_on_that_plane_only(
+    make_napari_viewer, qtbot, small_budget, tiny_unet, pattern
+):
+    from napari_unet import predict
+
+    plane = pattern[:128, :128]
+    stack = da.stack([da.from_array(plane, chunks=STEP)] * 3)
+    viewer = make_napari_viewer()
+    viewer.add_image(stack, name="stack", scale=(2, 1, 1), translate=(10, 0, 0))
+    viewer.dims.set_point(0, 12)  # plane 1
+    widget = dock(viewer, tiny_unet)
+    look_at(viewer, (64, 64), 128)
+    click(widget, widget._predict, qtbot)
+    for kind in ("probability", "prediction"):
+        out = viewer.layers[f"stack {kind} (large)"]
+        assert out.ndim == 3 and out.data[0].shape == (1, 128, 128)
+        assert out.data_to_world((0, 5, 7)) == pytest.approx((12, 5, 7))  # at plane 1
+        at = []
+        for z in (10, 12, 14):  # planes 0, 1, 2 in view
+            viewer.dims.set_point(0, z)
+            value = out.get_value((z, 60, 70), world=True)
+            at.append(value[1] if out.multiscale else value)  # (level, value)
+        assert at[0] is None and at[1] is not None and at[2] is None
+    prob = viewer.layers["stack probability (large)"].data[0][0]
+    assert np.abs(prob - predict(tiny_unet, plane)).max() <= 1e-5

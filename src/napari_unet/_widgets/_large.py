@@ -309,7 +309,7 @@ def cluster_job(model, info, target: Path, *, workers, scheduler, record: dict, 
     from dataclasses import replace
 
     from .._batch import torch_threads
-    from ..core.distributed import connect, segment_large_steps, share_model
+    from ..core.distributed import connect, segment_large_steps, shared_model
     from ..core.zarrio import atomic_folder
 
     yield 0, 0
@@ -325,7 +325,10 @@ def cluster_job(model, info, target: Path, *, workers, scheduler, record: dict, 
                 f"cannot reach the dask scheduler at {scheduler!r} ({err}); expected the address "
                 "of a running scheduler, e.g. tcp://host:8786"
             ) from None
-        name = share_model(client, model, torch_threads=torch_threads(workers))
+        threads = torch_threads(workers)
+        name = stack.enter_context(
+            shared_model(client, model, threads, unregister=scheduler is not None)
+        )
         yield 0, 0
         with atomic_folder(target) as tmp:
             try:

@@ -101,6 +101,9 @@ def test_lazy_layer_visible_region_first_then_the_rest(
     assert set(np.unique(labels)) - {0} == set(range(1, stream.cells + 1))  # ids unique
     coarse = out.data[1][:]
     np.testing.assert_array_equal(coarse, prob[::2, ::2])  # the pyramid follows
+    roots = widget._large.jobs[id(layer)].output.roots
+    assert "image-label" not in roots["probability"].attrs  # an image, not labels
+    assert "image-label" in roots["prediction"].attrs
 
 
 def test_lazy_results_outlive_a_new_run_and_their_image(

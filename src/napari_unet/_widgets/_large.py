@@ -142,7 +142,7 @@ class InPlane:
 class LazyOutput:
     """Probabilities and labels of a :class:`~napari_unet.core.regions.PlaneStream` on disk.
 
-    Two OME-Zarr pyramids (chunks of the stream's block size) in a new folder
+    Two OME-Zarr pyramids (an image and labels, chunks of the stream's block size) in a new folder
     ``napari-unet-*`` in ``parent`` (the system's temporary folder by default), shown as a
     multiscale Image (probability, additive, over ``image``) and Labels layer, at plane
     ``prefix`` of a stack ``image`` (the layers' data are :class:`InPlane` levels). The folder is
@@ -174,7 +174,9 @@ class LazyOutput:
         self._cleanup = weakref.finalize(self, shutil.rmtree, str(self.folder), True)
         shape, chunks = stream.shape, stream.chunks
         self.roots = {
-            kind: create_labels(self.folder / f"{kind}.ome.zarr", shape, chunks, dtype)
+            kind: create_labels(
+                self.folder / f"{kind}.ome.zarr", shape, chunks, dtype, label=kind == "prediction"
+            )
             for kind, dtype in (("probability", np.float32), ("prediction", np.uint32))
         }
         first = n_spatial - 2 - len(prefix)  # the stack axes of the plane, then (y, x)

@@ -492,3 +492,30 @@ def test_cli_writes_probabilities_on_cluster_as_in_process(
     assert main([*argv, "--threshold", "0.6"]) == 0  # missing outputs made again
     stored = zarr.open_group(str(path), mode="r").attrs["napari-unet"]
     assert stored["instances"]["threshold"] == 0.6
+
+
+def model_plugins(client) -> set[str]:
+    """Names of the model plugins the scheduler and every worker of ``client`` hold."""
+    names = set(
+        client.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.worker_plugins))
+    )
+    for held in client.run(lambda dask_worker: list(dask_worker.plugins)).values():
+        names.update(held)
+    return {n for n in names if n.startswith("napari-unet-model-")}
+
+
+def test_a_cluster_reached_by_its_address_keeps_no_model_after_the_job(
+    client, bundled, large_run, tiny_unet, rng, tmp_path
+):
+    from napari_unet.core.distributed import shared_model
+    from napari_unet.core.store import save_model
+
+    before = model_plugins(client)  # the bundled model of the module's jobs: kept
+    with shared_model(client, bundled, unregister=True) as name:
+        assert name not in before and model_plugins(client) == before | {name}
+    assert model_plugins(client) == before  # its own copy is gone, the others' stays
+    tifffile.imwrite(tmp_path / "small.tif", rng.integers(0, 255, (64, 64), dtype=np.uint8))
+    argv = ["predict", str(tmp_path / "small.tif"), "--out", str(tmp_path / "out")]
+    argv += ["--model", str(save_model(tiny_unet, tmp_path / "tiny.safetensors"))]
+    assert main([*argv, "--scheduler", client.scheduler.address]) == 0
+    assert model_plugins(client) == before

@@ -210,7 +210,7 @@ def run(args) -> int:
     args.halo = args.halo or DEFAULT_HALO
     from distributed import as_completed
 
-    from .core.distributed import connect, fits_one_block, segment_small, share_model
+    from .core.distributed import connect, fits_one_block, segment_small, shared_model
 
     if args.device not in (None, "cpu"):
         raise ValueError("--device: workers predict on their own CPU (leave --device out)")
@@ -241,8 +241,15 @@ def run(args) -> int:
         return 0
     args.folders.make(out)
     failures: dict[Path, str] = {}
-    with connect(workers=args.workers, scheduler=args.scheduler) as client:
-        name = share_model(client, model, torch_threads=torch_threads(args.workers))
+    with (
+        connect(workers=args.workers, scheduler=args.scheduler) as client,
+        shared_model(
+            client,
+            model,
+            torch_threads(args.workers),
+            unregister=args.scheduler is not None,
+        ) as name,
+    ):
         small, large = {}, []
         for path, targets in todo:
             try:

@@ -101,6 +101,9 @@ def test_lazy_layer_visible_region_first_then_the_rest(
     assert set(np.unique(labels)) - {0} == set(range(1, stream.cells + 1))  # ids unique
     coarse = out.data[1][:]
     np.testing.assert_array_equal(coarse, prob[::2, ::2])  # the pyramid follows
+    roots = widget._large.jobs[id(layer)].output.roots
+    assert "image-label" not in roots["probability"].attrs  # an image, not labels
+    assert "image-label" in roots["prediction"].attrs
 
 
 def test_lazy_results_outlive_a_new_run_and_their_image(
@@ -263,6 +266,17 @@ def scheduler():
         yield cluster.scheduler_address
 
 
+def models_held(address: str) -> list[str]:
+    """Names of the model plugins the scheduler at ``address`` and its workers hold."""
+    from distributed import Client
+
+    with Client(address, set_as_default=False) as probe:
+        held = probe.run_on_scheduler(lambda dask_scheduler: [*dask_scheduler.worker_plugins])
+        for names in probe.run(lambda dask_worker: [*dask_worker.plugins]).values():
+            held += names
+    return [n for n in held if n.startswith("napari-unet-model-")]
+
+
 def test_cluster_route_equals_the_cli_and_cancel_stops_it(
     make_napari_viewer, qtbot, ome_zarr, tmp_path, scheduler
 ):
@@ -295,6 +309,7 @@ def test_cluster_route_equals_the_cli_and_cancel_stops_it(
         zarr.open_array(str(expected), path="0", mode="r")[:],
     )
     assert read_record(target)["normalisation"] == read_record(expected)["normalisation"]
+    assert not models_held(scheduler)  # neither the dock nor the CLI left its model there
     # cancel a local cluster's run at the first progress of the job itself
     children = set(multiprocessing.active_children())
     widget._run_on.value = LOCAL_CLUSTER
@@ -308,3 +323,30 @@ def test_cluster_route_equals_the_cli_and_cancel_stops_it(
     assert widget._status.value.startswith("cancelled")
     assert [la.name for la in viewer.layers] == ["cells", "cells prediction (cluster)"]
     assert set(multiprocessing.active_children()) <= children  # its LocalCluster is closed
+
+
+def test_lazy_outputs_of_a_plane_show_on_that_plane_only(
+    make_napari_viewer, qtbot, small_budget, tiny_unet, pattern
+):
+    from napari_unet import predict
+
+    plane = pattern[:128, :128]
+    stack = da.stack([da.from_array(plane, chunks=STEP)] * 3)
+    viewer = make_napari_viewer()
+    viewer.add_image(stack, name="stack", scale=(2, 1, 1), translate=(10, 0, 0))
+    viewer.dims.set_point(0, 12)  # plane 1
+    widget = dock(viewer, tiny_unet)
+    look_at(viewer, (64, 64), 128)
+    click(widget, widget._predict, qtbot)
+    for kind in ("probability", "prediction"):
+        out = viewer.layers[f"stack {kind} (large)"]
+        assert out.ndim == 3 and out.data[0].shape == (1, 128, 128)
+        assert out.data_to_world((0, 5, 7)) == pytest.approx((12, 5, 7))  # at plane 1
+        at = []
+        for z in (10, 12, 14):  # planes 0, 1, 2 in view
+            viewer.dims.set_point(0, z)
+            value = out.get_value((z, 60, 70), world=True)
+            at.append(value[1] if out.multiscale else value)  # (level, value)
+        assert at[0] is None and at[1] is not None and at[2] is None
+    prob = viewer.layers["stack probability (large)"].data[0][0]
+    assert np.abs(prob - predict(tiny_unet, plane)).max() <= 1e-5

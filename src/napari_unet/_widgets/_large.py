@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CELL_HALO",
     "LAZY_BYTES",
+    "InPlane",
     "SAMPLE",
     "LazyOutput",
     "cluster_job",
@@ -115,19 +116,49 @@ def instance_settings(model, threshold: float, min_size: int | None, expand: int
     return instance_options(model, args)
 
 
+class InPlane:
+    """A 2-D array (e.g. a zarr level) seen as plane ``prefix`` of a stack: shape
+    ``(1,) * len(prefix) + array.shape``, read through (only what is asked), never copied."""
+
+    def __init__(self, array, prefix: tuple[int, ...]) -> None:
+        self.array, self.lead = array, len(prefix)
+        self.shape = (1,) * self.lead + tuple(array.shape)
+        self.dtype, self.ndim, self.size = array.dtype, len(self.shape), math.prod(self.shape)
+
+    def _split(self, key) -> tuple[tuple, tuple]:
+        key = key if isinstance(key, tuple) else (key,)
+        if any(k is Ellipsis for k in key):
+            at = [k is Ellipsis for k in key].index(True)
+            key = key[:at] + (slice(None),) * (self.ndim - len(key) + 1) + key[at + 1 :]
+        key = key + (slice(None),) * (self.ndim - len(key))
+        return key[: self.lead], key[self.lead :]
+
+    def __getitem__(self, key):
+        head, tail = self._split(key)
+        values = np.asarray(self.array[tail])
+        return values.reshape((1,) * self.lead + values.shape)[head]
+
+
 class LazyOutput:
     """Probabilities and labels of a :class:`~napari_unet.core.regions.PlaneStream` on disk.
 
-    Two OME-Zarr pyramids (chunks of the stream's block size) in a new folder
+    Two OME-Zarr pyramids (an image and labels, chunks of the stream's block size) in a new folder
     ``napari-unet-*`` in ``parent`` (the system's temporary folder by default), shown as a
-    multiscale Image (probability, additive, over ``image``) and Labels layer. The folder is
+    multiscale Image (probability, additive, over ``image``) and Labels layer, at plane
+    ``prefix`` of a stack ``image`` (the layers' data are :class:`InPlane` levels). The folder is
     removed once both layers are removed from the viewer (whoever else still refers to this
     object), or at exit; after that :attr:`closed` is True and :meth:`write` does nothing.
     OSError, saying how much is needed, when ``parent`` has too little free space.
     """
 
     def __init__(
-        self, viewer: napari.viewer.Viewer, image, stream, n_spatial: int, parent=None
+        self,
+        viewer: napari.viewer.Viewer,
+        image,
+        stream,
+        n_spatial: int,
+        parent=None,
+        prefix: tuple[int, ...] = (),
     ) -> None:
         from ..core.zarrio import create_labels, levels
 
@@ -143,15 +174,23 @@ class LazyOutput:
         self._cleanup = weakref.finalize(self, shutil.rmtree, str(self.folder), True)
         shape, chunks = stream.shape, stream.chunks
         self.roots = {
-            kind: create_labels(self.folder / f"{kind}.ome.zarr", shape, chunks, dtype)
+            kind: create_labels(
+                self.folder / f"{kind}.ome.zarr", shape, chunks, dtype, label=kind == "prediction"
+            )
             for kind, dtype in (("probability", np.float32), ("prediction", np.uint32))
         }
+        first = n_spatial - 2 - len(prefix)  # the stack axes of the plane, then (y, x)
+        scale, translate = np.asarray(image.scale), np.asarray(image.translate, float)
+        translate[first : n_spatial - 2] += scale[first : n_spatial - 2] * np.asarray(prefix)
         common = {
-            "scale": image.scale[n_spatial - 2 : n_spatial],
-            "translate": image.translate[n_spatial - 2 : n_spatial],
-            "units": image.units[n_spatial - 2 : n_spatial],
+            "scale": scale[first:n_spatial],
+            "translate": translate[first:n_spatial],
+            "units": image.units[first:n_spatial],
         }
-        arrays = {kind: levels(root) for kind, root in self.roots.items()}
+        arrays = {
+            kind: [InPlane(a, prefix) if prefix else a for a in levels(root)]
+            for kind, root in self.roots.items()
+        }
         probability = Image(
             arrays["probability"],
             multiscale=len(arrays["probability"]) > 1,
@@ -272,7 +311,7 @@ def cluster_job(model, info, target: Path, *, workers, scheduler, record: dict, 
     from dataclasses import replace
 
     from .._batch import torch_threads
-    from ..core.distributed import connect, segment_large_steps, share_model
+    from ..core.distributed import connect, segment_large_steps, shared_model
     from ..core.zarrio import atomic_folder
 
     yield 0, 0
@@ -288,7 +327,10 @@ def cluster_job(model, info, target: Path, *, workers, scheduler, record: dict, 
                 f"cannot reach the dask scheduler at {scheduler!r} ({err}); expected the address "
                 "of a running scheduler, e.g. tcp://host:8786"
             ) from None
-        name = share_model(client, model, torch_threads=torch_threads(workers))
+        threads = torch_threads(workers)
+        name = stack.enter_context(
+            shared_model(client, model, threads, unregister=scheduler is not None)
+        )
         yield 0, 0
         with atomic_folder(target) as tmp:
             try:

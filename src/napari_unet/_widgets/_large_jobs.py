@@ -173,7 +173,7 @@ class LargeImages:
                 sample_block=_large.SAMPLE[0],
                 sample_values=_large.SAMPLE[1],
             )
-            output = LazyOutput(self.viewer, layer, stream, len(shape), settings.folder)
+            output = LazyOutput(self.viewer, layer, stream, len(shape), settings.folder, prefix)
             self.outputs.append(output)
             job = self.jobs[id(layer)] = LazyJob(layer, key, stream, output)
         stream = job.stream

@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -58,6 +59,7 @@ __all__ = [
     "ModelPlugin",
     "connect",
     "share_model",
+    "shared_model",
     "segment_large",
     "segment_large_steps",
     "segment_small",
@@ -136,17 +138,41 @@ def usable_cpus() -> int:
     return os.cpu_count() or 1
 
 
-def share_model(client: Client, model, torch_threads: int | None = None) -> str:
+def share_model(
+    client: Client, model, torch_threads: int | None = None, *, own: bool = False
+) -> str:
     """Send ``model`` (a :class:`~napari_unet.UNet`) to every worker of ``client`` once; returns
-    the name tasks use to find it. ``torch_threads``: intra-op threads per worker (``None``:
+    the name tasks use to find it (the hash of its weights; ``own``: with a random suffix, a
+    copy that no other job shares). ``torch_threads``: intra-op threads per worker (``None``:
     each worker's :func:`usable_cpus` over its dask threads; dask's nanny would leave one)."""
     from .store import save_model
 
     with tempfile.TemporaryDirectory() as folder:
         path = save_model(model, Path(folder) / "model.safetensors")
         plugin = ModelPlugin(path.read_bytes(), torch_threads)
+    if own:
+        plugin.name = f"{plugin.name}-{uuid.uuid4().hex[:8]}"
     client.register_plugin(plugin, name=plugin.name)
     return plugin.name
+
+
+@contextmanager
+def shared_model(
+    client: Client, model, torch_threads: int | None = None, *, unregister: bool = False
+):
+    """:func:`share_model` for one job: yields the name. ``unregister``: for a cluster that
+    outlives the job (reached by its address), the job's own copy, removed from the scheduler
+    and the workers at the end (else each model sent stays on every worker); a failure to
+    remove it is logged, never raised over the job's outcome."""
+    name = share_model(client, model, torch_threads, own=unregister)
+    try:
+        yield name
+    finally:
+        if unregister:
+            try:
+                client.unregister_worker_plugin(name)
+            except (OSError, TimeoutError) as err:
+                log.warning("could not remove model %s from the cluster: %s", name, err)
 
 
 def _model(name: str):

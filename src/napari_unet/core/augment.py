@@ -291,6 +291,8 @@ def random_cell_contrast(
         return image
     picked = rng.random(n) < fraction
     factors = np.exp(rng.uniform(np.log(low), np.log(high), n))
+    if not picked.any():  # nothing changes: skip the filters over the whole crop
+        return image
     factor = np.concatenate([[1.0], np.where(picked, factors, 1.0)]).astype(np.float32)[cells]
     # Carry each factor over the cell's rim: the strongest change wins where rims meet.
     dimmer = ndi.grey_erosion(np.minimum(factor, 1), size=5)

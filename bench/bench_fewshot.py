@@ -7,8 +7,11 @@ Protocols (leave one kind out; data from ``../shared/data`` only):
 
 - ``usiigaci``: touching phase-contrast cells. Base: ``tools/models/unet-dsb-only.safetensors``,
   trained by ``tools/train_bundled.py --kinds dsb`` on DSB nuclei only (never Usiigaci, kept out
-  of the package). Fine-tuned on the first ``n`` of ``usiigaci/train``, scored on
-  ``usiigaci/val`` (5 images).
+  of the package). Fine-tuned on the last ``n`` of ``usiigaci/train`` (set45, set44, ...: the
+  frames just before the scored ones, of the same acquisition, as a user annotates frames of the
+  experiment they segment; set01-12 and others are cells of 3x the area), scored on
+  ``usiigaci/val`` (set46-50). ``--pool first`` takes set01, set02, ... as sessions before
+  2026-11-30 did.
 - ``isbi``: ISBI 2012 EM, instances = membrane-enclosed regions (4-connected). Base: the bundled
   model (never trained on EM). Fine-tuned on images 0-1 (more frames: 2, 3, ...), scored on
   images 20-29 with the challenge's adapted Rand error beside SEG / F1 / IoU.
@@ -58,12 +61,13 @@ def isbi_frames(indices, root):
     return frames
 
 
-def protocol(name: str, root: Path, base: str | None):
+def protocol(name: str, root: Path, base: str | None, pool: str = "last"):
     """``(base model path/name, training pool, test frames, score the Rand error)``."""
     if name == "usiigaci":
+        train = datasets.usiigaci("train", root)
         return (
             base or str(DSB_ONLY),
-            datasets.usiigaci("train", root),
+            train[::-1] if pool == "last" else train,
             datasets.usiigaci("val", root),
             False,
         )
@@ -113,7 +117,7 @@ def report(results: list, kind: str, **row) -> None:
 
 
 def run_protocol(kind: str, args, settings: dict, results: list) -> None:
-    base_name, pool, test, rand = protocol(kind, args.data, args.base)
+    base_name, pool, test, rand = protocol(kind, args.data, args.base, args.pool)
     base = open_model(base_name)
     report(results, kind, run="base (no fine-tuning)", curve="base", **score(base, test, rand))
     frames = args.frames_fixed
@@ -226,6 +230,12 @@ def main() -> None:
     p.add_argument("--base", help="base model (default: per protocol, see above)")
     p.add_argument("--minutes", default="1,2,5,10", help="fine-tuning budgets to compare")
     p.add_argument("--frames", default="1,2,4", help="numbers of annotated frames to compare")
+    p.add_argument(
+        "--pool",
+        default="last",
+        choices=["last", "first"],
+        help="usiigaci: annotate the train frames nearest the scored ones (last) or set01.. (first)",
+    )
     p.add_argument("--frames-fixed", type=int, default=2, help="frames for the minutes curve")
     p.add_argument("--curve-minutes", type=float, default=5.0, help="minutes for frames curve")
     p.add_argument("--rounds", type=int, default=0, help="correct-and-continue rounds")

@@ -266,17 +266,6 @@ def scheduler():
         yield cluster.scheduler_address
 
 
-def models_held(address: str) -> list[str]:
-    """Names of the model plugins the scheduler at ``address`` and its workers hold."""
-    from distributed import Client
-
-    with Client(address, set_as_default=False) as probe:
-        held = probe.run_on_scheduler(lambda dask_scheduler: [*dask_scheduler.worker_plugins])
-        for names in probe.run(lambda dask_worker: [*dask_worker.plugins]).values():
-            held += names
-    return [n for n in held if n.startswith("napari-unet-model-")]
-
-
 def test_cluster_route_equals_the_cli_and_cancel_stops_it(
     make_napari_viewer, qtbot, ome_zarr, tmp_path, scheduler
 ):
@@ -309,7 +298,12 @@ def test_cluster_route_equals_the_cli_and_cancel_stops_it(
         zarr.open_array(str(expected), path="0", mode="r")[:],
     )
     assert read_record(target)["normalisation"] == read_record(expected)["normalisation"]
-    assert not models_held(scheduler)  # neither the dock nor the CLI left its model there
+    from distributed import Client
+
+    from ..test_distributed import model_plugins
+
+    with Client(scheduler, set_as_default=False) as probe:
+        assert not model_plugins(probe)  # neither the dock nor the CLI left its model there
     # cancel a local cluster's run at the first progress of the job itself
     children = set(multiprocessing.active_children())
     widget._run_on.value = LOCAL_CLUSTER

@@ -68,3 +68,23 @@ def test_bad_export_writes_nothing(tmp_path, tiny_unet):
     with pytest.raises(ValueError, match="needs 156 x 156 px"):
         export_bioimageio(tiny_unet, tmp_path / "m.zip", test_image=np.ones((64, 64)), test=False)
     assert os.listdir(tmp_path) == []
+
+
+def test_package_name_is_valid_for_any_label():
+    from napari_unet.core.bioimageio import NAME_CHARACTERS, NAME_LENGTH, package_name
+
+    label = "round 2: continued from round 1 on 1 pair, 34 steps"
+    assert package_name(label) == "napari-unet round 2 continued from round 1 on 1 pair 34 steps"
+    for label in ("", ":", "é/ü, ç", "x" * 300, "a: " * 80, "napari-unet (bundled)"):
+        name = package_name(label)
+        assert NAME_LENGTH[0] <= len(name) <= NAME_LENGTH[1], label
+        assert set(name) <= set(NAME_CHARACTERS), label
+    assert package_name("napari-unet (bundled)") == "napari-unet (bundled)"
+
+
+def test_a_refused_package_is_one_line_and_writes_nothing(tmp_path, tiny_unet):
+    pytest.importorskip("bioimageio.spec", reason="the bioimageio extra is not installed")
+    with pytest.raises(ValueError, match="^bioimage.io refuses the package: license: ") as err:
+        export_bioimageio(tiny_unet, tmp_path / "m.zip", license="not a licence", test=False)
+    assert "\n" not in str(err.value)
+    assert os.listdir(tmp_path) == []

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import zipfile
 from importlib import resources
 from pathlib import Path
 
@@ -521,3 +522,18 @@ def test_export_model_writes_a_bioimageio_package(tmp_path, model_file, whole_sa
     np.testing.assert_array_equal(tifffile.imread(out / name), tifffile.imread(by_file / name))
     assert main(["export-model", str(model_file), "--bioimageio", str(tmp_path / "x.yaml")]) == 1
     assert "--bioimageio must end in .zip" in capsys.readouterr().err
+
+
+def test_export_model_names_the_package_from_a_fine_tuned_models_label(tmp_path, capsys):
+    pytest.importorskip("bioimageio.spec", reason="the bioimageio extra is not installed")
+    import yaml
+
+    torch.manual_seed(0)
+    label = "round 2: continued from round 1 on 1 pair, 34 steps"  # what the docks write
+    model = save_model(UNet(base_channels=4, depth=3), tmp_path / "m.safetensors", {"source": label})
+    package = tmp_path / "round2.zip"
+    assert main(["export-model", str(model), "--bioimageio", str(package), "--no-test"]) == 0
+    with zipfile.ZipFile(package) as z:
+        rdf = yaml.safe_load(z.read("rdf.yaml"))
+    assert rdf["name"] == "napari-unet round 2 continued from round 1 on 1 pair 34 steps"
+    assert label in rdf["description"]

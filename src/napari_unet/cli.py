@@ -583,6 +583,13 @@ def _gui(args) -> None:
         import napari
     except ImportError as err:
         raise ValueError("napari-unet gui needs napari: pip install 'napari-unet[gui]'") from err
+    try:
+        import qtpy  # noqa: F401  (raises when no Qt binding is installed)
+    except ImportError as err:
+        raise ValueError(
+            "napari-unet gui needs a Qt binding for napari: pip install 'napari-unet[gui]' "
+            "(napari's default, PyQt6) or 'napari[pyqt6]'"
+        ) from err
 
     missing = [p for p in args.images if not Path(p).is_file()]
     if missing:

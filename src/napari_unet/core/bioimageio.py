@@ -15,6 +15,8 @@ from __future__ import annotations
 import copy
 import inspect
 import os
+import re
+import string
 import tempfile
 import zipfile
 from pathlib import Path
@@ -30,8 +32,52 @@ PAPER = {
     "Biomedical Image Segmentation. MICCAI 2015, LNCS 9351:234-241.",
     "doi": "10.1007/978-3-319-24574-4_28",
 }
+NAME_CHARACTERS = string.ascii_letters + string.digits + "_+- ()"
+"""The characters bioimage.io allows in a model's name (format 0.5)."""
+NAME_LENGTH = (5, 64)
+"""The shortest name bioimage.io accepts, and the longest it accepts without a warning (a name
+from :func:`package_name` starts with "napari-unet", so it is never too short)."""
 TEST_OUTPUT_SIDE = 64
 """Output side of the package's test pair (its input is ``2 * margin`` larger)."""
+
+
+def package_name(label: str) -> str:
+    """A valid bioimage.io model name made from any label: characters bioimage.io refuses
+    (``:``, ``,``, ``/``, accents, ...) become spaces, runs of spaces one, cut at a word to 64
+    characters; ``"napari-unet <label>"`` when the label does not say napari-unet already.
+
+    >>> package_name("round 2: continued from round 1 on 1 pair, 34 steps")
+    'napari-unet round 2 continued from round 1 on 1 pair 34 steps'
+    """
+    text = "".join(c if c in NAME_CHARACTERS else " " for c in str(label))
+    text = re.sub(r"\s+", " ", text).strip()
+    if "napari-unet" not in text.lower():
+        text = f"napari-unet {text}".strip()
+    longest = NAME_LENGTH[1]
+    if len(text) > longest:
+        text = text[: longest + 1].rsplit(" ", 1)[0] if " " in text[:longest] else text[:longest]
+    return text.rstrip(" -_+(")
+
+
+def _refusal(err) -> str:
+    """One short line from a pydantic ValidationError: which field bioimage.io refused, and why
+    (a value outside a list of allowed ones is named, not the list)."""
+    first = err.errors()[0]
+    where = ".".join(str(p) for p in first.get("loc", ()) if "[" not in str(p)) or "the package"
+    why = first.get("msg", str(err)).splitlines()[0]
+    if first.get("type") == "literal_error" or len(why) > 200:
+        why = f"{first.get('input')!r} is not a value bioimage.io accepts there"
+    more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    return f"bioimage.io refuses the package: {where}: {why}{more}"
+
+
+def _first_failure(summary) -> str:
+    """One line from a failed ``bioimageio.core`` test summary: its first failing check."""
+    for detail in summary.details:
+        if detail.status == "failed":
+            reason = detail.errors[0].msg.splitlines()[0][:200] if detail.errors else "failed"
+            return f"{detail.name}: {reason}"
+    return str(summary.status)
 
 
 def _needs_spec():
@@ -149,7 +195,9 @@ def export_bioimageio(
     path
         The ``.zip`` to write.
     name, description
-        The card's title and summary (default: from the model's ``metadata["source"]``).
+        The card's title and summary (default: from the model's ``metadata["source"]``, its
+        label); the name is made valid for bioimage.io by :func:`package_name`, and the label
+        (or ``name`` as given, when it had to change) goes into the description.
     authors
         Author names (default: the current user's login name).
     license
@@ -184,8 +232,11 @@ def export_bioimageio(
     if metadata is None:
         metadata = getattr(model, "metadata", None)
     metadata = dict(metadata or {})
-    name = name or f"napari-unet {metadata.get('source', 'U-Net')}"[:128]
-    description = description or "U-Net cell segmentation model fine-tuned with napari-unet."
+    label = name or str(metadata.get("source", "U-Net"))
+    name = package_name(label)
+    description = description or "U-Net cell segmentation model made with napari-unet."
+    if name != label:
+        description = f"{description} Model: {label}"[:1000]  # bioimage.io: 1,024 at most
     model = copy.deepcopy(model).to("cpu").eval()  # the caller's model stays as it is
     with tempfile.TemporaryDirectory(prefix="napari-unet-bioimageio-") as folder:
         folder = Path(folder)
@@ -203,7 +254,7 @@ def export_bioimageio(
         if test:
             summary = test_bioimageio(descr)
             if summary.status != "passed":
-                raise ValueError(f"the bioimage.io model test failed: {summary.format()}")
+                raise ValueError(f"the bioimage.io model test failed: {_first_failure(summary)}")
         with atomic_path(path) as tmp:
             save_bioimageio_package(descr, output_path=tmp)
     return path
@@ -286,7 +337,7 @@ def _description(v0_5, model, folder: Path, name, description, authors, license)
             config={"napari-unet": {"version": __version__, "weights": WEIGHTS_NAME}},
         )
     except ValidationError as err:
-        raise ValueError(f"the bioimage.io description is not valid: {err}") from err
+        raise ValueError(_refusal(err)) from err
 
 
 def test_bioimageio(source):

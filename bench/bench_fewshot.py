@@ -1,6 +1,6 @@
 """Few-shot fine-tuning on a kind of image the base model has never seen, as a user would do it.
 
-    python bench/bench_fewshot.py [--protocol usiigaci|isbi|all] [--minutes 1,2,5,10]
+    python bench/bench_fewshot.py [--protocol usiigaci|isbi|u373|all] [--minutes 1,2,5,10]
                                   [--frames 1,2,4] [--rounds 3] [--set lr=1e-3,tile=256]
 
 Protocols (leave one kind out; data from ``../shared/data`` only):
@@ -15,6 +15,11 @@ Protocols (leave one kind out; data from ``../shared/data`` only):
 - ``isbi``: ISBI 2012 EM, instances = membrane-enclosed regions (4-connected). Base: the bundled
   model (never trained on EM). Fine-tuned on images 0-1 (more frames: 2, 3, ...), scored on
   images 20-29 with the challenge's adapted Rand error beside SEG / F1 / IoU.
+- ``u373``: the U-Net paper's second cell set (Cell Tracking Challenge PhC-C2DH-U373, paper SEG
+  0.9203). Base: the bundled model (never trained on U373). Fine-tuned on the gold frames
+  02_t010 and 02_t017 (more frames: 02_t019, 02_t020, ...), scored on the gold frames that no
+  run of the invocation fine-tunes on: the other 17 with ``--frames 2``, 15 with the default
+  frames curve (1, 2, 4), the same frames for every point.
 
 Each fine-tune is ``finetune(copy_of_base, frames, steps=10**6, max_seconds=minutes*60)`` with
 the library's defaults (or ``--set`` overrides, the levers compared side by side), then
@@ -61,8 +66,9 @@ def isbi_frames(indices, root):
     return frames
 
 
-def protocol(name: str, root: Path, base: str | None, pool: str = "last"):
-    """``(base model path/name, training pool, test frames, score the Rand error)``."""
+def protocol(name: str, root: Path, base: str | None, pool: str = "last", needed: int = 2):
+    """``(base model path/name, training pool, test frames, score the Rand error)``; ``needed``
+    is the most frames any run fine-tunes on (u373 scores the gold frames after them)."""
     if name == "usiigaci":
         train = datasets.usiigaci("train", root)
         return (
@@ -73,7 +79,10 @@ def protocol(name: str, root: Path, base: str | None, pool: str = "last"):
         )
     if name == "isbi":
         return base, isbi_frames(range(0, 20), root), isbi_frames(range(20, 30), root), True
-    raise SystemExit(f"unknown protocol {name!r}; expected usiigaci or isbi")
+    if name == "u373":
+        frames = datasets.u373(root)
+        return base, frames, frames[needed:], False
+    raise SystemExit(f"unknown protocol {name!r}; expected usiigaci, isbi or u373")
 
 
 def score(model, test, rand: bool) -> dict:
@@ -117,7 +126,8 @@ def report(results: list, kind: str, **row) -> None:
 
 
 def run_protocol(kind: str, args, settings: dict, results: list) -> None:
-    base_name, pool, test, rand = protocol(kind, args.data, args.base, args.pool)
+    needed = max([args.frames_fixed + args.rounds, *args.frames])
+    base_name, pool, test, rand = protocol(kind, args.data, args.base, args.pool, needed)
     base = open_model(base_name)
     report(results, kind, run="base (no fine-tuning)", curve="base", **score(base, test, rand))
     frames = args.frames_fixed
@@ -225,7 +235,7 @@ def parse_settings(text: str) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--protocol", default="all", choices=["usiigaci", "isbi", "all"])
+    p.add_argument("--protocol", default="all", choices=["usiigaci", "isbi", "u373", "all"])
     p.add_argument("--data", type=Path, default=datasets.DATA)
     p.add_argument("--base", help="base model (default: per protocol, see above)")
     p.add_argument("--minutes", default="1,2,5,10", help="fine-tuning budgets to compare")
@@ -253,7 +263,7 @@ def main() -> None:
         f"torch threads, torch {torch.__version__}; finetune overrides: {settings or 'none'}"
     )
     results: list = []
-    kinds = ["usiigaci", "isbi"] if args.protocol == "all" else [args.protocol]
+    kinds = ["usiigaci", "isbi", "u373"] if args.protocol == "all" else [args.protocol]
     for kind in kinds:
         run_protocol(kind, args, settings, results)
     if args.json:

@@ -48,6 +48,23 @@ def dsb2018(split: str, root: Path = DATA):
     ]
 
 
+U373_FIRST = ("02_t010", "02_t017")
+"""The gold frames the u373 protocol fine-tunes on first (its README's split)."""
+
+
+def u373(root: Path = DATA):
+    """PhC-C2DH-U373 gold frames in the order a user would annotate them (its README's split):
+    ``U373_FIRST``, then the other gold frames in order (02_t019, 02_t020, ...). Score on the
+    frames after the ones fine-tuned on."""
+    folder = _folder(root, "u373")
+    frames = [
+        (p.stem, read_image(folder / "images" / p.name), read_image(p))
+        for p in sorted((folder / "masks").glob("*.tif"))
+    ]
+    first = [f for f in frames if f[0] in U373_FIRST]
+    return first + [f for f in frames if f[0] not in U373_FIRST]
+
+
 def isbi2012(indices, root: Path = DATA):
     """ISBI 2012 EM slices; labels are the connected cell interiors (255 in the label PNGs)."""
     folder = _folder(root, "isbi2012", "train")

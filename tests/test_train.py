@@ -275,6 +275,7 @@ def test_the_run_is_recorded_in_the_metadata(sample):
         **dataclasses.asdict(config),
         "augment": ["elastic", "flips", "intensity"],
         "steps": 2,
+        "scale": 1.0,  # a model that does not say its cell diameter trains at the images' size
     }
     _, labels = sample
     areas = np.bincount(labels.ravel())[1:]

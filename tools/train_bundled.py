@@ -14,6 +14,9 @@ each stage, and ``--resume`` continues from it (the interrupted stage gets its r
 ``--hold-out K`` keeps every K-th DSB training image out of training as a validation set, scored
 (foreground IoU) every ``--validate-every`` steps; the best-scoring weights are the ones saved,
 so checkpoints are chosen without looking at the test split.
+``--diameter D`` resamples every training and validation image so that its median cell diameter
+is ``D`` px (each image by its own annotated cells) and stores ``D`` in the model's metadata, so
+that ``predict`` and ``finetune`` resample a user's images to the same size.
 The final weights go to ``src/napari_unet/models/<name>.safetensors`` (or ``--out``); then run
 ``bench/bench_accuracy.py --model <name>`` to measure it and fill in the model card.
 """
@@ -31,6 +34,7 @@ import torch
 from tqdm import tqdm
 
 from napari_unet import UNet, finetune, load_model, save_model
+from napari_unet.core.scale import median_diameter, rescale_image, rescale_labels, scale_factor
 from napari_unet.core.store import open_model
 from napari_unet.core.train import AUGMENTATIONS, DEFAULT_AUGMENTATIONS
 
@@ -75,6 +79,9 @@ def main() -> None:
         default=",".join(DEFAULT_AUGMENTATIONS),
         help=f"comma-separated, from {','.join(AUGMENTATIONS)}",
     )
+    p.add_argument(
+        "--diameter", type=float, help="resample each image so its median cell is this wide (px)"
+    )
     p.add_argument("--hold-out", type=int, default=0, help="validate on every K-th DSB image")
     p.add_argument("--validate-every", type=int, default=500, help="steps between validations")
     args = p.parse_args()
@@ -90,8 +97,8 @@ def main() -> None:
     usiigaci = datasets.usiigaci("train", args.data) if "usiigaci" in kinds else []
     samples = usiigaci + args.dsb_repeat * dsb
     print(f"{len(samples)} training images, {len(held_out)} held out for validation")
-    pairs = [(image, labels) for _, image, labels in samples]
-    validation = [(image, labels) for _, image, labels in held_out]
+    pairs = [at_diameter(image, labels, args.diameter) for _, image, labels in samples]
+    validation = [at_diameter(image, labels, args.diameter) for _, image, labels in held_out]
 
     state = {"stage": 0, "stage_seconds": 0.0, "steps": 0, "seconds": 0.0, "best": None}
     if args.resume and args.checkpoint.exists():
@@ -107,6 +114,8 @@ def main() -> None:
         torch.manual_seed(args.seed)
         model = UNet(base_channels=args.base_channels, depth=args.depth)
         history = []
+    # the images are resampled here, each by its own cells: finetune must not resample them again
+    model.metadata = {k: v for k, v in (model.metadata or {}).items() if k != "diameter"}
     args.checkpoint.parent.mkdir(parents=True, exist_ok=True)
 
     stage_seconds = args.minutes * 60 / args.stages
@@ -174,6 +183,7 @@ def main() -> None:
         "class_balance": False,
         "augment": augment,
         "dsb_repeat": args.dsb_repeat,
+        "diameter": args.diameter,
         "held_out": [name for name, _, _ in held_out],
         "best": state["best"],
     }
@@ -188,11 +198,22 @@ def main() -> None:
         f"{torch.get_num_threads()} threads, torch {torch.__version__}",
         "normalisation": "percentiles 1 / 99.8 per image",
     }
+    if args.diameter:  # the cell size the model works at: predict / finetune resample to it
+        metadata["diameter"] = args.diameter
     out = args.out or MODELS / f"{args.name}.safetensors"
     out.parent.mkdir(parents=True, exist_ok=True)
     path = save_model(model, out, metadata)
     print(json.dumps(metadata, indent=1))
     print(f"saved {path} ({path.stat().st_size / 1e6:.1f} MB)")
+
+
+def at_diameter(image, labels, diameter: float | None):
+    """``(image, labels)`` resampled so the median cell is ``diameter`` px across (as they are
+    for ``None``)."""
+    if diameter is None:
+        return image, labels
+    factor = scale_factor(diameter, median_diameter(labels))
+    return rescale_image(image, factor), rescale_labels(labels, factor)
 
 
 def best_path(checkpoint: Path) -> Path:

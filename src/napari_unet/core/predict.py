@@ -14,7 +14,16 @@ from .allocator import keep_freed_memory, trim_freed_memory
 from .device import resolve_device
 from .guard import PREDICTING, using
 from .image import PERCENTILES, check_finite, normalize, split_channels
+from .diameter import DiameterEstimate, search_diameter
 from .instances import Probabilities
+from .scale import (
+    model_diameter,
+    rescale_image,
+    resize_to,
+    scale_factor,
+    sized_cells,
+    tuned_diameter,
+)
 from .tiling import (
     DEFAULT_MEMORY,
     Tile,
@@ -26,7 +35,7 @@ from .tiling import (
     tiled_multiply_adds,
 )
 
-__all__ = ["TileResult", "predict_tiles", "predict", "predict_window"]
+__all__ = ["TileResult", "predict_tiles", "predict", "predict_window", "estimate_diameter"]
 
 log = logging.getLogger(__name__)
 
@@ -341,18 +350,111 @@ def predict(
     center: tuple[float, float] | None = None,
     flips: bool = False,
     progress: Callable[[TileResult], None] | None = None,
+    diameter: float | None = None,
 ) -> np.ndarray:
-    """Foreground probability of a whole image or stack.
+    """Foreground probability of a whole image or stack, with its cells at the model's size.
 
     Takes the arguments of :func:`predict_tiles`; ``progress`` is called with each finished
-    :class:`TileResult`. Returns ``(..., H, W)`` float32 in [0, 1] (the channel axis, if any,
-    dropped), equal to the untiled prediction, as
-    :class:`~napari_unet.core.instances.Probabilities` carrying ``model.metadata["cells"]`` (the
-    size of the cells it was fine-tuned on, if any) for :func:`~napari_unet.to_instances`.
+    :class:`TileResult`. ``diameter`` is the median diameter (px) of the image's cells: the
+    image is resampled by ``model diameter / diameter`` (see :mod:`~napari_unet.core.scale`)
+    before the network sees it, and the probabilities are resampled back onto the image's grid
+    (tiles are exact in the resampled image; ``tile`` and ``center`` are in its pixels).
+    ``None`` means the diameter of the cells the model was fine-tuned on; for a model trained at
+    one size but not fine-tuned, :func:`estimate_diameter` of the image (of its middle plane for
+    a stack); for a model that says neither, the image as it comes. A diameter for a model that
+    does not say its own cell size raises ValueError.
+
+    Returns ``(..., H, W)`` float32 in [0, 1] (the channel axis, if any, dropped), equal to the
+    untiled prediction, as :class:`~napari_unet.core.instances.Probabilities` carrying the size
+    of the image's cells (``model.metadata["cells"]`` when the image was not resampled) for
+    :func:`~napari_unet.to_instances`.
     """
+    if diameter is None and tuned_diameter(model) is None and _trained_size(model):
+        diameter = _estimated_or_none(model, image, device)
+    factor, cells = _scale(model, diameter)
+    if factor != 1.0:
+        image, plane_shape = _rescaled(np.asarray(image), model.in_channels, factor)
     plan = _plan(model, image, tile, batch_size, percentiles, center, flips)
     out = _assemble(plan, _start(model, plan, resolve_device(device, model)), progress)
-    return Probabilities.for_model(out, model)
+    if factor == 1.0:
+        return Probabilities.for_model(out, model)
+    return Probabilities(resize_to(out, plane_shape), cells)
+
+
+def estimate_diameter(model, image, *, device=None) -> DiameterEstimate:
+    """The median cell diameter (px) of one ``(H, W)`` or ``(H, W, C)`` image, estimated by a
+    scale search with ``model`` (see :mod:`~napari_unet.core.diameter`), which must say the
+    diameter it works at (``model.metadata["diameter"]``); ValueError otherwise or when no
+    cells are found at any size."""
+    known = _trained_size(model)
+    if known is None:
+        raise ValueError(
+            "this model does not say what cell size it works at, so it cannot estimate one; "
+            "give the cell diameter, or use a model trained at one size"
+        )
+    image, has_channels = split_channels(np.asarray(image), model.in_channels)
+    if image.ndim != 2 + has_channels:
+        raise ValueError(f"estimate the diameter of one plane (H, W), got shape {image.shape}")
+    device = resolve_device(device, model)
+
+    def predictor(window: np.ndarray) -> np.ndarray:
+        plan = _plan(model, window, None, None, PERCENTILES, None, False)
+        return _assemble(plan, _start(model, plan, device))
+
+    estimate = search_diameter(image, known, predictor)
+    log.info("estimated cell diameter: %.1f px (%d cells)", estimate.diameter, estimate.cells)
+    return estimate
+
+
+def _estimated_or_none(model, image, device) -> float | None:
+    """:func:`estimate_diameter` of the image's middle plane; ``None`` (the image as it comes,
+    with a logged warning) when no cells are found at any size."""
+    try:
+        return estimate_diameter(model, _middle_plane(model, image), device=device).diameter
+    except ValueError as err:
+        log.warning("%s: predicting the image at its own size", err)
+        return None
+
+
+def _trained_size(model) -> float | None:
+    """``model.metadata["diameter"]``: the cell diameter a model was trained at, or ``None``."""
+    diameter = (getattr(model, "metadata", None) or {}).get("diameter")
+    return None if diameter is None else float(diameter)
+
+
+def _middle_plane(model, image) -> np.ndarray:
+    """The middle plane ``(H, W[, C])`` of an image or stack."""
+    image, has_channels = split_channels(np.asarray(image), model.in_channels)
+    while image.ndim > 2 + has_channels:
+        image = image[image.shape[0] // 2]
+    return image
+
+
+def _scale(model, diameter: float | None) -> tuple[float, dict | None]:
+    """``(factor, cells)``: how much to enlarge the image for ``model`` when its cells are
+    ``diameter`` px across (:func:`predict`), and the cells' size in the image's pixels."""
+    known = model_diameter(model)
+    if diameter is None:
+        diameter = tuned_diameter(model)
+        if diameter is None:
+            return 1.0, None
+    if known is None:
+        raise ValueError(
+            f"this model does not say what cell size it works at, so a cell diameter "
+            f"({diameter!r}) cannot be used; predict without one, or fine-tune the model first"
+        )
+    factor = scale_factor(known, diameter)
+    return factor, sized_cells(diameter)
+
+
+def _rescaled(image: np.ndarray, in_channels: int, factor: float):
+    """``(image resampled by factor in H and W, (H, W))`` of an ``(..., H, W)`` or
+    ``(..., H, W, C)`` image."""
+    image, has_channels = split_channels(image, in_channels)
+    if not has_channels:
+        return rescale_image(image, factor), image.shape[-2:]
+    planes = np.moveaxis(image, -1, 0)
+    return np.moveaxis(rescale_image(planes, factor), 0, -1), planes.shape[-2:]
 
 
 def predict_window(

@@ -31,6 +31,7 @@ from .device import resolve_device
 from .guard import FINETUNING, training_step, using
 from .image import PERCENTILES, normalize, split_channels
 from .instances import cell_areas, cell_sizes
+from .scale import rescale_image, rescale_labels, scale_factor
 from .weightmap import CLASS_BALANCE, SIGMA, W0, check_labels, check_weight_params, training_target
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "FinetuneEvent",
     "TrainingSample",
     "prepare_samples",
+    "at_model_size",
     "finetune",
     "AUGMENTATIONS",
     "DEFAULT_AUGMENTATIONS",
@@ -246,6 +248,38 @@ def prepare_samples(
     return prepared
 
 
+def at_model_size(samples: Sequence, model) -> tuple[list, dict | None, float]:
+    """``(samples, cells, factor)``: the ``(image, labels[, mask])`` samples resampled so their
+    cells have the diameter the model works at (``model.metadata["diameter"]``; samples as they
+    are for a model that has none), the size of their annotated cells in the samples' own pixels
+    (:func:`~napari_unet.core.instances.cell_sizes` pooled over all samples, inside their masks;
+    ``None`` when no cell is annotated) and the factor applied. Images are resampled with
+    anti-aliasing, labels and masks by nearest neighbour."""
+    if samples is None or len(samples) == 0:
+        return samples, None, 1.0
+    checked = [
+        _checked_sample(s, f"sample {i}", model.in_channels) for i, s in enumerate(samples)
+    ]
+    areas = np.concatenate([cell_areas(labels, mask) for _, labels, mask in checked])
+    cells = cell_sizes(areas) if areas.size else None
+    diameter = (getattr(model, "metadata", None) or {}).get("diameter")
+    if cells is None or diameter is None:
+        return samples, cells, 1.0
+    factor = scale_factor(diameter, cells["median_diameter"])
+    if factor == 1.0:
+        return samples, cells, factor
+    resampled = []
+    for image, labels, mask in checked:
+        if image.ndim == 3:  # (H, W, C): resample each channel's plane
+            image = np.moveaxis(rescale_image(np.moveaxis(image, -1, 0), factor), 0, -1)
+        else:
+            image = rescale_image(image, factor)
+        labels = rescale_labels(labels, factor)
+        mask = None if mask is None else rescale_labels(mask, factor)
+        resampled.append((image, labels) if mask is None else (image, labels, mask))
+    return resampled, cells, factor
+
+
 def _crop(sample: TrainingSample, side: int, out_side: int, rng: np.random.Generator):
     """A random ``side``-pixel input crop centred near an annotated pixel; returns
     ``(C, side, side)`` pixels and the ``(side, side)`` target and weights aligned with it."""
@@ -403,6 +437,7 @@ def finetune(
         raise ValueError(f"max_seconds must be positive, got {max_seconds!r}")
     side = model.input_size(config.tile)
     out_side = model.output_size(side)
+    samples, cells, factor = at_model_size(samples, model)
     prepared = prepare_samples(
         samples,
         model,
@@ -420,6 +455,7 @@ def finetune(
         (int(steps), max_seconds),
         (side, out_side),
         resolve_device(device, model),
+        (cells, factor),
     )
 
 
@@ -452,9 +488,11 @@ def _finetune(
     budget: tuple[int, float | None],
     crop: tuple[int, int],
     device: torch.device,
+    size: tuple[dict | None, float],
 ) -> Iterator[FinetuneEvent]:
     """The run: ``budget`` is ``(steps, max_seconds)`` (``None``: no time limit), ``crop`` the
-    network input side of a training crop and the output side it gives."""
+    network input side of a training crop and the output side it gives, ``size`` the annotated
+    cells' sizes and the factor the samples were resampled by (:func:`at_model_size`)."""
     rng = np.random.default_rng(config.seed)
     steps, max_seconds = budget
     step = 0
@@ -496,7 +534,7 @@ def _finetune(
         finally:
             optimizer.zero_grad(set_to_none=True)
             if step:
-                _record(model, config, step, samples)
+                _record(model, config, step, *size)
 
 
 def _train_step(model, optimizer, samples, config: FinetuneConfig, crop, device, rng):
@@ -516,13 +554,15 @@ def _train_step(model, optimizer, samples, config: FinetuneConfig, crop, device,
         return float(loss.detach())
 
 
-def _record(model, config: FinetuneConfig, steps: int, samples: list[TrainingSample]) -> None:
-    """Put the run's settings and ``steps`` done into ``model.metadata["finetune"]`` and the
-    size of the cells trained on into ``model.metadata["cells"]``."""
+def _record(model, config: FinetuneConfig, steps: int, cells: dict | None, factor: float):
+    """Put the run's settings, ``steps`` done and the ``factor`` its images were resampled by
+    into ``model.metadata["finetune"]``, and the size of the annotated cells (in the images' own
+    pixels) into ``model.metadata["cells"]``."""
     metadata = dict(getattr(model, "metadata", None) or {})
     run = dataclasses.asdict(config)
-    metadata["finetune"] = {**run, "augment": list(config.augment), "steps": steps}
-    areas = np.concatenate([s.areas for s in samples])
-    if areas.size:  # cells only outside the masks say nothing of their size
-        metadata["cells"] = cell_sizes(areas)
+    metadata["finetune"] = {
+        **run, "augment": list(config.augment), "steps": steps, "scale": factor
+    }
+    if cells is not None:  # cells only outside the masks say nothing of their size
+        metadata["cells"] = cells
     model.metadata = metadata

@@ -1,0 +1,119 @@
+"""The cell diameter of an image nobody measured: a scale search with the model itself.
+
+A model trained at one cell diameter ``D`` (``model.metadata["diameter"]``) draws cells about
+``D`` px across when it sees them at that size. Seen much larger, it draws pieces of them (inner
+texture as edges); much smaller, it merges them into blobs. :func:`estimate_diameter` predicts a
+window of the image at a ladder of sizes and keeps the size at which the cells found are most
+consistent with ``D`` and the probabilities most decisive; the cells found there, measured in
+the image's pixels, give the estimate. ``napari_unet.core.predict.estimate_diameter`` runs it
+with the model's own prediction.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from .instances import Probabilities, to_instances
+from .scale import MAX_FACTOR, MIN_FACTOR, median_diameter, rescale_image, sized_cells
+
+__all__ = ["search_diameter", "DiameterEstimate", "DIAMETERS", "WINDOW"]
+
+log = logging.getLogger(__name__)
+
+DIAMETERS = tuple(float(d) for d in np.geomspace(8, 256, 11))
+"""The image cell diameters (px) tried: 8 to 256 px, each 1.41x the last."""
+WINDOW = 640
+"""Side (px, at the model's size) of the window predicted for each try: the cost of a try is
+bounded whatever the image's size."""
+CONSISTENT = np.log(1.5)
+"""A try whose cells are within 1.5x of the model's diameter counts as consistent."""
+MIN_CELLS = 3
+
+
+@dataclass(frozen=True)
+class DiameterEstimate:
+    """The estimated median cell diameter ``diameter`` (px, in the image's pixels), the
+    ``cells`` found at the chosen try (inside the window) and a ``confidence`` in [0, 1] (how
+    decisive the probabilities were there); ``tries`` lists ``(tried diameter, cells found,
+    their median diameter at the model's size, confidence)`` for each try."""
+
+    diameter: float
+    cells: int
+    confidence: float
+    tries: tuple
+
+
+def search_diameter(
+    image: np.ndarray, known: float, predictor: Callable[[np.ndarray], np.ndarray]
+) -> DiameterEstimate:
+    """Estimate the median diameter (px) of the cells of one ``(H, W)`` or ``(H, W, C)`` image
+    for a model that works at cells ``known`` px across; ``predictor`` maps an image of that
+    layout to its ``(H, W)`` foreground probability. ValueError when no try finds cells."""
+    image = np.asarray(image)
+    channels = image.ndim == 3
+    plane = image.shape[:2]
+    tries = []
+    for tried in DIAMETERS:
+        factor = known / tried
+        if not MIN_FACTOR <= factor <= MAX_FACTOR:
+            continue
+        window = _window(image, plane, WINDOW / factor)
+        if channels:
+            scaled = np.moveaxis(rescale_image(np.moveaxis(window, -1, 0), factor), 0, -1)
+        else:
+            scaled = rescale_image(window, factor)
+        if min(scaled.shape[:2]) < known:
+            continue  # a window smaller than one cell says nothing
+        prob = np.asarray(predictor(scaled))
+        labels = _inner(to_instances(Probabilities(prob, sized_cells(known))))
+        count = len(np.unique(labels)) - 1
+        found = median_diameter(labels) if count else 0.0
+        confidence = float(np.mean(np.abs(2 * prob - 1)))
+        tries.append((tried, count, found, confidence))
+        log.debug("diameter %.1f px: %d cells, %.1f px at model size", tried, count, found)
+    return _choose(tries, known)
+
+
+def _window(image: np.ndarray, plane: tuple[int, int], side: float) -> np.ndarray:
+    """The central ``side x side`` window of ``image`` (all of it where it is smaller)."""
+    h, w = (min(n, max(1, int(np.ceil(side)))) for n in plane)
+    top, left = (plane[0] - h) // 2, (plane[1] - w) // 2
+    return image[top : top + h, left : left + w]
+
+
+def _inner(labels: np.ndarray) -> np.ndarray:
+    """``labels`` without the cells that touch the window's border (cut cells look small)."""
+    edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    return np.where(np.isin(labels, edge[edge > 0]), 0, labels)
+
+
+def _choose(tries: list, known: float) -> DiameterEstimate:
+    """Of the tries whose cells are consistent with the model's diameter, the one with the most
+    decisive probabilities less its inconsistency (else the most consistent try), as an
+    estimate in the image's pixels."""
+    found = [t for t in tries if t[1] >= MIN_CELLS]
+    if not found:
+        raise ValueError(
+            "no cells were found at any size from 8 to 256 px, so no diameter could be "
+            "estimated; give the cell diameter (px)"
+        )
+
+    def error(t) -> float:
+        return abs(np.log(t[2] / known))
+
+    consistent = [t for t in found if error(t) <= CONSISTENT]
+    if consistent:
+        best = max(consistent, key=lambda t: t[3] - error(t))
+    else:
+        best = min(found, key=error)
+    tried, count, size, confidence = best
+    return DiameterEstimate(
+        diameter=float(size * tried / known),
+        cells=count,
+        confidence=confidence,
+        tries=tuple(tries),
+    )

@@ -1,0 +1,139 @@
+"""Cell size as an input: diameters, resampling factors, images and labels at the model's size."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from skimage.draw import disk
+
+from napari_unet.core.scale import (
+    median_diameter,
+    rescale_image,
+    rescale_labels,
+    resize_to,
+    scale_factor,
+)
+
+
+def discs(shape=(200, 300), radius=10, spacing=40):
+    """``shape`` instance labels of discs of ``radius`` on a grid."""
+    labels = np.zeros(shape, np.uint16)
+    n = 0
+    for y in range(spacing // 2, shape[0] - radius, spacing):
+        for x in range(spacing // 2, shape[1] - radius, spacing):
+            n += 1
+            labels[disk((y, x), radius, shape=shape)] = n
+    return labels
+
+
+def test_median_diameter_is_the_discs_diameter():
+    assert median_diameter(discs(radius=10)) == pytest.approx(20, abs=0.5)
+    assert median_diameter(discs(radius=25, spacing=60)) == pytest.approx(50, abs=0.5)
+    with pytest.raises(ValueError, match="no cell"):
+        median_diameter(np.zeros((5, 5), int))
+
+
+def test_scale_factor_bounds_and_messages():
+    assert scale_factor(40, 80) == 0.5
+    assert scale_factor(40, 40.5) == 1.0  # within 2 %: the image as it comes
+    for bad in (0, -3, float("nan"), float("inf"), "30"):
+        with pytest.raises(ValueError, match="positive number of pixels"):
+            scale_factor(40, bad)
+    with pytest.raises(ValueError, match="too far from the 40 px"):
+        scale_factor(40, 1000)
+
+
+def test_rescaled_labels_keep_ids_and_scale_the_diameter():
+    labels = discs(radius=20, spacing=60)
+    half = rescale_labels(labels, 0.5)
+    assert half.shape == (100, 150) and half.dtype == labels.dtype
+    assert set(np.unique(half)) == set(np.unique(labels))
+    assert median_diameter(half) == pytest.approx(20, abs=1)
+    assert median_diameter(rescale_labels(labels, 2.0)) == pytest.approx(80, abs=1)
+    assert rescale_labels(labels, 1.0) is labels
+
+
+def test_rescaled_image_is_anti_aliased_and_resize_to_returns_to_the_grid():
+    rng = np.random.default_rng(0)
+    stripes = np.tile([0.0, 1.0], (64, 32)).astype(np.float32)  # 1-px stripes: pure aliasing
+    small = rescale_image(stripes, 0.25)
+    assert small.shape == (16, 16) and small.dtype == np.float32
+    assert small.std() < 0.1  # averaged, not sampled to all-0 or all-1
+    image = rng.random((3, 50, 70)).astype(np.float32)
+    assert rescale_image(image, 2.0).shape == (3, 100, 140)
+    smooth = np.add.outer(np.arange(50.0), np.arange(70.0)).astype(np.float32)
+    back = resize_to(rescale_image(smooth, 0.5), smooth.shape)
+    assert back.shape == smooth.shape
+    np.testing.assert_allclose(back[5:-5, 5:-5], smooth[5:-5, 5:-5], atol=0.6)
+    assert resize_to(smooth, smooth.shape) is smooth
+
+
+def test_finetune_trains_at_the_models_diameter_and_records_the_annotated_size(tiny_unet):
+    from napari_unet import finetune
+    from napari_unet.core.train import at_model_size
+
+    labels = discs((256, 256), radius=20, spacing=64)  # cells 40 px across
+    image = (labels > 0).astype(np.float32) + 0.1
+    tiny_unet.metadata = {"diameter": 20.0}
+    samples, cells, factor = at_model_size([(image, labels)], tiny_unet)
+    assert factor == pytest.approx(0.5, abs=0.02)
+    assert samples[0][0].shape == samples[0][1].shape == (round(256 * factor),) * 2
+    assert median_diameter(samples[0][1]) == pytest.approx(20, abs=1)
+    for _ in finetune(tiny_unet, [(image, labels)], steps=2, tile=32, seed=0):
+        pass
+    assert tiny_unet.metadata["cells"]["median_diameter"] == pytest.approx(40, abs=1)
+    assert tiny_unet.metadata["finetune"]["scale"] == pytest.approx(factor)
+    tiny_unet.metadata = {}  # a model that does not say its size trains on the images as they are
+    assert at_model_size([(image, labels)], tiny_unet)[2] == 1.0
+
+
+def test_predict_at_a_diameter_is_the_prediction_of_the_resampled_image(tiny_unet):
+    from napari_unet import predict, to_instances
+    from napari_unet.core.instances import Probabilities
+
+    rng = np.random.default_rng(1)
+    image = rng.random((120, 90)).astype(np.float32)
+    tiny_unet.metadata = {"diameter": 20.0}
+    prob = predict(tiny_unet, image, diameter=40.0)
+    assert isinstance(prob, Probabilities) and prob.shape == image.shape
+    assert prob.cells["median_diameter"] == 40.0  # sized for the image's own cells
+    half = predict(tiny_unet, rescale_image(image, 0.5), diameter=20.0)
+    np.testing.assert_allclose(prob, resize_to(half, image.shape), atol=1e-5)
+    to_instances(prob)  # sized by the diameter given
+    # a random network finds no cells at any size: the image as it comes, with a warning
+    np.testing.assert_array_equal(predict(tiny_unet, image), predict(tiny_unet, image, diameter=20))
+    stack = np.stack([image, image[::-1]])
+    both = predict(tiny_unet, stack, diameter=40.0)
+    assert both.shape == stack.shape
+    np.testing.assert_allclose(both[0], prob, atol=1e-5)
+
+
+def test_predict_uses_the_diameter_a_model_was_fine_tuned_on(tiny_unet):
+    from napari_unet import predict
+
+    image = np.random.default_rng(2).random((100, 100)).astype(np.float32)
+    tiny_unet.metadata = {"diameter": 20.0, "cells": {"median_area": 1256.6, "median_diameter": 40.0}}
+    np.testing.assert_allclose(
+        predict(tiny_unet, image), predict(tiny_unet, image, diameter=40.0), atol=0
+    )
+    tiny_unet.metadata = {}
+    with pytest.raises(ValueError, match="does not say what cell size it works at"):
+        predict(tiny_unet, image, diameter=30.0)
+    tiny_unet.metadata = {"diameter": 20.0}
+    with pytest.raises(ValueError, match="positive number of pixels"):
+        predict(tiny_unet, image, diameter=-1)
+
+
+def test_the_scale_search_finds_the_size_at_which_cells_look_like_the_models():
+    from napari_unet.core.diameter import search_diameter
+
+    labels = discs((400, 400), radius=15, spacing=50)  # cells 30 px across
+
+    def predictor(window):  # a "network" that sees what is there, at every size
+        return (window > 0.5).astype(np.float32)
+
+    estimate = search_diameter((labels > 0).astype(np.float32), 40.0, predictor)
+    assert estimate.diameter == pytest.approx(30, rel=0.1)
+    assert estimate.cells >= 3 and len(estimate.tries) >= 5
+    with pytest.raises(ValueError, match="no cells were found"):
+        search_diameter(np.zeros((300, 300), np.float32), 40.0, predictor)

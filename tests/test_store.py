@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from napari_unet import UNet, bundled_models, load_bundled, load_model, predict, save_model
-from napari_unet.core import store
+from napari_unet.core.network import store
 
 
 def test_round_trip_gives_bit_identical_predictions(tmp_path, rng):

@@ -2,8 +2,8 @@
 
 Inputs are files, folders (their images and zarr folders) or glob patterns. Images that fit one
 block run as one task each, spread over the workers; larger ones run block by block
-(:mod:`napari_unet.core.distributed`). Each output is written atomically and a rerun skips the
-outputs that are complete, so an interrupted run resumes; a file that fails is reported at the
+(:mod:`napari_unet.core.large.distributed`). Each output is written atomically and a rerun skips
+the outputs that are complete, so an interrupted run resumes; a file that fails is reported at the
 end and does not stop the others.
 """
 
@@ -27,8 +27,8 @@ def expand_inputs(items: list[str]) -> list[Path]:
     """Files for ``items``: a file or zarr folder as is, a folder's images and zarr folders
     (sorted), a glob pattern's matching images and zarr folders (sorted); FileNotFoundError for
     an item that gives none."""
-    from .core.io import IMAGE_SUFFIXES
-    from .core.zarrio import is_zarr
+    from .core.formats.io import IMAGE_SUFFIXES
+    from .core.formats.zarrio import is_zarr
 
     def image(p: Path) -> bool:
         return is_zarr(p) or (p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
@@ -62,8 +62,8 @@ class _WholeFile:
 
     @contextmanager
     def open(self):
+        from .core.formats.io import read_image
         from .core.image import grey_if_rgb
-        from .core.io import read_image
 
         yield grey_if_rgb(read_image(self.path, max_pixels=self.max_pixels), self.in_channels)
 
@@ -110,9 +110,9 @@ def _write_small(
     """Write the labels (and ``probs``, when asked for) of an image segmented whole, with the
     ROI set and measurements asked for (as the in-process command writes them)."""
     from .cli import _write_cell_tables
-    from .core.blocks import opened
-    from .core.io import PREDICTION_SOFTWARE, write_image, write_labels
-    from .core.zarrio import write_labels_zarr
+    from .core.formats.io import PREDICTION_SOFTWARE, write_image, write_labels
+    from .core.formats.zarrio import write_labels_zarr
+    from .core.large.blocks import opened
 
     target = targets["labels"]
     if target.suffix == ".tif":
@@ -142,9 +142,9 @@ def _segment_large(client, name, model, info, targets: dict, args, instance, rec
     written band by band from OME-Zarr in a work folder. Returns the number of cells."""
     from contextlib import ExitStack
 
-    from .core.distributed import segment_large
-    from .core.io import work_folder
-    from .core.zarrio import atomic_folder, write_tiff_bands
+    from .core.formats.io import work_folder
+    from .core.formats.zarrio import atomic_folder, write_tiff_bands
+    from .core.large.distributed import segment_large
 
     options = {
         "block": args.block,
@@ -183,7 +183,7 @@ def _why(err: BaseException) -> str:
 def torch_threads(workers: int | None) -> int | None:
     """Torch threads per worker of a local cluster of ``workers``: this process's CPUs shared
     out; ``None`` for a remote cluster (each worker uses its own CPUs, see ``ModelPlugin``)."""
-    from .core.distributed import usable_cpus
+    from .core.large.distributed import usable_cpus
 
     return max(1, usable_cpus() // workers) if workers else None
 
@@ -193,13 +193,13 @@ def run(args) -> int:
     from tqdm import tqdm
 
     from .cli import _MARKED, _plan_outputs, instance_options
-    from .core.blocks import model_source
-    from .core.io import image_info, read_pixel_size
-    from .core.store import open_model
-    from .core.zarrio import inspect_image, is_zarr
+    from .core.formats.io import image_info, read_pixel_size
+    from .core.formats.zarrio import inspect_image, is_zarr
+    from .core.large.blocks import model_source
+    from .core.network.store import open_model
 
     try:
-        from .core.distributed import DEFAULT_BLOCK, DEFAULT_HALO
+        from .core.large.distributed import DEFAULT_BLOCK, DEFAULT_HALO
     except ImportError as err:
         raise ValueError(
             f"--workers/--scheduler need dask.distributed and zarr ({err.name} is missing): "
@@ -210,7 +210,7 @@ def run(args) -> int:
     args.halo = args.halo or DEFAULT_HALO
     from distributed import as_completed
 
-    from .core.distributed import connect, fits_one_block, segment_small, shared_model
+    from .core.large.distributed import connect, fits_one_block, segment_small, shared_model
 
     if args.device not in (None, "cpu"):
         raise ValueError("--device: workers predict on their own CPU (leave --device out)")
@@ -325,7 +325,7 @@ def _resumable(targets: list[Path], record: dict) -> tuple[bool, str]:
     ``(True, "")``; else ``(False, why)``, ``why`` naming what differs ("" when an output is
     missing or incomplete). An OME-Zarr output records the model and options; a TIFF records
     neither, and is kept."""
-    from .core.zarrio import is_complete_output, read_record
+    from .core.formats.zarrio import is_complete_output, read_record
 
     if not all(map(is_complete_output, targets)):
         return False, ""

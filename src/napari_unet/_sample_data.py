@@ -13,7 +13,7 @@ CITATION = "Tsai et al. 2019, SoftwareX 9:230-237 (Usiigaci, MIT)"
 
 
 def _read(name: str):
-    from .core.io import read_image
+    from .core.formats.io import read_image
 
     with resources.as_file(resources.files("napari_unet") / "data" / name) as path:
         return read_image(path)

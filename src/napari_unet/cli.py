@@ -59,7 +59,7 @@ def _non_negative_float(text: str) -> float:
 
 def _threshold(text: str) -> float:
     """A foreground cut below the probability that seeds cells (``to_instances``' ``core``)."""
-    from .core.instances import CORE
+    from .core.prediction.instances import CORE
 
     return _number(
         text,
@@ -74,7 +74,7 @@ def _checked_device(name: str | None):
     where the model is); ValueError saying why not."""
     if name is None:
         return None
-    from .core.device import resolve_device
+    from .core.network.device import resolve_device
 
     try:
         return resolve_device(name)
@@ -86,7 +86,7 @@ def _check_tile(tile: int | None, model) -> None:
     """Refuse a ``--tile`` below the model's pooling step or beyond the memory of one tile."""
     if tile is None:
         return
-    from .core.tiling import DEFAULT_MEMORY, largest_step
+    from .core.prediction.tiling import DEFAULT_MEMORY, largest_step
 
     low, high = model.multiple, largest_step(model)
     if not low <= tile <= high:
@@ -105,7 +105,7 @@ kept for the backward pass, their gradients and the forward pass's own peak."""
 def _check_train_crops(tile: int, batch_size: int, model) -> None:
     """Refuse ``--tile`` and ``--batch-size`` whose training step would need more than
     ``tiling.DEFAULT_MEMORY`` (an estimate: batch x one crop's forward memory x 3)."""
-    from .core.tiling import DEFAULT_MEMORY, tile_memory
+    from .core.prediction.tiling import DEFAULT_MEMORY, tile_memory
 
     _check_tile(tile, model)
     side = model.input_size(tile)
@@ -128,7 +128,7 @@ class _NewFolders:
     @staticmethod
     def check(path: Path) -> None:
         """Raise OSError unless ``path`` is, or can be created as, a writable folder."""
-        from .core.io import check_writable_folder
+        from .core.formats.io import check_writable_folder
 
         check_writable_folder(path, missing_ok=True, context=f"cannot create output folder {path}")
 
@@ -152,7 +152,7 @@ class _NewFolders:
 
 def _checked_images(paths: list[str], max_pixels: int) -> list[Path]:
     """The image paths, each existing and within ``max_pixels`` by its header."""
-    from .core.io import image_info
+    from .core.formats.io import image_info
 
     images = [Path(p) for p in paths]
     missing = [str(p) for p in images if not p.exists()]
@@ -164,8 +164,8 @@ def _checked_images(paths: list[str], max_pixels: int) -> list[Path]:
 
 
 def _load_image(path: Path, in_channels: int, max_pixels: int):
+    from .core.formats.io import read_image
     from .core.image import grey_if_rgb
-    from .core.io import read_image
 
     image = read_image(path, max_pixels=max_pixels)
     grey = grey_if_rgb(image, in_channels)
@@ -175,8 +175,8 @@ def _load_image(path: Path, in_channels: int, max_pixels: int):
 
 
 def _load_labels(path: Path, max_pixels: int):
+    from .core.formats.io import read_image
     from .core.image import check_label_image
-    from .core.io import read_image
 
     labels = read_image(path, max_pixels=max_pixels)
     check_label_image(labels, str(path))
@@ -223,7 +223,7 @@ def _plan_outputs(images: list[Path], out: Path, kinds: tuple[str, ...]) -> list
     earlier ``predict`` wrote it, and never an input. Used by the in-process and the
     distributed command alike.
     """
-    from .core.zarrio import is_complete_output
+    from .core.formats.zarrio import is_complete_output
 
     todo = []
     for path in images:
@@ -261,7 +261,7 @@ def _plan_outputs(images: list[Path], out: Path, kinds: tuple[str, ...]) -> list
 
 
 def _stem(path: Path, k: int) -> str:
-    from .core.zarrio import ImageFile
+    from .core.formats.zarrio import ImageFile
 
     stem = ImageFile(str(path), "", (), None).stem  # x.ome.tif, x.ome.zarr: x
     return stem if k == 1 else f"{stem}-{k}"
@@ -274,7 +274,7 @@ _MARKED = ("labels", "probabilities")
 
 
 def _output_name(path: Path, k: int, kind: str) -> str:
-    from .core.zarrio import is_zarr
+    from .core.formats.zarrio import is_zarr
 
     suffix = ".ome.zarr" if kind in _MARKED and is_zarr(path) else _SUFFIXES.get(kind, ".tif")
     return f"{_stem(path, k)}_{kind}{suffix}"
@@ -286,7 +286,7 @@ def instance_options(model, args) -> dict:
     resolved from ``model``'s metadata (so that plain arrays, e.g. blocks, label the same)."""
     import numpy as np
 
-    from .core.instances import size_defaults, to_instances
+    from .core.prediction.instances import size_defaults, to_instances
 
     to_instances(np.zeros((1, 1), np.float32), args.threshold, args.min_size, expand=args.expand)
     min_size, min_core = size_defaults((getattr(model, "metadata", None) or {}).get("cells"))
@@ -307,10 +307,10 @@ def _predict(args) -> int | None:
         raise ValueError("--block and --halo take effect with --workers or --scheduler")
     from tqdm import tqdm
 
-    from .core.instances import to_instances
-    from .core.io import PREDICTION_SOFTWARE, read_pixel_size, write_image, write_labels
-    from .core.predict import predict
-    from .core.store import open_model
+    from .core.formats.io import PREDICTION_SOFTWARE, read_pixel_size, write_image, write_labels
+    from .core.network.store import open_model
+    from .core.prediction.instances import to_instances
+    from .core.prediction.predict import predict
 
     device = _checked_device(args.device)
     images = _checked_images(args.images, args.max_pixels)
@@ -354,19 +354,19 @@ def _predict(args) -> int | None:
 def _write_cell_tables(targets: dict, labels, image, pixel_size) -> None:
     """The ROI set and measurements table of ``predict --rois / --measurements``."""
     if "rois" in targets:
-        from .core.rois import write_rois
+        from .core.formats.rois import write_rois
 
         write_rois(targets["rois"], labels)
     if "cells" in targets:
-        from .core.measure import measure_cells, write_csv
+        from .core.formats.measure import measure_cells, write_csv
 
         write_csv(targets["cells"], measure_cells(labels, image, pixel_size))
 
 
 # ------------------------------------------------------------------------------- export-model
 def _export_model(args) -> None:
-    from .core.bioimageio import export_bioimageio
-    from .core.store import open_model
+    from .core.network.bioimageio import export_bioimageio
+    from .core.network.store import open_model
 
     out = Path(args.bioimageio)
     if out.suffix.lower() != ".zip":
@@ -394,8 +394,8 @@ def _export_model(args) -> None:
 
 # ---------------------------------------------------------------------------------- weightmap
 def _weightmap(args) -> None:
-    from .core.io import write_image
-    from .core.weightmap import training_target
+    from .core.formats.io import write_image
+    from .core.training.weightmap import training_target
 
     labels_path, out = Path(args.labels), Path(args.out)
     if out.suffix.lower() not in (".tif", ".tiff", ".npy"):
@@ -441,7 +441,7 @@ def _rescue_paths(out: Path) -> list[Path]:
 def _save_or_rescue(model, out: Path, metadata: dict) -> Path:
     """Save to ``out``; if that fails, save beside it or in the temp folder and raise OSError
     saying where the model went (or that it is lost)."""
-    from .core.store import save_model
+    from .core.network.store import save_model
 
     try:
         return save_model(model, out, metadata)
@@ -464,8 +464,8 @@ def _save_or_rescue(model, out: Path, metadata: dict) -> Path:
 
 
 def _start_model(args, device):
-    from .core.model import UNet
-    from .core.store import bundled_models, open_model
+    from .core.network.model import UNet
+    from .core.network.store import bundled_models, open_model
 
     if args.model == NEW_MODEL:
         width = args.base_channels or NEW_BASE_CHANNELS
@@ -486,8 +486,8 @@ def _start_model(args, device):
 def _train(args) -> int:
     from tqdm import tqdm
 
-    from .core.store import file_size_estimate
-    from .core.train import finetune
+    from .core.network.store import file_size_estimate
+    from .core.training.train import finetune
 
     device = _checked_device(args.device)
     if args.steps is None and args.minutes is None:
@@ -554,7 +554,7 @@ def open_viewer(images: list[str], viewer=None):
     Annotate in front, and the view fitted to the images."""
     import napari
 
-    from .core.io import read_image, read_pixel_size
+    from .core.formats.io import read_image, read_pixel_size
 
     viewer = viewer or napari.Viewer()
     if images:
@@ -616,10 +616,10 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
 
 def _parser() -> argparse.ArgumentParser:
     from . import __version__
-    from .core.instances import CORE
-    from .core.io import MAX_PIXELS
-    from .core.train import FinetuneConfig
-    from .core.weightmap import CLASS_BALANCE, SIGMA, W0
+    from .core.formats.io import MAX_PIXELS
+    from .core.prediction.instances import CORE
+    from .core.training.train import FinetuneConfig
+    from .core.training.weightmap import CLASS_BALANCE, SIGMA, W0
 
     defaults = FinetuneConfig()  # the one place that holds the training defaults
     parser = _Parser(

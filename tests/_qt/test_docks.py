@@ -49,7 +49,7 @@ def test_docks_stay_narrow_with_long_names_and_messages(make_napari_viewer):
 def test_damaged_bundled_model_is_one_clear_message_per_dock(
     sample_viewer, notes, monkeypatch, tmp_path
 ):
-    from napari_unet.core import store
+    from napari_unet.core.network import store
 
     def damaged(*args, **kwargs):
         raise ValueError("bad safetensors header")

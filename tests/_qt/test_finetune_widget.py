@@ -197,7 +197,7 @@ def test_the_swap_at_the_end_of_training_leaves_predictions_in_flight_alone(
 
     from napari_unet import to_instances
     from napari_unet._widgets.predict import PredictWidget
-    from napari_unet.core import predict as core_predict
+    from napari_unet.core.prediction import predict as core_predict
 
     go, calls, real = threading.Event(), [], core_predict.predict_tiles
 

@@ -246,7 +246,7 @@ def test_numpy_layer_cannot_go_to_a_cluster(make_napari_viewer, tiny_unet, patte
 @pytest.fixture(scope="module")
 def ome_zarr(tmp_path_factory, whole_sample):
     """A (256, 384) crop of the sample as an OME-Zarr image on disk."""
-    from napari_unet.core.zarrio import create_labels
+    from napari_unet.core.formats.zarrio import create_labels
 
     path = tmp_path_factory.mktemp("cluster") / "cells.ome.zarr"
     image = whole_sample[0][:256, :384]
@@ -273,7 +273,7 @@ def test_cluster_route_equals_the_cli_and_cancel_stops_it(
 
     from napari_unet import load_bundled
     from napari_unet.cli import main
-    from napari_unet.core.zarrio import read_record
+    from napari_unet.core.formats.zarrio import read_record
 
     model = load_bundled()
     viewer = make_napari_viewer()

@@ -121,7 +121,7 @@ def test_view_center_in_data_coordinates(make_napari_viewer, cells):
 def test_cancel_after_first_tile_closes_the_tile_generator(setup, qtbot, monkeypatch):
     import threading
 
-    from napari_unet.core import predict as core_predict
+    from napari_unet.core.prediction import predict as core_predict
 
     closed_on_main_thread = []
     real = core_predict.predict_tiles

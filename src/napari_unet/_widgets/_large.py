@@ -2,12 +2,12 @@
 
 A layer whose full-resolution data is not in memory (a dask or zarr array, level 0 of a
 multiscale layer, a memory map) and would take more than :data:`LAZY_BYTES` to read with its
-outputs is never read whole: a :class:`~napari_unet.core.regions.PlaneStream` predicts the
+outputs is never read whole: a :class:`~napari_unet.core.large.regions.PlaneStream` predicts the
 blocks in view first (with those their final labels need), the rest on request, and its
 results go to an on-disk :class:`LazyOutput` (OME-Zarr pyramids in a folder of their own,
 removed once both its layers are gone, or at exit) shown as multiscale layers whose coarser
 levels are refreshed block by block. :func:`cluster_job` sends a layer backed by a file to
-:func:`~napari_unet.core.distributed.segment_large_steps` instead. The dock's controller of
+:func:`~napari_unet.core.large.distributed.segment_large_steps` instead. The dock's controller of
 both is :mod:`._large_jobs`. Nothing here runs Qt; the generators run in the dock's worker and
 never touch a layer.
 """
@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from napari.layers import Image, Labels
 
-from ..core.blocks import DEFAULT_BLOCK, DEFAULT_HALO, SAMPLE_VALUES
+from ..core.large.blocks import DEFAULT_BLOCK, DEFAULT_HALO, SAMPLE_VALUES
 from ._layers import MADE, OF, add_quietly, free_name
 
 if TYPE_CHECKING:
@@ -140,7 +140,7 @@ class InPlane:
 
 
 class LazyOutput:
-    """Probabilities and labels of a :class:`~napari_unet.core.regions.PlaneStream` on disk.
+    """Probabilities and labels of a :class:`~napari_unet.core.large.regions.PlaneStream` on disk.
 
     Two OME-Zarr pyramids (an image and labels, chunks of the stream's block size) in a new folder
     ``napari-unet-*`` in ``parent`` (the system's temporary folder by default), shown as a
@@ -160,7 +160,7 @@ class LazyOutput:
         parent=None,
         prefix: tuple[int, ...] = (),
     ) -> None:
-        from ..core.zarrio import create_labels, levels
+        from ..core.formats.zarrio import create_labels, levels
 
         parent = Path(parent or tempfile.gettempdir())
         needed, free = math.prod(stream.shape) * OUTPUT_BYTES, shutil.disk_usage(parent).free
@@ -225,7 +225,7 @@ class LazyOutput:
     def write(self, kind: str, region: tuple[slice, slice], values: np.ndarray) -> None:
         """Write ``values`` of level-0 ``region`` of ``kind`` and refresh its coarser levels;
         nothing once :attr:`closed` (a run whose layers were removed under it)."""
-        from ..core.zarrio import update_levels
+        from ..core.formats.zarrio import update_levels
 
         if self.closed:
             return
@@ -251,12 +251,12 @@ class LazyOutput:
 
 # ------------------------------------------------------------------------------- the cluster
 def layer_file(layer):
-    """The :class:`~napari_unet.core.zarrio.ImageFile` of the plane a cluster's workers read
-    for ``layer``: the file it was opened from, or the zarr array on disk behind its data.
+    """The :class:`~napari_unet.core.formats.zarrio.ImageFile` of the plane a cluster's workers
+    read for ``layer``: the file it was opened from, or the zarr array on disk behind its data.
     ValueError, saying what is expected, for anything else (e.g. an array in memory, or a
     layer that shows something else than its file holds: one channel of it, changed data)."""
+    from ..core.formats.zarrio import ImageFile, inspect_image
     from ..core.image import MAX_CHANNELS
-    from ..core.zarrio import ImageFile, inspect_image
 
     data = full_resolution(layer)
     path = getattr(layer.source, "path", None)
@@ -304,15 +304,15 @@ def cluster_job(model, info, target: Path, *, workers, scheduler, record: dict, 
     """The worker's generator: segment ``info`` on a cluster (a new LocalCluster of
     ``workers`` or the one at ``scheduler``) into the OME-Zarr labels ``target`` (written
     atomically); yields ``(tasks done, tasks)``, returns the
-    :class:`~napari_unet.core.distributed.LargeResult` (its ``labels`` is ``target``).
+    :class:`~napari_unet.core.large.distributed.LargeResult` (its ``labels`` is ``target``).
     Closing it cancels the job and closes a LocalCluster it started. ``options``: those of
-    :func:`~napari_unet.core.distributed.segment_large_steps`."""
+    :func:`~napari_unet.core.large.distributed.segment_large_steps`."""
     from contextlib import ExitStack
     from dataclasses import replace
 
     from .._batch import torch_threads
-    from ..core.distributed import connect, segment_large_steps, shared_model
-    from ..core.zarrio import atomic_folder
+    from ..core.formats.zarrio import atomic_folder
+    from ..core.large.distributed import connect, segment_large_steps, shared_model
 
     yield 0, 0
     with ExitStack() as stack:
@@ -360,6 +360,6 @@ def open_labels(path: Path) -> list:
     """The levels of the OME-Zarr label image at ``path`` (zarr arrays, read lazily)."""
     import zarr
 
-    from ..core.zarrio import levels
+    from ..core.formats.zarrio import levels
 
     return levels(zarr.open_group(str(path), mode="r"))

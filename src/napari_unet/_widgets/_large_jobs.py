@@ -28,8 +28,8 @@ from ._layers import MADE, OF, add_quietly, free_name
 if TYPE_CHECKING:
     import napari
 
-    from ..core.model import UNet
-    from ..core.regions import PlaneStream
+    from ..core.large.regions import PlaneStream
+    from ..core.network.model import UNet
     from ._worker import Outcome
 
 __all__ = ["ClusterRun", "LargeImages", "LazyJob", "LazyRun", "Settings"]
@@ -138,8 +138,8 @@ class LargeImages:
         spatial shape; ``prefix``: the index of the plane of a stack (None: all planes,
         refused). ValueError / OSError, saying why, when it cannot start."""
         from napari_unet._batch import model_sha256
-        from napari_unet.core.regions import PlaneStream
-        from napari_unet.core.tiling import auto_tile
+        from napari_unet.core.large.regions import PlaneStream
+        from napari_unet.core.prediction.tiling import auto_tile
 
         data = full_resolution(layer)
         if prefix is None:
@@ -192,7 +192,7 @@ class LargeImages:
         LocalCluster of ``workers``, or the one at ``scheduler``) into OME-Zarr labels in
         ``settings.folder`` (a temporary folder removed with the layer when None)."""
         from napari_unet._batch import model_record
-        from napari_unet.core.blocks import DEFAULT_BLOCK, DEFAULT_HALO
+        from napari_unet.core.large.blocks import DEFAULT_BLOCK, DEFAULT_HALO
 
         info = layer_file(layer)
         record = {
@@ -225,7 +225,7 @@ class LargeImages:
     def apply(self, run: LazyRun | ClusterRun, event) -> str | None:
         """Apply one event of ``run`` (main thread); a message when the run must stop (its
         results were removed, or cannot be written), else None."""
-        from napari_unet.core.regions import BlockProbabilities
+        from napari_unet.core.large.regions import BlockProbabilities
 
         if isinstance(run, ClusterRun):
             run.done, run.total = event

@@ -24,7 +24,7 @@ import numpy as np
 from magicgui.widgets import ComboBox, Container, FileEdit, PushButton, Select
 from napari.layers import Labels
 
-from ..core.io import check_writable_folder
+from ..core.formats.io import check_writable_folder
 from ._layers import image_choices, layer_choices, pixel_size_um, watch_layers
 from ._session import PREDICTING, session_for
 from ._ui import Messages, narrow
@@ -113,7 +113,7 @@ def _payload(layer: Labels, ext: str, image) -> object:
         label_planes(data, f"layer '{layer.name}'")
     if ext != "csv":
         return data
-    from ..core.measure import measure_cells
+    from ..core.formats.measure import measure_cells
 
     intensities = None if image is None else _full_data(image)
     try:
@@ -124,14 +124,14 @@ def _payload(layer: Labels, ext: str, image) -> object:
 
 def _write(path: Path, layer: Labels, payload, ext: str) -> Path:
     if ext == "csv":
-        from ..core.measure import write_csv
+        from ..core.formats.measure import write_csv
 
         return write_csv(path, payload)
     if ext == "zip":
-        from ..core.rois import write_rois
+        from ..core.formats.rois import write_rois
 
         return write_rois(path, payload)
-    from ..core.io import write_labels
+    from ..core.formats.io import write_labels
 
     return write_labels(path, payload, pixel_size=pixel_size_um(layer) if ext == "tif" else None)
 
@@ -302,7 +302,7 @@ class ExportWidget(Container):
         _say.info(f"wrote {len(written)} file(s): {', '.join(map(str, written))}")
 
     def _on_save_model(self, value=None) -> None:
-        from ..core.store import save_model
+        from ..core.network.store import save_model
 
         ext = MODEL_FORMATS[self._model_format.value]
         path = Path(self._model_path.value)
@@ -388,7 +388,7 @@ def _check_bioimageio_extra() -> None:
 
 def _package_job(model, path: Path, metadata: dict):
     """Worker generator: write and test the bioimage.io package; returns its path."""
-    from ..core.bioimageio import export_bioimageio
+    from ..core.network.bioimageio import export_bioimageio
 
     yield "Writing and testing the package…"
     return export_bioimageio(model, path, metadata=metadata)

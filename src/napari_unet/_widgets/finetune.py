@@ -59,8 +59,8 @@ if TYPE_CHECKING:
     import napari
     from napari.layers import Layer
 
-    from ..core.model import UNet
-    from ..core.train import FinetuneEvent
+    from ..core.network.model import UNet
+    from ..core.training.train import FinetuneEvent
     from ._worker import Outcome
 
 __all__ = ["FinetuneWidget"]
@@ -139,7 +139,7 @@ class FinetuneWidget(Container):
     """Fine-tune a copy of the viewer's U-Net on image / annotation pairs; Start, Stop, Undo."""
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
-        from ..core.train import FinetuneConfig  # the training defaults (imports torch)
+        from ..core.training.train import FinetuneConfig  # the training defaults (imports torch)
 
         defaults = FinetuneConfig()
         self._viewer = viewer

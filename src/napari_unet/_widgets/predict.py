@@ -63,7 +63,7 @@ from ._worker import Task
 if TYPE_CHECKING:
     import napari
 
-    from ..core.model import UNet
+    from ..core.network.model import UNet
     from ._worker import Outcome
 
 __all__ = ["PredictWidget"]
@@ -82,8 +82,8 @@ def _predict_job(model, pixels, *, grey, shape, tile, center, flips, threshold, 
     from contextlib import closing
 
     from napari_unet.core.image import grey_if_rgb
-    from napari_unet.core.instances import Probabilities, to_instances
-    from napari_unet.core.predict import predict_tiles
+    from napari_unet.core.prediction.instances import Probabilities, to_instances
+    from napari_unet.core.prediction.predict import predict_tiles
 
     if grey:
         pixels = grey_if_rgb(pixels, model.in_channels)
@@ -305,7 +305,7 @@ class PredictWidget(Container):
         if str(path) in ("", "."):
             _say.error("choose a .safetensors model file, or pick 'current model'")
             return None
-        from napari_unet.core.store import load_model
+        from napari_unet.core.network.store import load_model
 
         try:
             return load_model(path)

@@ -96,10 +96,10 @@ def _test_pair(model, image: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]
     probabilities, computed as napari-unet computes them (percentiles of the input)."""
     import torch
 
-    from .image import normalize, split_channels
+    from ..image import normalize, split_channels
 
     if image is None:
-        from .._sample_data import phase_contrast_cells
+        from ..._sample_data import phase_contrast_cells
 
         image = phase_contrast_cells()[0][0]
     image, channels_last = split_channels(image, model.in_channels)
@@ -125,7 +125,7 @@ def _cover(path: Path, test_in: np.ndarray, test_out: np.ndarray, margin: int) -
     """A 2:1 PNG: the input (its output region) beside the foreground probability."""
     import imageio.v3 as iio
 
-    from .image import normalize
+    from ..image import normalize
 
     side = test_out.shape[-1]
     image = normalize(test_in[0, 0, margin : margin + side, margin : margin + side])
@@ -135,7 +135,7 @@ def _cover(path: Path, test_in: np.ndarray, test_out: np.ndarray, margin: int) -
 
 
 def _card(name: str, description: str, model, metadata: dict) -> str:
-    from .image import PERCENTILES
+    from ..image import PERCENTILES
 
     low, high = PERCENTILES
     lo_in = model.min_input_size
@@ -162,7 +162,7 @@ result exactly.
 {2 * model.margin} px smaller than the input on each axis: output pixel `(i, j)` belongs to input
 pixel `(i + {model.margin}, j + {model.margin})`. Instances: threshold channel 1 and label the
 connected regions, or open the package in napari-unet
-(`napari_unet.core.bioimageio.load_bioimageio`) for its watershed post-processing.
+(`napari_unet.core.network.bioimageio.load_bioimageio`) for its watershed post-processing.
 
 ## Validation
 The test pair in this package checks that a tool reproduces the network's output; it says
@@ -191,7 +191,7 @@ def export_bioimageio(
     Parameters
     ----------
     model
-        A :class:`~napari_unet.core.model.UNet`.
+        A :class:`~napari_unet.core.network.model.UNet`.
     path
         The ``.zip`` to write.
     name, description
@@ -216,8 +216,8 @@ def export_bioimageio(
     """
     import torch
 
+    from ..formats.io import atomic_path
     from . import model as model_module
-    from .io import atomic_path
     from .model import UNet
     from .store import save_model
 
@@ -267,8 +267,8 @@ def _description(v0_5, model, folder: Path, name, description, authors, license)
     import torch
     from pydantic import ValidationError
 
-    from .. import __version__
-    from .image import PERCENTILES
+    from ... import __version__
+    from ..image import PERCENTILES
 
     channels = [f"c{i}" for i in range(model.in_channels)]
     classes = ["background", "cell"] if model.n_classes == 2 else None
@@ -354,7 +354,7 @@ def test_bioimageio(source):
 
 
 def load_bioimageio(path: str | os.PathLike, device=None):
-    """The :class:`~napari_unet.core.model.UNet` of a bioimage.io package that napari-unet
+    """The :class:`~napari_unet.core.network.model.UNet` of a bioimage.io package that napari-unet
     exported (its ``napari-unet.safetensors``, checked as any model file; nothing unpickled)."""
     from .store import load_model
 

@@ -12,7 +12,7 @@ import re
 from importlib import resources
 from pathlib import Path
 
-from .io import atomic_path
+from ..formats.io import atomic_path
 from .model import UNet, check_architecture, parameter_count, state_shapes
 
 __all__ = [

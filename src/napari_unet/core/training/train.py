@@ -17,6 +17,10 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from ..image import PERCENTILES, normalize, split_channels
+from ..network.device import resolve_device
+from ..network.guard import FINETUNING, training_step, using
+from ..prediction.instances import cell_areas, cell_sizes
 from .augment import (
     random_cell_contrast,
     random_displacement,
@@ -27,10 +31,6 @@ from .augment import (
     random_zoom,
     warp,
 )
-from .device import resolve_device
-from .guard import FINETUNING, training_step, using
-from .image import PERCENTILES, normalize, split_channels
-from .instances import cell_areas, cell_sizes
 from .weightmap import CLASS_BALANCE, SIGMA, W0, check_labels, check_weight_params, training_target
 
 __all__ = [
@@ -341,7 +341,7 @@ def finetune(
         closed or failed) the model is in eval mode, on the device and memory format it came
         with, ``model.metadata["finetune"]`` holds the settings of the run as a JSON-able
         dict with ``"steps"``, the steps done, and ``model.metadata["cells"]`` the size of the
-        annotated cells (:func:`~napari_unet.core.instances.cell_sizes`), which
+        annotated cells (:func:`~napari_unet.core.prediction.instances.cell_sizes`), which
         ``to_instances(predict(model, image))`` uses (other metadata keys are kept).
     samples
         Sequence of ``(image, labels)`` or ``(image, labels, mask)``: image ``(H, W)`` or
@@ -368,9 +368,9 @@ def finetune(
 
     Inputs are checked before the generator is returned, so bad samples or settings raise
     ValueError here. From its first step until it ends or is closed (from any thread), the run
-    holds the model (see :mod:`napari_unet.core.guard`): another fine-tuning of the same model
-    object, or a prediction from another thread, raises RuntimeError; the thread that runs the
-    steps may predict between them, but a step raises RuntimeError if a prediction is still in
+    holds the model (see :mod:`napari_unet.core.network.guard`): another fine-tuning of the same
+    model object, or a prediction from another thread, raises RuntimeError; the thread that runs
+    the steps may predict between them, but a step raises RuntimeError if a prediction is still in
     flight; and the run itself raises RuntimeError at its first step if predictions of the
     model are in flight. Stop early with ``events.close()`` (or drop the generator) to give the
     model back. Each step runs with gradients on, whatever the calling thread's inference or
@@ -432,7 +432,7 @@ def _validation_pairs(validation, model):
 
 
 def _foreground_iou(model, pairs, device) -> float:
-    from .predict import predict_held
+    from ..prediction.predict import predict_held
 
     inter = union = 0
     for image, truth, region in pairs:

@@ -6,7 +6,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.segmentation import expand_labels, relabel_sequential, watershed
 
-from .image import check_finite
+from ..image import check_finite
 
 __all__ = ["to_instances", "Probabilities", "cell_areas", "cell_sizes", "size_defaults"]
 

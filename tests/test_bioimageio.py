@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from napari_unet.core.network.bioimageio import WEIGHTS_NAME, export_bioimageio, load_bioimageio
+from napari_unet.core.network.bioimageio import export_bioimageio
+from napari_unet.core.network.store import WEIGHTS_NAME, load_bioimageio
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ _EXPORTS = {
     "write_rois": "formats.rois",
     "measure_cells": "formats.measure",
     "export_bioimageio": "network.bioimageio",
-    "load_bioimageio": "network.bioimageio",
+    "load_bioimageio": "network.store",
     "TileResult": "prediction.predict",
     "predict_tiles": "prediction.predict",
     "predict": "prediction.predict",

@@ -227,7 +227,7 @@ def test_bioimageio_package_of_the_current_model(
     pytest.importorskip("bioimageio.core", reason="the bioimageio extra is not installed")
     import torch
 
-    from napari_unet.core.network.bioimageio import load_bioimageio
+    from napari_unet.core.network.store import load_bioimageio
 
     viewer = make_napari_viewer()
     widget = ExportWidget(viewer)

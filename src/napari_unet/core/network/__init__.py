@@ -1,1 +1,1 @@
-"""The U-Net, its files (safetensors, bioimage.io packages), its device and the guard on its use."""
+"""The U-Net, its files (safetensors, bioimage.io packages), its device, the guard on its use."""

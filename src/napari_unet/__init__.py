@@ -26,6 +26,7 @@ _EXPORTS = {
     "predict_tiles": "prediction.predict",
     "predict": "prediction.predict",
     "to_instances": "prediction.instances",
+    "InstanceConfig": "prediction.instances",
     "separation_weight_map": "training.weightmap",
     "training_target": "training.weightmap",
     "elastic_deform": "training.augment",

@@ -25,7 +25,7 @@ from magicgui.widgets import ComboBox, Container, FileEdit, PushButton, Select
 from napari.layers import Labels
 
 from ..core.formats.io import check_writable_folder
-from ._layers import image_choices, layer_choices, pixel_size_um, watch_layers
+from ._layers import full_resolution, image_choices, layer_choices, pixel_size_um, watch_layers
 from ._session import PREDICTING, session_for
 from ._ui import Messages, narrow
 from ._worker import Outcome, Task
@@ -80,13 +80,9 @@ def _file_with_format(path: Path, ext: str, suffixes: dict = _SUFFIXES) -> Path:
     return path.with_name(f"{path.name}.{ext}")
 
 
-def _full_data(layer) -> np.ndarray:
-    return np.asarray(layer.data[0] if layer.multiscale else layer.data)
-
-
 def _labels_data(layer: Labels, ext: str) -> np.ndarray:
     """The layer's ids as an array, checked against what format ``ext`` can hold."""
-    data = _full_data(layer)
+    data = np.asarray(full_resolution(layer))
     if data.size and data.min() < 0:
         raise ValueError(f"layer '{layer.name}' holds negative ids; label files hold ids >= 0")
     if ext == "png":
@@ -115,7 +111,7 @@ def _payload(layer: Labels, ext: str, image) -> object:
         return data
     from ..core.formats.measure import measure_cells
 
-    intensities = None if image is None else _full_data(image)
+    intensities = None if image is None else np.asarray(full_resolution(image))
     try:
         return measure_cells(data, intensities, pixel_size_um(layer))
     except ValueError as err:

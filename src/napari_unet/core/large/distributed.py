@@ -64,6 +64,7 @@ __all__ = [
     "segment_large",
     "segment_large_steps",
     "segment_small",
+    "torch_threads",
     "LargeResult",
 ]
 
@@ -137,6 +138,12 @@ def usable_cpus() -> int:
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0))
     return os.cpu_count() or 1
+
+
+def torch_threads(workers: int | None) -> int | None:
+    """Torch threads per worker of a local cluster of ``workers``: this process's CPUs shared
+    out; ``None`` for a remote cluster (each worker uses its own CPUs, see ``ModelPlugin``)."""
+    return max(1, usable_cpus() // workers) if workers else None
 
 
 def share_model(

@@ -4,10 +4,11 @@ The package holds PyTorch state-dict weights with the network's own source file 
 torch only) as architecture, so bioimage.io tools run it without napari-unet; the same weights as
 ``napari-unet.safetensors``, which :func:`.store.load_bioimageio` reads back (never
 unpickling); a test input and its output, a cover, and a card (README.md) that states the
-pre-processing (percentile normalisation, ``image.PERCENTILES``) and the valid-convolution sizes: an input of side
-``min + k * 2**depth`` gives an output ``2 * margin`` smaller (the output pixel ``(i, j)`` is the
-input pixel ``(i + margin, j + margin)``). Export needs the ``bioimageio`` extra
-(``bioimageio.spec``, and ``bioimageio.core`` for the model test); import needs nothing more.
+pre-processing (percentile normalisation, ``image.PERCENTILES``) and the valid-convolution
+sizes: an input of side ``min + k * 2**depth`` gives an output ``2 * margin`` smaller (the output
+pixel ``(i, j)`` is the input pixel ``(i + margin, j + margin)``). Export needs the
+``bioimageio`` extra (``bioimageio.spec``, and ``bioimageio.core`` for the model test); import
+needs nothing more.
 """
 
 from __future__ import annotations

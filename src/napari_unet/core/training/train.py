@@ -20,7 +20,7 @@ from torch.nn import functional as F
 from ..image import PERCENTILES, normalize, split_channels
 from ..network.device import resolve_device
 from ..network.guard import FINETUNING, training_step, using
-from ..prediction.instances import cell_areas, cell_sizes
+from ..prediction.instances import THRESHOLD, cell_areas, cell_sizes
 from .augment import (
     random_cell_contrast,
     random_displacement,
@@ -432,15 +432,14 @@ def _validation_pairs(validation, model):
 
 
 def _foreground_iou(model, pairs, device) -> float:
+    from ..metrics import foreground_counts
     from ..prediction.predict import predict_held
 
     inter = union = 0
-    for image, truth, region in pairs:
-        pred = predict_held(model, image, device) > 0.5
-        if region is not None:  # partial annotation: score only the annotated pixels
-            pred, truth = pred[region], truth[region]
-        inter += np.count_nonzero(pred & truth)
-        union += np.count_nonzero(pred | truth)
+    for image, truth, region in pairs:  # partial annotation: score only the annotated pixels
+        pred = predict_held(model, image, device) > THRESHOLD
+        i, u = foreground_counts(truth, pred, region)
+        inter, union = inter + i, union + u
     return float(inter / union) if union else 1.0
 
 

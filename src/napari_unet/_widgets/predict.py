@@ -55,6 +55,11 @@ REFRESH_INTERVAL = 0.1  # seconds; streamed tiles are shown at most this often
 _say = Messages("Predict")
 
 
+def _side(what: str, tooltip: str) -> SpinBox:
+    """A control of the side of a tile or block in px, 0 for automatic."""
+    return SpinBox(label=f"{what} size (0 = auto)", min=0, max=8192, step=16, tooltip=tooltip)
+
+
 def cell_size_hint(model: UNet) -> str:
     """One line on the cells ``model`` was fine-tuned on (``metadata["cells"]``, a dict with
     ``"median_diameter"`` in px and ``"count"``), e.g. ``"cells ~24 px across (from 53
@@ -92,22 +97,14 @@ class PredictWidget(Container):
         )
         self._model_file = FileEdit(label="model file", mode="r", filter="*.safetensors")
         self._make_current = CheckBox(text="make current", value=False)
-        self._tile = SpinBox(
-            label="tile size (0 = auto)",
-            min=0,
-            max=8192,
-            step=16,
-            value=0,
-            tooltip="Output side of a tile of an image in memory, in px (0: the fastest that "
+        self._tile = _side(
+            "tile",
+            "Output side of a tile of an image in memory, in px (0: the fastest that "
             "fits the memory)",
         )
-        self._block = SpinBox(
-            label="block size (0 = auto)",
-            min=0,
-            max=8192,
-            step=16,
-            value=0,
-            tooltip="Side of a block of a large image (predicted region by region, or on a "
+        self._block = _side(
+            "block",
+            "Side of a block of a large image (predicted region by region, or on a "
             "cluster), in px (0: automatic)",
         )
         self._flips = CheckBox(

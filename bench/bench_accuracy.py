@@ -28,7 +28,7 @@ import torch
 
 from napari_unet import finetune, predict, to_instances
 from napari_unet.core.metrics import match_counts, seg_score
-from napari_unet.core.store import open_model
+from napari_unet.core.network.store import open_model
 
 import datasets
 

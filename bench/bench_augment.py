@@ -1,8 +1,8 @@
 """Time the paper's elastic deformation of one 512x512 image + labels pair, side by side.
 
-Compares ``napari_unet.core.augment.elastic_deform`` (torch) with a scipy ``map_coordinates``
-version of the same recipe (3x3 grid, 10 px std, cubic field, linear image, nearest labels) and
-with ``elasticdeform.deform_random_grid`` if that package is installed. Run:
+Compares ``napari_unet.core.training.augment.elastic_deform`` (torch) with a scipy
+``map_coordinates`` version of the same recipe (3x3 grid, 10 px std, cubic field, linear image,
+nearest labels) and with ``elasticdeform.deform_random_grid`` if that package is installed. Run:
 ``python bench/bench_augment.py``.
 """
 
@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from napari_unet.core.augment import elastic_deform
+from napari_unet.core.training.augment import elastic_deform
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "usiigaci" / "train"
 SIZE, RUNS, WARMUP = 512, 30, 3

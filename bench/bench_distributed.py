@@ -62,8 +62,8 @@ def peak_rss(dask_worker=None) -> int:
 
 def block_probabilities(name, source, block, norm) -> np.ndarray:
     """What a predict task of the graph computes (it writes them to its scratch folder)."""
-    from napari_unet.core import distributed as dist
-    from napari_unet.core.blocks import opened, predict_block
+    from napari_unet.core.large import distributed as dist
+    from napari_unet.core.large.blocks import opened, predict_block
 
     with opened(source) as plane:
         return predict_block(dist._model(name), plane, block, norm)
@@ -72,9 +72,9 @@ def block_probabilities(name, source, block, norm) -> np.ndarray:
 def run_cluster(workers: int, model, zarr_path: Path, out: Path, block: int, halo: int, prob):
     """Segment on a LocalCluster; with ``prob`` (in-process probabilities) also the largest
     difference from them of the blocks' probabilities computed on the cluster."""
-    from napari_unet.core import distributed as dist
-    from napari_unet.core.blocks import plan_blocks
-    from napari_unet.core.zarrio import inspect_image
+    from napari_unet.core.formats.zarrio import inspect_image
+    from napari_unet.core.large import distributed as dist
+    from napari_unet.core.large.blocks import plan_blocks
 
     info = inspect_image(zarr_path)
     with dist.connect(workers=workers) as client:
@@ -122,8 +122,8 @@ def difference_picture(path: Path, reference: np.ndarray, labels: np.ndarray) ->
 
 def main() -> None:
     import napari_unet as nu
+    from napari_unet.core.formats.zarrio import create_labels
     from napari_unet.core.metrics import match_counts
-    from napari_unet.core.zarrio import create_labels
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size", type=int, default=1024)

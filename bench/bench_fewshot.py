@@ -50,7 +50,7 @@ from scipy import ndimage as ndi
 from scoring import Pooled
 
 from napari_unet import finetune, predict, to_instances
-from napari_unet.core.store import open_model
+from napari_unet.core.network.store import open_model
 
 import datasets
 

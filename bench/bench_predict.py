@@ -39,11 +39,11 @@ import torch
 from torch import nn
 
 import napari_unet
-import napari_unet.core.predict as predict_module
+import napari_unet.core.prediction.predict as predict_module
 from napari_unet import UNet
-from napari_unet.core.allocator import keep_freed_memory
 from napari_unet.core.image import normalize
-from napari_unet.core.tiling import (
+from napari_unet.core.prediction.allocator import keep_freed_memory
+from napari_unet.core.prediction.tiling import (
     _BYTES_PER_PIXEL_CHANNEL,
     _MULTIPLY_ADDS_PER_FAULTED_BYTE,
     auto_tile,
@@ -228,7 +228,7 @@ def monai_predict(padded_model: UNet, image: np.ndarray) -> np.ndarray:
 PEAK_SCRIPT = """
 import sys, time, torch
 from napari_unet import UNet
-from napari_unet.core.allocator import keep_freed_memory
+from napari_unet.core.prediction.allocator import keep_freed_memory
 def hwm():
     with open("/proc/self/status") as f:
         return next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmHWM"))

@@ -25,7 +25,7 @@ import torch
 from bench_predict import best_of, cpu_model, matmul_sample, rate, wait_idle
 
 from napari_unet import UNet, finetune
-from napari_unet.core.train import weighted_loss
+from napari_unet.core.training.train import weighted_loss
 
 import datasets
 

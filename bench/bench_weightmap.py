@@ -17,7 +17,7 @@ import time
 import numpy as np
 from scipy import ndimage as ndi
 
-from napari_unet.core.weightmap import separation_weight_map
+from napari_unet.core.training.weightmap import separation_weight_map
 
 
 def voronoi_cells(size: int = 1024, n_seeds: int = 1000, radius: float = 20.0, seed: int = 0):

@@ -13,7 +13,7 @@ from scipy import ndimage as ndi
 
 from napari_unet import read_image
 from napari_unet.core.image import grey_if_rgb
-from napari_unet.core.weightmap import largest_piece
+from napari_unet.core.training.weightmap import largest_piece
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

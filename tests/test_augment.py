@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from napari_unet.core.augment import (
+from napari_unet.core.training.augment import (
     elastic_deform,
     random_cell_contrast,
     random_displacement,

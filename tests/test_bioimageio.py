@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from napari_unet.core.bioimageio import WEIGHTS_NAME, export_bioimageio, load_bioimageio
+from napari_unet.core.network.bioimageio import export_bioimageio
+from napari_unet.core.network.store import WEIGHTS_NAME, load_bioimageio
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +28,7 @@ def package(tmp_path_factory, whole_sample):
 
 
 def test_package_passes_the_bioimageio_model_test(package):
-    from napari_unet.core.bioimageio import test_bioimageio
+    from napari_unet.core.network.bioimageio import test_bioimageio
 
     summary = test_bioimageio(package[1])
     assert summary.status == "passed", summary.format()
@@ -71,7 +72,7 @@ def test_bad_export_writes_nothing(tmp_path, tiny_unet):
 
 
 def test_package_name_is_valid_for_any_label():
-    from napari_unet.core.bioimageio import NAME_CHARACTERS, NAME_LENGTH, package_name
+    from napari_unet.core.network.bioimageio import NAME_CHARACTERS, NAME_LENGTH, package_name
 
     label = "round 2: continued from round 1 on 1 pair, 34 steps"
     assert package_name(label) == "napari-unet round 2 continued from round 1 on 1 pair 34 steps"

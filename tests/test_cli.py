@@ -480,7 +480,7 @@ def test_predict_writes_rois_and_measurements_of_every_cell(tmp_path, whole_samp
 
     import roifile
 
-    from napari_unet.core.io import read_pixel_size
+    from napari_unet.core.formats.io import read_pixel_size
 
     image = tmp_path / "cells.tif"
     crop = whole_sample[0][128:384, 128:384]  # 14 annotated cells

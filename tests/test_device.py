@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from napari_unet.core.device import resolve_device
+from napari_unet.core.network.device import resolve_device
 
 
 def test_the_device_of_the_model_or_the_one_given(tiny_unet):

@@ -16,20 +16,20 @@ zarr = pytest.importorskip("zarr")
 
 from napari_unet import load_bundled, predict, to_instances  # noqa: E402
 from napari_unet.cli import main  # noqa: E402
-from napari_unet.core.blocks import (  # noqa: E402
-    estimate_normalisation,
-    mirror_indices,
-    plan_blocks,
-    predict_block,
-)
-from napari_unet.core.io import read_pixel_size  # noqa: E402
-from napari_unet.core.metrics import match_counts  # noqa: E402
-from napari_unet.core.zarrio import (  # noqa: E402
+from napari_unet.core.formats.io import read_pixel_size  # noqa: E402
+from napari_unet.core.formats.zarrio import (  # noqa: E402
     create_labels,
     inspect_image,
     is_complete_output,
     write_tiff_bands,
 )
+from napari_unet.core.large.blocks import (  # noqa: E402
+    estimate_normalisation,
+    mirror_indices,
+    plan_blocks,
+    predict_block,
+)
+from napari_unet.core.metrics import match_counts  # noqa: E402
 
 INSTANCE = {"threshold": 0.5, "min_size": 16, "expand": 1}
 BLOCK, HALO = 128, 128
@@ -37,7 +37,7 @@ BLOCK, HALO = 128, 128
 
 @pytest.fixture(scope="module")
 def client():
-    from napari_unet.core.distributed import connect
+    from napari_unet.core.large.distributed import connect
 
     with connect(workers=2, memory_limit="2GiB") as client:
         yield client
@@ -59,7 +59,7 @@ def whole(whole_sample, bundled):
 @pytest.fixture(scope="module")
 def large_run(client, bundled, whole, tmp_path_factory):
     """The crop segmented block by block on the cluster (9 blocks)."""
-    from napari_unet.core.distributed import segment_large, share_model
+    from napari_unet.core.large.distributed import segment_large, share_model
 
     name = share_model(client, bundled)
     path = tmp_path_factory.mktemp("large") / "cells.ome.zarr"
@@ -110,7 +110,7 @@ def test_normalisation_sample_is_a_lattice_within_its_budget(tiny_unet, rng):
 
 
 def test_normalisation_sample_spreads_over_columns_when_the_stride_divides_them(tiny_unet):
-    from napari_unet.core.blocks import sample_blocks
+    from napari_unet.core.large.blocks import sample_blocks
 
     blocks = plan_blocks((128, 128), tiny_unet, 32)  # 4 x 4 blocks; 4 fit the budget
     chosen, stride = sample_blocks(blocks, values=4 * 32 * 32)
@@ -131,7 +131,7 @@ def test_large_image_on_cluster_equals_in_process(large_run, whole, client):
 
 
 def test_non_square_blocks_each_own_their_chunks(client, large_run, bundled, whole, tmp_path):
-    from napari_unet.core.distributed import segment_large
+    from napari_unet.core.large.distributed import segment_large
 
     name = large_run[0]
     image = whole[0][:200, :330]  # blocks of 80 rows and 96 columns
@@ -148,8 +148,8 @@ def test_non_square_blocks_each_own_their_chunks(client, large_run, bundled, who
 def test_cluster_and_plane_stream_normalise_alike_whatever_the_block(
     client, large_run, bundled, whole, tmp_path
 ):
-    from napari_unet.core.distributed import segment_large
-    from napari_unet.core.regions import PlaneStream
+    from napari_unet.core.large.distributed import segment_large
+    from napari_unet.core.large.regions import PlaneStream
 
     image, sample = whole[0][:256, :256], {"sample_block": 128, "sample_values": 2 * 128 * 128}
     result = segment_large(
@@ -168,7 +168,7 @@ def test_workers_hold_counts_not_blocks_whatever_the_order(
     blocks' results (they piled up with the number of blocks: most predictions ran first)."""
     from distributed import WorkerPlugin
 
-    from napari_unet.core.distributed import segment_large
+    from napari_unet.core.large.distributed import segment_large
 
     class Held(WorkerPlugin):  # the bytes of task results a worker holds, at their most
         name = "napari-unet-test-held"
@@ -204,7 +204,7 @@ def test_the_client_is_not_the_process_default(client):
 
 
 def test_label_image_is_complete_only_once_marked(tmp_path):
-    from napari_unet.core.zarrio import mark_complete
+    from napari_unet.core.formats.zarrio import mark_complete
 
     root = create_labels(tmp_path / "x.ome.zarr", (40, 60), (32, 32), np.uint32)
     assert not is_complete_output(tmp_path / "x.ome.zarr")  # as an interrupted job leaves it
@@ -216,8 +216,8 @@ def test_folders_of_killed_runs_are_removed_by_the_next_run(tmp_path):
     import subprocess
     import sys
 
-    from napari_unet.core.io import work_folder
-    from napari_unet.core.zarrio import atomic_folder
+    from napari_unet.core.formats.io import work_folder
+    from napari_unet.core.formats.zarrio import atomic_folder
 
     dead = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"],
@@ -242,7 +242,7 @@ def test_folders_of_killed_runs_are_removed_by_the_next_run(tmp_path):
 def test_atomic_folder_keeps_the_old_output_when_the_new_cannot_take_its_place(
     tmp_path, monkeypatch
 ):
-    from napari_unet.core.zarrio import atomic_folder
+    from napari_unet.core.formats.zarrio import atomic_folder
 
     path = tmp_path / "x_labels.ome.zarr"
     path.mkdir()
@@ -283,7 +283,7 @@ def test_job_survives_a_killed_worker(client, bundled, whole, large_run, tmp_pat
 
     from distributed import Event
 
-    from napari_unet.core import distributed as dist
+    from napari_unet.core.large import distributed as dist
 
     name, _, expected = large_run
     path = tmp_path / "again.ome.zarr"
@@ -440,7 +440,8 @@ def test_cli_and_distributed_path_run_without_napari_or_qt():
         "import sys\n"
         "for m in ('napari', 'qtpy', 'PyQt5', 'PyQt6', 'PySide2', 'PySide6', 'magicgui'):\n"
         "    sys.modules[m] = None  # importing any of them now fails\n"
-        "import napari_unet._batch, napari_unet.core.distributed, napari_unet.core.zarrio\n"
+        "import napari_unet._batch, napari_unet.core.large.distributed\n"
+        "import napari_unet.core.formats.zarrio\n"
         "from napari_unet.cli import main\n"
         "try:\n"
         "    main(['predict', '--help'])\n"
@@ -507,8 +508,8 @@ def model_plugins(client) -> set[str]:
 def test_a_cluster_reached_by_its_address_keeps_no_model_after_the_job(
     client, bundled, large_run, tiny_unet, rng, tmp_path
 ):
-    from napari_unet.core.distributed import shared_model
-    from napari_unet.core.store import save_model
+    from napari_unet.core.large.distributed import shared_model
+    from napari_unet.core.network.store import save_model
 
     before = model_plugins(client)  # the bundled model of the module's jobs: kept
     with shared_model(client, bundled, unregister=True) as name:

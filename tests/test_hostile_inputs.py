@@ -19,8 +19,8 @@ import torch
 
 from napari_unet import UNet, load_model, read_image, save_model, write_labels
 from napari_unet.cli import main
-from napari_unet.core import store
-from napari_unet.core.io import PREDICTION_SOFTWARE, atomic_path, is_prediction_output
+from napari_unet.core.formats.io import PREDICTION_SOFTWARE, atomic_path, is_prediction_output
+from napari_unet.core.network import store
 
 
 # ------------------------------------------------------------------------------ crafted files
@@ -241,7 +241,7 @@ def test_sigkill_leaves_a_part_file_that_the_next_write_removes(tmp_path):
     target = tmp_path / "labels.tif"
     code = (
         "import sys, time\n"
-        "from napari_unet.core.io import atomic_path\n"
+        "from napari_unet.core.formats.io import atomic_path\n"
         "with atomic_path(sys.argv[1]) as tmp:\n"
         "    tmp.write_bytes(b'half'); print(tmp.name, flush=True); time.sleep(60)\n"
     )
@@ -263,7 +263,7 @@ def test_sigterm_removes_the_part_file(tmp_path):
     code = (
         "import signal, sys\n"
         "from napari_unet.cli import _sigterm_as_interrupt\n"
-        "from napari_unet.core.io import atomic_path\n"
+        "from napari_unet.core.formats.io import atomic_path\n"
         "with _sigterm_as_interrupt(), atomic_path(sys.argv[1]) as tmp:\n"
         "    tmp.write_bytes(b'half'); print(tmp.name, flush=True); signal.pause()\n"
     )

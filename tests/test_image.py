@@ -29,8 +29,8 @@ def test_count_ids_counts_distinct_non_zero_ids(labels, expected):
 
 
 def test_one_set_of_normalisation_percentiles():
-    from napari_unet.core.predict import predict, predict_tiles
-    from napari_unet.core.train import prepare_samples
+    from napari_unet.core.prediction.predict import predict, predict_tiles
+    from napari_unet.core.training.train import prepare_samples
 
     assert inspect.signature(image_module.normalize).parameters["low"].default == PERCENTILES[0]
     assert inspect.signature(image_module.normalize).parameters["high"].default == PERCENTILES[1]

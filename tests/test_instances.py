@@ -7,9 +7,14 @@ import pytest
 from scipy import ndimage as ndi
 
 from napari_unet import to_instances
-from napari_unet.core.instances import Probabilities, cell_areas, cell_sizes, size_defaults
 from napari_unet.core.metrics import foreground_iou, instance_f1, seg_score
-from napari_unet.core.weightmap import carve_borders
+from napari_unet.core.prediction.instances import (
+    Probabilities,
+    cell_areas,
+    cell_sizes,
+    size_defaults,
+)
+from napari_unet.core.training.weightmap import carve_borders
 
 
 def two_cells_with_a_faint_bridge():

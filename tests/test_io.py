@@ -10,7 +10,7 @@ import pytest
 import tifffile
 
 from napari_unet import read_image, write_labels
-from napari_unet.core.io import atomic_path, check_writable_folder, read_pixel_size
+from napari_unet.core.formats.io import atomic_path, check_writable_folder, read_pixel_size
 
 from .conftest import data_path
 

@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from napari_unet.core.measure import measure_cells, write_csv
+from napari_unet.core.formats.measure import measure_cells, write_csv
 
 
 def test_one_csv_row_per_cell_of_the_sample(tmp_path, whole_sample):

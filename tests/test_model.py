@@ -88,7 +88,7 @@ def test_multiply_adds_count_matches_a_hook_count():
 def test_tensor_shapes_are_predicted_without_building(
     in_channels, n_classes, base_channels, depth
 ):
-    from napari_unet.core.model import check_architecture, parameter_count, state_shapes
+    from napari_unet.core.network.model import check_architecture, parameter_count, state_shapes
 
     config = check_architecture(in_channels, n_classes, base_channels, depth)
     model = UNet(**config)
@@ -97,7 +97,7 @@ def test_tensor_shapes_are_predicted_without_building(
 
 
 def test_architecture_limits():
-    from napari_unet.core.model import check_architecture, parameter_count
+    from napari_unet.core.network.model import check_architecture, parameter_count
 
     assert parameter_count(check_architecture()) == 31_030_658  # the paper's network
     with pytest.raises(ValueError, match="depth must be an integer >= 0 and <= 8"):

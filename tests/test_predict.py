@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from napari_unet import UNet, normalize, predict, predict_tiles
-from napari_unet.core.tiling import largest_step
+from napari_unet.core.prediction.tiling import largest_step
 
 
 def sharp(model):
@@ -245,7 +245,7 @@ def test_predict_shows_the_arguments_of_predict_tiles():
 def test_a_tile_over_the_memory_budget_is_made_smaller(model, caplog):
     image = np.zeros((4500, 4500), np.uint8)
     cap = largest_step(model)
-    with caplog.at_level(logging.INFO, logger="napari_unet.core.predict"):
+    with caplog.at_level(logging.INFO, logger="napari_unet.core.prediction.predict"):
         tiles = predict_tiles(model, image, tile=100_000)
     assert f"over the budget of 2.00 GiB (batch of 1); using tile {cap} px" in caplog.text
     rows, cols = re.search(r"of up to (\d+) x (\d+) px", caplog.text).groups()
@@ -255,7 +255,7 @@ def test_a_tile_over_the_memory_budget_is_made_smaller(model, caplog):
 
 def test_a_batch_shares_the_memory_budget(model, caplog):
     image = np.zeros((2000, 2000), np.uint8)
-    with caplog.at_level(logging.WARNING, logger="napari_unet.core.predict"):
+    with caplog.at_level(logging.WARNING, logger="napari_unet.core.prediction.predict"):
         predict_tiles(model, image, tile=1000).close()
         assert not caplog.text
         predict_tiles(model, image, tile=1000, batch_size=16).close()
@@ -264,7 +264,7 @@ def test_a_batch_shares_the_memory_budget(model, caplog):
 
 def test_a_tiny_tile_warns_and_the_log_says_the_step_used(model, rng, caplog):
     image = rng.random((64, 64)).astype(np.float32)
-    with caplog.at_level(logging.INFO, logger="napari_unet.core.predict"):
+    with caplog.at_level(logging.INFO, logger="napari_unet.core.prediction.predict"):
         result = predict(model, image, tile=1)
     assert "tile 1 px does" in caplog.text and "the work of the automatic tile" in caplog.text
     assert "64 tile(s) of up to 8 x 8 px" in caplog.text  # rounded to 2**depth, as run

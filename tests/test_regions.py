@@ -1,4 +1,4 @@
-"""A large plane predicted region by region in this process (core.regions.PlaneStream)."""
+"""A large plane predicted region by region in this process (core.large.regions.PlaneStream)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from napari_unet import load_bundled, predict, to_instances
+from napari_unet.core.large.regions import BlockLabels, BlockProbabilities, PlaneStream
 from napari_unet.core.metrics import match_counts
-from napari_unet.core.regions import BlockLabels, BlockProbabilities, PlaneStream
 
 INSTANCE = {"threshold": 0.5, "min_size": 16, "expand": 1}
 

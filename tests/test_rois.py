@@ -9,7 +9,7 @@ import pytest
 import roifile
 from skimage.draw import polygon2mask
 
-from napari_unet.core.rois import label_rois, write_rois
+from napari_unet.core.formats.rois import label_rois, write_rois
 
 
 def _filled(roi, shape) -> np.ndarray:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from skimage.draw import disk
 
-from napari_unet.core.scale import (
+from napari_unet.core.prediction.scale import (
     median_diameter,
     rescale_image,
     rescale_labels,
@@ -70,7 +70,7 @@ def test_rescaled_image_is_anti_aliased_and_resize_to_returns_to_the_grid():
 
 def test_finetune_trains_at_the_models_diameter_and_records_the_annotated_size(tiny_unet):
     from napari_unet import finetune
-    from napari_unet.core.train import at_model_size
+    from napari_unet.core.training.train import at_model_size
 
     labels = discs((256, 256), radius=20, spacing=64)  # cells 40 px across
     image = (labels > 0).astype(np.float32) + 0.1
@@ -89,7 +89,7 @@ def test_finetune_trains_at_the_models_diameter_and_records_the_annotated_size(t
 
 def test_predict_at_a_diameter_is_the_prediction_of_the_resampled_image(tiny_unet):
     from napari_unet import predict, to_instances
-    from napari_unet.core.instances import Probabilities
+    from napari_unet.core.prediction.instances import Probabilities
 
     rng = np.random.default_rng(1)
     image = rng.random((120, 90)).astype(np.float32)
@@ -125,7 +125,7 @@ def test_predict_uses_the_diameter_a_model_was_fine_tuned_on(tiny_unet):
 
 
 def test_the_scale_search_finds_the_size_at_which_cells_look_like_the_models():
-    from napari_unet.core.diameter import search_diameter
+    from napari_unet.core.prediction.diameter import search_diameter
 
     labels = discs((400, 400), radius=15, spacing=50)  # cells 30 px across
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from napari_unet import UNet, bundled_models, load_bundled, load_model, predict, save_model
-from napari_unet.core import store
+from napari_unet.core.network import store
 
 
 def test_round_trip_gives_bit_identical_predictions(tmp_path, rng):
@@ -29,9 +29,10 @@ def test_round_trip_gives_bit_identical_predictions(tmp_path, rng):
 
 
 def test_a_model_used_for_prediction_saves_too(tmp_path, rng):
-    model = UNet(base_channels=2, depth=2)
-    predict(model, rng.random((20, 20)))  # leaves the weights in channels_last
-    load_model(save_model(model, tmp_path / "m.safetensors"))
+    model, image = UNet(base_channels=2, depth=2), rng.random((20, 20))
+    expected = predict(model, image)  # leaves the weights in channels_last
+    back = load_model(save_model(model, tmp_path / "m.safetensors"))
+    assert np.array_equal(predict(back, image), expected)
 
 
 def test_pickles_are_refused_with_a_conversion_hint(tmp_path):

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from napari_unet import UNet, finetune, predict, predict_tiles
-from napari_unet.core import allocator
+from napari_unet.core.prediction import allocator
 
 CALLER_MODES = [contextlib.nullcontext, torch.no_grad, torch.inference_mode]
 

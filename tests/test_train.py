@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from napari_unet import FinetuneConfig, UNet, finetune, predict, training_target
-from napari_unet.core.train import _learning_rate
-from napari_unet.core.weightmap import CLASS_BALANCE, SIGMA, W0
+from napari_unet.core.training.train import _learning_rate
+from napari_unet.core.training.weightmap import CLASS_BALANCE, SIGMA, W0
 
 
 def weighted_error(model, image, labels) -> float:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from napari_unet.core.weightmap import (
+from napari_unet.core.training.weightmap import (
     carve_borders,
     check_labels,
     largest_piece,

@@ -17,7 +17,7 @@ import json
 import torch
 
 from napari_unet import save_model
-from napari_unet.core.store import open_model
+from napari_unet.core.network.store import open_model
 
 
 def main() -> None:

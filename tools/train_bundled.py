@@ -34,9 +34,14 @@ import torch
 from tqdm import tqdm
 
 from napari_unet import UNet, finetune, load_model, save_model
-from napari_unet.core.scale import median_diameter, rescale_image, rescale_labels, scale_factor
-from napari_unet.core.store import open_model
-from napari_unet.core.train import AUGMENTATIONS, DEFAULT_AUGMENTATIONS
+from napari_unet.core.network.store import open_model
+from napari_unet.core.prediction.scale import (
+    median_diameter,
+    rescale_image,
+    rescale_labels,
+    scale_factor,
+)
+from napari_unet.core.training.train import AUGMENTATIONS, DEFAULT_AUGMENTATIONS
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))  # the data loaders are shared with the benchmarks

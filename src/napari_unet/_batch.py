@@ -2,54 +2,56 @@
 
 Inputs are files, folders (their images and zarr folders) or glob patterns. Images that fit one
 block run as one task each, spread over the workers; larger ones run block by block
-(:mod:`napari_unet.core.distributed`). Each output is written atomically and a rerun skips the
-outputs that are complete, so an interrupted run resumes; a file that fails is reported at the
+(:mod:`napari_unet.core.large.distributed`). Each output is written atomically and a rerun skips
+the outputs that are complete, so an interrupted run resumes; a file that fails is reported at the
 end and does not stop the others.
 """
 
 from __future__ import annotations
 
-import glob
 import logging
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .outputs import (
+    MARKED,
+    TABLES,
+    NewFolders,
+    expand_inputs,
+    model_record,
+    plan_outputs,
+    resumable,
+    write_cell_tables,
+)
+
+if TYPE_CHECKING:
+    from .core.prediction.instances import InstanceConfig
+
 log = logging.getLogger("napari_unet")
 
-__all__ = ["expand_inputs", "model_record", "model_sha256", "run", "torch_threads"]
+__all__ = ["BatchSettings", "run"]
 
 
-def expand_inputs(items: list[str]) -> list[Path]:
-    """Files for ``items``: a file or zarr folder as is, a folder's images and zarr folders
-    (sorted), a glob pattern's matching images and zarr folders (sorted); FileNotFoundError for
-    an item that gives none."""
-    from .core.io import IMAGE_SUFFIXES
-    from .core.zarrio import is_zarr
+@dataclass(frozen=True)
+class BatchSettings:
+    """What ``predict --workers N | --scheduler ADDRESS`` is asked to do."""
 
-    def image(p: Path) -> bool:
-        return is_zarr(p) or (p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-
-    paths: list[Path] = []
-    for item in items:
-        path = Path(item)
-        if is_zarr(path) or path.is_file():
-            paths.append(path)
-        elif path.is_dir():
-            paths.extend(
-                p for p in sorted(path.iterdir()) if not p.name.startswith(".") and image(p)
-            )
-        else:
-            matches = sorted(glob.glob(item))
-            if not matches:
-                raise FileNotFoundError(f"no such image file, folder or pattern: {item}")
-            paths.extend(p for p in map(Path, matches) if image(p))
-    if not paths:
-        raise FileNotFoundError(f"no images found in {', '.join(items)}")
-    return list(dict.fromkeys(paths))
+    images: tuple[str, ...]  # files, folders or glob patterns (:func:`expand_inputs`)
+    out: Path  # the output folder
+    model: str | None  # bundled name or file (None: the bundled model)
+    instance: InstanceConfig
+    kinds: tuple[str, ...]  # outputs per image (:func:`~napari_unet.outputs.output_kinds`)
+    max_pixels: int  # refuse larger images
+    block: int | None = None  # block side, px (None: ``DEFAULT_BLOCK``)
+    halo: int | None = None  # cell halo, px (None: ``DEFAULT_HALO``)
+    flips: bool = False
+    workers: int | None = None  # a local cluster of this many workers, or
+    scheduler: str | None = None  # the running one at this address
 
 
 @dataclass(frozen=True)
@@ -62,8 +64,8 @@ class _WholeFile:
 
     @contextmanager
     def open(self):
+        from .core.formats.io import read_image
         from .core.image import grey_if_rgb
-        from .core.io import read_image
 
         yield grey_if_rgb(read_image(self.path, max_pixels=self.max_pixels), self.in_channels)
 
@@ -87,32 +89,14 @@ def _plane_shape(shape: tuple[int, ...]) -> tuple[int, int]:
     return tuple(shape[-3:-1]) if channels_last else tuple(shape[-2:])
 
 
-def model_sha256(model) -> str:
-    """Hex SHA-256 of ``model``'s weights (names and values): equal for equal weights."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
-
-
-def model_record(label: str | None, model) -> dict:
-    """What an output records of the model it was made with (compared when a rerun resumes):
-    ``label`` (a file, ``None``: the bundled model) and the weights' SHA-256."""
-    return {"model": label or "bundled", "model_sha256": model_sha256(model)}
-
-
 def _write_small(
     targets: dict, labels, probs, source, pixel_size, record: dict, chunk: int
 ) -> None:
     """Write the labels (and ``probs``, when asked for) of an image segmented whole, with the
     ROI set and measurements asked for (as the in-process command writes them)."""
-    from .cli import _write_cell_tables
-    from .core.blocks import opened
-    from .core.io import PREDICTION_SOFTWARE, write_image, write_labels
-    from .core.zarrio import write_labels_zarr
+    from .core.formats.io import PREDICTION_SOFTWARE, write_image, write_labels
+    from .core.formats.zarrio import write_labels_zarr
+    from .core.large.blocks import opened
 
     target = targets["labels"]
     if target.suffix == ".tif":
@@ -126,34 +110,24 @@ def _write_small(
         else:
             options = {"pixel_size": pixel_size, "metadata": record, "label": False}
             write_labels_zarr(target, probs, (chunk, chunk), **options)
-    if _TABLES.intersection(targets):
+    if any(kind in TABLES for kind in targets):
         with opened(source) as plane:
             image = np.asarray(plane[:, :])
-        _write_cell_tables(targets, labels, image, pixel_size)
+        write_cell_tables(targets, labels, image, pixel_size)
 
 
-_TABLES = {"rois", "cells"}
-"""Output kinds made from the labels in memory (small images only)."""
-
-
-def _segment_large(client, name, model, info, targets: dict, args, instance, record) -> int:
+def _segment_large(client, name, model, info, targets: dict, options: dict) -> int:
     """Segment a large image block by block into ``targets["labels"]`` (and
     ``targets["probabilities"]`` when asked for): OME-Zarr written in place atomically, or TIFF
-    written band by band from OME-Zarr in a work folder. Returns the number of cells."""
+    written band by band from OME-Zarr in a work folder. ``options``: those of
+    :func:`~napari_unet.core.large.distributed.segment_large`. Returns the number of cells."""
     from contextlib import ExitStack
 
-    from .core.distributed import segment_large
-    from .core.io import work_folder
-    from .core.zarrio import atomic_folder, write_tiff_bands
+    from .core.formats.io import work_folder
+    from .core.formats.zarrio import atomic_folder, write_tiff_bands
+    from .core.large.distributed import segment_large
 
-    options = {
-        "block": args.block,
-        "halo": args.halo,
-        "flips": args.flips,
-        "instance": instance,
-        "pixel_size": info.pixel_size,
-        "metadata": record,
-    }
+    options = {**options, "pixel_size": info.pixel_size}
     target, probs = targets["labels"], targets.get("probabilities")
     if target.suffix != ".tif":
         with ExitStack() as stack:  # the labels, marked last, take their place last
@@ -180,56 +154,46 @@ def _why(err: BaseException) -> str:
     return " ".join(str(err).split()) or type(err).__name__
 
 
-def torch_threads(workers: int | None) -> int | None:
-    """Torch threads per worker of a local cluster of ``workers``: this process's CPUs shared
-    out; ``None`` for a remote cluster (each worker uses its own CPUs, see ``ModelPlugin``)."""
-    from .core.distributed import usable_cpus
-
-    return max(1, usable_cpus() // workers) if workers else None
-
-
-def run(args) -> int:
-    """Run ``predict`` on dask; returns the exit status (1 when a file failed)."""
+def run(settings: BatchSettings, folders: NewFolders) -> int:
+    """Run ``predict`` on dask as ``settings`` say, creating the output folder with
+    ``folders``; returns the exit status (1 when a file failed)."""
     from tqdm import tqdm
 
-    from .cli import _MARKED, _plan_outputs, instance_options
-    from .core.blocks import model_source
-    from .core.io import image_info, read_pixel_size
-    from .core.store import open_model
-    from .core.zarrio import inspect_image, is_zarr
+    from .core.formats.io import image_info, read_pixel_size
+    from .core.formats.zarrio import inspect_image, is_zarr
+    from .core.large.blocks import model_source
+    from .core.network.store import open_model
 
     try:
-        from .core.distributed import DEFAULT_BLOCK, DEFAULT_HALO
+        from .core.large.distributed import DEFAULT_BLOCK, DEFAULT_HALO
     except ImportError as err:
         raise ValueError(
             f"--workers/--scheduler need dask.distributed and zarr ({err.name} is missing): "
             "pip install 'napari-unet[distributed]'"
         ) from err
 
-    args.block = args.block or DEFAULT_BLOCK
-    args.halo = args.halo or DEFAULT_HALO
+    block = settings.block or DEFAULT_BLOCK
+    halo = settings.halo or DEFAULT_HALO
     from distributed import as_completed
 
-    from .core.distributed import connect, fits_one_block, segment_small, shared_model
+    from .core.large.distributed import (
+        connect,
+        fits_one_block,
+        segment_small,
+        shared_model,
+        torch_threads,
+    )
 
-    if args.device not in (None, "cpu"):
-        raise ValueError("--device: workers predict on their own CPU (leave --device out)")
-    if args.tile is not None:
-        raise ValueError(
-            "--tile: with --workers/--scheduler every block chooses its tile automatically "
-            "(the result is the same); leave --tile out, or use --block"
-        )
-    model = open_model(args.model)
-    instance = instance_options(model, args)
-    record = {**model_record(args.model, model), "instances": instance, "flips": args.flips}
-    out = Path(args.out)
-    args.folders.check(out)
-    kinds = ("labels",) + ("probabilities",) * args.probabilities
-    kinds += ("rois",) * args.rois + ("cells",) * args.measurements
-    plan = _plan_outputs(expand_inputs(args.images), out, kinds)
+    model = open_model(settings.model)
+    instance = settings.instance.for_model(model).options()
+    flips = settings.flips
+    record = {**model_record(settings.model, model), "instances": instance, "flips": flips}
+    out = settings.out
+    folders.check(out)
+    plan = plan_outputs(expand_inputs(list(settings.images)), out, settings.kinds)
     todo = []
     for path, targets in plan:
-        done, why = _resumable([t for k, t in targets.items() if k in _MARKED], record)
+        done, why = resumable([t for k, t in targets.items() if k in MARKED], record)
         if done:
             log.info("%s: done already (%s), skipped", path.name, targets["labels"].name)
         else:
@@ -239,15 +203,16 @@ def run(args) -> int:
     if not todo:
         print(f"nothing to do: all {len(plan)} output(s) are complete in {out}")
         return 0
-    args.folders.make(out)
+    folders.make(out)
     failures: dict[Path, str] = {}
+    workers, scheduler = settings.workers, settings.scheduler
     with (
-        connect(workers=args.workers, scheduler=args.scheduler) as client,
+        connect(workers=workers, scheduler=scheduler) as client,
         shared_model(
             client,
             model,
-            torch_threads(args.workers),
-            unregister=args.scheduler is not None,
+            torch_threads(workers),
+            unregister=scheduler is not None,
         ) as name,
     ):
         small, large = {}, []
@@ -255,27 +220,27 @@ def run(args) -> int:
             try:
                 info = inspect_image(path) if is_zarr(path) else None
                 shape = info.shape if info else image_info(path)[0]
-                if fits_one_block(_plane_shape(shape), args.block):
+                if fits_one_block(_plane_shape(shape), block):
                     if info:
                         source = model_source(info, model.in_channels)
                     else:
                         _check_channels(shape, model.in_channels)
-                        source = _WholeFile(str(path), model.in_channels, args.max_pixels)
+                        source = _WholeFile(str(path), model.in_channels, settings.max_pixels)
                     future = segment_small(
                         client,
                         name,
                         source,
-                        flips=args.flips,
+                        flips=flips,
                         instance=instance,
-                        probabilities=args.probabilities,
+                        probabilities="probabilities" in targets,
                     )
                     size = info.pixel_size if info else read_pixel_size(path)
                     small[future] = (path, targets, source, size)
                 else:
-                    if _TABLES.intersection(targets):
+                    if any(kind in TABLES for kind in targets):
                         raise ValueError(
                             f"--rois/--measurements need the labels in memory, and this image "
-                            f"is larger than one block (--block {args.block}) and is "
+                            f"is larger than one block (--block {block}) and is "
                             "segmented block by block; run it without them, or in-process"
                         )
                     large.append((path, targets, info or inspect_image(path)))
@@ -285,8 +250,9 @@ def run(args) -> int:
             for path, targets, info in large:
                 try:
                     meta = {**record, "input": str(path)}
-                    job = (client, name, model, info, targets, args, instance, meta)
-                    cells = _segment_large(*job)
+                    options = {"block": block, "halo": halo, "flips": flips}
+                    options.update(instance=instance, metadata=meta)
+                    cells = _segment_large(client, name, model, info, targets, options)
                     tqdm.write(f"{path.name}: {cells} cells -> {targets['labels']}")
                 except Exception as err:  # noqa: BLE001 - reported per file at the end
                     failures[path] = _why(err)
@@ -296,7 +262,7 @@ def run(args) -> int:
                 try:
                     labels, probs = future.result()
                     meta = {**record, "input": str(path), "normalisation": _whole_norm()}
-                    _write_small(targets, labels, probs, source, size, meta, args.block)
+                    _write_small(targets, labels, probs, source, size, meta, block)
                     cells = int(labels.max(initial=0))
                     tqdm.write(f"{path.name}: {cells} cells -> {targets['labels']}")
                 except Exception as err:  # noqa: BLE001 - reported per file at the end
@@ -318,23 +284,3 @@ def _whole_norm() -> dict:
     from .core.image import PERCENTILES
 
     return {"percentiles": list(PERCENTILES), "sampled_blocks": 1, "blocks": 1}
-
-
-def _resumable(targets: list[Path], record: dict) -> tuple[bool, str]:
-    """Whether the complete outputs ``targets`` may be kept by a rerun made as ``record`` says:
-    ``(True, "")``; else ``(False, why)``, ``why`` naming what differs ("" when an output is
-    missing or incomplete). An OME-Zarr output records the model and options; a TIFF records
-    neither, and is kept."""
-    from .core.zarrio import is_complete_output, read_record
-
-    if not all(map(is_complete_output, targets)):
-        return False, ""
-    for target in targets:
-        stored = read_record(target)
-        if stored is None:
-            continue
-        keys = ("model_sha256", "instances", "flips")
-        differ = [k for k in keys if stored.get(k) != record[k]]
-        if differ:
-            return False, "made with another " + ", ".join(differ)
-    return True, ""

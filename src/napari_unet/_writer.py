@@ -7,6 +7,6 @@ from typing import Any
 
 def write_labels_layer(path: str, data: Any, meta: dict) -> list[str]:
     """npe2 single-layer writer: save a labels layer's data to ``path``; returns ``[path]``."""
-    from .core.io import write_labels
+    from .core.formats.io import write_labels
 
     return [str(write_labels(path, data))]

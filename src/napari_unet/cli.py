@@ -20,6 +20,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from .outputs import NewFolders, output_kinds, plan_outputs, same_file, write_cell_tables
+
 __all__ = ["main"]
 
 log = logging.getLogger("napari_unet")
@@ -27,7 +29,6 @@ log = logging.getLogger("napari_unet")
 NEW_MODEL = "new"
 """``train --model new`` starts a new network of ``--base-channels`` width."""
 UNLIMITED_STEPS = 10**9  # ``train --minutes`` without ``--steps``: the time budget ends the run
-NEW_BASE_CHANNELS = 16
 
 
 # ------------------------------------------------------------------------ option value checks
@@ -59,7 +60,7 @@ def _non_negative_float(text: str) -> float:
 
 def _threshold(text: str) -> float:
     """A foreground cut below the probability that seeds cells (``to_instances``' ``core``)."""
-    from .core.instances import CORE
+    from .core.prediction.instances import CORE
 
     return _number(
         text,
@@ -74,7 +75,7 @@ def _checked_device(name: str | None):
     where the model is); ValueError saying why not."""
     if name is None:
         return None
-    from .core.device import resolve_device
+    from .core.network.device import resolve_device
 
     try:
         return resolve_device(name)
@@ -86,7 +87,7 @@ def _check_tile(tile: int | None, model) -> None:
     """Refuse a ``--tile`` below the model's pooling step or beyond the memory of one tile."""
     if tile is None:
         return
-    from .core.tiling import DEFAULT_MEMORY, largest_step
+    from .core.prediction.tiling import DEFAULT_MEMORY, largest_step
 
     low, high = model.multiple, largest_step(model)
     if not low <= tile <= high:
@@ -105,7 +106,7 @@ kept for the backward pass, their gradients and the forward pass's own peak."""
 def _check_train_crops(tile: int, batch_size: int, model) -> None:
     """Refuse ``--tile`` and ``--batch-size`` whose training step would need more than
     ``tiling.DEFAULT_MEMORY`` (an estimate: batch x one crop's forward memory x 3)."""
-    from .core.tiling import DEFAULT_MEMORY, tile_memory
+    from .core.prediction.tiling import DEFAULT_MEMORY, tile_memory
 
     _check_tile(tile, model)
     side = model.input_size(tile)
@@ -119,40 +120,9 @@ def _check_train_crops(tile: int, batch_size: int, model) -> None:
 
 
 # -------------------------------------------------------------------------- files and folders
-class _NewFolders:
-    """The output folders a run creates; those still empty are removed if the run fails."""
-
-    def __init__(self):
-        self.created: list[Path] = []
-
-    @staticmethod
-    def check(path: Path) -> None:
-        """Raise OSError unless ``path`` is, or can be created as, a writable folder."""
-        from .core.io import check_writable_folder
-
-        check_writable_folder(path, missing_ok=True, context=f"cannot create output folder {path}")
-
-    def make(self, path: Path) -> Path:
-        self.check(path)
-        missing = [p for p in (path, *path.parents) if not p.exists()]
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise PermissionError(f"cannot create output folder {path}: {err.strerror}") from err
-        self.created.extend(reversed(missing))
-        return path
-
-    def remove_empty(self) -> None:
-        for folder in reversed(self.created):  # deepest first
-            try:
-                folder.rmdir()
-            except OSError:  # not empty (or gone): keep it
-                continue
-
-
 def _checked_images(paths: list[str], max_pixels: int) -> list[Path]:
     """The image paths, each existing and within ``max_pixels`` by its header."""
-    from .core.io import image_info
+    from .core.formats.io import image_info
 
     images = [Path(p) for p in paths]
     missing = [str(p) for p in images if not p.exists()]
@@ -164,8 +134,8 @@ def _checked_images(paths: list[str], max_pixels: int) -> list[Path]:
 
 
 def _load_image(path: Path, in_channels: int, max_pixels: int):
+    from .core.formats.io import read_image
     from .core.image import grey_if_rgb
-    from .core.io import read_image
 
     image = read_image(path, max_pixels=max_pixels)
     grey = grey_if_rgb(image, in_channels)
@@ -175,8 +145,8 @@ def _load_image(path: Path, in_channels: int, max_pixels: int):
 
 
 def _load_labels(path: Path, max_pixels: int):
+    from .core.formats.io import read_image
     from .core.image import check_label_image
-    from .core.io import read_image
 
     labels = read_image(path, max_pixels=max_pixels)
     check_label_image(labels, str(path))
@@ -192,17 +162,10 @@ def _count_cells(labels) -> str:
     return f"{n} cells" + (f" in {len(planes)} planes" if len(planes) > 1 else "")
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return False
-
-
 def _check_out_file(out: Path, inputs: list[Path]) -> None:
     """Refuse an ``--out`` file that is one of the run's ``inputs`` (also through a link); say
     on stderr, before any work, that an existing file will be replaced."""
-    hit = next((i for i in inputs if _same_file(out, i)), None)
+    hit = next((i for i in inputs if same_file(out, i)), None)
     if hit is not None:
         raise FileExistsError(
             f"--out {out} is the input {hit}: napari-unet never replaces its inputs; choose "
@@ -212,116 +175,34 @@ def _check_out_file(out: Path, inputs: list[Path]) -> None:
         log.warning("%s exists: the output will replace it", out)
 
 
-# ------------------------------------------------------------------------------------ predict
-def _plan_outputs(images: list[Path], out: Path, kinds: tuple[str, ...]) -> list[tuple]:
-    """``(image, {kind: output path})`` per image to segment; raises before anything is written.
+def _instances(args):
+    """The :class:`~napari_unet.InstanceConfig` of ``predict``'s options."""
+    from .core.prediction.instances import InstanceConfig
 
-    Outputs are ``<stem>_<kind>.tif`` (``<stem>_labels.ome.zarr`` and
-    ``<stem>_probabilities.ome.zarr`` for a zarr or OME-Zarr input), the stem without
-    ``.ome``; a stem met again gets ``<stem>-2``, ``-3``, ... in the order given. Inputs that
-    an earlier ``predict`` wrote are not segmented. An output may replace a file only when an
-    earlier ``predict`` wrote it, and never an input. Used by the in-process and the
-    distributed command alike.
-    """
-    from .core.zarrio import is_complete_output
-
-    todo = []
-    for path in images:
-        if is_complete_output(path):
-            log.warning("%s: not segmented, napari-unet predict wrote it", path)
-        else:
-            todo.append(path)
-    if not todo:
-        raise ValueError("nothing to segment: napari-unet predict wrote every input")
-    plan, taken = [], set()
-    for path in todo:
-        k = 1
-        while any(_output_name(path, k, kind) in taken for kind in kinds):
-            k += 1
-        targets = {kind: out / _output_name(path, k, kind) for kind in kinds}
-        taken.update(t.name for t in targets.values())
-        if k > 1:
-            name = targets[kinds[0]].name
-            log.warning("%s -> %s (another input has the name %s)", path, name, _stem(path, 1))
-        plan.append((path, targets))
-    for path, targets in plan:
-        for kind, target in targets.items():
-            hit = next((i for i in todo if _same_file(target, i)), None)
-            if hit is not None:
-                raise FileExistsError(
-                    f"the output for {path} would replace the input {hit}; choose another --out"
-                )
-            ours = target if kind in _MARKED else targets["labels"]  # ROIs, CSV: beside it
-            if os.path.lexists(target) and not is_complete_output(ours):
-                raise FileExistsError(
-                    f"{target} exists and napari-unet predict did not write it; refusing to "
-                    f"replace it with the output for {path} (move it, or choose another --out)"
-                )
-    return plan
-
-
-def _stem(path: Path, k: int) -> str:
-    from .core.zarrio import ImageFile
-
-    stem = ImageFile(str(path), "", (), None).stem  # x.ome.tif, x.ome.zarr: x
-    return stem if k == 1 else f"{stem}-{k}"
-
-
-_SUFFIXES = {"rois": ".zip", "cells": ".csv"}
-"""Output kinds that are not TIFF files (``<stem>_rois.zip``, ``<stem>_cells.csv``)."""
-_MARKED = ("labels", "probabilities")
-"""Output kinds that carry the mark of ``predict`` (OME-Zarr for a zarr input)."""
-
-
-def _output_name(path: Path, k: int, kind: str) -> str:
-    from .core.zarrio import is_zarr
-
-    suffix = ".ome.zarr" if kind in _MARKED and is_zarr(path) else _SUFFIXES.get(kind, ".tif")
-    return f"{_stem(path, k)}_{kind}{suffix}"
-
-
-def instance_options(model, args) -> dict:
-    """Keyword arguments of :func:`~napari_unet.to_instances` for ``predict``'s options:
-    checked together on a 1 x 1 plane (before any prediction), the cell-size defaults
-    resolved from ``model``'s metadata (so that plain arrays, e.g. blocks, label the same)."""
-    import numpy as np
-
-    from .core.instances import size_defaults, to_instances
-
-    to_instances(np.zeros((1, 1), np.float32), args.threshold, args.min_size, expand=args.expand)
-    min_size, min_core = size_defaults((getattr(model, "metadata", None) or {}).get("cells"))
-    return {
-        "threshold": args.threshold,
-        "min_size": min_size if args.min_size is None else args.min_size,
-        "min_core": min_core,
-        "expand": args.expand,
-    }
+    return InstanceConfig(threshold=args.threshold, min_size=args.min_size, expand=args.expand)
 
 
 def _predict(args) -> int | None:
     if args.workers or args.scheduler:
-        from ._batch import run
-
-        return run(args)
+        return _predict_on_dask(args)
     if args.block is not None or args.halo is not None:
         raise ValueError("--block and --halo take effect with --workers or --scheduler")
     from tqdm import tqdm
 
-    from .core.instances import to_instances
-    from .core.io import PREDICTION_SOFTWARE, read_pixel_size, write_image, write_labels
-    from .core.predict import predict
-    from .core.store import open_model
+    from .core.formats.io import PREDICTION_SOFTWARE, read_pixel_size, write_image, write_labels
+    from .core.network.store import open_model
+    from .core.prediction.instances import to_instances
+    from .core.prediction.predict import predict
 
     device = _checked_device(args.device)
     images = _checked_images(args.images, args.max_pixels)
     model = open_model(args.model, device=device)
-    instance = instance_options(model, args)
+    instance = _instances(args).for_model(model).options()
     _check_tile(args.tile, model)
     out = Path(args.out)
-    _NewFolders.check(out)
-    kinds = ("labels", "probabilities") if args.probabilities else ("labels",)
-    kinds += ("rois",) * args.rois + ("cells",) * args.measurements
-    plan = _plan_outputs(images, out, kinds)
+    NewFolders.check(out)
+    kinds = output_kinds(args.probabilities, args.rois, args.measurements)
+    plan = plan_outputs(images, out, kinds)
     args.folders.make(out)
     with tqdm(plan, desc="images", unit="image", disable=len(plan) < 2) as jobs:
         for path, targets in jobs:
@@ -345,28 +226,43 @@ def _predict(args) -> int | None:
             write_labels(
                 targets["labels"], labels, software=PREDICTION_SOFTWARE, pixel_size=pixel_size
             )
-            _write_cell_tables(targets, labels, image, pixel_size)
+            write_cell_tables(targets, labels, image, pixel_size)
             if args.probabilities:
                 write_image(targets["probabilities"], probabilities, software=PREDICTION_SOFTWARE)
             tqdm.write(f"{path.name}: {_count_cells(labels)} -> {targets['labels']}")
 
 
-def _write_cell_tables(targets: dict, labels, image, pixel_size) -> None:
-    """The ROI set and measurements table of ``predict --rois / --measurements``."""
-    if "rois" in targets:
-        from .core.rois import write_rois
+def _predict_on_dask(args) -> int:
+    """``predict --workers/--scheduler``: the batch runner with ``args``' settings."""
+    from ._batch import BatchSettings, run
 
-        write_rois(targets["rois"], labels)
-    if "cells" in targets:
-        from .core.measure import measure_cells, write_csv
-
-        write_csv(targets["cells"], measure_cells(labels, image, pixel_size))
+    if args.device not in (None, "cpu"):
+        raise ValueError("--device: workers predict on their own CPU (leave --device out)")
+    if args.tile is not None:
+        raise ValueError(
+            "--tile: with --workers/--scheduler every block chooses its tile automatically "
+            "(the result is the same); leave --tile out, or use --block"
+        )
+    settings = BatchSettings(
+        images=tuple(args.images),
+        out=Path(args.out),
+        model=args.model,
+        instance=_instances(args),
+        kinds=output_kinds(args.probabilities, args.rois, args.measurements),
+        block=args.block,
+        halo=args.halo,
+        flips=args.flips,
+        workers=args.workers,
+        scheduler=args.scheduler,
+        max_pixels=args.max_pixels,
+    )
+    return run(settings, args.folders)
 
 
 # ------------------------------------------------------------------------------- export-model
 def _export_model(args) -> None:
-    from .core.bioimageio import export_bioimageio
-    from .core.store import open_model
+    from .core.network.bioimageio import export_bioimageio
+    from .core.network.store import open_model
 
     out = Path(args.bioimageio)
     if out.suffix.lower() != ".zip":
@@ -374,7 +270,7 @@ def _export_model(args) -> None:
     if out.is_dir():
         raise IsADirectoryError(f"--bioimageio {out} is a folder; expected a .zip file")
     images = _checked_images([args.test_image], args.max_pixels) if args.test_image else []
-    _NewFolders.check(out.parent)
+    NewFolders.check(out.parent)
     _check_out_file(out, [Path(args.model), *images])
     model = open_model(args.model)
     test_image = _load_image(images[0], model.in_channels, args.max_pixels) if images else None
@@ -394,8 +290,8 @@ def _export_model(args) -> None:
 
 # ---------------------------------------------------------------------------------- weightmap
 def _weightmap(args) -> None:
-    from .core.io import write_image
-    from .core.weightmap import training_target
+    from .core.formats.io import write_image
+    from .core.training.weightmap import training_target
 
     labels_path, out = Path(args.labels), Path(args.out)
     if out.suffix.lower() not in (".tif", ".tiff", ".npy"):
@@ -403,7 +299,7 @@ def _weightmap(args) -> None:
     if out.is_dir():
         raise IsADirectoryError(f"--out {out} is a folder; expected a .tif or .npy file")
     _checked_images([args.labels], args.max_pixels)
-    _NewFolders.check(out.parent)
+    NewFolders.check(out.parent)
     _check_out_file(out, [labels_path])
     labels = _load_labels(labels_path, args.max_pixels)
     args.folders.make(out.parent)
@@ -420,7 +316,7 @@ def _check_model_out(out: Path) -> None:
         raise ValueError(f"--out must end in .safetensors, got {out.name}")
     if out.is_dir():
         raise IsADirectoryError(f"--out {out} is a folder; expected a .safetensors file")
-    _NewFolders.check(out.parent)
+    NewFolders.check(out.parent)
 
 
 def _check_free_space(out: Path, needed: int) -> None:
@@ -441,7 +337,7 @@ def _rescue_paths(out: Path) -> list[Path]:
 def _save_or_rescue(model, out: Path, metadata: dict) -> Path:
     """Save to ``out``; if that fails, save beside it or in the temp folder and raise OSError
     saying where the model went (or that it is lost)."""
-    from .core.store import save_model
+    from .core.network.store import save_model
 
     try:
         return save_model(model, out, metadata)
@@ -464,8 +360,9 @@ def _save_or_rescue(model, out: Path, metadata: dict) -> Path:
 
 
 def _start_model(args, device):
-    from .core.model import UNet
-    from .core.store import bundled_models, open_model
+    from .core.network import NEW_BASE_CHANNELS
+    from .core.network.model import UNet
+    from .core.network.store import bundled_models, open_model
 
     if args.model == NEW_MODEL:
         width = args.base_channels or NEW_BASE_CHANNELS
@@ -486,8 +383,8 @@ def _start_model(args, device):
 def _train(args) -> int:
     from tqdm import tqdm
 
-    from .core.store import file_size_estimate
-    from .core.train import finetune
+    from .core.network.store import file_size_estimate
+    from .core.training.train import finetune
 
     device = _checked_device(args.device)
     if args.steps is None and args.minutes is None:
@@ -554,7 +451,7 @@ def open_viewer(images: list[str], viewer=None):
     Annotate in front, and the view fitted to the images."""
     import napari
 
-    from .core.io import read_image, read_pixel_size
+    from .core.formats.io import read_image, read_pixel_size
 
     viewer = viewer or napari.Viewer()
     if images:
@@ -616,12 +513,14 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
 
 def _parser() -> argparse.ArgumentParser:
     from . import __version__
-    from .core.instances import CORE
-    from .core.io import MAX_PIXELS
-    from .core.train import FinetuneConfig
-    from .core.weightmap import CLASS_BALANCE, SIGMA, W0
+    from .core.formats.io import MAX_PIXELS
+    from .core.network import NEW_BASE_CHANNELS
+    from .core.prediction.instances import CORE, MIN_SIZE, InstanceConfig
+    from .core.training.train import FinetuneConfig
+    from .core.training.weightmap import CLASS_BALANCE, SIGMA, W0
 
     defaults = FinetuneConfig()  # the one place that holds the training defaults
+    instances = InstanceConfig()  # and the labelling defaults
     parser = _Parser(
         prog="napari-unet",
         description="U-Net segmentation of microscopy images.",
@@ -667,7 +566,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--threshold",
         type=_threshold,
-        default=0.5,
+        default=instances.threshold,
         help=f"foreground probability cut, in (0, {CORE}): cells grow from their pixels above "
         f"{CORE}",
     )
@@ -675,9 +574,11 @@ def _parser() -> argparse.ArgumentParser:
         "--min-size",
         type=_non_negative_int,
         help="smallest cell kept, px (default: 5 %% of the median area of the cells the model "
-        "was fine-tuned on, else 16)",
+        f"was fine-tuned on, else {MIN_SIZE})",
     )
-    p.add_argument("--expand", type=_non_negative_int, default=1, help="grow cells by this, px")
+    p.add_argument(
+        "--expand", type=_non_negative_int, default=instances.expand, help="grow cells by this, px"
+    )
     p.add_argument(
         "--flips",
         action="store_true",
@@ -834,6 +735,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def _distributed_options(p: argparse.ArgumentParser) -> None:
     """``--workers`` / ``--scheduler`` (dask.distributed), ``--block`` and ``--halo``."""
+    from .core.large.blocks import DEFAULT_BLOCK, DEFAULT_HALO
+
     where = p.add_mutually_exclusive_group()
     where.add_argument(
         "--workers",
@@ -852,13 +755,13 @@ def _distributed_options(p: argparse.ArgumentParser) -> None:
         "--block",
         type=_positive_int,
         help="with --workers/--scheduler: block side in px; larger images run block by block "
-        "(default: 1024)",
+        f"(default: {DEFAULT_BLOCK})",
     )
     p.add_argument(
         "--halo",
         type=_positive_int,
         help="with --workers/--scheduler: px around a block when labelling cells, larger than "
-        "a cell (default: 128)",
+        f"a cell (default: {DEFAULT_HALO})",
     )
 
 
@@ -910,7 +813,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s"
     )
-    args.folders = _NewFolders()
+    args.folders = NewFolders()
     try:
         with _sigterm_as_interrupt():
             return args.run(args) or 0

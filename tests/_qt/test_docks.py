@@ -49,7 +49,7 @@ def test_docks_stay_narrow_with_long_names_and_messages(make_napari_viewer):
 def test_damaged_bundled_model_is_one_clear_message_per_dock(
     sample_viewer, notes, monkeypatch, tmp_path
 ):
-    from napari_unet.core import store
+    from napari_unet.core.network import store
 
     def damaged(*args, **kwargs):
         raise ValueError("bad safetensors header")
@@ -57,16 +57,16 @@ def test_damaged_bundled_model_is_one_clear_message_per_dock(
     monkeypatch.setattr(store, "load_bundled", damaged)
     viewer = sample_viewer
     predict, finetune, export = PredictWidget(viewer), FinetuneWidget(viewer), ExportWidget(viewer)
-    predict._predict.native.click()
+    predict_worker = predict.run()
     finetune._add.native.click()
-    finetune._start.native.click()
+    finetune_worker = finetune.run()
     export._model_path.value = tmp_path / "model.safetensors"
     export._save_model.native.click()
     messages = [str(n.message) for n in notes]
     assert [m.split(":")[0] for m in messages] == ["Predict", "Fine-tune", "Export"]
     assert all("bundled model" in m and "bad safetensors header" in m for m in messages)
     assert [layer.name for layer in viewer.layers] == ["cells", "cells annotation"]
-    assert predict.worker is None and finetune.worker is None
+    assert predict_worker is None and finetune_worker is None
     assert list(tmp_path.iterdir()) == []
 
 

@@ -101,7 +101,7 @@ def test_save_model_round_trip(make_napari_viewer, tiny_unet, messages, tmp_path
 
 
 def test_save_without_model_is_refused(make_napari_viewer, messages, tmp_path, monkeypatch):
-    from napari_unet.core import store
+    from napari_unet.core.network import store
 
     monkeypatch.setattr(store, "bundled_models", list)  # no bundled model ships
     viewer = make_napari_viewer()
@@ -123,7 +123,7 @@ def test_rois_measurements_and_pixel_size(make_napari_viewer, messages, tmp_path
 
     import roifile
 
-    from napari_unet.core.io import read_pixel_size
+    from napari_unet.core.formats.io import read_pixel_size
 
     (image, *_), (labels, *_) = phase_contrast_cells()
     viewer = make_napari_viewer()
@@ -227,7 +227,7 @@ def test_bioimageio_package_of_the_current_model(
     pytest.importorskip("bioimageio.core", reason="the bioimageio extra is not installed")
     import torch
 
-    from napari_unet.core.bioimageio import load_bioimageio
+    from napari_unet.core.network.store import load_bioimageio
 
     viewer = make_napari_viewer()
     widget = ExportWidget(viewer)

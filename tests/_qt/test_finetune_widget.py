@@ -49,9 +49,9 @@ def _add(widget, viewer, image, labels):
 
 def _train(widget, qtbot, steps):
     widget._steps.value = steps
-    widget._start.native.click()
-    assert widget.worker is not None
-    with qtbot.waitSignal(widget.worker.finished, timeout=TIMEOUT):
+    worker = widget.run()
+    assert worker is not None
+    with qtbot.waitSignal(worker.finished, timeout=TIMEOUT):
         pass
 
 
@@ -96,10 +96,10 @@ def test_stop_keeps_a_usable_model(setup, crops, qtbot):
     viewer, widget, model = setup
     _add(widget, viewer, "cells", "cells annotation")
     widget._steps.value = 100_000
-    widget._start.native.click()
+    worker = widget.run()
     assert widget._stop.enabled and not widget._start.enabled
-    widget.worker.yielded.connect(lambda _event: widget._stop.native.click())
-    with qtbot.waitSignal(widget.worker.finished, timeout=TIMEOUT):
+    worker.yielded.connect(lambda _event: widget._stop.native.click())
+    with qtbot.waitSignal(worker.finished, timeout=TIMEOUT):
         pass
     steps = len(widget._plot.points)
     assert 1 <= steps < 100_000
@@ -147,14 +147,13 @@ def test_predict_and_save_model_while_a_fine_tune_trains_its_copy(
     before = _weights(model)
     _add(widget, viewer, "cells", "cells annotation")
     widget._steps.value = 1
-    widget._start.native.click()
-    training = widget.worker
+    training = widget.run()
     qtbot.waitUntil(lambda: bool(calls), timeout=TIMEOUT)  # inside the first step
 
     predict_dock = PredictWidget(viewer)
-    predict_dock._predict.native.click()
-    assert predict_dock.worker is not None
-    with qtbot.waitSignal(predict_dock.worker.finished, timeout=TIMEOUT):
+    predict_dock_worker = predict_dock.run()
+    assert predict_dock_worker is not None
+    with qtbot.waitSignal(predict_dock_worker.finished, timeout=TIMEOUT):
         pass
     assert predict_dock._status.value.startswith("done")
     probabilities = predict(model, crops[0][0])  # the current model, not the copy in training
@@ -169,8 +168,7 @@ def test_predict_and_save_model_while_a_fine_tune_trains_its_copy(
 
     second = FinetuneWidget(viewer)  # a second training run waits
     _add(second, viewer, "cells", "cells annotation")
-    second._start.native.click()
-    assert second.worker is None
+    assert second.run() is None
     assert not widget._undo.enabled
     with pytest.raises(RuntimeError, match="busy training"):
         session.set_model(UNet(base_channels=4, depth=3), "other")
@@ -197,7 +195,7 @@ def test_the_swap_at_the_end_of_training_leaves_predictions_in_flight_alone(
 
     from napari_unet import to_instances
     from napari_unet._widgets.predict import PredictWidget
-    from napari_unet.core import predict as core_predict
+    from napari_unet.core.prediction import predict as core_predict
 
     go, calls, real = threading.Event(), [], core_predict.predict_tiles
 
@@ -215,15 +213,15 @@ def test_the_swap_at_the_end_of_training_leaves_predictions_in_flight_alone(
     first = PredictWidget(viewer)
     first._tile.value = 32
     seen = []
-    first._predict.native.click()
-    first.worker.yielded.connect(seen.append)
+    first_worker = first.run()
+    first_worker.yielded.connect(seen.append)
     try:
         qtbot.waitUntil(lambda: bool(seen), timeout=TIMEOUT)  # the first is in flight
 
         second = PredictWidget(viewer)  # a second prediction of the same model runs too
         second._image.value = viewer.add_image(crops[1][0], name="other")
-        second._predict.native.click()
-        with qtbot.waitSignal(second.worker.finished, timeout=TIMEOUT):
+        second_worker = second.run()
+        with qtbot.waitSignal(second_worker.finished, timeout=TIMEOUT):
             pass
         assert second._status.value.startswith("done")
 
@@ -232,7 +230,7 @@ def test_the_swap_at_the_end_of_training_leaves_predictions_in_flight_alone(
         assert session_for(viewer).model is not model
     finally:
         go.set()
-    with qtbot.waitSignal(first.worker.finished, timeout=TIMEOUT):
+    with qtbot.waitSignal(first_worker.finished, timeout=TIMEOUT):
         pass
     assert first._status.value.startswith("done")
     expected = to_instances(predict(model, image), 0.5, None, expand=1)
@@ -243,8 +241,7 @@ def test_empty_annotation_is_refused(setup, notes):
     viewer, widget, _ = setup
     viewer.add_labels(np.zeros((128, 128), np.uint16), name="empty")
     _add(widget, viewer, "cells", "empty")
-    widget._start.native.click()
-    assert widget.worker is None and session_for(viewer).busy == ""
+    assert widget.run() is None and session_for(viewer).busy == ""
     assert any("no annotated cell" in str(n.message) for n in notes)
 
 
@@ -388,10 +385,10 @@ def test_a_time_budget_is_the_main_control(setup, qtbot):
 
     _add(widget, viewer, "cells", "cells annotation")
     widget._minutes.value = 0.01  # 0.6 s
-    widget._start.native.click()
+    worker = widget.run()
     shown = []
-    widget.worker.yielded.connect(lambda _: shown.append(widget._status.value))
-    with qtbot.waitSignal(widget.worker.finished, timeout=TIMEOUT):
+    worker.yielded.connect(lambda _: shown.append(widget._status.value))
+    with qtbot.waitSignal(worker.finished, timeout=TIMEOUT):
         pass
     steps = len(widget._plot.points)
     assert 1 <= steps < MAX_STEPS
@@ -427,8 +424,8 @@ def test_correct_and_continue_the_loop(setup, crops, qtbot):
     viewer.add_image(image, name="other")
     predict = PredictWidget(viewer)
     predict._image.value = viewer.layers["other"]
-    predict._predict.native.click()
-    with qtbot.waitSignal(predict.worker.finished, timeout=TIMEOUT):
+    predict_worker = predict.run()
+    with qtbot.waitSignal(predict_worker.finished, timeout=TIMEOUT):
         pass
     prediction = viewer.layers["other prediction"]
 

@@ -7,7 +7,7 @@ import copy
 import numpy as np
 import pytest
 
-from napari_unet._widgets import _large
+from napari_unet._widgets import _cluster, _lazy, _runs
 from napari_unet._widgets._session import session_for
 from napari_unet._widgets.predict import LOCAL_CLUSTER, SCHEDULER, PredictWidget
 
@@ -21,9 +21,9 @@ STEP = 64  # block side (the dock's tile size)
 @pytest.fixture
 def small_budget(monkeypatch):
     """Lazy path for small arrays: a 512 x 512 plane is 'large', sampled on 4 of its 64 blocks."""
-    monkeypatch.setattr(_large, "LAZY_BYTES", 1000)
-    monkeypatch.setattr(_large, "SAMPLE", (STEP, 4 * STEP * STEP))
-    monkeypatch.setattr(_large, "CELL_HALO", 16)
+    monkeypatch.setattr(_lazy, "LAZY_BYTES", 1000)
+    monkeypatch.setattr(_runs, "SAMPLE", (STEP, 4 * STEP * STEP))
+    monkeypatch.setattr(_lazy, "CELL_HALO", 16)
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +48,7 @@ def dock(viewer, model):
     session_for(viewer).set_model(model, "test")
     widget = PredictWidget(viewer)
     viewer.window.add_dock_widget(widget)
-    widget._tile.value = STEP
+    widget._block.value = STEP
     return widget
 
 
@@ -62,7 +62,7 @@ def look_at(viewer, center, width):
 def click(widget, button, qtbot):
     """Click ``button`` and wait for the run it starts to end (no signal to miss)."""
     button.native.click()
-    qtbot.waitUntil(lambda: widget._task is None, timeout=TIMEOUT)
+    qtbot.waitUntil(lambda: not widget.running, timeout=TIMEOUT)
 
 
 def test_lazy_layer_visible_region_first_then_the_rest(
@@ -81,7 +81,7 @@ def test_lazy_layer_visible_region_first_then_the_rest(
     out = viewer.layers["big probability (large)"]
     prob = out.data[0][:]
     whole = predict(tiny_unet, pattern)
-    stream = widget._large.jobs[id(layer)].stream
+    stream = widget._lazy.jobs[id(layer)].stream
     starts = [(stream.cores[i][0].start, stream.cores[i][1].start) for i in stream.order]
     assert starts[0] == (64, 256)  # the block in view first, then what its labels need:
     near = {(y, x) for y in range(0, 256, 64) for x in range(128, 448, 64)}  # two rings
@@ -92,7 +92,7 @@ def test_lazy_layer_visible_region_first_then_the_rest(
     final = {(stream.cores[i][0].start, stream.cores[i][1].start) for i in stream.painted}
     assert (64, 256) in final and final < near  # the labels in view are final
     assert len(reads) < 64  # of 64 chunks: the sample's, and the blocks' with their margins
-    assert widget._rest.enabled and not widget._status.value.startswith("failed")
+    assert widget._rest.enabled and not widget.status.startswith("failed")
     click(widget, widget._rest, qtbot)
     prob = out.data[0][:]
     assert np.abs(prob - whole).max() <= 1e-5  # the whole plane, no block twice
@@ -101,7 +101,7 @@ def test_lazy_layer_visible_region_first_then_the_rest(
     assert set(np.unique(labels)) - {0} == set(range(1, stream.cells + 1))  # ids unique
     coarse = out.data[1][:]
     np.testing.assert_array_equal(coarse, prob[::2, ::2])  # the pyramid follows
-    roots = widget._large.jobs[id(layer)].output.roots
+    roots = widget._lazy.jobs[id(layer)].output.roots
     assert "image-label" not in roots["probability"].attrs  # an image, not labels
     assert "image-label" in roots["prediction"].attrs
 
@@ -114,16 +114,16 @@ def test_lazy_results_outlive_a_new_run_and_their_image(
     widget = dock(viewer, tiny_unet)
     look_at(viewer, (32, 32), 40)
     click(widget, widget._predict, qtbot)
-    old = widget._large.jobs[id(image)].output
+    old = widget._lazy.jobs[id(image)].output
     session_for(viewer).set_model(copy.deepcopy(tiny_unet), "the same weights")
     click(widget, widget._predict, qtbot)
-    assert widget._large.jobs[id(image)].output is old  # same weights: the same job goes on
+    assert widget._lazy.jobs[id(image)].output is old  # same weights: the same job goes on
     widget._threshold.value = 0.3  # another job, into new layers
     widget._predict.native.click()
     widget._on_image_changed()  # e.g. the chosen image changed during the run
     assert not widget._rest.enabled  # never during a run
-    qtbot.waitUntil(lambda: widget._task is None, timeout=TIMEOUT)
-    new = widget._large.jobs[id(image)].output
+    qtbot.waitUntil(lambda: not widget.running, timeout=TIMEOUT)
+    new = widget._lazy.jobs[id(image)].output
     assert new is not old
     old_layers = [
         viewer.layers["big probability (large)"],
@@ -146,42 +146,41 @@ def test_results_removed_during_a_run_stop_it(
     widget = dock(viewer, tiny_unet)
     look_at(viewer, (32, 32), 40)
     click(widget, widget._predict, qtbot)
-    output = widget._large.jobs[id(image)].output
-    widget._rest.native.click()
+    output = widget._lazy.jobs[id(image)].output
+    worker = widget.run(rest=True)
 
     def remove(_event):
         for layer in (output.probability, output.labels):
             if layer in viewer.layers:
                 viewer.layers.remove(layer)
 
-    widget.worker.yielded.connect(remove)
-    qtbot.waitUntil(lambda: widget._task is None, timeout=TIMEOUT)
+    worker.yielded.connect(remove)
+    qtbot.waitUntil(lambda: not widget.running, timeout=TIMEOUT)
     assert output.closed and not output.folder.exists()  # not made again by a late write
-    assert widget._status.value.startswith("cancelled")
+    assert widget.status.startswith("cancelled")
     assert any("layers were removed" in n.message for n in notes)
 
 
 def test_lazy_results_need_room_in_their_folder(
     make_napari_viewer, small_budget, tiny_unet, pattern, notes, monkeypatch, tmp_path
 ):
-    monkeypatch.setattr(_large, "OUTPUT_BYTES", 1e30)
+    monkeypatch.setattr(_lazy, "OUTPUT_BYTES", 1e30)
     viewer = make_napari_viewer()
     viewer.add_image(da.from_array(pattern, chunks=STEP), name="big")
     widget = dock(viewer, tiny_unet)
     widget._out_folder.value = str(tmp_path)
-    widget._predict.native.click()
-    assert widget.worker is None and [layer.name for layer in viewer.layers] == ["big"]
+    assert widget.run() is None and [layer.name for layer in viewer.layers] == ["big"]
     assert any(f"GB in {tmp_path}" in n.message for n in notes)
 
 
 def test_what_goes_lazy_is_decided_on_bytes_memory_maps_too(tmp_path, monkeypatch):
-    monkeypatch.setattr(_large, "LAZY_BYTES", 10_000)
+    monkeypatch.setattr(_lazy, "LAZY_BYTES", 10_000)
     big = np.lib.format.open_memmap(tmp_path / "a.npy", "w+", np.uint16, (40, 40))
-    assert _large.goes_lazy(big, (40, 40), (40, 40))  # 40 * 40 * (2 + 8) bytes > 10,000
-    assert not _large.goes_lazy(np.asarray(big).copy(), (40, 40), (40, 40))  # in memory
+    assert _lazy.goes_lazy(big, (40, 40), (40, 40))  # 40 * 40 * (2 + 8) bytes > 10,000
+    assert not _lazy.goes_lazy(np.asarray(big).copy(), (40, 40), (40, 40))  # in memory
     stack = da.zeros((50, 20, 20), dtype=np.uint8)
-    assert _large.goes_lazy(stack, (50, 20, 20), (50, 20, 20))  # all planes: too much
-    assert not _large.goes_lazy(stack, (50, 20, 20), (20, 20))  # one plane fits
+    assert _lazy.goes_lazy(stack, (50, 20, 20), (50, 20, 20))  # all planes: too much
+    assert not _lazy.goes_lazy(stack, (50, 20, 20), (20, 20))  # one plane fits
 
 
 def test_a_layer_showing_other_than_its_file_is_not_sent(tmp_path):
@@ -194,7 +193,7 @@ def test_a_layer_showing_other_than_its_file_is_not_sent(tmp_path):
     with layer_source(path=str(path)):
         layer = Image(np.zeros((32, 64), np.uint16), name="crop")
     with pytest.raises(ValueError, match=r"shows data of shape \(32, 64\).*\(64, 64\)"):
-        _large.layer_file(layer)
+        _cluster.layer_file(layer)
 
 
 def test_multiscale_layer_is_predicted_at_full_resolution(
@@ -225,8 +224,7 @@ def test_lazy_layer_in_3d_view_or_out_of_view_is_refused(
     widget._predict.native.click()
     viewer.dims.ndisplay = 2
     look_at(viewer, (-5000, -5000), 40)
-    widget._predict.native.click()
-    assert widget.worker is None and [layer.name for layer in viewer.layers] == ["big"]
+    assert widget.run() is None and [layer.name for layer in viewer.layers] == ["big"]
     messages = [n.message for n in notes]
     assert any("switch to 2D view" in m for m in messages)
     assert any("pan to the image" in m for m in messages)
@@ -237,8 +235,7 @@ def test_numpy_layer_cannot_go_to_a_cluster(make_napari_viewer, tiny_unet, patte
     viewer.add_image(pattern, name="mem")
     widget = dock(viewer, tiny_unet)
     widget._run_on.value = LOCAL_CLUSTER
-    widget._predict.native.click()
-    assert widget.worker is None and [layer.name for layer in viewer.layers] == ["mem"]
+    assert widget.run() is None and [layer.name for layer in viewer.layers] == ["mem"]
     assert any("has no file napari-unet can find" in n.message for n in notes)
     assert not session_for(viewer).busy and widget._predict.enabled
 
@@ -246,7 +243,7 @@ def test_numpy_layer_cannot_go_to_a_cluster(make_napari_viewer, tiny_unet, patte
 @pytest.fixture(scope="module")
 def ome_zarr(tmp_path_factory, whole_sample):
     """A (256, 384) crop of the sample as an OME-Zarr image on disk."""
-    from napari_unet.core.zarrio import create_labels
+    from napari_unet.core.formats.zarrio import create_labels
 
     path = tmp_path_factory.mktemp("cluster") / "cells.ome.zarr"
     image = whole_sample[0][:256, :384]
@@ -273,18 +270,18 @@ def test_cluster_route_equals_the_cli_and_cancel_stops_it(
 
     from napari_unet import load_bundled
     from napari_unet.cli import main
-    from napari_unet.core.zarrio import read_record
+    from napari_unet.core.formats.zarrio import read_record
 
     model = load_bundled()
     viewer = make_napari_viewer()
     layer = viewer.add_image(zarr.open_array(str(ome_zarr), path="0", mode="r"), name="cells")
     widget = dock(viewer, model)
-    widget._tile.value = 96  # not the default block: the same normalisation sample anyway
+    widget._block.value = 96  # not the default block: the same normalisation sample anyway
     widget._run_on.value = SCHEDULER
     widget._scheduler.value = scheduler
     widget._out_folder.value = str(tmp_path)
     click(widget, widget._predict, qtbot)
-    assert widget._status.value.startswith("done"), widget._status.value
+    assert widget.status.startswith("done"), widget.status
     shown = viewer.layers["cells prediction (cluster)"]
     target = tmp_path / "cells_labels.ome.zarr"
     assert str(shown.data[0].store.root) == str(target)
@@ -309,12 +306,11 @@ def test_cluster_route_equals_the_cli_and_cancel_stops_it(
     widget._run_on.value = LOCAL_CLUSTER
     widget._workers.value = 1
     widget._out_folder.value = ""
-    widget._tile.value = 32  # many small blocks
-    widget._predict.native.click()
-    worker = widget.worker
+    widget._block.value = 32  # many small blocks
+    worker = widget.run()
     worker.yielded.connect(lambda p: p[1] and widget._cancel.native.click())
-    qtbot.waitUntil(lambda: widget._task is None, timeout=TIMEOUT)
-    assert widget._status.value.startswith("cancelled")
+    qtbot.waitUntil(lambda: not widget.running, timeout=TIMEOUT)
+    assert widget.status.startswith("cancelled")
     assert [la.name for la in viewer.layers] == ["cells", "cells prediction (cluster)"]
     assert set(multiprocessing.active_children()) <= children  # its LocalCluster is closed
 

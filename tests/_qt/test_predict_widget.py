@@ -41,9 +41,9 @@ def setup(make_napari_viewer, cells, tiny):
 
 def run(widget, qtbot):
     """Click Predict and wait for the worker to finish."""
-    widget._predict.native.click()
-    assert widget.worker is not None
-    with qtbot.waitSignal(widget.worker.finished, timeout=TIMEOUT):
+    worker = widget.run()
+    assert worker is not None
+    with qtbot.waitSignal(worker.finished, timeout=TIMEOUT):
         pass
 
 
@@ -51,8 +51,7 @@ def test_tiles_stream_in_before_the_worker_finishes(setup, qtbot):
     viewer, widget = setup
     before = viewer.layers["cells"].data.copy()
     widget._tile.value = 64
-    widget._predict.native.click()
-    worker = widget.worker
+    worker = widget.run()
     layer = viewer.layers["cells prediction (running)"]  # made before the first tile
     assert layer.data.shape == (512, 512) and not layer.data.any()
     seen, finished = [], []
@@ -73,7 +72,7 @@ def test_tiles_stream_in_before_the_worker_finishes(setup, qtbot):
     np.testing.assert_array_equal(viewer.layers["cells"].data, before)
     assert layer.name == "cells prediction" and len(viewer.layers) == 2  # the result
     assert viewer.layers.selection.active is viewer.layers["cells"]  # not the new layer
-    assert widget._status.value.startswith("done")
+    assert widget.status.startswith("done")
     assert not session_for(viewer).busy and widget._predict.enabled
 
 
@@ -121,7 +120,7 @@ def test_view_center_in_data_coordinates(make_napari_viewer, cells):
 def test_cancel_after_first_tile_closes_the_tile_generator(setup, qtbot, monkeypatch):
     import threading
 
-    from napari_unet.core import predict as core_predict
+    from napari_unet.core.prediction import predict as core_predict
 
     closed_on_main_thread = []
     real = core_predict.predict_tiles
@@ -135,12 +134,12 @@ def test_cancel_after_first_tile_closes_the_tile_generator(setup, qtbot, monkeyp
     monkeypatch.setattr(core_predict, "predict_tiles", probe)
     viewer, widget = setup
     widget._tile.value = 32
-    widget._predict.native.click()
-    widget.worker.yielded.connect(lambda _: widget._cancel.native.click())
-    with qtbot.waitSignal(widget.worker.finished, timeout=TIMEOUT):
+    worker = widget.run()
+    worker.yielded.connect(lambda _: widget._cancel.native.click())
+    with qtbot.waitSignal(worker.finished, timeout=TIMEOUT):
         pass
     assert closed_on_main_thread == [False]  # closed once, in the worker, before it ended
-    assert widget._status.value.startswith("cancelled after")
+    assert widget.status.startswith("cancelled after")
     assert "cells prediction (partial)" in viewer.layers  # the tiles done stay, clearly named
     assert not session_for(viewer).busy
     assert widget._predict.enabled and not widget._cancel.enabled
@@ -158,15 +157,14 @@ def test_while_training_only_make_current_waits(setup, qtbot, notes, tmp_path, t
     widget._model_choice.value = FILE
     widget._model_file.value = save_model(tiny, tmp_path / "file.safetensors")
     widget._make_current.value = True
-    widget._predict.native.click()
-    assert widget.worker is None and len(viewer.layers) == 1 and session.source == "test"
+    assert widget.run() is None and len(viewer.layers) == 1 and session.source == "test"
     assert [str(n.message) for n in notes] == [
         "Predict: cannot change the current model: the model is busy training (its copy is "
         "swapped in when the run ends); stop it or wait"
     ]
     widget._make_current.value = False
     run(widget, qtbot)
-    assert widget._status.value.startswith("done") and session.busy == TRAINING
+    assert widget.status.startswith("done") and session.busy == TRAINING
     session.release(TRAINING)
 
 
@@ -179,8 +177,7 @@ def test_model_file(setup, qtbot, notes, tmp_path, tiny):
     bad.write_bytes(b"not a model")
     widget._model_choice.value = FILE
     widget._model_file.value = bad
-    widget._predict.native.click()
-    assert widget.worker is None and len(viewer.layers) == 1
+    assert widget.run() is None and len(viewer.layers) == 1
     assert any("not a readable model file" in str(n.message) for n in notes)
     assert session.source == "test" and not session.busy
 
@@ -243,8 +240,7 @@ def test_rgb_needs_grey_conversion(setup, qtbot, notes, cells):
     widget._image.value = layer
     assert widget._grey.value  # on by default, as in Fine-tune
     widget._grey.value = False
-    widget._predict.native.click()
-    assert widget.worker is None and "rgb prediction" not in viewer.layers
+    assert widget.run() is None and "rgb prediction" not in viewer.layers
     assert any("convert RGB to grey" in str(n.message) for n in notes)
 
     widget._grey.value = True
@@ -274,8 +270,8 @@ def test_start_failure_releases_the_model(setup, notes, monkeypatch, qtbot):
     finetune = FinetuneWidget(viewer)  # the model is free: Fine-tune starts
     finetune._add.native.click()
     finetune._tile.value, finetune._batch.value, finetune._steps.value = 32, 1, 1
-    finetune._start.native.click()
-    with qtbot.waitSignal(finetune.worker.finished, timeout=TIMEOUT):
+    finetune_worker = finetune.run()
+    with qtbot.waitSignal(finetune_worker.finished, timeout=TIMEOUT):
         pass
     assert session.source == "fine-tuned on 1 pair, 1 step" and session.busy == ""
 
@@ -320,13 +316,13 @@ def test_worker_error_is_one_notification_and_the_run_ends(setup, notes, qtbot, 
         widget._image.value = viewer.add_image(image, name="nan")
     else:  # a RuntimeError in the worker: superqt used to end such a run without `finished`
         session_for(viewer).model.head.weight.data = torch.zeros(2, 1, 1, 1)
-    widget._predict.native.click()
-    assert widget.worker is not None
+    worker = widget.run()
+    assert worker is not None
     # the dock forgets its run on the worker's `finished` (which may come during the click)
-    qtbot.waitUntil(lambda: widget._task is None, timeout=TIMEOUT)
+    qtbot.waitUntil(lambda: not widget.running, timeout=TIMEOUT)
     messages = [str(n.message) for n in notes]
     assert len(messages) == 1 and messages[0].startswith("Predict: failed: "), messages
-    assert widget._status.value == "failed after 0 tile(s)"
+    assert widget.status == "failed after 0 tile(s)"
     assert session_for(viewer).busy == "" and widget._predict.enabled
 
 
@@ -376,16 +372,16 @@ def test_cancel_keeps_the_earlier_prediction(setup, qtbot, cells, tiny):
     order = [layer.name for layer in viewer.layers]
     widget._tile.value = 32
     widget._threshold.value = 0.2  # a run that would change the result
-    widget._predict.native.click()
-    widget.worker.yielded.connect(lambda _: widget._cancel.native.click())
-    with qtbot.waitSignal(widget.worker.finished, timeout=TIMEOUT):
+    worker = widget.run()
+    worker.yielded.connect(lambda _: widget._cancel.native.click())
+    with qtbot.waitSignal(worker.finished, timeout=TIMEOUT):
         pass
     _assert_kept(viewer, earlier)
     partial = ["cells prediction (partial)", "cells probability (partial)"]
     assert [layer.name for layer in viewer.layers if layer.name not in partial] == order
     assert all(name in viewer.layers for name in partial)  # the tiles done, clearly named
     assert viewer.layers["cells prediction (partial)"].data.any()
-    assert "unchanged" in widget._status.value
+    assert "unchanged" in widget.status
 
     run(widget, qtbot)  # a complete run replaces the earlier result, in place
     assert [layer.name for layer in viewer.layers if layer.name not in partial] == order
@@ -413,7 +409,7 @@ def test_a_failed_run_keeps_the_earlier_prediction(setup, qtbot, monkeypatch, fa
 
         monkeypatch.setattr(_worker, "create_worker", no_thread)
     widget._predict.native.click()
-    qtbot.waitUntil(lambda: widget._task is None, timeout=TIMEOUT)
+    qtbot.waitUntil(lambda: not widget.running, timeout=TIMEOUT)
     _assert_kept(viewer, earlier)
     assert [layer.name for layer in viewer.layers] == order  # the streamed layers are gone
     assert widget._predict.enabled and session_for(viewer).busy == ""

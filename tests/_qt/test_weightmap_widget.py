@@ -159,7 +159,7 @@ def test_spin_boxes_step_sensibly(docked):
     from qtpy.QtCore import Qt
     from qtpy.QtTest import QTest
 
-    from napari_unet.core.weightmap import CLASS_BALANCE, SIGMA, W0
+    from napari_unet.core.training.weightmap import CLASS_BALANCE, SIGMA, W0
 
     _, widget = docked
     assert (widget._w0.value, widget._sigma.value) == (W0, SIGMA)

@@ -29,6 +29,7 @@ __all__ = [
     "annotation_pair",
     "find_made",
     "free_name",
+    "full_resolution",
     "image_choices",
     "layer_choices",
     "pixel_size_um",
@@ -300,3 +301,9 @@ def annotation_pair(
     image = np.array(image_layer.data[lead], copy=True)
     labels = np.array(labels_layer.data[lead], copy=True)
     return image, labels, mask
+
+
+def full_resolution(layer):
+    """The layer's full-resolution data: level 0 of a multiscale layer, else its data (as it
+    is: a dask or zarr array stays lazy)."""
+    return layer.data[0] if layer.multiscale else layer.data

@@ -11,7 +11,7 @@ if TYPE_CHECKING:
     import napari
     from napari.layers import Image, Layer
 
-    from ..core.model import UNet
+    from ..core.network.model import UNet
     from ._ui import Messages
 
 __all__ = ["CHANGE", "PREDICTING", "TRAINING", "ModelSession", "session_for"]
@@ -58,7 +58,7 @@ class ModelSession:
         """The current model; loads the default bundled model on first use (may raise
         FileNotFoundError when none ships, ValueError or OSError when it is damaged)."""
         if self._model is None:
-            from ..core import store
+            from ..core.network import store
 
             self._model = store.load_bundled()
             self.source = f"bundled: {store.bundled_models()[0]}"
@@ -67,7 +67,7 @@ class ModelSession:
 
     def get_model(self, messages: Messages) -> UNet | None:
         """The current model, or None after one notification saying why there is none."""
-        from ..core import store
+        from ..core.network import store
 
         try:
             return self.model

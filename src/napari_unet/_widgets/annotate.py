@@ -17,6 +17,7 @@ from qtpy.QtCore import QTimer
 
 from ..core.edit import merge_cells, split_cell
 from ..core.image import count_ids
+from ._cell_edits import cell_at, delete_cell, new_cell, write_changes
 from ._layers import (
     WHOLE_IMAGE,
     annotation_of,
@@ -285,9 +286,9 @@ class AnnotateWidget(Container):
             _say.error(str(err))
             return
         for key, callback in (
-            ("n", self._new_cell_in),
+            ("n", new_cell),
             ("h", self._fill_holes_in),
-            ("Shift-D", self._delete_cell_in),
+            ("Shift-D", delete_cell),
             ("Shift-M", self._merge_at_cursor),
             ("Shift-S", self._split_at_cursor),
         ):
@@ -306,7 +307,7 @@ class AnnotateWidget(Container):
     def _on_new_cell(self, value=None) -> None:
         annotation = self._annotation_or_error()
         if annotation is not None:
-            self._new_cell_in(annotation)
+            new_cell(annotation)
 
     def _on_erase(self, value=None) -> None:
         annotation = self._annotation_or_error()
@@ -321,17 +322,7 @@ class AnnotateWidget(Container):
     def _on_delete_cell(self, value=None) -> None:
         annotation = self._annotation_or_error()
         if annotation is not None:
-            self._delete_cell_in(annotation)
-
-    @staticmethod
-    def _new_cell_in(annotation: Labels) -> None:
-        """Select the next free id (max + 1 over the whole layer) and paint."""
-        new_id = int(np.asarray(annotation.data).max(initial=0)) + 1
-        if new_id > np.iinfo(annotation.data.dtype).max:
-            _say.error(f"annotation '{annotation.name}' has no free id left in its dtype")
-            return
-        annotation.selected_label = new_id
-        annotation.mode = "paint"
+            delete_cell(annotation)
 
     def _fill_holes_in(self, annotation: Labels) -> None:
         """Fill the holes of the selected cell on the current plane, background pixels only."""
@@ -351,17 +342,6 @@ class AnnotateWidget(Container):
         index = tuple(np.full(rows.size, i) for i in lead) + (rows, cols)
         with annotation.block_history():  # one undo step; paint event after the write
             annotation.data_setitem(index, cell_id)
-
-    @staticmethod
-    def _delete_cell_in(annotation: Labels) -> None:
-        """Set the selected id to 0 in the whole layer (every plane of a stack)."""
-        cell_id = annotation.selected_label
-        index = np.nonzero(np.asarray(annotation.data) == cell_id)
-        if cell_id == 0 or index[0].size == 0:
-            _say.warning(f"cell {cell_id} is not in '{annotation.name}'; nothing deleted")
-            return
-        with annotation.block_history():
-            annotation.data_setitem(index, 0)
 
     # merge and split: the cell under the mouse (keys) or the next one clicked (buttons) ------
     def _on_merge(self, value=None) -> None:
@@ -404,19 +384,13 @@ class AnnotateWidget(Container):
         if self._armed is not None and self._armed[0] is layer:
             edit = self._armed[1]
             self._disarm()
-            edit(layer, self._cell_at(layer, position))
+            edit(layer, cell_at(layer, position))
 
     def _merge_at_cursor(self, annotation: Labels) -> None:
-        self._merge_cell(annotation, self._cell_at(annotation, self._viewer.cursor.position))
+        self._merge_cell(annotation, cell_at(annotation, self._viewer.cursor.position))
 
     def _split_at_cursor(self, annotation: Labels) -> None:
-        self._split_cell(annotation, self._cell_at(annotation, self._viewer.cursor.position))
-
-    @staticmethod
-    def _cell_at(annotation: Labels, position) -> int:
-        """The id at the world ``position`` on the viewed plane (0 outside the layer)."""
-        value = annotation.get_value(position, world=True)
-        return 0 if value is None else int(value)
+        self._split_cell(annotation, cell_at(annotation, self._viewer.cursor.position))
 
     def _merge_cell(self, annotation: Labels, cell: int) -> None:
         """Cell ``cell`` joins the selected cell, in the whole layer."""
@@ -429,7 +403,7 @@ class AnnotateWidget(Container):
         except ValueError as err:
             _say.warning(f"{err}; select the cell to keep first (key L, click it)")
             return
-        self._write(annotation, merged)
+        write_changes(annotation, merged)
 
     def _split_cell(self, annotation: Labels, cell: int) -> None:
         """Divide cell ``cell`` in two on the viewed plane; the new part gets the next free id."""
@@ -443,16 +417,7 @@ class AnnotateWidget(Container):
         except ValueError as err:
             _say.warning(str(err))
             return
-        self._write(annotation, plane, lead)
-
-    @staticmethod
-    def _write(annotation: Labels, values: np.ndarray, lead: tuple[int, ...] = ()) -> None:
-        """Write the pixels of ``values`` that differ from the plane ``lead`` of
-        ``annotation`` (the whole layer for ``()``) as one undo step."""
-        index = np.nonzero(values != np.asarray(annotation.data)[lead])
-        full = tuple(np.full(index[0].size, i) for i in lead) + index
-        with annotation.block_history():  # one undo step; paint event after the write
-            annotation.data_setitem(full, values[index])
+        write_changes(annotation, plane, lead)
 
     def _on_start_from_prediction(self, value=None) -> None:
         annotation = self._annotation_or_error()

@@ -24,8 +24,8 @@ import numpy as np
 from magicgui.widgets import ComboBox, Container, FileEdit, PushButton, Select
 from napari.layers import Labels
 
-from ..core.io import check_writable_folder
-from ._layers import image_choices, layer_choices, pixel_size_um, watch_layers
+from ..core.formats.io import check_writable_folder
+from ._layers import full_resolution, image_choices, layer_choices, pixel_size_um, watch_layers
 from ._session import PREDICTING, session_for
 from ._ui import Messages, narrow
 from ._worker import Outcome, Task
@@ -80,13 +80,9 @@ def _file_with_format(path: Path, ext: str, suffixes: dict = _SUFFIXES) -> Path:
     return path.with_name(f"{path.name}.{ext}")
 
 
-def _full_data(layer) -> np.ndarray:
-    return np.asarray(layer.data[0] if layer.multiscale else layer.data)
-
-
 def _labels_data(layer: Labels, ext: str) -> np.ndarray:
     """The layer's ids as an array, checked against what format ``ext`` can hold."""
-    data = _full_data(layer)
+    data = np.asarray(full_resolution(layer))
     if data.size and data.min() < 0:
         raise ValueError(f"layer '{layer.name}' holds negative ids; label files hold ids >= 0")
     if ext == "png":
@@ -113,9 +109,9 @@ def _payload(layer: Labels, ext: str, image) -> object:
         label_planes(data, f"layer '{layer.name}'")
     if ext != "csv":
         return data
-    from ..core.measure import measure_cells
+    from ..core.formats.measure import measure_cells
 
-    intensities = None if image is None else _full_data(image)
+    intensities = None if image is None else np.asarray(full_resolution(image))
     try:
         return measure_cells(data, intensities, pixel_size_um(layer))
     except ValueError as err:
@@ -124,14 +120,14 @@ def _payload(layer: Labels, ext: str, image) -> object:
 
 def _write(path: Path, layer: Labels, payload, ext: str) -> Path:
     if ext == "csv":
-        from ..core.measure import write_csv
+        from ..core.formats.measure import write_csv
 
         return write_csv(path, payload)
     if ext == "zip":
-        from ..core.rois import write_rois
+        from ..core.formats.rois import write_rois
 
         return write_rois(path, payload)
-    from ..core.io import write_labels
+    from ..core.formats.io import write_labels
 
     return write_labels(path, payload, pixel_size=pixel_size_um(layer) if ext == "tif" else None)
 
@@ -302,7 +298,7 @@ class ExportWidget(Container):
         _say.info(f"wrote {len(written)} file(s): {', '.join(map(str, written))}")
 
     def _on_save_model(self, value=None) -> None:
-        from ..core.store import save_model
+        from ..core.network.store import save_model
 
         ext = MODEL_FORMATS[self._model_format.value]
         path = Path(self._model_path.value)
@@ -388,7 +384,7 @@ def _check_bioimageio_extra() -> None:
 
 def _package_job(model, path: Path, metadata: dict):
     """Worker generator: write and test the bioimage.io package; returns its path."""
-    from ..core.bioimageio import export_bioimageio
+    from ..core.network.bioimageio import export_bioimageio
 
     yield "Writing and testing the package…"
     return export_bioimageio(model, path, metadata=metadata)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import copy
 import weakref
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -34,38 +33,38 @@ from magicgui.widgets import (
     PushButton,
     SpinBox,
 )
-from napari.layers import Image, Labels
+from napari.layers import Labels
 from napari.utils import progress
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QListWidget, QListWidgetItem
 
+from ..core.network import NEW_BASE_CHANNELS
 from ._layers import (
     WHOLE_IMAGE,
     annotation_of,
     annotation_pair,
     image_choices,
     layer_choices,
-    plane_index,
     region_choices,
-    spatial_shape,
     watch_layers,
 )
 from ._loss_plot import LossPlot
 from ._session import CHANGE, TRAINING, session_for
+from ._training_runs import Pair, TrainingRun, clock, training_events
 from ._ui import Messages, narrow, plural, row
 from ._worker import Task
 
 if TYPE_CHECKING:
     import napari
-    from napari.layers import Layer
+    from napari.qt.threading import GeneratorWorker
 
-    from ..core.model import UNet
-    from ..core.train import FinetuneEvent
+    from ..core.network.model import UNet
+    from ..core.training.train import FinetuneEvent
     from ._worker import Outcome
 
 __all__ = ["FinetuneWidget"]
 
-CURRENT_MODEL, NEW_NETWORK = "current model", "new network (base 16)"
+CURRENT_MODEL, NEW_NETWORK = "current model", f"new network (base {NEW_BASE_CHANNELS})"
 PAIR_LIST_HEIGHT = 100  # px, about four pairs; the list scrolls beyond
 HOLD_OUT_TIP = "Tick to hold this pair out for validation: not trained on, its IoU is reported."
 MINUTES = 5.0  # the default time budget
@@ -78,76 +77,18 @@ NEXT_ROUND = (
 _say = Messages("Fine-tune")
 
 
-def _training_events(model: UNet, train: list, validation: list, grey: bool, settings: dict):
-    """The worker's generator: the :class:`~napari_unet.FinetuneEvent` of each step."""
-    from napari_unet import finetune
-    from napari_unet.core.image import grey_if_rgb
-
-    if grey:
-        train = [(grey_if_rgb(image, model.in_channels), *rest) for image, *rest in train]
-        validation = [
-            (grey_if_rgb(image, model.in_channels), *rest) for image, *rest in validation
-        ]
-    yield from finetune(model, train, validation=validation or None, **settings)
-
-
-def _clock(seconds: float) -> str:
-    minutes, secs = divmod(round(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02}:{secs:02}" if hours else f"{minutes}:{secs:02}"
-
-
-@dataclass(frozen=True)
-class _Pair:
-    """One plane of an image and its annotation (read when training starts)."""
-
-    image: Image
-    labels: Labels
-    region: Layer | None
-    step: tuple[float, ...]  # the image's data coordinates at the plane
-
-    @property
-    def plane(self) -> tuple[int, ...]:
-        return plane_index(spatial_shape(self.image), self.step)
-
-    @property
-    def name(self) -> str:
-        plane = self.plane
-        where = "" if not plane else f" [z={plane[0]}]" if len(plane) == 1 else f" [{plane}]"
-        region = "" if self.region is None else f" in {self.region.name}"
-        return f"{self.image.name} / {self.labels.name}{where}{region}"
-
-    def layers(self) -> list[Layer]:
-        return [layer for layer in (self.image, self.labels, self.region) if layer is not None]
-
-
-@dataclass
-class _Run:
-    """One training run, as the main thread sees it."""
-
-    model: UNet  # the copy being trained
-    bar: progress  # napari's activity dock: per cent of the budget (time or steps)
-    pairs: int
-    seconds: float | None  # the time budget
-    round: int  # 1 + the round of the model it continues (1 from a model not tuned here)
-    steps: int = 0
-    loss: float = float("nan")
-    elapsed: float = 0.0
-
-
 class FinetuneWidget(Container):
     """Fine-tune a copy of the viewer's U-Net on image / annotation pairs; Start, Stop, Undo."""
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
-        from ..core.train import FinetuneConfig  # the training defaults (imports torch)
+        from ..core.training.train import FinetuneConfig  # the training defaults (imports torch)
 
         defaults = FinetuneConfig()
         self._viewer = viewer
         self._session = session_for(viewer)
-        self.worker = None  # the last run's worker
         self._task: Task | None = None
-        self._run: _Run | None = None
-        self._pairs: list[_Pair] = []
+        self._run: TrainingRun | None = None
+        self._pairs: list[Pair] = []
         self._rounds: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model: round
 
         self._image = ComboBox(label="image", choices=image_choices(viewer))
@@ -320,7 +261,7 @@ class FinetuneWidget(Container):
             _say.warning("pick an image layer and its annotation (a labels layer)")
             return
         region = None if region == WHOLE_IMAGE else region
-        pair = _Pair(image, labels, region, tuple(image.world_to_data(self._viewer.dims.point)))
+        pair = Pair(image, labels, region, tuple(image.world_to_data(self._viewer.dims.point)))
         try:
             annotation_pair(image, labels, region, pair.step)
         except ValueError as err:
@@ -386,9 +327,20 @@ class FinetuneWidget(Container):
         if self._start_from.value == NEW_NETWORK:
             from napari_unet import UNet
 
-            return UNet(base_channels=16)
+            return UNet(base_channels=NEW_BASE_CHANNELS)
         model = self._session.get_model(_say)
         return None if model is None else copy.deepcopy(model)
+
+    def run(self) -> GeneratorWorker | None:
+        """Start training as the Start button does; the run's worker, None when it did not
+        start (the user told why)."""
+        self._on_start()
+        return None if self._task is None else self._task.worker
+
+    @property
+    def status(self) -> str:
+        """The status line: how the run is going, or how it ended."""
+        return self._status.value
 
     def _on_start(self, *_) -> None:
         if self._task is not None:
@@ -413,7 +365,7 @@ class FinetuneWidget(Container):
             "tile": self._tile.value,
             "augment": self._augment.value,
         }
-        events = _training_events(trainee, train, validation, self._grey.value, settings)
+        events = training_events(trainee, train, validation, self._grey.value, settings)
         self._task = Task(
             events,
             _say,
@@ -423,7 +375,7 @@ class FinetuneWidget(Container):
             task=TRAINING,
         )
         bar = progress(total=100, desc="Fine-tuning U-Net (% of the budget)")
-        self._run = _Run(trainee, bar, len(train), seconds, round_)
+        self._run = TrainingRun(trainee, bar, len(train), seconds, round_)
         self._plot.clear()
         self._show_progress(0, settings["steps"], 0.0)
         self._status.value = "preparing the training data…"
@@ -433,9 +385,7 @@ class FinetuneWidget(Container):
             else ""
         )
         self._set_running(True)
-        started = self._task.start()
-        self.worker = self._task.worker
-        if not started:
+        if not self._task.start():
             bar.close()
             self._task = self._run = None
             self._status.value = "not started; the current model is unchanged"
@@ -474,7 +424,7 @@ class FinetuneWidget(Container):
             self._bar.value = (
                 PERMILLE if done else min(round(PERMILLE * elapsed / seconds), PERMILLE)
             )
-            self._bar.native.setFormat(f"{_clock(elapsed)} / {_clock(seconds)}")
+            self._bar.native.setFormat(f"{clock(elapsed)} / {clock(seconds)}")
         else:
             self._bar.max = total
             self._bar.value = total if done else step
@@ -487,13 +437,13 @@ class FinetuneWidget(Container):
         if not self._task.cancelling:
             if self._timed(event.step, event.total, event.elapsed):
                 self._status.value = (
-                    f"{_clock(event.elapsed)} of {_clock(run.seconds)}, step {event.step}, "
+                    f"{clock(event.elapsed)} of {clock(run.seconds)}, step {event.step}, "
                     f"loss {event.loss:.3g}"
                 )
             else:
                 self._status.value = (
                     f"step {event.step}/{event.total}, loss {event.loss:.3g}, "
-                    f"{_clock(event.remaining)} left"
+                    f"{clock(event.remaining)} left"
                 )
         self._plot.add(event.step, event.loss)
         if event.val_iou is not None:
@@ -518,7 +468,7 @@ class FinetuneWidget(Container):
             return
         how = "stopped at" if outcome.cancelled else "done:"
         self._status.value = (
-            f"{how} step {run.steps}, loss {run.loss:.3g}, {_clock(run.elapsed)} of training. "
+            f"{how} step {run.steps}, loss {run.loss:.3g}, {clock(run.elapsed)} of training. "
             + NEXT_ROUND
         )
         source = f"{plural(run.pairs, 'pair')}, {plural(run.steps, 'step')}"

@@ -1,28 +1,14 @@
-"""Predict: stream a U-Net prediction into a labels layer, tile by tile, visible region first.
+"""Predict: stream a U-Net prediction into layers, visible region first, on one of three routes.
 
-Each run streams into layers of its own, made before the worker starts (added without selecting
-them: the layer being painted stays selected): the labels on top, the probability (when asked
-for) directly over its image, additive. Each tile is shown as soon as it is done (its thresholded
-probability, label 1); when all tiles are in, the worker splits the foreground into cells
-(:func:`napari_unet.to_instances`) and the instance labels replace the preview.
-
-An earlier result is replaced only by a complete run: the unedited prediction (and probability)
-layer of the same image and shape gets the new data in place (its name and place kept) once the
-run is done, and the run's own layers (``"<image> prediction (running)"``, ``"<image>
-probability (running)"``) go away; with no earlier result they become the result, renamed
-``"<image> prediction"`` / ``"<image> probability"``.
-Cancel keeps the tiles done so far in layers renamed ``"<image> prediction (partial)"`` (and
-``"... probability (partial)"``; thresholded, not split into cells, never reused); a failure
-removes the run's layers. Either way an earlier result is left exactly as it was. A prediction
-layer the user has painted on is never overwritten: the next run writes a new layer
-``"<image> prediction [2]"``. With "current plane" only that plane of the earlier layer is
-replaced, so planes can be predicted one at a time into one layer.
+An image in memory streams tile by tile into layers of the run (:mod:`._in_memory`); a large
+image that is not in memory is predicted block by block into on-disk layers (:mod:`._lazy`);
+a file can be segmented on a dask cluster (:mod:`._cluster`). The route is chosen once, when
+Predict is pressed, and its :class:`~._runs.Run` applies the worker's events on the main thread.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -40,30 +26,24 @@ from magicgui.widgets import (
     RadioButtons,
     SpinBox,
 )
-from napari.layers import Image, Labels
+from napari.layers import Image
 from qtpy.QtCore import QTimer
 
-from ._large import full_resolution, goes_lazy, instance_settings
-from ._large_jobs import ClusterRun, LargeImages, LazyRun, Settings
-from ._layers import (
-    EDITED,
-    MADE,
-    OF,
-    add_quietly,
-    find_made,
-    free_name,
-    image_choices,
-    plane_index,
-    watch_layers,
-)
+from ..core.prediction.instances import CORE, MIN_CORE, MIN_SIZE, InstanceConfig
+from ._cluster import ClusterResults
+from ._in_memory import InMemoryRun
+from ._layers import full_resolution, image_choices, plane_index, watch_layers
+from ._lazy import LazyJobs, goes_lazy
+from ._runs import Run, Settings
 from ._session import CHANGE, PREDICTING, session_for
 from ._ui import Messages, narrow
 from ._worker import Task
 
 if TYPE_CHECKING:
     import napari
+    from napari.qt.threading import GeneratorWorker
 
-    from ..core.model import UNet
+    from ..core.network.model import UNet
     from ._worker import Outcome
 
 __all__ = ["PredictWidget"]
@@ -75,54 +55,9 @@ REFRESH_INTERVAL = 0.1  # seconds; streamed tiles are shown at most this often
 _say = Messages("Predict")
 
 
-def _predict_job(model, pixels, *, grey, shape, tile, center, flips, threshold, min_size, expand):
-    """The worker's generator: yield each :class:`~napari_unet.TileResult`, then return
-    ``(labels, probabilities)`` of ``shape``: uint16/uint32 instances and float32 foreground.
-    Closing it closes the tile generator."""
-    from contextlib import closing
-
-    from napari_unet.core.image import grey_if_rgb
-    from napari_unet.core.instances import Probabilities, to_instances
-    from napari_unet.core.predict import predict_tiles
-
-    if grey:
-        pixels = grey_if_rgb(pixels, model.in_channels)
-    probabilities = Probabilities.for_model(np.zeros(shape, dtype=np.float32), model)
-    tiles = predict_tiles(model, pixels, tile=tile, center=center, flips=flips)
-    with closing(tiles):
-        for result in tiles:
-            probabilities[result.plane][result.region] = result.probabilities
-            yield result
-    labels = to_instances(probabilities, threshold, min_size, expand=expand)
-    return labels, np.asarray(probabilities)
-
-
-@dataclass
-class _Output:
-    """One output of a run: the layer its tiles stream into (``metadata[MADE]`` is
-    ``"<kind> (running)"`` meanwhile) and the earlier result a complete run replaces."""
-
-    kind: str  # "prediction" or "probability"
-    layer: Labels | Image
-    earlier: Labels | Image | None
-
-
-@dataclass
-class _Run:
-    """What the main thread needs to place the results of one prediction."""
-
-    labels: _Output
-    probability: _Output | None
-    prefix: tuple[int, ...]  # index of the predicted plane in the layer ("current plane")
-    threshold: float
-    done: int = 0
-    total: int = 0
-    dirty: bool = False  # tiles written since the last refresh
-
-    def refresh(self) -> None:
-        for output in (self.labels, self.probability):
-            if output is not None:
-                output.layer.refresh()
+def _side(what: str, tooltip: str) -> SpinBox:
+    """A control of the side of a tile or block in px, 0 for automatic."""
+    return SpinBox(label=f"{what} size (0 = auto)", min=0, max=8192, step=16, tooltip=tooltip)
 
 
 def cell_size_hint(model: UNet) -> str:
@@ -143,10 +78,10 @@ class PredictWidget(Container):
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         self._viewer = viewer
         self._session = session_for(viewer)
-        self.worker = None  # the last run's worker
         self._task: Task | None = None
-        self._run: _Run | LazyRun | ClusterRun | None = None
-        self._large = LargeImages(viewer)  # lazy layers' jobs and outputs, cluster labels
+        self._run: Run | None = None
+        self._lazy = LazyJobs(viewer)  # lazy layers' jobs and outputs
+        self._cluster = ClusterResults(viewer)  # the temporary folders of a cluster's labels
         self._last_refresh = 0.0
         self._refresh_timer = QTimer()
         self._refresh_timer.setSingleShot(True)
@@ -162,21 +97,34 @@ class PredictWidget(Container):
         )
         self._model_file = FileEdit(label="model file", mode="r", filter="*.safetensors")
         self._make_current = CheckBox(text="make current", value=False)
-        self._tile = SpinBox(label="tile size (0 = auto)", min=0, max=8192, step=16, value=0)
+        self._tile = _side(
+            "tile",
+            "Output side of a tile of an image in memory, in px (0: the fastest that "
+            "fits the memory)",
+        )
+        self._block = _side(
+            "block",
+            "Side of a block of a large image (predicted region by region, or on a "
+            "cluster), in px (0: automatic)",
+        )
         self._flips = CheckBox(
             text="average 8 flips",
             value=False,
             tooltip="Average the 8 flips and quarter turns of each tile: 8x slower, more accurate",
         )
-        self._threshold = FloatSpinBox(label="threshold", min=0.05, max=0.9, step=0.05, value=0.5)
+        defaults = InstanceConfig()
+        self._threshold = FloatSpinBox(
+            label="threshold", min=0.05, max=CORE, step=0.05, value=defaults.threshold
+        )
         self._auto_size = CheckBox(
             text="min. size from the model",
             value=True,
             tooltip="Smallest cell kept and smallest seed: 5 % of the median area of the cells "
-            "the model was fine-tuned on (shown above); 16 px and 200 px when it says nothing.",
+            f"the model was fine-tuned on (shown above); {MIN_SIZE} px and {MIN_CORE} px when "
+            "it says nothing.",
         )
-        self._min_size = SpinBox(label="min. size (px)", min=0, max=1_000_000, value=16)
-        self._expand = SpinBox(label="grow cells (px)", min=0, max=20, value=1)
+        self._min_size = SpinBox(label="min. size (px)", min=0, max=1_000_000, value=MIN_SIZE)
+        self._expand = SpinBox(label="grow cells (px)", min=0, max=20, value=defaults.expand)
         self._with_probability = CheckBox(text="probability layer", value=False)
         self._grey = CheckBox(
             text="convert RGB to grey",
@@ -218,6 +166,7 @@ class PredictWidget(Container):
                 self._model_file,
                 self._make_current,
                 self._tile,
+                self._block,
                 self._flips,
                 self._threshold,
                 self._auto_size,
@@ -263,16 +212,18 @@ class PredictWidget(Container):
 
     def _on_layers_changed(self, _event=None) -> None:
         self.reset_choices()
-        self._large.prune()
+        self._lazy.prune()
+        self._cluster.prune()
 
     def _on_image_changed(self, _value=None) -> None:
         layer = self._image.value
         spatial = layer.ndim if layer is not None else 2
         self._planes.enabled = spatial > 2
         self._grey.enabled = layer is not None and layer.rgb
-        self._rest.enabled = self._task is None and self._large.can_go_on(layer)
+        self._rest.enabled = self._task is None and self._lazy.can_go_on(layer)
 
     def _on_run_on(self, _value=None) -> None:
+        self._tile.visible = self._run_on.value == THIS_PROCESS
         self._workers.visible = self._run_on.value == LOCAL_CLUSTER
         self._scheduler.visible = self._run_on.value == SCHEDULER
 
@@ -305,7 +256,7 @@ class PredictWidget(Container):
         if str(path) in ("", "."):
             _say.error("choose a .safetensors model file, or pick 'current model'")
             return None
-        from napari_unet.core.store import load_model
+        from napari_unet.core.network.store import load_model
 
         try:
             return load_model(path)
@@ -347,6 +298,24 @@ class PredictWidget(Container):
             return None
         return tuple(checked.shape[:-1] if has_channels else checked.shape), False
 
+    # ------------------------------------------------------------------ the public surface
+    def run(self, *, rest: bool = False) -> GeneratorWorker | None:
+        """Predict as the Predict button does ('Predict the rest' with ``rest``); the run's
+        worker, None when it did not start (the user told why)."""
+        self._on_predict(rest=rest)
+        return None if self._task is None else self._task.worker
+
+    @property
+    def status(self) -> str:
+        """The status line: how the last run is going, or how it ended."""
+        return self._status.value
+
+    @property
+    def running(self) -> bool:
+        """Whether a run is on (until its results are placed)."""
+        return self._task is not None
+
+    # ------------------------------------------------------------------------- routes
     def _on_rest(self, _value=None) -> None:
         self._on_predict(rest=True)
 
@@ -366,35 +335,38 @@ class PredictWidget(Container):
             return
         if make_current:
             self._session.set_model(model, f"file: {Path(self._model_file.value).name}")
-        shape, grey = layout
         try:
-            if self._run_on.value != THIS_PROCESS:
-                workers = scheduler = None
-                if self._run_on.value == SCHEDULER:
-                    scheduler = self._scheduler.value.strip()
-                    if not scheduler:
-                        raise ValueError(
-                            "enter the address of a running dask scheduler (tcp://host:8786)"
-                        )
-                else:
-                    workers = self._workers.value
-                run, events = self._large.cluster(
-                    layer, model, self._settings(model), workers=workers, scheduler=scheduler
-                )
-            else:
-                prefix = self._prefix(layer, shape)
-                read = shape if prefix is None else shape[len(prefix) :]
-                if goes_lazy(full_resolution(layer), shape, read):
-                    center = self._view_center(layer, len(shape))
-                    run, events = self._large.lazy(
-                        layer, model, shape, prefix, center, self._settings(model), rest=rest
-                    )
-                else:
-                    run, events = self._prepare(layer, model, shape, grey, prefix or ())
+            run, events = self._make_run(layer, model, layout, rest)
         except Exception as err:  # e.g. the image cannot be read into memory
             _say.error(f"could not start: {err}")
             return
         self._start(run, events)
+
+    def _make_run(self, layer: Image, model: UNet, layout, rest: bool):
+        """``(run, generator)`` on the route the choices and the image call for."""
+        shape, grey = layout
+        settings = self._settings(model)
+        if self._run_on.value != THIS_PROCESS:
+            workers = scheduler = None
+            if self._run_on.value == SCHEDULER:
+                scheduler = self._scheduler.value.strip()
+                if not scheduler:
+                    raise ValueError(
+                        "enter the address of a running dask scheduler (tcp://host:8786)"
+                    )
+            else:
+                workers = self._workers.value
+            return self._cluster.start(
+                layer, model, settings, workers=workers, scheduler=scheduler
+            )
+        prefix = self._prefix(layer, shape)
+        read = shape if prefix is None else shape[len(prefix) :]
+        center = self._view_center(layer, len(shape))
+        if goes_lazy(full_resolution(layer), shape, read):
+            return self._lazy.start(layer, model, shape, prefix, center, settings, rest=rest)
+        layout = (shape, grey, prefix or ())
+        probability = self._with_probability.value
+        return InMemoryRun.start(self._viewer, layer, model, layout, center, settings, probability)
 
     def _prefix(self, layer: Image, shape: tuple[int, ...]) -> tuple[int, ...] | None:
         """Index of the viewed plane of a stack with "current plane" (``()`` for a 2-D
@@ -406,27 +378,27 @@ class PredictWidget(Container):
         step = layer.world_to_data(self._viewer.dims.point)
         return plane_index(shape, step[: len(shape)])
 
+    def _instances(self) -> InstanceConfig:
+        min_size = None if self._auto_size.value else self._min_size.value
+        return InstanceConfig(self._threshold.value, min_size, self._expand.value)
+
     def _settings(self, model: UNet) -> Settings:
         folder = Path(self._out_folder.value or "")
         return Settings(
-            instance=instance_settings(
-                model,
-                self._threshold.value,
-                None if self._auto_size.value else self._min_size.value,
-                self._expand.value,
-            ),
+            instance=self._instances().for_model(model).options(),
             tile=self._tile.value,
+            block=self._block.value,
             flips=self._flips.value,
             folder=None if str(folder) in ("", ".") else folder,
             model_label=self._session.label,
         )
 
-    def _start(self, run, events) -> None:
+    def _start(self, run: Run, events) -> None:
         """Run the worker's generator ``events`` for ``run``."""
         task = Task(
             events,
             _say,
-            on_yielded=self._on_tile,
+            on_yielded=self._on_event,
             on_done=self._on_done,
             session=self._session,
             task=PREDICTING,
@@ -436,147 +408,27 @@ class PredictWidget(Container):
         self._last_refresh = 0.0
         self._task, self._run = task, run
         self._set_running(True)
-        started = task.start()  # claims the model right before the worker starts
-        self.worker = task.worker
-        if not started:
-            if isinstance(run, _Run):
-                self._discard(run)
+        if not task.start():  # claims the model right before the worker starts
+            run.discard()
             self._task = self._run = None
             self._status.value = "not started"
             self._set_running(False)
 
-    def _prepare(
-        self, layer: Image, model: UNet, shape: tuple[int, ...], grey: bool, prefix: tuple
-    ):
-        """Copy the pixels (plane ``prefix``), make the output layers; ``(run, generator)``."""
-        data = full_resolution(layer)
-        pixels = np.array(data[prefix] if prefix else data)  # the worker's copy
-        center = self._view_center(layer, len(shape))
-        run = _Run(
-            labels=self._output(layer, shape, "prediction"),
-            probability=(
-                self._output(layer, shape, "probability") if self._with_probability.value else None
-            ),
-            prefix=prefix,
-            threshold=self._threshold.value,
-        )
-        return run, _predict_job(
-            model,
-            pixels,
-            grey=grey,
-            shape=shape[len(prefix) :],
-            tile=self._tile.value or None,
-            center=center,
-            flips=self._flips.value,
-            threshold=self._threshold.value,
-            min_size=None if self._auto_size.value else self._min_size.value,
-            expand=self._expand.value,
-        )
-
-    # ------------------------------------------------------------------- output layers
-    def _output(self, image: Image, shape: tuple[int, ...], kind: str) -> _Output:
-        """A new layer for the tiles of ``kind`` ("prediction", "probability") and the earlier
-        result of ``image`` it replaces when the run completes (an unedited one of ``shape``)."""
-        viewer = self._viewer
-        if kind == "prediction":
-            earlier = find_made(
-                viewer, Labels, kind, image.name, shape, lambda lay: not lay.metadata.get(EDITED)
-            )
-        else:
-            earlier = find_made(viewer, Image, kind, image.name, shape)
-        common = {
-            "name": free_name(viewer, f"{image.name} {kind} (running)"),
-            "scale": image.scale[: len(shape)],
-            "units": image.units[: len(shape)],
-            "translate": image.translate[: len(shape)],
-            "metadata": {MADE: f"{kind} (running)", OF: image.name},
-        }
-        if kind == "prediction":
-            layer = add_quietly(viewer, Labels(np.zeros(shape, dtype=np.uint16), **common))
-        else:
-            probability = Image(
-                np.zeros(shape, dtype=np.float32),
-                contrast_limits=(0.0, 1.0),
-                colormap="magma",
-                blending="additive",
-                **common,
-            )
-            layer = add_quietly(viewer, probability, index=viewer.layers.index(image) + 1)
-        return _Output(kind, layer, earlier)
-
-    def _finish(self, output: _Output, values: np.ndarray, prefix: tuple[int, ...]) -> None:
-        """Put a complete result into the earlier layer (if it is still there, unedited) and
-        remove the run's layer; else the run's layer becomes the result."""
-        earlier, layer = output.earlier, output.layer
-        if (
-            earlier is not None
-            and earlier in self._viewer.layers
-            and not earlier.metadata.get(EDITED)
-            and earlier.data.shape == layer.data.shape
-        ):
-            self._place(earlier, values, prefix)
-            self._remove(layer)
-            return
-        self._place(layer, values, prefix)
-        layer.metadata[MADE] = output.kind
-        if output.kind == "prediction":
-            layer.metadata[EDITED] = False
-            layer.events.paint.connect(self._on_prediction_painted)
-        # last: the docks watching renamed layers (Annotate's prediction box) see the result
-        layer.name = free_name(self._viewer, f"{layer.metadata[OF]} {output.kind}")
-
-    def _keep_partial(self, output: _Output) -> str:
-        """Rename the run's layer ``"<image> <kind> (partial)"`` (never reused); its name."""
-        layer = output.layer
-        layer.metadata[MADE] = f"{output.kind} (partial)"
-        layer.name = free_name(self._viewer, f"{layer.metadata[OF]} {output.kind} (partial)")
-        return layer.name
-
-    def _discard(self, run: _Run | None) -> None:
-        """Remove the layers of ``run`` (a run that failed or did not start)."""
-        if run is not None:
-            for output in (run.labels, run.probability):
-                if output is not None:
-                    self._remove(output.layer)
-
-    def _remove(self, layer) -> None:
-        if layer in self._viewer.layers:
-            self._viewer.layers.remove(layer)
-
-    def _on_prediction_painted(self, event) -> None:
-        event.source.metadata[EDITED] = True
-
     # --------------------------------------------------------------- worker callbacks
-    def _on_tile(self, result) -> None:
+    def _on_event(self, event) -> None:
         run = self._run
-        if isinstance(run, _Run):
-            self._on_streamed_tile(run, result)
-        else:
-            stop = self._large.apply(run, result)
-            if stop is not None and not self._task.cancelling:
-                _say.error(stop)
-                self._task.cancel()
-            self._progress.max = max(1, run.total)
-            self._progress.value = run.done
-            if not self._task.cancelling:
-                self._status.value = run.status
+        stop = run.apply(event)
+        if stop is not None and not self._task.cancelling:
+            _say.error(stop)
+            self._task.cancel()
+        self._progress.max = max(1, run.total)
+        self._progress.value = run.done
+        if not self._task.cancelling:
+            self._status.value = run.status
         if time.perf_counter() - self._last_refresh >= REFRESH_INTERVAL:
             self._refresh_layers()
         elif not self._refresh_timer.isActive():
             self._refresh_timer.start()
-
-    def _on_streamed_tile(self, run: _Run, result) -> None:
-        index = run.prefix + result.plane
-        run.labels.layer.data[index][result.region] = result.probabilities > run.threshold
-        if run.probability is not None:
-            run.probability.layer.data[index][result.region] = result.probabilities
-        run.total = result.total
-        run.done += 1
-        run.dirty = True
-        self._progress.max = run.total
-        self._progress.value = run.done
-        if not self._task.cancelling:
-            self._status.value = f"tile {run.done}/{run.total}"
 
     def _on_refresh_timer(self) -> None:
         if self._run is not None:
@@ -602,40 +454,4 @@ class PredictWidget(Container):
         self._refresh_layers()
         self._run = self._task = None
         self._set_running(False)
-        if not isinstance(run, _Run):
-            self._status.value = self._large.finish(run, outcome)
-            return
-        outputs = [out for out in (run.labels, run.probability) if out is not None]
-        kept = (
-            "; the earlier prediction is unchanged"
-            if any(out.earlier is not None for out in outputs)
-            else ""
-        )
-        if outcome.error is not None:
-            self._discard(run)
-            self._status.value = f"failed after {run.done} tile(s){kept}"
-        elif outcome.cancelled:
-            partial = self._keep_partial(run.labels)
-            if run.probability is not None:
-                self._keep_partial(run.probability)
-            self._status.value = (
-                f"cancelled after {run.done}/{run.total} tiles, kept in '{partial}' "
-                f"(thresholded, not split into cells){kept}"
-            )
-        else:
-            labels, probabilities = outcome.value
-            self._finish(run.labels, labels, run.prefix)
-            if run.probability is not None:
-                self._finish(run.probability, probabilities, run.prefix)
-            cells = int(labels.max(initial=0))
-            self._status.value = f"done: {cells} cell(s) in {run.total} tile(s)"
-
-    @staticmethod
-    def _place(layer, values: np.ndarray, prefix: tuple[int, ...]) -> None:
-        if not prefix:
-            layer.data = values
-            return
-        if values.dtype.itemsize > layer.data.dtype.itemsize:
-            layer.data = layer.data.astype(values.dtype)
-        layer.data[prefix] = values
-        layer.refresh()
+        self._status.value = run.finish(outcome)

@@ -1,7 +1,8 @@
 """Weight map dock: preview the training target and separation weights of an annotation.
 
 Nothing is shown until "show preview" is ticked. Then the target (cells with carved separation
-borders) and the weight map training uses (:func:`~napari_unet.core.weightmap.training_target`:
+borders) and the weight map training uses
+(:func:`~napari_unet.core.training.weightmap.training_target`:
 1 + the paper's border term w0 * exp(-(d1 + d2)^2 / (2 sigma^2)) on the carved labels; the
 paper's eq. 2 has the class-balance weight w_c in place of the 1, which the "class balance" box
 turns on) go to two image layers ``"<labels> target"`` and ``"<labels> weights"``: placed
@@ -25,7 +26,7 @@ from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, Label
 from napari.layers import Image, Labels
 from qtpy.QtCore import QTimer
 
-from ..core.weightmap import CLASS_BALANCE, SIGMA, W0
+from ..core.training.weightmap import CLASS_BALANCE, SIGMA, W0
 from ._layers import MADE, OF, add_quietly, layer_choices, viewed_plane, watch_layers
 from ._ui import Messages, narrow
 
@@ -154,7 +155,7 @@ class WeightMapWidget(Container):
 
     def _update(self) -> None:
         """Compute target and weights of the current plane and show them (main thread)."""
-        from napari_unet.core.weightmap import training_target
+        from napari_unet.core.training.weightmap import training_target
 
         if not self._preview.value:
             return

@@ -4,14 +4,30 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["foreground_iou", "overlaps", "match_counts", "instance_f1", "seg_score"]
+__all__ = [
+    "foreground_counts",
+    "foreground_iou",
+    "overlaps",
+    "match_counts",
+    "instance_f1",
+    "seg_score",
+]
 
 
-def foreground_iou(truth: np.ndarray, prediction: np.ndarray) -> float:
-    """Pixel IoU of ``truth > 0`` and ``prediction > 0`` (1.0 when both are empty)."""
+def foreground_counts(truth: np.ndarray, prediction: np.ndarray, mask=None) -> tuple[int, int]:
+    """``(intersection, union)`` in px of ``truth > 0`` and ``prediction > 0`` (``(H, W)``
+    each), inside the optional bool ``mask``: sums over images pool their IoU."""
     t, p = np.asarray(truth) > 0, np.asarray(prediction) > 0
-    union = np.count_nonzero(t | p)
-    return np.count_nonzero(t & p) / union if union else 1.0
+    if mask is not None:
+        t, p = t[mask], p[mask]
+    return int(np.count_nonzero(t & p)), int(np.count_nonzero(t | p))
+
+
+def foreground_iou(truth: np.ndarray, prediction: np.ndarray, mask=None) -> float:
+    """Pixel IoU of ``truth > 0`` and ``prediction > 0`` inside the optional bool ``mask``
+    (1.0 when both are empty)."""
+    inter, union = foreground_counts(truth, prediction, mask)
+    return inter / union if union else 1.0
 
 
 def overlaps(truth: np.ndarray, prediction: np.ndarray):

@@ -1,11 +1,11 @@
 """A large plane predicted region by region in this process, in any order, never read whole.
 
 :class:`PlaneStream` holds what has been done of one plane between runs: each run predicts the
-blocks it is given (:func:`~napari_unet.core.blocks.predict_block`, one shared
-:class:`~napari_unet.core.blocks.Normalisation` estimated once from the same lattice sample as
-:func:`~napari_unet.core.distributed.segment_large`'s whatever the block sizes, so every
+blocks it is given (:func:`~napari_unet.core.large.blocks.predict_block`, one shared
+:class:`~napari_unet.core.large.blocks.Normalisation` estimated once from the same lattice sample
+as :func:`~napari_unet.core.large.distributed.segment_large`'s whatever the block sizes, so every
 block's probabilities equal ``segment_large``'s and ``predict``'s), yields them one by one, and
-labels cells with the seam rule of :mod:`~napari_unet.core.seams` as soon as a block's
+labels cells with the seam rule of :mod:`~napari_unet.core.large.seams` as soon as a block's
 neighbourhood is predicted: a block's window (its core grown by the cell halo) is labelled once
 every block it overlaps is predicted, and a block's labels are final once every window that
 reaches into it is labelled. Ids are unique: the cells a window owns get the next free ids when
@@ -79,7 +79,7 @@ class PlaneStream:
     sample_block, sample_values
         Block side of the normalisation sample's lattice, independent of ``step`` (the
         defaults are ``segment_large``'s), and its most pixels (see
-        :func:`~napari_unet.core.blocks.sample_blocks`).
+        :func:`~napari_unet.core.large.blocks.sample_blocks`).
 
     Attributes
     ----------
@@ -196,7 +196,7 @@ class PlaneStream:
     def _label(self, j: int) -> None:
         """Label window ``j`` (every block it overlaps is predicted); its cells get the next
         free ids."""
-        from .instances import to_instances
+        from ..prediction.instances import to_instances
 
         near = self._near[j]
         cores, probs = [self.cores[i] for i in near], [self._probs[i] for i in near]

@@ -59,7 +59,7 @@ def tuned_diameter(model) -> float | None:
 
 def sized_cells(diameter: float) -> dict:
     """What :func:`~napari_unet.to_instances` reads of cells ``diameter`` px across (the area of
-    a disc of that diameter; see :func:`~napari_unet.core.instances.cell_sizes`)."""
+    a disc of that diameter; see :func:`~napari_unet.core.prediction.instances.cell_sizes`)."""
     return {"median_area": float(np.pi * diameter**2 / 4), "median_diameter": float(diameter)}
 
 

@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass, replace
+
 import numpy as np
 from scipy import ndimage as ndi
 from skimage.segmentation import expand_labels, relabel_sequential, watershed
 
-from .image import check_finite
+from ..image import check_finite
 
-__all__ = ["to_instances", "Probabilities", "cell_areas", "cell_sizes", "size_defaults"]
+__all__ = [
+    "to_instances",
+    "InstanceConfig",
+    "Probabilities",
+    "cell_areas",
+    "cell_sizes",
+    "size_defaults",
+]
 
 METHODS = ("watershed", "components")
+THRESHOLD = 0.5
+"""Default ``threshold`` of :func:`to_instances`: pixels above it are foreground."""
+EXPAND = 1
+"""Default ``expand`` (px) of :func:`to_instances`."""
 CORE = 0.9
 """Default ``core`` of :func:`to_instances`: pixels above it seed the cells (so a ``threshold``
 at or above it leaves nothing to grow)."""
@@ -95,6 +108,52 @@ def size_defaults(cells: dict | None) -> tuple[int, int]:
     return size, size
 
 
+@dataclass(frozen=True)
+class InstanceConfig:
+    """How :func:`to_instances` splits foreground into cells, as the CLI, the batch runner, the
+    cluster and the Predict dock set it: its keyword arguments, with their defaults and bounds
+    (checked when made: ValueError, as :func:`to_instances` says it). ``min_size`` and
+    ``min_core`` left ``None`` are sized by the cells of a model (:meth:`for_model`)."""
+
+    threshold: float = THRESHOLD
+    min_size: int | None = None
+    expand: int = EXPAND
+    core: float = CORE
+    min_core: int | None = None
+
+    def __post_init__(self) -> None:
+        _check_options(self.threshold, self.core, self.min_size, self.expand, "watershed")
+
+    def for_model(self, model) -> InstanceConfig:
+        """This config with the sizes left ``None`` made those of ``model``'s cells
+        (``model.metadata["cells"]``, :func:`size_defaults`), so that plain arrays (blocks)
+        label as a :class:`Probabilities` of ``model`` does."""
+        size, core = size_defaults((getattr(model, "metadata", None) or {}).get("cells"))
+        return replace(
+            self,
+            min_size=size if self.min_size is None else self.min_size,
+            min_core=core if self.min_core is None else self.min_core,
+        )
+
+    def options(self) -> dict:
+        """Keyword arguments of :func:`to_instances` (JSON-serialisable, as runs record them)."""
+        return asdict(self)
+
+
+def _check_options(threshold, core, min_size, expand, method: str) -> None:
+    """ValueError for settings :func:`to_instances` refuses (``min_size`` ``None``: sized)."""
+    if not 0 <= threshold < 1:
+        raise ValueError(f"threshold must be in [0, 1), got {threshold}")
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
+    if method == "watershed" and not threshold <= core <= 1:
+        raise ValueError(f"core must be in [threshold, 1] = [{threshold}, 1], got {core}")
+    if min_size is not None and min_size < 0:
+        raise ValueError(f"min_size must be >= 0, got {min_size}")
+    if expand < 0:
+        raise ValueError(f"expand must be >= 0 px, got {expand}")
+
+
 def _label_plane(
     prob, threshold: float, core: float, min_core: int, min_size: int, expand: int, method: str
 ):
@@ -125,12 +184,12 @@ def _label_plane(
 
 def to_instances(
     probabilities: np.ndarray,
-    threshold: float = 0.5,
+    threshold: float = THRESHOLD,
     min_size: int | None = None,
     *,
     core: float = CORE,
     min_core: int | None = None,
-    expand: int = 1,
+    expand: int = EXPAND,
     method: str = "watershed",
 ) -> np.ndarray:
     """Instance labels from foreground probabilities.
@@ -177,16 +236,7 @@ def to_instances(
     if not np.issubdtype(prob.dtype, np.floating):
         raise ValueError(f"probabilities must be floats in [0, 1], got dtype {prob.dtype}")
     check_finite(prob, "probabilities")
-    if not 0 <= threshold < 1:
-        raise ValueError(f"threshold must be in [0, 1), got {threshold}")
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
-    if method == "watershed" and not threshold <= core <= 1:
-        raise ValueError(f"core must be in [threshold, 1] = [{threshold}, 1], got {core}")
-    if min_size < 0:
-        raise ValueError(f"min_size must be >= 0, got {min_size}")
-    if expand < 0:
-        raise ValueError(f"expand must be >= 0 px, got {expand}")
+    _check_options(threshold, core, min_size, expand, method)
     planes = [
         _label_plane(prob[idx], threshold, core, int(min_core), int(min_size), int(expand), method)
         for idx in np.ndindex(*prob.shape[:-2])

@@ -17,6 +17,11 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from ..image import PERCENTILES, normalize, split_channels
+from ..network.device import resolve_device
+from ..network.guard import FINETUNING, training_step, using
+from ..prediction.instances import THRESHOLD, cell_areas, cell_sizes
+from ..prediction.scale import rescale_image, rescale_labels, scale_factor
 from .augment import (
     random_cell_contrast,
     random_displacement,
@@ -27,11 +32,6 @@ from .augment import (
     random_zoom,
     warp,
 )
-from .device import resolve_device
-from .guard import FINETUNING, training_step, using
-from .image import PERCENTILES, normalize, split_channels
-from .instances import cell_areas, cell_sizes
-from .scale import rescale_image, rescale_labels, scale_factor
 from .weightmap import CLASS_BALANCE, SIGMA, W0, check_labels, check_weight_params, training_target
 
 __all__ = [
@@ -252,7 +252,7 @@ def at_model_size(samples: Sequence, model) -> tuple[list, dict | None, float]:
     """``(samples, cells, factor)``: the ``(image, labels[, mask])`` samples resampled so their
     cells have the diameter the model works at (``model.metadata["diameter"]``; samples as they
     are for a model that has none), the size of their annotated cells in the samples' own pixels
-    (:func:`~napari_unet.core.instances.cell_sizes` pooled over all samples, inside their masks;
+    (:func:`~napari_unet.core.prediction.instances.cell_sizes` pooled over all samples, inside their masks;
     ``None`` when no cell is annotated) and the factor applied. Images are resampled with
     anti-aliasing, labels and masks by nearest neighbour."""
     if samples is None or len(samples) == 0:
@@ -375,7 +375,7 @@ def finetune(
         closed or failed) the model is in eval mode, on the device and memory format it came
         with, ``model.metadata["finetune"]`` holds the settings of the run as a JSON-able
         dict with ``"steps"``, the steps done, and ``model.metadata["cells"]`` the size of the
-        annotated cells (:func:`~napari_unet.core.instances.cell_sizes`), which
+        annotated cells (:func:`~napari_unet.core.prediction.instances.cell_sizes`), which
         ``to_instances(predict(model, image))`` uses (other metadata keys are kept).
     samples
         Sequence of ``(image, labels)`` or ``(image, labels, mask)``: image ``(H, W)`` or
@@ -402,9 +402,9 @@ def finetune(
 
     Inputs are checked before the generator is returned, so bad samples or settings raise
     ValueError here. From its first step until it ends or is closed (from any thread), the run
-    holds the model (see :mod:`napari_unet.core.guard`): another fine-tuning of the same model
-    object, or a prediction from another thread, raises RuntimeError; the thread that runs the
-    steps may predict between them, but a step raises RuntimeError if a prediction is still in
+    holds the model (see :mod:`napari_unet.core.network.guard`): another fine-tuning of the same
+    model object, or a prediction from another thread, raises RuntimeError; the thread that runs
+    the steps may predict between them, but a step raises RuntimeError if a prediction is still in
     flight; and the run itself raises RuntimeError at its first step if predictions of the
     model are in flight. Stop early with ``events.close()`` (or drop the generator) to give the
     model back. Each step runs with gradients on, whatever the calling thread's inference or
@@ -468,15 +468,14 @@ def _validation_pairs(validation, model):
 
 
 def _foreground_iou(model, pairs, device) -> float:
-    from .predict import predict_held
+    from ..metrics import foreground_counts
+    from ..prediction.predict import predict_held
 
     inter = union = 0
-    for image, truth, region in pairs:
-        pred = predict_held(model, image, device) > 0.5
-        if region is not None:  # partial annotation: score only the annotated pixels
-            pred, truth = pred[region], truth[region]
-        inter += np.count_nonzero(pred & truth)
-        union += np.count_nonzero(pred | truth)
+    for image, truth, region in pairs:  # partial annotation: score only the annotated pixels
+        pred = predict_held(model, image, device) > THRESHOLD
+        i, u = foreground_counts(truth, pred, region)
+        inter, union = inter + i, union + u
     return float(inter / union) if union else 1.0
 
 

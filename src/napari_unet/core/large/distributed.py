@@ -2,14 +2,15 @@
 
 The engine is dask's: a ``LocalCluster`` here, or any cluster by its scheduler address (e.g. one
 that dask-jobqueue starts on SLURM); lost workers and retries are dask's business. A large plane
-becomes a graph of blocks (:mod:`~napari_unet.core.blocks`):
+becomes a graph of blocks (:mod:`~napari_unet.core.large.blocks`):
 
 1. ``predict``: each block's probabilities, read from the file by the worker (tasks carry block
-   coordinates, not pixels), normalised with one :class:`~napari_unet.core.blocks.Normalisation`
+   coordinates, not pixels), normalised with one
+   :class:`~napari_unet.core.large.blocks.Normalisation`
    estimated before the graph runs; equal to in-process :func:`~napari_unet.predict`; written
    to a scratch zarr store beside the output;
 2. ``cells``: each block's probabilities grown by a cell halo, labelled with
-   :func:`~napari_unet.to_instances`, the cells it owns kept (:mod:`~napari_unet.core.seams`)
+   :func:`~napari_unet.to_instances`, the cells it owns kept (:mod:`~napari_unet.core.large.seams`)
    and written to the scratch folder;
 3. ``paint``: each block's provisional ids, from the cells of the windows reaching into it,
    written to the scratch folder;
@@ -63,6 +64,7 @@ __all__ = [
     "segment_large",
     "segment_large_steps",
     "segment_small",
+    "torch_threads",
     "LargeResult",
 ]
 
@@ -117,7 +119,7 @@ class ModelPlugin(WorkerPlugin):
     def setup(self, worker=None):
         import torch
 
-        from .store import load_model
+        from ..network.store import load_model
 
         threads = self.torch_threads
         if threads is None and worker is not None:  # dask's nanny set one thread
@@ -138,6 +140,12 @@ def usable_cpus() -> int:
     return os.cpu_count() or 1
 
 
+def torch_threads(workers: int | None) -> int | None:
+    """Torch threads per worker of a local cluster of ``workers``: this process's CPUs shared
+    out; ``None`` for a remote cluster (each worker uses its own CPUs, see ``ModelPlugin``)."""
+    return max(1, usable_cpus() // workers) if workers else None
+
+
 def share_model(
     client: Client, model, torch_threads: int | None = None, *, own: bool = False
 ) -> str:
@@ -145,7 +153,7 @@ def share_model(
     the name tasks use to find it (the hash of its weights; ``own``: with a random suffix, a
     copy that no other job shares). ``torch_threads``: intra-op threads per worker (``None``:
     each worker's :func:`usable_cpus` over its dask threads; dask's nanny would leave one)."""
-    from .store import save_model
+    from ..network.store import save_model
 
     with tempfile.TemporaryDirectory() as folder:
         path = save_model(model, Path(folder) / "model.safetensors")
@@ -197,7 +205,7 @@ def _cells_task(
 ) -> tuple[int, int]:
     import zarr
 
-    from .instances import to_instances
+    from ..prediction.instances import to_instances
 
     prob = zarr.open_array(probs, mode="r")[window]
     owned, n, cut = owned_cells(to_instances(prob, **instance), window, core, shape)
@@ -234,15 +242,15 @@ def _ids_task(store: str, labels: str, core, offsets, _painted) -> None:
 def _level_task(labels: str, level: int, region, *_done) -> None:
     import zarr
 
-    from .zarrio import write_level
+    from ..formats.zarrio import write_level
 
     write_level(zarr.open_group(labels, mode="r+"), level, region)
 
 
 def _whole_task(name, source, flips: bool, instance: dict, probabilities: bool):
     """Predict and label a plane that fits one block, as in-process prediction does."""
-    from .instances import to_instances
-    from .predict import predict
+    from ..prediction.instances import to_instances
+    from ..prediction.predict import predict
 
     with opened(source) as plane:
         image = np.asarray(plane[:, :])
@@ -306,8 +314,8 @@ def segment_large_steps(
     model
         The same :class:`~napari_unet.UNet` (its size arithmetic plans the blocks).
     source
-        A :class:`~napari_unet.core.zarrio.ImageFile` on storage every worker reads (tasks open
-        it themselves), or an in-memory ``(H, W[, C])`` array (sent to the workers).
+        A :class:`~napari_unet.core.formats.zarrio.ImageFile` on storage every worker reads (tasks
+        open it themselves), or an in-memory ``(H, W[, C])`` array (sent to the workers).
     labels
         Folder of the OME-Zarr label image to create (uint32 ids 1..N, 0 = background).
     block, halo
@@ -317,7 +325,7 @@ def segment_large_steps(
     sample_block, sample_values
         The normalisation sample: a lattice of blocks of side ``sample_block`` (independent of
         ``block``, so every block size normalises alike) of at most about ``sample_values``
-        pixels (see :func:`~napari_unet.core.blocks.sample_blocks`).
+        pixels (see :func:`~napari_unet.core.large.blocks.sample_blocks`).
     pixel_size
         ``(y, x)`` in micrometres, kept in the label image (``None``: not known).
     metadata
@@ -333,8 +341,8 @@ def segment_large_steps(
     """
     import dask
 
-    from .io import work_folder
-    from .zarrio import create_labels, mark_complete, pyramid_shapes
+    from ..formats.io import work_folder
+    from ..formats.zarrio import create_labels, mark_complete, pyramid_shapes
 
     if getattr(source, "kind", None) == "other":
         raise ValueError(

@@ -72,7 +72,7 @@ def measure_cells(
     """
     from skimage.measure import regionprops_table
 
-    from .image import label_planes
+    from ..image import label_planes
     from .io import check_pixel_size
 
     planes = label_planes(labels)

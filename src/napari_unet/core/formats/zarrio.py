@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .image import MAX_CHANNELS
+from ..image import MAX_CHANNELS
 from .io import (
     IMAGE_SUFFIXES,
     PREDICTION_SOFTWARE,
@@ -216,7 +216,7 @@ def inspect_image(path: str | os.PathLike) -> ImageFile:
 
     TIFF (series 0; a stack of planes is refused), zarr arrays, OME-Zarr images (level 0 of the
     first multiscale; singleton axes dropped, a ``c`` axis as channels), NPY, PNG. The pixel
-    size is :func:`~napari_unet.core.io.read_pixel_size`'s for a TIFF, the scale of level 0
+    size is :func:`~napari_unet.core.formats.io.read_pixel_size`'s for a TIFF, the scale of level 0
     (in its unit, micrometres when it names none) for an OME-Zarr image.
     """
     path = Path(path)
@@ -260,7 +260,7 @@ def atomic_folder(path: str | os.PathLike):
     error (renamed in one step; a folder already at ``path`` is moved aside first and removed
     after); on error the temporary folder is removed and ``path`` stays as it was. Temporary
     folders that a killed run left are removed first (as
-    :func:`~napari_unet.core.io.atomic_path` removes its files).
+    :func:`~napari_unet.core.formats.io.atomic_path` removes its files).
     """
     path = Path(path)
     check_writable_folder(path.parent, context=f"cannot write {path}")
@@ -386,9 +386,9 @@ def write_labels_zarr(
     label: bool = True,
 ) -> Path:
     """Write ``(H, W)`` ``labels`` in memory as a complete OME-Zarr label image atomically
-    (uint32, as :func:`~napari_unet.core.distributed.segment_large` writes them; ``pixel_size``
-    ``(y, x)`` in micrometres). ``label=False``: ``labels`` are probabilities, written as a
-    float32 OME-Zarr image."""
+    (uint32, as :func:`~napari_unet.core.large.distributed.segment_large` writes them;
+    ``pixel_size`` ``(y, x)`` in micrometres). ``label=False``: ``labels`` are probabilities,
+    written as a float32 OME-Zarr image."""
     path = Path(path)
     with atomic_folder(path) as tmp:
         root = create_labels(
@@ -447,8 +447,8 @@ def write_tiff_bands(
     it band by band (about 64 MiB at a time); BigTIFF when it needs 4 GiB or more.
 
     ``dtype``: the TIFF's (default: ``array``'s). ``pixel_size`` ``(y, x)`` in micrometres is
-    written as :func:`~napari_unet.core.io.write_labels` writes it (resolution tags in pixels
-    per centimetre, which :func:`~napari_unet.core.io.read_pixel_size` reads back).
+    written as :func:`~napari_unet.core.formats.io.write_labels` writes it (resolution tags in
+    pixels per centimetre, which :func:`~napari_unet.core.formats.io.read_pixel_size` reads back).
     """
     path = Path(path)
     height, width = array.shape

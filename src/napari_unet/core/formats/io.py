@@ -146,7 +146,7 @@ def _check_budget(path: Path, shape, dtype, max_pixels: int | None) -> None:
             f"{n * dtype.itemsize / 2**30:.1f} GiB decoded), more than the limit of "
             f"{max_pixels:,}; raise the pixel limit (max_pixels) if this machine has the "
             "memory, or segment it block by block (napari-unet predict with workers, or "
-            "napari_unet.core.distributed)"
+            "napari_unet.core.large.distributed)"
         )
 
 

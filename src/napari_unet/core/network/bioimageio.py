@@ -2,12 +2,13 @@
 
 The package holds PyTorch state-dict weights with the network's own source file (``model.py``,
 torch only) as architecture, so bioimage.io tools run it without napari-unet; the same weights as
-``napari-unet.safetensors``, which :func:`load_bioimageio` reads back (never unpickling); a test
-input and its output, a cover, and a card (README.md) that states the pre-processing (percentile
-normalisation, ``image.PERCENTILES``) and the valid-convolution sizes: an input of side
-``min + k * 2**depth`` gives an output ``2 * margin`` smaller (the output pixel ``(i, j)`` is the
-input pixel ``(i + margin, j + margin)``). Export needs the ``bioimageio`` extra
-(``bioimageio.spec``, and ``bioimageio.core`` for the model test); import needs nothing more.
+``napari-unet.safetensors``, which :func:`.store.load_bioimageio` reads back (never
+unpickling); a test input and its output, a cover, and a card (README.md) that states the
+pre-processing (percentile normalisation, ``image.PERCENTILES``) and the valid-convolution
+sizes: an input of side ``min + k * 2**depth`` gives an output ``2 * margin`` smaller (the output
+pixel ``(i, j)`` is the input pixel ``(i + margin, j + margin)``). Export needs the
+``bioimageio`` extra (``bioimageio.spec``, and ``bioimageio.core`` for the model test); import
+needs nothing more.
 """
 
 from __future__ import annotations
@@ -18,15 +19,12 @@ import os
 import re
 import string
 import tempfile
-import zipfile
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["export_bioimageio", "load_bioimageio", "test_bioimageio", "WEIGHTS_NAME"]
+__all__ = ["export_bioimageio", "test_bioimageio"]
 
-WEIGHTS_NAME = "napari-unet.safetensors"
-"""The package file that :func:`load_bioimageio` reads."""
 PAPER = {
     "text": "Ronneberger O., Fischer P., Brox T. (2015). U-Net: Convolutional Networks for "
     "Biomedical Image Segmentation. MICCAI 2015, LNCS 9351:234-241.",
@@ -96,12 +94,12 @@ def _test_pair(model, image: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]
     probabilities, computed as napari-unet computes them (percentiles of the input)."""
     import torch
 
-    from .image import normalize, split_channels
+    from ..image import normalize, split_channels
 
     if image is None:
-        from .._sample_data import phase_contrast_cells
+        from ..formats.sample import sample_cells
 
-        image = phase_contrast_cells()[0][0]
+        image = sample_cells()[0]
     image, channels_last = split_channels(image, model.in_channels)
     spatial = image.ndim - channels_last
     plane = image[(0,) * (spatial - 2)]  # the first plane of a stack
@@ -125,7 +123,7 @@ def _cover(path: Path, test_in: np.ndarray, test_out: np.ndarray, margin: int) -
     """A 2:1 PNG: the input (its output region) beside the foreground probability."""
     import imageio.v3 as iio
 
-    from .image import normalize
+    from ..image import normalize
 
     side = test_out.shape[-1]
     image = normalize(test_in[0, 0, margin : margin + side, margin : margin + side])
@@ -135,7 +133,8 @@ def _cover(path: Path, test_in: np.ndarray, test_out: np.ndarray, margin: int) -
 
 
 def _card(name: str, description: str, model, metadata: dict) -> str:
-    from .image import PERCENTILES
+    from ..image import PERCENTILES
+    from .store import WEIGHTS_NAME
 
     low, high = PERCENTILES
     lo_in = model.min_input_size
@@ -162,7 +161,7 @@ result exactly.
 {2 * model.margin} px smaller than the input on each axis: output pixel `(i, j)` belongs to input
 pixel `(i + {model.margin}, j + {model.margin})`. Instances: threshold channel 1 and label the
 connected regions, or open the package in napari-unet
-(`napari_unet.core.bioimageio.load_bioimageio`) for its watershed post-processing.
+(`napari_unet.load_bioimageio`) for its watershed post-processing.
 
 ## Validation
 The test pair in this package checks that a tool reproduces the network's output; it says
@@ -191,7 +190,7 @@ def export_bioimageio(
     Parameters
     ----------
     model
-        A :class:`~napari_unet.core.model.UNet`.
+        A :class:`~napari_unet.core.network.model.UNet`.
     path
         The ``.zip`` to write.
     name, description
@@ -216,10 +215,10 @@ def export_bioimageio(
     """
     import torch
 
+    from ..formats.io import atomic_path
     from . import model as model_module
-    from .io import atomic_path
     from .model import UNet
-    from .store import save_model
+    from .store import WEIGHTS_NAME, save_model
 
     v0_5 = _needs_spec()
     from bioimageio.spec import save_bioimageio_package
@@ -267,8 +266,9 @@ def _description(v0_5, model, folder: Path, name, description, authors, license)
     import torch
     from pydantic import ValidationError
 
-    from .. import __version__
-    from .image import PERCENTILES
+    from ... import __version__
+    from ..image import PERCENTILES
+    from .store import WEIGHTS_NAME
 
     channels = [f"c{i}" for i in range(model.in_channels)]
     classes = ["background", "cell"] if model.n_classes == 2 else None
@@ -351,28 +351,3 @@ def test_bioimageio(source):
             'pip install "napari-unet[bioimageio]"'
         ) from err
     return test_model(source)
-
-
-def load_bioimageio(path: str | os.PathLike, device=None):
-    """The :class:`~napari_unet.core.model.UNet` of a bioimage.io package that napari-unet
-    exported (its ``napari-unet.safetensors``, checked as any model file; nothing unpickled)."""
-    from .store import load_model
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no such bioimage.io package: {path}")
-    try:
-        with zipfile.ZipFile(path) as package:
-            names = package.namelist()
-            if WEIGHTS_NAME not in names:
-                raise ValueError(
-                    f"{path} has no {WEIGHTS_NAME}: napari-unet opens the bioimage.io packages it "
-                    "exported; open others with bioimageio.core"
-                )
-            with tempfile.TemporaryDirectory(prefix="napari-unet-bioimageio-") as folder:
-                weights = Path(package.extract(WEIGHTS_NAME, folder))
-                model = load_model(weights, device=device)
-    except zipfile.BadZipFile as err:
-        raise ValueError(f"{path} is not a bioimage.io package (not a zip file): {err}") from err
-    model.metadata = {**model.metadata, "source": f"bioimage.io package {path.name}"}
-    return model

@@ -1,15 +1,16 @@
-"""Predict's large images: lazy layers region by region in this process, or sent to a cluster.
+"""Predict's lazy route: a large image that is not in memory, region by region in this process.
 
 A layer whose full-resolution data is not in memory (a dask or zarr array, level 0 of a
 multiscale layer, a memory map) and would take more than :data:`LAZY_BYTES` to read with its
-outputs is never read whole: a :class:`~napari_unet.core.regions.PlaneStream` predicts the
+outputs is never read whole: a :class:`~napari_unet.core.large.regions.PlaneStream` predicts the
 blocks in view first (with those their final labels need), the rest on request, and its
 results go to an on-disk :class:`LazyOutput` (OME-Zarr pyramids in a folder of their own,
 removed once both its layers are gone, or at exit) shown as multiscale layers whose coarser
-levels are refreshed block by block. :func:`cluster_job` sends a layer backed by a file to
-:func:`~napari_unet.core.distributed.segment_large_steps` instead. The dock's controller of
-both is :mod:`._large_jobs`. Nothing here runs Qt; the generators run in the dock's worker and
-never touch a layer.
+levels are refreshed block by block. :class:`LazyJobs` keeps a layer's :class:`LazyJob` (its
+stream, kept while the layer, the model's weights and the settings stay the same, so 'Predict
+the rest' goes on where the last run stopped) and every :class:`LazyOutput` until *its own*
+layers are gone (a newer job, or the input image removed, never removes an older job's
+results). The stream runs in the dock's worker and never touches a layer.
 """
 
 from __future__ import annotations
@@ -19,31 +20,34 @@ import math
 import shutil
 import tempfile
 import weakref
+from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
 import numpy as np
 from napari.layers import Image, Labels
 
-from ..core.blocks import DEFAULT_BLOCK, DEFAULT_HALO, SAMPLE_VALUES
-from ._layers import MADE, OF, add_quietly, free_name
+from ..core.large.blocks import DEFAULT_HALO
+from . import _runs
+from ._layers import MADE, OF, add_quietly, free_name, full_resolution
 
 if TYPE_CHECKING:
     import napari
+
+    from ..core.large.regions import PlaneStream
+    from ..core.network.model import UNet
+    from ._runs import Settings
+    from ._worker import Outcome
 
 __all__ = [
     "CELL_HALO",
     "LAZY_BYTES",
     "InPlane",
-    "SAMPLE",
+    "LazyJob",
+    "LazyJobs",
     "LazyOutput",
-    "cluster_job",
-    "full_resolution",
+    "LazyRun",
     "goes_lazy",
-    "instance_settings",
-    "layer_file",
-    "open_labels",
     "visible_region",
 ]
 
@@ -51,19 +55,11 @@ LAZY_BYTES = 2**30
 """Data not in memory that would take more than this (bytes, with its float32 probability and
 labels) to read is predicted region by region, never read whole; less is read into memory and
 predicted as any layer."""
-SAMPLE = (DEFAULT_BLOCK, SAMPLE_VALUES)
-"""Block side and most pixels of the normalisation sample, for the lazy and the cluster route
-alike: ``segment_large``'s (and so the CLI's) defaults, whatever the tile size."""
 OUTPUT_BYTES = 8 * 4 / 3
 """Bytes per pixel of a :class:`LazyOutput` at most: float32 probability and uint32 labels,
 uncompressed, with their pyramids."""
 CELL_HALO = DEFAULT_HALO
 """Cell halo (px) of the lazy path: ``segment_large``'s default."""
-
-
-def full_resolution(layer):
-    """The layer's full-resolution data: level 0 of a multiscale layer, else its data."""
-    return layer.data[0] if layer.multiscale else layer.data
 
 
 def goes_lazy(data, shape, read) -> bool:
@@ -107,15 +103,6 @@ def visible_region(viewer: napari.viewer.Viewer, layer, n_spatial: int, shape) -
     return region
 
 
-def instance_settings(model, threshold: float, min_size: int | None, expand: int) -> dict:
-    """Keyword arguments of :func:`~napari_unet.to_instances` as ``napari-unet predict``
-    resolves them (cell-size defaults from the model), so blocks label as the CLI does."""
-    from napari_unet.cli import instance_options
-
-    args = SimpleNamespace(threshold=threshold, min_size=min_size, expand=expand)
-    return instance_options(model, args)
-
-
 class InPlane:
     """A 2-D array (e.g. a zarr level) seen as plane ``prefix`` of a stack: shape
     ``(1,) * len(prefix) + array.shape``, read through (only what is asked), never copied."""
@@ -140,7 +127,7 @@ class InPlane:
 
 
 class LazyOutput:
-    """Probabilities and labels of a :class:`~napari_unet.core.regions.PlaneStream` on disk.
+    """Probabilities and labels of a :class:`~napari_unet.core.large.regions.PlaneStream` on disk.
 
     Two OME-Zarr pyramids (an image and labels, chunks of the stream's block size) in a new folder
     ``napari-unet-*`` in ``parent`` (the system's temporary folder by default), shown as a
@@ -160,7 +147,7 @@ class LazyOutput:
         parent=None,
         prefix: tuple[int, ...] = (),
     ) -> None:
-        from ..core.zarrio import create_labels, levels
+        from ..core.formats.zarrio import create_labels, levels
 
         parent = Path(parent or tempfile.gettempdir())
         needed, free = math.prod(stream.shape) * OUTPUT_BYTES, shutil.disk_usage(parent).free
@@ -225,7 +212,7 @@ class LazyOutput:
     def write(self, kind: str, region: tuple[slice, slice], values: np.ndarray) -> None:
         """Write ``values`` of level-0 ``region`` of ``kind`` and refresh its coarser levels;
         nothing once :attr:`closed` (a run whose layers were removed under it)."""
-        from ..core.zarrio import update_levels
+        from ..core.formats.zarrio import update_levels
 
         if self.closed:
             return
@@ -249,117 +236,160 @@ class LazyOutput:
             self._cleanup()
 
 
-# ------------------------------------------------------------------------------- the cluster
-def layer_file(layer):
-    """The :class:`~napari_unet.core.zarrio.ImageFile` of the plane a cluster's workers read
-    for ``layer``: the file it was opened from, or the zarr array on disk behind its data.
-    ValueError, saying what is expected, for anything else (e.g. an array in memory, or a
-    layer that shows something else than its file holds: one channel of it, changed data)."""
-    from ..core.image import MAX_CHANNELS
-    from ..core.zarrio import ImageFile, inspect_image
+@dataclass
+class LazyJob:
+    """A lazy image predicted region by region: its stream, what it was made with (``key``),
+    and its on-disk outputs; kept between runs (visible region, then the rest)."""
 
-    data = full_resolution(layer)
-    path = getattr(layer.source, "path", None)
-    if path:
-        info = inspect_image(path)
-        shown = tuple(data.shape)
-        while len(shown) > 2 and shown[0] == 1:  # singleton axes the file's plane drops
-            shown = shown[1:]
-        if shown != tuple(info.shape):
-            raise ValueError(
-                f"'{layer.name}' shows data of shape {tuple(data.shape)} but its file "
-                f"{Path(info.path).name} holds a plane of shape {tuple(info.shape)}; cluster "
-                "workers read the file, so run on 'this process' to predict what is shown"
-            )
-    elif type(data).__module__.startswith("zarr") and hasattr(getattr(data, "store", 0), "root"):
-        if not (data.ndim == 2 or (data.ndim == 3 and data.shape[-1] <= MAX_CHANNELS)):
-            raise ValueError(
-                f"'{layer.name}' has shape {data.shape}; a cluster takes one (y, x) plane, "
-                f"with or without up to {MAX_CHANNELS} channels last"
-            )
-        info = ImageFile(
-            str(data.store.root),
-            "zarr",
-            tuple(data.shape),
-            np.dtype(data.dtype),
-            component=data.path,
-            index=(None,) * data.ndim,
-            channel=2 if data.ndim == 3 else None,
-        )
-    else:
-        raise ValueError(
-            f"'{layer.name}' has no file napari-unet can find (not opened from a file, and not "
-            "a zarr array on disk), so cluster workers cannot read it; open it from a TIFF, "
-            "zarr or OME-Zarr file, or run on 'this process'"
-        )
-    if info.kind == "other":
-        raise ValueError(
-            f"'{layer.name}' comes from {Path(info.path).name}, which cannot be read a block at "
-            "a time; convert it to TIFF or OME-Zarr, or run on 'this process'"
-        )
-    return info
+    image: Image
+    key: tuple
+    stream: PlaneStream
+    output: LazyOutput
 
 
-def cluster_job(model, info, target: Path, *, workers, scheduler, record: dict, **options):
-    """The worker's generator: segment ``info`` on a cluster (a new LocalCluster of
-    ``workers`` or the one at ``scheduler``) into the OME-Zarr labels ``target`` (written
-    atomically); yields ``(tasks done, tasks)``, returns the
-    :class:`~napari_unet.core.distributed.LargeResult` (its ``labels`` is ``target``).
-    Closing it cancels the job and closes a LocalCluster it started. ``options``: those of
-    :func:`~napari_unet.core.distributed.segment_large_steps`."""
-    from contextlib import ExitStack
-    from dataclasses import replace
+@dataclass
+class LazyRun:
+    """One run of a :class:`LazyJob` (some of its blocks)."""
 
-    from .._batch import torch_threads
-    from ..core.distributed import connect, segment_large_steps, shared_model
-    from ..core.zarrio import atomic_folder
+    job: LazyJob
+    total: int  # blocks this run predicts
+    done: int = 0
+    dirty: bool = False
 
-    yield 0, 0
-    with ExitStack() as stack:
+    @property
+    def status(self) -> str:
+        return f"block {self.done}/{self.total}"
+
+    def apply(self, event) -> str | None:
+        from napari_unet.core.large.regions import BlockProbabilities
+
+        output = self.job.output
+        if output.closed:
+            return "the results' layers were removed; the run stops"
         try:
-            client = stack.enter_context(connect(workers=workers, scheduler=scheduler, timeout=10))
-        except (OSError, TimeoutError) as err:
-            if scheduler is None:
-                raise ValueError(
-                    f"could not start a local cluster of {workers} worker(s): {err}"
-                ) from None
-            raise ValueError(
-                f"cannot reach the dask scheduler at {scheduler!r} ({err}); expected the address "
-                "of a running scheduler, e.g. tcp://host:8786"
-            ) from None
-        threads = torch_threads(workers)
-        name = stack.enter_context(
-            shared_model(client, model, threads, unregister=scheduler is not None)
+            if isinstance(event, BlockProbabilities):
+                output.write("probability", event.region, event.probabilities)
+                self.done += 1
+            else:
+                output.write("prediction", event.region, event.labels)
+        except OSError as err:
+            return f"cannot write the results in {output.folder}: {err}"
+        self.dirty = True
+        return None
+
+    def refresh(self) -> None:
+        self.job.output.refresh()
+
+    def finish(self, outcome: Outcome) -> str:
+        stream = self.job.stream
+        n = len(stream.blocks)
+        text = (
+            f"{self.done} block(s) predicted, {n - stream.left}/{n} labelled, "
+            f"{stream.cells} cell(s)"
         )
-        yield 0, 0
-        with atomic_folder(target) as tmp:
-            try:
-                result = yield from segment_large_steps(
-                    client,
-                    name,
-                    model,
-                    info,
-                    tmp,
-                    pixel_size=info.pixel_size,
-                    metadata={**record, "input": info.path},
-                    sample_block=SAMPLE[0],
-                    sample_values=SAMPLE[1],
-                    **options,
-                )
-            except FileNotFoundError as err:
-                if scheduler is None:
-                    raise
-                raise FileNotFoundError(
-                    f"{err}; every worker of the cluster at {scheduler} must see {info.path} "
-                    "at that path"
-                ) from None
-    return replace(result, labels=target)
+        if outcome.error is not None:
+            return f"failed; {text} (kept)"
+        if outcome.cancelled:
+            return f"cancelled; {text} (kept)"
+        more = "; 'Predict the rest' for the others" if stream.left else ""
+        return f"done: {text}{more}"
+
+    def discard(self) -> None:
+        """Nothing: the job and its layers stay for the next run."""
 
 
-def open_labels(path: Path) -> list:
-    """The levels of the OME-Zarr label image at ``path`` (zarr arrays, read lazily)."""
-    import zarr
+class LazyJobs:
+    """The lazy jobs of one Predict dock on ``viewer``, and their outputs."""
 
-    from ..core.zarrio import levels
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        self.viewer = viewer
+        self.jobs: dict[int, LazyJob] = {}  # id of an image layer: its lazy job
+        self.outputs: list[LazyOutput] = []  # every lazy output whose layers are shown
 
-    return levels(zarr.open_group(str(path), mode="r"))
+    def prune(self) -> None:
+        """Forget what the viewer's layers no longer need (call on every change of them)."""
+        layers = self.viewer.layers
+        for key, job in list(self.jobs.items()):
+            if job.image not in layers or not job.output.shown:
+                del self.jobs[key]
+        for output in [out for out in self.outputs if not out.shown]:
+            self.outputs.remove(output)
+            output.close()
+
+    def can_go_on(self, layer) -> bool:
+        """Whether ``layer`` has a lazy job with blocks left ('Predict the rest')."""
+        job = self.jobs.get(id(layer))
+        return job is not None and job.stream.left > 0
+
+    def start(
+        self,
+        layer: Image,
+        model: UNet,
+        shape: tuple[int, ...],
+        prefix: tuple[int, ...] | None,
+        center: tuple[float, float],
+        settings: Settings,
+        *,
+        rest: bool,
+    ):
+        """``(run, generator)`` of ``layer``'s :class:`LazyJob` (made, or kept from an earlier
+        run with the same weights and settings) over the blocks in view and those their labels
+        need (``rest``: over all blocks left), nearest to ``center`` first. ``shape``: the
+        spatial shape; ``prefix``: the index of the plane of a stack (None: all planes,
+        refused). ValueError / OSError, saying why, when it cannot start."""
+        from napari_unet.core.large.regions import PlaneStream
+        from napari_unet.core.prediction.tiling import auto_tile
+        from napari_unet.outputs import model_sha256
+
+        data = full_resolution(layer)
+        if prefix is None:
+            raise ValueError(
+                f"'{layer.name}' is too large to read whole; predict it a plane at a time "
+                "('current plane')"
+            )
+        if prefix:
+            data = _lazy_plane(data, prefix)
+        plane_shape = shape[len(prefix) :]
+        if tuple(data.shape[:2]) != tuple(plane_shape):
+            raise ValueError(
+                f"'{layer.name}' has its channels first (shape {data.shape}); a large image is "
+                "predicted from (y, x) or (y, x, channels) planes"
+            )
+        step = settings.block or auto_tile(plane_shape, model)
+        instance = tuple(sorted(settings.instance.items()))
+        key = (model_sha256(model), prefix, step, settings.flips, instance)
+        visible = None
+        if not rest:  # before any layer is made: a view that shows nothing is refused
+            visible = visible_region(self.viewer, layer, len(shape), plane_shape)
+        job = self.jobs.get(id(layer))
+        if job is None or job.key != key or not job.output.shown:
+            stream = PlaneStream(
+                model,
+                data,
+                step=step,
+                halo=CELL_HALO,
+                instance=settings.instance,
+                flips=settings.flips,
+                sample_block=_runs.SAMPLE[0],
+                sample_values=_runs.SAMPLE[1],
+            )
+            output = LazyOutput(self.viewer, layer, stream, len(shape), settings.folder, prefix)
+            self.outputs.append(output)
+            job = self.jobs[id(layer)] = LazyJob(layer, key, stream, output)
+        stream = job.stream
+        if rest:
+            order = stream.by_distance(range(len(stream.blocks)), center)
+        else:
+            seen = stream.overlapping(visible)
+            order = stream.by_distance(seen, center)
+            order += stream.by_distance(stream.needed(seen) - set(seen), center)
+        todo = [i for i in order if i not in stream.predicted]
+        return LazyRun(job, total=len(todo)), stream.run(todo)
+
+
+def _lazy_plane(data, prefix: tuple[int, ...]):
+    """Plane ``prefix`` of the lazy stack ``data`` (dask, zarr, a memory map), still lazy."""
+    import dask.array as da
+
+    stack = data if isinstance(data, da.Array) else da.from_array(data)
+    return stack[prefix]

@@ -53,7 +53,7 @@ def label_rois(labels: np.ndarray) -> list:
     from roifile import ROI_TYPE, ImagejRoi
     from skimage.measure import regionprops
 
-    from .image import label_planes
+    from ..image import label_planes
 
     planes = label_planes(labels)
     stack = np.ndim(labels) > 2

@@ -5,7 +5,7 @@ A model trained at one cell diameter ``D`` (``model.metadata["diameter"]``) draw
 texture as edges); much smaller, it merges them into blobs. :func:`estimate_diameter` predicts a
 window of the image at a ladder of sizes and keeps the size at which the cells found are most
 consistent with ``D`` and the probabilities most decisive; the cells found there, measured in
-the image's pixels, give the estimate. ``napari_unet.core.predict.estimate_diameter`` runs it
+the image's pixels, give the estimate. ``napari_unet.core.prediction.predict.estimate_diameter`` runs it
 with the model's own prediction.
 """
 

@@ -1,6 +1,7 @@
 """Blocks of a large plane: exact prediction windows, cell halos and the normalisation sample.
 
-A block is a :class:`~napari_unet.core.tiling.Tile` of :func:`~napari_unet.core.tiling.plan_tiles`
+A block is a :class:`~napari_unet.core.prediction.tiling.Tile` of
+:func:`~napari_unet.core.prediction.tiling.plan_tiles`
 with a large step: it starts on the network's pooling grid and reads its input (``source``) with
 the network margin as halo from the mirror-padded plane, so that its probabilities equal those of
 the whole plane. Here that padded input is read from any array that supports slicing (a zarr
@@ -15,8 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .image import PERCENTILES, rescale, to_grey
-from .tiling import Tile, plan_tiles
+from ..image import PERCENTILES, rescale, to_grey
+from ..prediction.tiling import Tile, plan_tiles
 
 __all__ = [
     "DEFAULT_BLOCK",
@@ -86,8 +87,8 @@ class Normalisation:
 def plan_blocks(shape: tuple[int, int], model, block: int) -> list[Tile]:
     """Blocks of about ``block`` px covering an ``(H, W)`` plane, in raster order.
 
-    Exactly the tiles :func:`~napari_unet.core.tiling.plan_tiles` plans for that step: they
-    start at multiples of ``model.multiple`` (``2**depth``) and are balanced over each axis.
+    Exactly the tiles :func:`~napari_unet.core.prediction.tiling.plan_tiles` plans for that step:
+    they start at multiples of ``model.multiple`` (``2**depth``) and are balanced over each axis.
     """
     return plan_tiles(tuple(shape), model, int(block))
 
@@ -220,12 +221,12 @@ def predict_block(
 
     Reads only the block's input with the network margin (and the tiles' overhang) from
     ``source`` (``(H, W[, C])``, sliceable), scales it with ``norm`` and predicts it with
-    :func:`~napari_unet.core.predict.predict_window` (tiles of the automatic size inside the
-    block, the same memory budget and model guard as :func:`~napari_unet.predict`). The block
+    :func:`~napari_unet.core.prediction.predict.predict_window` (tiles of the automatic size inside
+    the block, the same memory budget and model guard as :func:`~napari_unet.predict`). The block
     and its tiles start on the pooling grid, so the result equals the block's region of
     ``predict`` on the whole plane with the same normalisation (to float rounding, about 1e-6).
     """
-    from .predict import predict_window  # torch only when a block is predicted
+    from ..prediction.predict import predict_window  # torch only when a block is predicted
 
     (y0, x0) = (s.start for s in block.inner)
 

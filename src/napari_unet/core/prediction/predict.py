@@ -10,10 +10,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..image import PERCENTILES, check_finite, normalize, split_channels
+from ..network.device import resolve_device
+from ..network.guard import PREDICTING, using
 from .allocator import keep_freed_memory, trim_freed_memory
-from .device import resolve_device
-from .guard import PREDICTING, using
-from .image import PERCENTILES, check_finite, normalize, split_channels
 from .diameter import DiameterEstimate, search_diameter
 from .instances import Probabilities
 from .scale import (
@@ -202,9 +202,9 @@ def predict_tiles(
     tile
         About the side (px) of the output region one tile covers; rounded to a multiple of
         ``2**depth``, then balanced over the plane. ``None`` picks the size with the least work
-        (multiply-adds and page faults, see :func:`~napari_unet.core.tiling.auto_tile`) under
-        a memory budget (``tiling.DEFAULT_MEMORY`` per batch). A tile over that budget is made
-        smaller, and a tile much slower than the automatic one is run as asked, each with a
+        (multiply-adds and page faults, see :func:`~napari_unet.core.prediction.tiling.auto_tile`)
+        under a memory budget (``tiling.DEFAULT_MEMORY`` per batch). A tile over that budget is
+        made smaller, and a tile much slower than the automatic one is run as asked, each with a
         logged warning; the result is the same for every tile size.
     batch_size
         Tiles of the same size run together; ``None`` means 1 (fastest on CPUs).
@@ -231,11 +231,11 @@ def predict_tiles(
 
     Predictions may share a model, also from several threads; a prediction that starts while
     another thread fine-tunes the model, or on another device than a running prediction,
-    raises RuntimeError (see :mod:`napari_unet.core.guard`). Between tiles the generator holds no
-    thread state (inference mode is on only while a batch computes), so it can be paused,
+    raises RuntimeError (see :mod:`napari_unet.core.network.guard`). Between tiles the generator
+    holds no thread state (inference mode is on only while a batch computes), so it can be paused,
     abandoned or closed from any thread; of the process-wide allocator settings (see
-    :mod:`~napari_unet.core.allocator`) only glibc's trim threshold stays raised between the
-    tiles of a plane, so that the next tile reuses the memory of the last, and comes back with
+    :mod:`~napari_unet.core.prediction.allocator`) only glibc's trim threshold stays raised between
+    the tiles of a plane, so that the next tile reuses the memory of the last, and comes back with
     the memory when the plane or the generator ends, or it is closed.
     """
     plan = _plan(model, image, tile, batch_size, percentiles, center, flips)
@@ -256,9 +256,9 @@ def _guarded(model, plan: _Plan, device: torch.device) -> Iterator[TileResult]:
 
 def _results(model, plan: _Plan, device) -> Iterator[TileResult]:
     """The tiles of ``plan``; ``model`` must be in eval mode on ``device`` (see
-    :func:`~napari_unet.core.guard.using`). Inference mode and the allocator setting are on only
-    while a batch computes, never across a ``yield``, but for glibc's trim threshold between the
-    batches of a plane (see :func:`_batch`)."""
+    :func:`~napari_unet.core.network.guard.using`). Inference mode and the allocator setting are on
+    only while a batch computes, never across a ``yield``, but for glibc's trim threshold between
+    the batches of a plane (see :func:`_batch`)."""
     index = itertools.count()
     try:
         for plane in plan.planes:
@@ -356,7 +356,7 @@ def predict(
 
     Takes the arguments of :func:`predict_tiles`; ``progress`` is called with each finished
     :class:`TileResult`. ``diameter`` is the median diameter (px) of the image's cells: the
-    image is resampled by ``model diameter / diameter`` (see :mod:`~napari_unet.core.scale`)
+    image is resampled by ``model diameter / diameter`` (see :mod:`~napari_unet.core.prediction.scale`)
     before the network sees it, and the probabilities are resampled back onto the image's grid
     (tiles are exact in the resampled image; ``tile`` and ``center`` are in its pixels).
     ``None`` means the diameter of the cells the model was fine-tuned on; for a model trained at
@@ -365,7 +365,7 @@ def predict(
     does not say its own cell size raises ValueError.
 
     Returns ``(..., H, W)`` float32 in [0, 1] (the channel axis, if any, dropped), equal to the
-    untiled prediction, as :class:`~napari_unet.core.instances.Probabilities` carrying the size
+    untiled prediction, as :class:`~napari_unet.core.prediction.instances.Probabilities` carrying the size
     of the image's cells (``model.metadata["cells"]`` when the image was not resampled) for
     :func:`~napari_unet.to_instances`.
     """
@@ -383,7 +383,7 @@ def predict(
 
 def estimate_diameter(model, image, *, device=None) -> DiameterEstimate:
     """The median cell diameter (px) of one ``(H, W)`` or ``(H, W, C)`` image, estimated by a
-    scale search with ``model`` (see :mod:`~napari_unet.core.diameter`), which must say the
+    scale search with ``model`` (see :mod:`~napari_unet.core.prediction.diameter`), which must say the
     diameter it works at (``model.metadata["diameter"]``); ValueError otherwise or when no
     cells are found at any size."""
     known = _trained_size(model)

@@ -9,16 +9,18 @@ import json
 import math
 import os
 import re
+import tempfile
+import zipfile
 from importlib import resources
 from pathlib import Path
 
-from .io import atomic_path
+from ..formats.io import atomic_path
 from .model import UNet, check_architecture, parameter_count, state_shapes
 
 __all__ = [
     "save_model",
     "load_model",
-    "read_metadata",
+    "load_bioimageio",
     "file_size_estimate",
     "bundled_models",
     "load_bundled",
@@ -29,6 +31,8 @@ FORMAT = "napari-unet/1"
 _PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".ckpt", ".bin")
 _FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
 _HEADER_BYTES = 64 * 1024  # more than the JSON header of any napari-unet model needs
+WEIGHTS_NAME = "napari-unet.safetensors"
+"""The file of a bioimage.io package that holds its napari-unet model (:func:`load_bioimageio`)."""
 
 
 def save_model(model: UNet, path: str | os.PathLike, metadata: dict | None = None) -> Path:
@@ -141,13 +145,6 @@ def _parse_header(path: Path, header: dict) -> tuple[dict, dict]:
     return architecture, metadata
 
 
-def read_metadata(path: str | os.PathLike) -> tuple[dict, dict]:
-    """``(architecture, metadata)`` from a model file's header, without loading the weights."""
-    path = Path(path)
-    header, _ = _read_header(path)
-    return _parse_header(path, header)
-
-
 def _checked_architecture(path: Path, architecture: dict, tensors: dict) -> dict:
     """The header's architecture, checked against its ranges and against the file's tensors."""
     expected_keys = set(check_architecture())
@@ -235,14 +232,35 @@ def load_bundled(name: str | None = None, device=None) -> UNet:
 
 def open_model(name_or_path: str | os.PathLike | None = None, device=None) -> UNet:
     """A model file's path, a bundled model's name, or ``None`` for the default bundled model;
-    a ``.zip`` is a bioimage.io package napari-unet exported (``bioimageio.load_bioimageio``)."""
+    a ``.zip`` is a bioimage.io package napari-unet exported (:func:`load_bioimageio`)."""
     if name_or_path is None:
         return load_bundled(device=device)
     path = Path(name_or_path)
     if path.suffix.lower() == ".zip":
-        from .bioimageio import load_bioimageio
-
         return load_bioimageio(path, device=device)
     if path.suffix or path.exists() or len(path.parts) > 1:
         return load_model(path, device=device)
     return load_bundled(str(name_or_path), device=device)
+
+
+def load_bioimageio(path: str | os.PathLike, device=None):
+    """The :class:`~napari_unet.core.network.model.UNet` of a bioimage.io package that napari-unet
+    exported (its ``napari-unet.safetensors``, checked as any model file; nothing unpickled)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such bioimage.io package: {path}")
+    try:
+        with zipfile.ZipFile(path) as package:
+            names = package.namelist()
+            if WEIGHTS_NAME not in names:
+                raise ValueError(
+                    f"{path} has no {WEIGHTS_NAME}: napari-unet opens the bioimage.io packages it "
+                    "exported; open others with bioimageio.core"
+                )
+            with tempfile.TemporaryDirectory(prefix="napari-unet-bioimageio-") as folder:
+                weights = Path(package.extract(WEIGHTS_NAME, folder))
+                model = load_model(weights, device=device)
+    except zipfile.BadZipFile as err:
+        raise ValueError(f"{path} is not a bioimage.io package (not a zip file): {err}") from err
+    model.metadata = {**model.metadata, "source": f"bioimage.io package {path.name}"}
+    return model

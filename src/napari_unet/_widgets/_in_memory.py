@@ -1,0 +1,247 @@
+"""Predict's in-memory route: the image read whole, its tiles streamed into layers of the run.
+
+Each run streams into layers of its own, made before the worker starts (added without selecting
+them: the layer being painted stays selected): the labels on top, the probability (when asked
+for) directly over its image, additive. Each tile is shown as soon as it is done (its thresholded
+probability, label 1); when all tiles are in, the worker splits the foreground into cells
+(:func:`napari_unet.to_instances`) and the instance labels replace the preview.
+
+An earlier result is replaced only by a complete run: the unedited prediction (and probability)
+layer of the same image and shape gets the new data in place (its name and place kept) once the
+run is done, and the run's own layers (``"<image> prediction (running)"``, ``"<image>
+probability (running)"``) go away; with no earlier result they become the result, renamed
+``"<image> prediction"`` / ``"<image> probability"``.
+Cancel keeps the tiles done so far in layers renamed ``"<image> prediction (partial)"`` (and
+``"... probability (partial)"``; thresholded, not split into cells, never reused); a failure
+removes the run's layers. Either way an earlier result is left exactly as it was. A prediction
+layer the user has painted on is never overwritten: the next run writes a new layer
+``"<image> prediction [2]"``. With "current plane" only that plane of the earlier layer is
+replaced, so planes can be predicted one at a time into one layer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+from napari.layers import Image, Labels
+
+from ._layers import EDITED, MADE, OF, add_quietly, find_made, free_name, full_resolution
+
+if TYPE_CHECKING:
+    import napari
+
+    from ..core.network.model import UNet
+    from ._runs import Settings
+    from ._worker import Outcome
+
+__all__ = ["InMemoryRun"]
+
+
+def _predict_job(model, pixels, *, grey, shape, tile, center, flips, instance: dict):
+    """The worker's generator: yield each :class:`~napari_unet.TileResult`, then return
+    ``(labels, probabilities)`` of ``shape``: uint16/uint32 instances and float32 foreground.
+    ``instance``: keyword arguments of :func:`~napari_unet.to_instances`. Closing it closes the
+    tile generator."""
+    from contextlib import closing
+
+    from napari_unet.core.image import grey_if_rgb
+    from napari_unet.core.prediction.instances import Probabilities, to_instances
+    from napari_unet.core.prediction.predict import predict_tiles
+
+    if grey:
+        pixels = grey_if_rgb(pixels, model.in_channels)
+    probabilities = Probabilities.for_model(np.zeros(shape, dtype=np.float32), model)
+    tiles = predict_tiles(model, pixels, tile=tile, center=center, flips=flips)
+    with closing(tiles):
+        for result in tiles:
+            probabilities[result.plane][result.region] = result.probabilities
+            yield result
+    labels = to_instances(probabilities, **instance)
+    return labels, np.asarray(probabilities)
+
+
+@dataclass
+class _Output:
+    """One output of a run: the layer its tiles stream into (``metadata[MADE]`` is
+    ``"<kind> (running)"`` meanwhile) and the earlier result a complete run replaces."""
+
+    kind: str  # "prediction" or "probability"
+    layer: Labels | Image
+    earlier: Labels | Image | None
+
+
+@dataclass
+class InMemoryRun:
+    """A prediction of an image (or one plane of it, ``prefix``) read into memory."""
+
+    viewer: napari.viewer.Viewer
+    labels: _Output
+    probability: _Output | None
+    prefix: tuple[int, ...]  # index of the predicted plane in the layer ("current plane")
+    threshold: float
+    done: int = 0
+    total: int = 0
+    dirty: bool = False  # tiles written since the last refresh
+
+    @classmethod
+    def start(
+        cls,
+        viewer: napari.viewer.Viewer,
+        layer: Image,
+        model: UNet,
+        layout: tuple[tuple[int, ...], bool, tuple[int, ...]],
+        center: tuple[float, float],
+        settings: Settings,
+        probability: bool,
+    ):
+        """Copy the pixels, make the output layers; ``(run, generator)``. ``layout``: the
+        spatial shape, whether to convert RGB to grey, the index of the plane (``()``: all);
+        ``probability``: also a probability layer."""
+        shape, grey, prefix = layout
+        data = full_resolution(layer)
+        pixels = np.array(data[prefix] if prefix else data)  # the worker's copy
+        run = cls(
+            viewer,
+            labels=_output(viewer, layer, shape, "prediction"),
+            probability=_output(viewer, layer, shape, "probability") if probability else None,
+            prefix=prefix,
+            threshold=settings.instance["threshold"],
+        )
+        return run, _predict_job(
+            model,
+            pixels,
+            grey=grey,
+            shape=shape[len(prefix) :],
+            tile=settings.tile or None,
+            center=center,
+            flips=settings.flips,
+            instance=settings.instance,
+        )
+
+    @property
+    def status(self) -> str:
+        return f"tile {self.done}/{self.total}"
+
+    def _outputs(self) -> list[_Output]:
+        return [out for out in (self.labels, self.probability) if out is not None]
+
+    def apply(self, result) -> None:
+        index = self.prefix + result.plane
+        self.labels.layer.data[index][result.region] = result.probabilities > self.threshold
+        if self.probability is not None:
+            self.probability.layer.data[index][result.region] = result.probabilities
+        self.total = result.total
+        self.done += 1
+        self.dirty = True
+
+    def refresh(self) -> None:
+        for output in self._outputs():
+            output.layer.refresh()
+
+    def discard(self) -> None:
+        """Remove the run's layers (a run that failed or did not start)."""
+        for output in self._outputs():
+            _remove(self.viewer, output.layer)
+
+    def finish(self, outcome: Outcome) -> str:
+        kept = (
+            "; the earlier prediction is unchanged"
+            if any(out.earlier is not None for out in self._outputs())
+            else ""
+        )
+        if outcome.error is not None:
+            self.discard()
+            return f"failed after {self.done} tile(s){kept}"
+        if outcome.cancelled:
+            partial = self._keep_partial(self.labels)
+            if self.probability is not None:
+                self._keep_partial(self.probability)
+            return (
+                f"cancelled after {self.done}/{self.total} tiles, kept in '{partial}' "
+                f"(thresholded, not split into cells){kept}"
+            )
+        labels, probabilities = outcome.value
+        self._place_result(self.labels, labels)
+        if self.probability is not None:
+            self._place_result(self.probability, probabilities)
+        cells = int(labels.max(initial=0))
+        return f"done: {cells} cell(s) in {self.total} tile(s)"
+
+    def _place_result(self, output: _Output, values: np.ndarray) -> None:
+        """Put a complete result into the earlier layer (if it is still there, unedited) and
+        remove the run's layer; else the run's layer becomes the result."""
+        earlier, layer = output.earlier, output.layer
+        if (
+            earlier is not None
+            and earlier in self.viewer.layers
+            and not earlier.metadata.get(EDITED)
+            and earlier.data.shape == layer.data.shape
+        ):
+            _place(earlier, values, self.prefix)
+            _remove(self.viewer, layer)
+            return
+        _place(layer, values, self.prefix)
+        layer.metadata[MADE] = output.kind
+        if output.kind == "prediction":
+            layer.metadata[EDITED] = False
+            layer.events.paint.connect(_on_prediction_painted)
+        # last: the docks watching renamed layers (Annotate's prediction box) see the result
+        layer.name = free_name(self.viewer, f"{layer.metadata[OF]} {output.kind}")
+
+    def _keep_partial(self, output: _Output) -> str:
+        """Rename the run's layer ``"<image> <kind> (partial)"`` (never reused); its name."""
+        layer = output.layer
+        layer.metadata[MADE] = f"{output.kind} (partial)"
+        layer.name = free_name(self.viewer, f"{layer.metadata[OF]} {output.kind} (partial)")
+        return layer.name
+
+
+def _output(viewer, image: Image, shape: tuple[int, ...], kind: str) -> _Output:
+    """A new layer for the tiles of ``kind`` ("prediction", "probability") and the earlier
+    result of ``image`` it replaces when the run completes (an unedited one of ``shape``)."""
+    if kind == "prediction":
+        earlier = find_made(
+            viewer, Labels, kind, image.name, shape, lambda lay: not lay.metadata.get(EDITED)
+        )
+    else:
+        earlier = find_made(viewer, Image, kind, image.name, shape)
+    common = {
+        "name": free_name(viewer, f"{image.name} {kind} (running)"),
+        "scale": image.scale[: len(shape)],
+        "units": image.units[: len(shape)],
+        "translate": image.translate[: len(shape)],
+        "metadata": {MADE: f"{kind} (running)", OF: image.name},
+    }
+    if kind == "prediction":
+        layer = add_quietly(viewer, Labels(np.zeros(shape, dtype=np.uint16), **common))
+    else:
+        probability = Image(
+            np.zeros(shape, dtype=np.float32),
+            contrast_limits=(0.0, 1.0),
+            colormap="magma",
+            blending="additive",
+            **common,
+        )
+        layer = add_quietly(viewer, probability, index=viewer.layers.index(image) + 1)
+    return _Output(kind, layer, earlier)
+
+
+def _remove(viewer, layer) -> None:
+    if layer in viewer.layers:
+        viewer.layers.remove(layer)
+
+
+def _on_prediction_painted(event) -> None:
+    event.source.metadata[EDITED] = True
+
+
+def _place(layer, values: np.ndarray, prefix: tuple[int, ...]) -> None:
+    if not prefix:
+        layer.data = values
+        return
+    if values.dtype.itemsize > layer.data.dtype.itemsize:
+        layer.data = layer.data.astype(values.dtype)
+    layer.data[prefix] = values
+    layer.refresh()

@@ -1,0 +1,1 @@
+"""Prediction: tiles of the image, probabilities, and the cells split from them."""

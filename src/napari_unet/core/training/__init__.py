@@ -1,0 +1,1 @@
+"""Fine-tuning: training targets and weight maps, augmentation, the training run."""

@@ -18,7 +18,7 @@ from napari_unet import load_bundled, predict, to_instances  # noqa: E402
 from napari_unet.cli import main  # noqa: E402
 from napari_unet.core.formats.io import read_pixel_size  # noqa: E402
 from napari_unet.core.formats.zarrio import (  # noqa: E402
-    create_labels,
+    create_multiscale,
     inspect_image,
     is_complete_output,
     write_tiff_bands,
@@ -180,7 +180,7 @@ def test_workers_hold_counts_not_blocks_whatever_the_order(
             self.peak = max(self.peak, self.worker.state.nbytes)
 
     image = whole[0]  # 9 blocks
-    create_labels(tmp_path / "in.ome.zarr", image.shape, (128, 128), image.dtype)["0"][:] = image
+    create_multiscale(tmp_path / "in.ome.zarr", image.shape, (128, 128), image.dtype)["0"][:] = image
     source = inspect_image(tmp_path / "in.ome.zarr")  # read by the tasks, not sent to them
     client.register_plugin(Held(), name=Held.name)
     try:
@@ -206,7 +206,7 @@ def test_the_client_is_not_the_process_default(client):
 def test_label_image_is_complete_only_once_marked(tmp_path):
     from napari_unet.core.formats.zarrio import mark_complete
 
-    root = create_labels(tmp_path / "x.ome.zarr", (40, 60), (32, 32), np.uint32)
+    root = create_multiscale(tmp_path / "x.ome.zarr", (40, 60), (32, 32), np.uint32)
     assert not is_complete_output(tmp_path / "x.ome.zarr")  # as an interrupted job leaves it
     mark_complete(root, cells=0)
     assert is_complete_output(tmp_path / "x.ome.zarr")
@@ -338,7 +338,7 @@ def test_inspect_reads_tiff_and_ome_zarr_lazily_with_pixel_size(tmp_path, rng):
     assert (info.shape, info.pixel_size) == ((300, 270), pytest.approx((0.65, 0.65)))
     with info.open() as plane:
         assert (plane[10:50, 3:9] == image[10:50, 3:9]).all()
-    root = create_labels(
+    root = create_multiscale(
         tmp_path / "b.ome.zarr",
         image.shape,
         (128, 128),
@@ -418,7 +418,7 @@ def test_cli_large_tiff_and_zarr_inputs_give_tiff_and_ome_zarr(client, large_run
     out = tmp_path / "out"
     assert main(["predict", str(tmp_path / "big.tif"), "--out", str(out), *argv]) == 0
     assert (tifffile.imread(out / "big_labels.tif") == expected).all()
-    root = create_labels(tmp_path / "img.ome.zarr", whole[0].shape, (256, 256), np.uint16)
+    root = create_multiscale(tmp_path / "img.ome.zarr", whole[0].shape, (256, 256), np.uint16)
     root["0"][:] = whole[0]
     assert main(["predict", str(tmp_path / "img.ome.zarr"), "--out", str(out), *argv]) == 0
     labels = zarr.open_array(str(out / "img_labels.ome.zarr"), path="0", mode="r")[:]
@@ -461,7 +461,7 @@ def test_cli_writes_probabilities_on_cluster_as_in_process(
     tifffile.imwrite(tmp_path / "big.tif", image)  # 9 blocks
     tifffile.imwrite(tmp_path / "small.tif", image[:96, :96])  # one task
     size = {"pixel_size": (0.5, 0.5), "unit": "micrometer"}
-    root = create_labels(tmp_path / "img.ome.zarr", image.shape, (256, 256), image.dtype, **size)
+    root = create_multiscale(tmp_path / "img.ome.zarr", image.shape, (256, 256), image.dtype, **size)
     root["0"][:] = image
     out = tmp_path / "out"
     inputs = [str(tmp_path / n) for n in ("big.tif", "small.tif", "img.ome.zarr")]

@@ -243,11 +243,11 @@ def test_numpy_layer_cannot_go_to_a_cluster(make_napari_viewer, tiny_unet, patte
 @pytest.fixture(scope="module")
 def ome_zarr(tmp_path_factory, whole_sample):
     """A (256, 384) crop of the sample as an OME-Zarr image on disk."""
-    from napari_unet.core.formats.zarrio import create_labels
+    from napari_unet.core.formats.zarrio import create_multiscale
 
     path = tmp_path_factory.mktemp("cluster") / "cells.ome.zarr"
     image = whole_sample[0][:256, :384]
-    root = create_labels(path, image.shape, (128, 128), np.uint16)
+    root = create_multiscale(path, image.shape, (128, 128), np.uint16)
     root["0"][:] = image
     return path
 

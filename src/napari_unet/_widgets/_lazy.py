@@ -147,7 +147,7 @@ class LazyOutput:
         parent=None,
         prefix: tuple[int, ...] = (),
     ) -> None:
-        from ..core.formats.zarrio import create_labels, levels
+        from ..core.formats.zarrio import create_multiscale, levels
 
         parent = Path(parent or tempfile.gettempdir())
         needed, free = math.prod(stream.shape) * OUTPUT_BYTES, shutil.disk_usage(parent).free
@@ -161,7 +161,7 @@ class LazyOutput:
         self._cleanup = weakref.finalize(self, shutil.rmtree, str(self.folder), True)
         shape, chunks = stream.shape, stream.chunks
         self.roots = {
-            kind: create_labels(
+            kind: create_multiscale(
                 self.folder / f"{kind}.ome.zarr", shape, chunks, dtype, label=kind == "prediction"
             )
             for kind, dtype in (("probability", np.float32), ("prediction", np.uint32))

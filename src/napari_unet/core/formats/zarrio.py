@@ -41,7 +41,7 @@ __all__ = [
     "is_zarr",
     "is_complete_output",
     "atomic_folder",
-    "create_labels",
+    "create_multiscale",
     "mark_complete",
     "read_record",
     "write_labels_zarr",
@@ -295,7 +295,7 @@ def pyramid_shapes(shape: tuple[int, int], chunks: tuple[int, int]) -> list[tupl
     return shapes
 
 
-def create_labels(
+def create_multiscale(
     path: str | os.PathLike,
     shape: tuple[int, int],
     chunks: tuple[int, int],
@@ -307,7 +307,8 @@ def create_labels(
     metadata: dict | None = None,
     label: bool = True,
 ):
-    """An empty OME-Zarr label image (NGFF 0.4, zarr format 2) with its pyramid of levels.
+    """An empty multiscale OME-Zarr image (NGFF 0.4, zarr format 2): a label image (``label``
+    True, the default) or a plain image (``label=False``, e.g. probabilities).
 
     Levels ``"0"``, ``"1"``, ... are ``(H, W)`` arrays of ``(cy, cx)`` ``chunks`` (a writer
     that fills level 0 block by block in parallel passes its blocks' size, so that no two
@@ -357,7 +358,7 @@ def create_labels(
 
 
 def mark_complete(root, **record) -> None:
-    """Mark the label image ``root`` (from :func:`create_labels`) as a complete output of
+    """Mark the label image ``root`` (from :func:`create_multiscale`) as a complete output of
     ``napari-unet predict`` (what :func:`is_complete_output` looks for), adding ``record`` to
     its metadata; call it once every level is written."""
     root.attrs[METADATA_KEY] = {
@@ -391,7 +392,7 @@ def write_labels_zarr(
     written as a float32 OME-Zarr image."""
     path = Path(path)
     with atomic_folder(path) as tmp:
-        root = create_labels(
+        root = create_multiscale(
             tmp,
             labels.shape,
             chunks,

@@ -342,7 +342,7 @@ def segment_large_steps(
     import dask
 
     from ..formats.io import work_folder
-    from ..formats.zarrio import create_labels, mark_complete, pyramid_shapes
+    from ..formats.zarrio import create_multiscale, mark_complete, pyramid_shapes
 
     if getattr(source, "kind", None) == "other":
         raise ValueError(
@@ -368,7 +368,7 @@ def segment_large_steps(
         "instances": instance,
         "flips": flips,
     }
-    root = create_labels(
+    root = create_multiscale(
         labels,
         shape,
         chunks,
@@ -379,7 +379,7 @@ def segment_large_steps(
     )
     prob_root = None
     if probabilities is not None:
-        prob_root = create_labels(
+        prob_root = create_multiscale(
             probabilities,
             shape,
             chunks,

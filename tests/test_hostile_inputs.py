@@ -348,3 +348,48 @@ def test_a_rewrite_in_place_cut_midway_keeps_the_new_contents(tmp_path, monkeypa
     kept = tmp_path / "a.tif.napari-unet-new"
     assert kept.read_bytes() == b"new" * 1000
     assert sorted(os.listdir(tmp_path)) == ["a.tif", "a.tif.napari-unet-new", "b.tif"]
+
+
+# ---------------------------------------------------------------------- numbers out of range
+def test_train_refuses_an_absurd_learning_rate_and_writes_nothing(tmp_path, capsys, whole_sample):
+    image, labels = tmp_path / "a.tif", tmp_path / "a_labels.tif"
+    tifffile.imwrite(image, whole_sample[0][:128, :128])
+    tifffile.imwrite(labels, whole_sample[1][:128, :128])
+    out = tmp_path / "tuned.safetensors"
+    args = ["train", "--images", str(image), "--labels", str(labels), "--model", "new"]
+    assert main([*args, "--lr", "1e30", "--steps", "3", "--out", str(out)]) == 1
+    assert "lr must be a number in (0, 1]" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_a_diverging_run_stops_with_the_weights_of_its_last_finite_step(monkeypatch, whole_sample):
+    from napari_unet import finetune
+    from napari_unet.core.training import train
+
+    torch.manual_seed(0)
+    model = UNet(base_channels=2, depth=2)
+    real_loss, calls = train.weighted_loss, []
+
+    def loss_that_diverges(*args):
+        calls.append(1)
+        loss = real_loss(*args)
+        return loss * float("nan") if len(calls) == 2 else loss
+
+    monkeypatch.setattr(train, "weighted_loss", loss_that_diverges)
+    events = finetune(model, [(whole_sample[0][:96, :96], whole_sample[1][:96, :96])], steps=5)
+    next(events)
+    after_one = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(FloatingPointError, match="training diverged .*Lower the learning rate"):
+        next(events)
+    for p, kept in zip(model.parameters(), after_one, strict=True):
+        assert torch.equal(p, kept) and torch.isfinite(p).all()
+
+
+@pytest.mark.parametrize("w0", ["1e40", "1e308"])
+def test_weightmap_refuses_a_weight_that_would_overflow(tmp_path, capsys, whole_sample, w0):
+    labels, out = tmp_path / "a_labels.tif", tmp_path / "w.tif"
+    tifffile.imwrite(labels, whole_sample[1][:64, :64])
+    assert main(["weightmap", str(labels), "--w0", w0, "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "w0 must be a finite number in [0, 1000]" in err and err.count("\n") == 1
+    assert not out.exists()

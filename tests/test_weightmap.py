@@ -143,9 +143,12 @@ def test_bad_labels_raise(labels, match):
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"w0": -1.0}, "w0 must be a finite number >= 0.*-1.0"),
-        ({"sigma": 0.0}, "sigma must be .* > 0.*0.0"),
+        ({"w0": -1.0}, r"w0 must be a finite number in \[0, 1000\].*-1.0"),
+        ({"w0": 1e40}, r"w0 must be a finite number in \[0, 1000\].*1e\+40"),
+        ({"w0": float("inf")}, "w0 must be"),
+        ({"sigma": 0.0}, r"sigma must be .* in \(0, 100\].*0.0"),
         ({"sigma": float("nan")}, "sigma must be"),
+        ({"sigma": 1e308}, "sigma must be"),
     ],
 )
 def test_bad_parameters_raise(kwargs, match):

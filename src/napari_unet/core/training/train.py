@@ -47,6 +47,8 @@ __all__ = [
 
 AUGMENTATIONS = ("elastic", "flips", "intensity", "zoom", "gamma", "illumination", "contrast")
 DEFAULT_AUGMENTATIONS = ("elastic", "flips", "intensity")  # what augment=True means
+MAX_LR = 1.0
+"""The largest learning rate accepted: Adam's steps are about lr in size, weights about 0.1."""
 
 
 @dataclass(frozen=True)
@@ -92,8 +94,8 @@ class FinetuneConfig:
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.lr, numbers.Real) and self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
+        if not (isinstance(self.lr, numbers.Real) and 0 < self.lr <= MAX_LR):
+            raise ValueError(f"lr must be a number in (0, {MAX_LR:g}], got {self.lr!r}")
         for name in ("batch_size", "tile", "validate_every"):
             value = getattr(self, name)
             if not _is_int(value) or value < 1:
@@ -407,7 +409,8 @@ def finetune(
     the steps may predict between them, but a step raises RuntimeError if a prediction is still in
     flight; and the run itself raises RuntimeError at its first step if predictions of the
     model are in flight. Stop early with ``events.close()`` (or drop the generator) to give the
-    model back. Each step runs with gradients on, whatever the calling thread's inference or
+    model back. A step whose loss or weights come out not finite raises FloatingPointError
+    (training diverged), the model keeping its weights from before that step. Each step runs with gradients on, whatever the calling thread's inference or
     no-grad mode, and leaves that mode as it was.
     """
     keywords = {
@@ -547,10 +550,25 @@ def _train_step(model, optimizer, samples, config: FinetuneConfig, crop, device,
         )
         x = x.to(device).contiguous(memory_format=torch.channels_last)
         loss = weighted_loss(model(x), y.to(device), w.to(device))
+        if not torch.isfinite(loss):
+            raise _diverged(config, f"loss {float(loss)}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        before = [p.detach().clone() for p in model.parameters()]
         optimizer.step()
+        if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+            with torch.no_grad():  # the model keeps the weights it had before this step
+                for p, kept in zip(model.parameters(), before, strict=True):
+                    p.copy_(kept)
+            raise _diverged(config, "weights not finite after the step")
         return float(loss.detach())
+
+
+def _diverged(config: FinetuneConfig, what: str) -> FloatingPointError:
+    return FloatingPointError(
+        f"training diverged ({what}); the model keeps its weights from before this step. "
+        f"Lower the learning rate (it is {config.lr:g}; the default is {FinetuneConfig.lr:g})"
+    )
 
 
 def _record(model, config: FinetuneConfig, steps: int, cells: dict | None, factor: float):

@@ -40,6 +40,9 @@ W0, SIGMA, CLASS_BALANCE = 10.0, 5.0, False
 """The one default weight map, used by training, the Weight map dock and ``napari-unet
 weightmap``: the paper's border term (w0 10, sigma 5 px) on the carved target, without the
 paper's class-balance term w_c (on sparse images balancing made a model over-predict cells)."""
+MAX_W0, MAX_SIGMA = 1e3, 100.0
+"""The largest w0 and sigma (px) accepted: 100x the paper's weight, 20x its width (a larger
+w0 only rescales the loss; a larger sigma reaches past any cell's neighbours)."""
 
 
 def check_labels(labels, name: str = "labels") -> np.ndarray:
@@ -90,11 +93,15 @@ def check_labels(labels, name: str = "labels") -> np.ndarray:
 
 
 def check_weight_params(w0: float, sigma: float) -> None:
-    """ValueError unless ``w0`` is a finite number >= 0 and ``sigma`` a finite number > 0."""
-    if not (isinstance(w0, numbers.Real) and w0 >= 0 and math.isfinite(w0)):
-        raise ValueError(f"w0 must be a finite number >= 0 (paper: 10), got {w0}.")
-    if not (isinstance(sigma, numbers.Real) and sigma > 0 and math.isfinite(sigma)):
-        raise ValueError(f"sigma must be a finite number of pixels > 0 (paper: 5), got {sigma}.")
+    """ValueError unless ``w0`` is a number in [0, ``MAX_W0``] and ``sigma`` in
+    (0, ``MAX_SIGMA``] px."""
+    if not (isinstance(w0, numbers.Real) and 0 <= w0 <= MAX_W0):
+        raise ValueError(f"w0 must be a finite number in [0, {MAX_W0:g}] (paper: 10), got {w0}.")
+    if not (isinstance(sigma, numbers.Real) and 0 < sigma <= MAX_SIGMA):
+        raise ValueError(
+            f"sigma must be a finite number of pixels in (0, {MAX_SIGMA:g}] (paper: 5), "
+            f"got {sigma}."
+        )
 
 
 def _border_term(labels: np.ndarray, w0: float, sigma: float) -> np.ndarray:

@@ -393,3 +393,25 @@ def test_weightmap_refuses_a_weight_that_would_overflow(tmp_path, capsys, whole_
     err = capsys.readouterr().err
     assert "w0 must be a finite number in [0, 1000]" in err and err.count("\n") == 1
     assert not out.exists()
+
+
+def test_a_binary_mask_is_not_taken_for_one_giant_cell(tmp_path, capsys, whole_sample):
+    from napari_unet.core.image import check_label_image, mask_to_labels
+
+    image, mask = tmp_path / "a.tif", tmp_path / "a_mask.tif"
+    tifffile.imwrite(image, whole_sample[0])
+    binary = np.where(whole_sample[1] > 0, 255, 0).astype(np.uint8)
+    tifffile.imwrite(mask, binary)
+    out = tmp_path / "w.tif"
+    assert main(["weightmap", str(mask), "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "looks like a binary mask" in err and "--connected-components" in err
+    assert not out.exists()
+    tuned = tmp_path / "t.safetensors"
+    args = ["train", "--images", str(image), "--labels", str(mask), "--model", "new"]
+    assert main([*args, "--steps", "1", "--out", str(tuned)]) == 1
+    assert "looks like a binary mask" in capsys.readouterr().err and not tuned.exists()
+    # what the user meant: the regions as cells, said with a warning
+    assert main(["weightmap", str(mask), "--out", str(out), "--connected-components"]) == 0
+    assert mask_to_labels(binary).max() > 3
+    check_label_image(np.where(whole_sample[1] == 5, 1, 0))  # one cell is one cell

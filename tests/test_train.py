@@ -159,7 +159,7 @@ def test_bad_settings(small_model, sample):
     for kwargs, message in [
         ({"steps": 0}, "steps"),
         ({"steps": 1, "max_seconds": 0}, "max_seconds"),
-        ({"steps": 1, "lr": -1}, "positive"),
+        ({"steps": 1, "lr": -1}, r"lr must be a number in \(0, 1\]"),
     ]:
         with pytest.raises(ValueError, match=message):
             finetune(small_model, [sample], **kwargs)

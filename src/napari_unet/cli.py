@@ -144,11 +144,15 @@ def _load_image(path: Path, in_channels: int, max_pixels: int):
     return grey
 
 
-def _load_labels(path: Path, max_pixels: int):
+def _load_labels(path: Path, max_pixels: int, components: bool = False):
+    """Labels read and checked; with ``components``, a binary mask's regions become cells."""
     from .core.formats.io import read_image
-    from .core.image import check_label_image
+    from .core.image import check_label_image, mask_to_labels
 
     labels = read_image(path, max_pixels=max_pixels)
+    if components:
+        log.warning("%s: its connected regions are cells (touching cells stay merged)", path.name)
+        labels = mask_to_labels(labels)
     check_label_image(labels, str(path))
     return labels
 
@@ -301,7 +305,7 @@ def _weightmap(args) -> None:
     _checked_images([args.labels], args.max_pixels)
     NewFolders.check(out.parent)
     _check_out_file(out, [labels_path])
-    labels = _load_labels(labels_path, args.max_pixels)
+    labels = _load_labels(labels_path, args.max_pixels, args.connected_components)
     args.folders.make(out.parent)
     _, weights = training_target(
         labels, w0=args.w0, sigma=args.sigma, class_balance=args.class_balance
@@ -404,7 +408,10 @@ def _train(args) -> int:
     _check_train_crops(args.tile, args.batch_size, model)
     _check_free_space(out, file_size_estimate(model.config()))
     samples = [
-        (_load_image(i, model.in_channels, args.max_pixels), _load_labels(lab, args.max_pixels))
+        (
+            _load_image(i, model.in_channels, args.max_pixels),
+            _load_labels(lab, args.max_pixels, args.connected_components),
+        )
         for i, lab in zip(images, label_paths, strict=True)
     ]
     events = finetune(
@@ -537,6 +544,11 @@ def _parser() -> argparse.ArgumentParser:
         "file's header before decoding)",
     }
     device = {"help": "torch device: cpu, cuda, cuda:N or mps (default: cpu)"}
+    components = {
+        "action": "store_true",
+        "help": "labels are a binary mask: take its connected regions as cells (touching cells "
+        "stay merged; label them one id per cell to separate them)",
+    }
 
     p = sub.add_parser(
         "predict",
@@ -666,6 +678,7 @@ def _parser() -> argparse.ArgumentParser:
         f"same in total) instead of 1 (default: {'on' if CLASS_BALANCE else 'off'})",
     )
     w.add_argument("--max-pixels", **budget)
+    w.add_argument("--connected-components", **components)
     w.set_defaults(run=_weightmap)
 
     t = sub.add_parser(
@@ -725,6 +738,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0, help="seed of the crops and augmentations")
     t.add_argument("--device", **device)
     t.add_argument("--max-pixels", **budget)
+    t.add_argument("--connected-components", **components)
     t.set_defaults(run=_train)
 
     g = sub.add_parser("gui", help="open napari with the images (or the sample) and the widgets")

@@ -18,6 +18,7 @@ __all__ = [
     "split_channels",
     "check_finite",
     "check_label_image",
+    "mask_to_labels",
     "label_planes",
 ]
 
@@ -117,13 +118,20 @@ def count_ids(labels: np.ndarray) -> int:
     return int(np.count_nonzero(np.unique(labels)))
 
 
+MASK_REGIONS, MASK_REGION_PX = 3, 16
+"""A label image whose only id covers this many separate regions of this many px is a binary
+mask (see :func:`check_label_image`)."""
+
+
 def check_label_image(labels: np.ndarray, name: str = "labels") -> None:
     """Raise ValueError, saying what looks wrong, if ``labels`` looks like an intensity image.
 
     A label image holds one integer id per cell (0 = background), so neighbouring pixels mostly
     share an id; an intensity image passed by mistake has non-integer values, or neighbouring
-    pixels that differ almost everywhere (and thousands of distinct values). Runs in a few
-    array passes, so it can be called before long work.
+    pixels that differ almost everywhere (and thousands of distinct values). A binary mask (one
+    id over ``MASK_REGIONS`` or more separate regions of ``MASK_REGION_PX`` px or more) is
+    refused too: :func:`mask_to_labels` makes its regions cells. Runs in a few array passes,
+    so it can be called before long work.
     """
     labels = np.asarray(labels)
     if labels.dtype.kind == "f" and labels.size and not np.all(np.mod(labels, 1) == 0):
@@ -148,6 +156,37 @@ def check_label_image(labels: np.ndarray, name: str = "labels") -> None:
             "image; a label image holds one integer id per cell (0 = background), each cell a "
             "patch of pixels with the same id"
         )
+    if labels.ndim == 2:
+        _check_not_a_mask(labels, name)
+
+
+def _check_not_a_mask(labels: np.ndarray, name: str) -> None:
+    """ValueError when ``(H, W)`` labels are a binary mask: one id over ``MASK_REGIONS`` or more
+    separate regions of at least ``MASK_REGION_PX`` px each (one cell never looks like that)."""
+    from scipy import ndimage as ndi
+
+    ids = np.unique(labels[labels != 0]) if labels.any() else ()
+    if len(ids) != 1:
+        return
+    regions, n = ndi.label(labels != 0)
+    if n < MASK_REGIONS:
+        return
+    sizes = np.bincount(regions.ravel())[1:]
+    if np.count_nonzero(sizes >= MASK_REGION_PX) >= MASK_REGIONS:
+        raise ValueError(
+            f"{name} looks like a binary mask, not instance labels: one id ({ids[0]}) covers "
+            f"{n} separate regions, so training would take them for one cell and touching cells "
+            "could never be separated. Give each cell its own id, or label the regions as cells "
+            "(--connected-components; touching cells then stay merged)"
+        )
+
+
+def mask_to_labels(mask: np.ndarray) -> np.ndarray:
+    """``(H, W)`` uint32 instance labels of the connected regions (8-connected) of a binary
+    mask (any non-zero pixel); touching cells stay one region."""
+    from scipy import ndimage as ndi
+
+    return ndi.label(np.asarray(mask) != 0, structure=np.ones((3, 3)))[0].astype(np.uint32)
 
 
 def label_planes(labels: np.ndarray, name: str = "labels") -> np.ndarray:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from ..image import PERCENTILES, normalize, split_channels
+from ..image import PERCENTILES, check_label_image, normalize, split_channels
 from ..network.device import resolve_device
 from ..network.guard import FINETUNING, training_step, using
 from ..prediction.instances import THRESHOLD, cell_areas, cell_sizes
@@ -189,6 +189,7 @@ def _checked_sample(sample, name: str, in_channels: int):
             "pass the planes of a stack as separate samples"
         )
     labels = check_labels(labels, f"labels of {name}")
+    check_label_image(labels, f"labels of {name}")  # not an intensity image, not a binary mask
     if labels.shape != plane:
         raise ValueError(
             f"{name}: image plane {plane} and labels {labels.shape} differ in shape; "

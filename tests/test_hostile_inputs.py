@@ -92,8 +92,12 @@ def crafted_model(path, architecture: dict):
     [
         ({"in_channels": 1, "n_classes": 2, "base_channels": 300, "depth": 30}, "depth"),
         (
-            {"in_channels": 1, "n_classes": 2, "base_channels": 300, "depth": 4},
+            {"in_channels": 1, "n_classes": 2, "base_channels": 80, "depth": 4},
             r"weights in 46 tensors\) but the file holds 18 weights in 1 tensors",
+        ),
+        (  # in range one by one, but 496 million weights: more than a laptop trains or runs
+            {"in_channels": 1, "n_classes": 2, "base_channels": 256, "depth": 4},
+            r"496,399,874 parameters; at most 67,108,864 are supported",
         ),
         ({"in_channels": 1, "n_classes": 2, "base_channels": 4.5, "depth": 4}, "base_channels"),
         ({"in_channels": 1, "n_classes": 2, "base_channels": 4, "extra": 1}, "keys"),
@@ -415,3 +419,39 @@ def test_a_binary_mask_is_not_taken_for_one_giant_cell(tmp_path, capsys, whole_s
     assert main(["weightmap", str(mask), "--out", str(out), "--connected-components"]) == 0
     assert mask_to_labels(binary).max() > 3
     check_label_image(np.where(whole_sample[1] == 5, 1, 0))  # one cell is one cell
+
+
+# ------------------------------------------------------------------- bioimage.io zip packages
+def _package_with(path, weights: bytes, *, declared: int | None = None):
+    """A zip holding ``weights`` as its napari-unet model (its declared size patched)."""
+    import zipfile
+
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as z:
+        z.writestr(store.WEIGHTS_NAME, weights)
+    if declared is not None:  # the central directory's uncompressed size of the entry
+        data = bytearray(path.read_bytes())
+        central = data.rfind(b"PK\x01\x02")
+        data[central + 24 : central + 28] = struct.pack("<I", declared)
+        path.write_bytes(bytes(data))
+    return path
+
+
+def test_a_bioimageio_zip_bomb_is_refused_before_anything_is_extracted(tmp_path, model_file):
+    real = open(model_file, "rb").read()
+    bomb = _package_with(tmp_path / "bomb.zip", real + bytes(300 * 2**20))  # 300 MiB of zeros
+    assert bomb.stat().st_size < 2 * 2**20
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match="declares 314,5.* bytes but its model holds"):
+        store.load_bioimageio(bomb)
+    assert time.perf_counter() - start < 3
+    liar = _package_with(tmp_path / "liar.zip", real, declared=4_000_000_000)
+    with pytest.raises(ValueError, match="declares 4,000,000,000 bytes"):
+        store.load_bioimageio(liar)
+    crafted = crafted_model(
+        tmp_path / "m.safetensors",
+        {"in_channels": 1, "n_classes": 2, "base_channels": 512, "depth": 4},
+    )
+    huge = _package_with(tmp_path / "huge.zip", crafted.read_bytes())
+    with pytest.raises(ValueError, match="at most 67,108,864 are supported"):
+        store.load_bioimageio(huge)
+    assert store.load_bioimageio(_package_with(tmp_path / "ok.zip", real)).config()

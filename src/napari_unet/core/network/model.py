@@ -22,8 +22,10 @@ LIMITS = {
 }
 """Inclusive ``(low, high)`` range of each architecture value napari-unet builds."""
 
-MAX_PARAMETERS = 2**31
-"""Largest network napari-unet builds (8 GiB of float32 weights)."""
+MAX_PARAMETERS = 2**26
+"""Largest network napari-unet builds or loads: 67 million weights (256 MiB of float32), twice
+the paper's network (31 million, base 64); what a laptop can still fine-tune and run. A file
+describing more is refused from its header, before anything is allocated."""
 
 
 def check_architecture(

@@ -11,6 +11,7 @@ import os
 import re
 import tempfile
 import zipfile
+import zlib
 from importlib import resources
 from pathlib import Path
 
@@ -243,6 +244,51 @@ def open_model(name_or_path: str | os.PathLike | None = None, device=None) -> UN
     return load_bundled(str(name_or_path), device=device)
 
 
+def _checked_entry(path: Path, package: zipfile.ZipFile, entry: zipfile.ZipInfo) -> int:
+    """The size in bytes of the model in ``entry``, from its safetensors header read out of the
+    zip (architecture and tensors checked as :func:`load_model` checks a file); ValueError
+    before anything is extracted when the header is damaged, describes a model napari-unet does
+    not load, or the entry declares another size."""
+    with package.open(entry) as source:
+        length = int.from_bytes(source.read(8), "little")
+        if not 0 < length <= _HEADER_BYTES:
+            raise ValueError(f"{path}: its {WEIGHTS_NAME} has no napari-unet model header")
+        try:
+            header = json.loads(source.read(length))
+            tensors = {
+                name: (tuple(t["shape"]), t["dtype"], t["data_offsets"][1])
+                for name, t in header.items()
+                if name != "__metadata__"
+            }
+        except (ValueError, TypeError, KeyError, IndexError) as err:
+            raise ValueError(f"{path}: its {WEIGHTS_NAME} has a damaged header: {err}") from err
+    name = Path(f"{path.name}:{WEIGHTS_NAME}")
+    architecture, _ = _parse_header(name, header.get("__metadata__") or {})
+    _checked_architecture(name, architecture, {k: v[:2] for k, v in tensors.items()})
+    size = 8 + length + max((end for *_, end in tensors.values()), default=0)
+    if entry.file_size != size:
+        raise ValueError(
+            f"{path}: its {WEIGHTS_NAME} declares {entry.file_size:,} bytes but its model "
+            f"holds {size:,}; not extracted"
+        )
+    return size
+
+
+def _copy_at_most(package: zipfile.ZipFile, entry: zipfile.ZipInfo, out: Path, limit: int):
+    """Write ``entry`` of ``package`` to ``out``, refusing (ValueError) once it exceeds
+    ``limit`` bytes whatever the zip declared."""
+    written = 0
+    with package.open(entry) as source, open(out, "wb") as target:
+        while chunk := source.read(1 << 20):
+            written += len(chunk)
+            if written > limit:
+                raise ValueError(
+                    f"{entry.filename} in {package.filename} holds more than the {limit:,} "
+                    "bytes its header describes; not extracted"
+                )
+            target.write(chunk)
+
+
 def load_bioimageio(path: str | os.PathLike, device=None):
     """The :class:`~napari_unet.core.network.model.UNet` of a bioimage.io package that napari-unet
     exported (its ``napari-unet.safetensors``, checked as any model file; nothing unpickled)."""
@@ -257,10 +303,15 @@ def load_bioimageio(path: str | os.PathLike, device=None):
                     f"{path} has no {WEIGHTS_NAME}: napari-unet opens the bioimage.io packages it "
                     "exported; open others with bioimageio.core"
                 )
+            entry = package.getinfo(WEIGHTS_NAME)
+            size = _checked_entry(path, package, entry)
             with tempfile.TemporaryDirectory(prefix="napari-unet-bioimageio-") as folder:
-                weights = Path(package.extract(WEIGHTS_NAME, folder))
+                weights = Path(folder) / WEIGHTS_NAME
+                _copy_at_most(package, entry, weights, size)
                 model = load_model(weights, device=device)
-    except zipfile.BadZipFile as err:
-        raise ValueError(f"{path} is not a bioimage.io package (not a zip file): {err}") from err
+    except (zipfile.BadZipFile, EOFError, zlib.error) as err:
+        raise ValueError(
+            f"{path} is not a readable bioimage.io package (damaged zip): {err or type(err).__name__}"
+        ) from err
     model.metadata = {**model.metadata, "source": f"bioimage.io package {path.name}"}
     return model

@@ -455,3 +455,28 @@ def test_a_bioimageio_zip_bomb_is_refused_before_anything_is_extracted(tmp_path,
     with pytest.raises(ValueError, match="at most 67,108,864 are supported"):
         store.load_bioimageio(huge)
     assert store.load_bioimageio(_package_with(tmp_path / "ok.zip", real)).config()
+
+
+def test_rois_and_measurements_take_memory_in_cells_not_in_the_largest_id(tmp_path):
+    import tracemalloc
+
+    import roifile
+
+    from napari_unet import measure_cells, write_rois
+
+    labels = np.zeros((64, 64), np.uint32)
+    labels[5:20, 5:20], labels[30:50, 30:50] = 2**24, 2**31  # two cells, huge ids
+    tracemalloc.start()
+    table = measure_cells(labels)
+    write_rois(tmp_path / "r.zip", labels)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 20 * 2**20  # was 715 MB, or a MemoryError
+    assert table["id"].tolist() == [2**24, 2**31] and table["area_px"].tolist() == [225, 400]
+    rois = roifile.roiread(tmp_path / "r.zip")
+    assert [r.name for r in rois] == ["cell-0016777216", "cell-2147483648"]
+    mask = labels > 0  # a boolean mask: its pixels are cell 1
+    assert measure_cells(mask)["area_px"].tolist() == [625]
+    write_rois(tmp_path / "m.zip", mask)
+    (roi,) = roifile.roiread(tmp_path / "m.zip")  # one cell in two pieces
+    assert roi.name == "cell-1"

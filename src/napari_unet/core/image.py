@@ -19,6 +19,7 @@ __all__ = [
     "check_finite",
     "check_label_image",
     "mask_to_labels",
+    "compact_ids",
     "label_planes",
 ]
 
@@ -201,9 +202,22 @@ def label_planes(labels: np.ndarray, name: str = "labels") -> np.ndarray:
         raise ValueError(
             f"{name} must hold integer ids (0 = background), got dtype {labels.dtype}"
         )
+    if labels.dtype == bool:  # a mask: its pixels are cell 1
+        labels = labels.view(np.uint8)
     if labels.min() < 0:
         raise ValueError(f"{name} must not hold negative ids, found {labels.min()}")
     return labels.reshape(-1, *labels.shape[-2:])
+
+
+def compact_ids(plane: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(H, W)`` ids renumbered ``1..n`` in their order, and the ``(n + 1,)`` original ids
+    (``[0, id_1, ..., id_n]``): per-cell tables then take memory in the number of cells, not in
+    the largest id (scikit-image's ``regionprops`` allocates one entry per id up to the
+    largest)."""
+    from skimage.segmentation import relabel_sequential
+
+    compact, _, inverse = relabel_sequential(np.asarray(plane))
+    return compact, np.asarray(inverse[np.arange(int(compact.max()) + 1)])
 
 
 def to_grey(image: np.ndarray) -> np.ndarray:

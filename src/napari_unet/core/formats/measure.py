@@ -72,7 +72,7 @@ def measure_cells(
     """
     from skimage.measure import regionprops_table
 
-    from ..image import label_planes
+    from ..image import compact_ids, label_planes
     from .io import check_pixel_size
 
     planes = label_planes(labels)
@@ -81,9 +81,11 @@ def measure_cells(
     properties += list(_INTENSITY) if images is not None else []
     parts = []
     for p, plane in enumerate(planes):
+        compact, ids = compact_ids(plane)
         table = regionprops_table(
-            plane, None if images is None else images[p], properties=properties
+            compact, None if images is None else images[p], properties=properties
         )
+        table["label"] = ids[table["label"]]
         table["plane"] = np.full(len(table["label"]), p)
         parts.append(table)
     table = {k: np.concatenate([t[k] for t in parts]) for k in parts[0]}

@@ -53,7 +53,7 @@ def label_rois(labels: np.ndarray) -> list:
     from roifile import ROI_TYPE, ImagejRoi
     from skimage.measure import regionprops
 
-    from ..image import label_planes
+    from ..image import compact_ids, label_planes
 
     planes = label_planes(labels)
     stack = np.ndim(labels) > 2
@@ -61,15 +61,17 @@ def label_rois(labels: np.ndarray) -> list:
     plane_width = len(str(len(planes) - 1))
     rois = []
     for p, plane in enumerate(planes):
-        for cell in regionprops(plane):
+        compact, ids = compact_ids(plane)
+        for cell in regionprops(compact):
             points, holes, pieces = _outline(cell.image)
             xy = points[:, ::-1] + np.add(cell.bbox[1::-1], 0.5)  # pixel centres at +0.5
-            name = f"cell-{cell.label:0{id_width}d}"
+            cell_id = int(ids[cell.label])
+            name = f"cell-{cell_id:0{id_width}d}"
             if stack:
                 name = f"plane-{p:0{plane_width}d}-{name}"
             roi = ImagejRoi.frompoints(xy, name=name, position=p if stack else None)
             roi.roitype = ROI_TYPE.POLYGON
-            roi.properties = {"id": cell.label, "plane": p, "holes": holes, "pieces": pieces}
+            roi.properties = {"id": cell_id, "plane": p, "holes": holes, "pieces": pieces}
             rois.append(roi)
     return rois
 

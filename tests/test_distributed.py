@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 
@@ -520,3 +521,21 @@ def test_a_cluster_reached_by_its_address_keeps_no_model_after_the_job(
     argv += ["--model", str(save_model(tiny_unet, tmp_path / "tiny.safetensors"))]
     assert main([*argv, "--scheduler", client.scheduler.address]) == 0
     assert model_plugins(client) == before
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--workers", "1000"], r"--workers 1000: this machine has \d+ cores"),
+        (["--workers", "1", "--block", "1"], "--block 1: blocks must be at least 128 px"),
+    ],
+)
+def test_worker_count_and_block_size_are_bounded_before_any_cluster(
+    tmp_path, whole_sample, capsys, option, message
+):
+    image, out = tmp_path / "cells.tif", tmp_path / "out"
+    tifffile.imwrite(image, whole_sample[0][:64, :64])
+    start = time.perf_counter()
+    assert main(["predict", str(image), "--out", str(out), *option]) == 1
+    assert re.search(message, capsys.readouterr().err)
+    assert time.perf_counter() - start < 10 and not out.exists()

@@ -236,6 +236,22 @@ def _predict(args) -> int | None:
             tqdm.write(f"{path.name}: {_count_cells(labels)} -> {targets['labels']}")
 
 
+def _check_dask_sizes(workers: int | None, block: int | None) -> None:
+    """``--workers`` at most this machine's cores (a local cluster of more is slower, not
+    faster) and ``--block`` at least ``MIN_BLOCK`` px; ValueError otherwise."""
+    from .core.large.blocks import MIN_BLOCK
+
+    cores = os.cpu_count() or 1
+    if workers is not None and workers > cores:
+        raise ValueError(
+            f"--workers {workers}: this machine has {cores} cores, and a local cluster of more "
+            f"workers than cores is slower, not faster; use --workers {cores} or fewer (or "
+            "--scheduler for a larger cluster)"
+        )
+    if block is not None and block < MIN_BLOCK:
+        raise ValueError(f"--block {block}: blocks must be at least {MIN_BLOCK} px on a side")
+
+
 def _predict_on_dask(args) -> int:
     """``predict --workers/--scheduler``: the batch runner with ``args``' settings."""
     from ._batch import BatchSettings, run
@@ -247,6 +263,7 @@ def _predict_on_dask(args) -> int:
             "--tile: with --workers/--scheduler every block chooses its tile automatically "
             "(the result is the same); leave --tile out, or use --block"
         )
+    _check_dask_sizes(args.workers, args.block)
     settings = BatchSettings(
         images=tuple(args.images),
         out=Path(args.out),

@@ -13,8 +13,8 @@ model without a size of its own, ``--as-diameter D`` lends it one), labelled wit
 ratio), and SEG of ``to_instances(predict(model, image))`` (the estimate, as a user gets it)
 beside SEG at the true diameter. Sets: ``dsb_test`` (dsb2018 test.txt), ``usiigaci_val``,
 ``u373`` (the 17 gold frames the few-shot protocol scores), and the training splits
-``dsb_train``, ``usiigaci_train`` (every 5th frame) and ``u373_silver`` (every 10th silver frame
-that has no gold mask) for choosing settings without the scored frames.
+``dsb_train``, ``usiigaci_train`` (every 5th image of each) and ``u373_silver`` (every 10th
+silver frame that has no gold mask) for choosing settings without the scored frames.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ SETS = {
     "dsb_test": lambda root: datasets.dsb2018("test", root),
     "usiigaci_val": lambda root: datasets.usiigaci("val", root),
     "u373": lambda root: datasets.u373(root)[2:],
-    "dsb_train": lambda root: datasets.dsb2018("train", root),
+    "dsb_train": lambda root: datasets.dsb2018("train", root)[::5],
     "usiigaci_train": lambda root: datasets.usiigaci("train", root)[::5],
     "u373_silver": u373_silver,
 }

@@ -530,7 +530,9 @@ def test_export_model_names_the_package_from_a_fine_tuned_models_label(tmp_path,
 
     torch.manual_seed(0)
     label = "round 2: continued from round 1 on 1 pair, 34 steps"  # what the docks write
-    model = save_model(UNet(base_channels=4, depth=3), tmp_path / "m.safetensors", {"source": label})
+    model = save_model(
+        UNet(base_channels=4, depth=3), tmp_path / "m.safetensors", {"source": label}
+    )
     package = tmp_path / "round2.zip"
     assert main(["export-model", str(model), "--bioimageio", str(package), "--no-test"]) == 0
     with zipfile.ZipFile(package) as z:

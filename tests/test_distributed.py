@@ -181,7 +181,9 @@ def test_workers_hold_counts_not_blocks_whatever_the_order(
             self.peak = max(self.peak, self.worker.state.nbytes)
 
     image = whole[0]  # 9 blocks
-    create_multiscale(tmp_path / "in.ome.zarr", image.shape, (128, 128), image.dtype)["0"][:] = image
+    create_multiscale(tmp_path / "in.ome.zarr", image.shape, (128, 128), image.dtype)["0"][:] = (
+        image
+    )
     source = inspect_image(tmp_path / "in.ome.zarr")  # read by the tasks, not sent to them
     client.register_plugin(Held(), name=Held.name)
     try:
@@ -462,7 +464,9 @@ def test_cli_writes_probabilities_on_cluster_as_in_process(
     tifffile.imwrite(tmp_path / "big.tif", image)  # 9 blocks
     tifffile.imwrite(tmp_path / "small.tif", image[:96, :96])  # one task
     size = {"pixel_size": (0.5, 0.5), "unit": "micrometer"}
-    root = create_multiscale(tmp_path / "img.ome.zarr", image.shape, (256, 256), image.dtype, **size)
+    root = create_multiscale(
+        tmp_path / "img.ome.zarr", image.shape, (256, 256), image.dtype, **size
+    )
     root["0"][:] = image
     out = tmp_path / "out"
     inputs = [str(tmp_path / n) for n in ("big.tif", "small.tif", "img.ome.zarr")]
@@ -539,3 +543,29 @@ def test_worker_count_and_block_size_are_bounded_before_any_cluster(
     assert main(["predict", str(image), "--out", str(out), *option]) == 1
     assert re.search(message, capsys.readouterr().err)
     assert time.perf_counter() - start < 10 and not out.exists()
+
+
+def test_a_missing_chunk_or_malformed_metadata_is_refused_in_one_line(tmp_path, rng, capsys):
+    import json
+
+    image = rng.integers(1, 4000, (300, 270)).astype(np.uint16)
+    path = tmp_path / "b.ome.zarr"
+    create_multiscale(path, image.shape, (128, 128), np.uint16)["0"][:] = image
+    assert inspect_image(path).shape == (300, 270)
+    os.remove(path / "0" / "1" / "1")  # one chunk lost in a copy: zarr would read zeros there
+    with pytest.raises(ValueError, match="1 of its 9 chunks are missing"):
+        inspect_image(path)
+    out = tmp_path / "out"
+    assert main(["predict", str(path), "--out", str(out), "--workers", "1"]) == 1
+    assert "chunks are missing" in capsys.readouterr().err
+    attrs = json.loads((path / ".zattrs").read_text())
+    for damage, key in (
+        (lambda a: a["multiscales"][0].pop("datasets"), "KeyError"),
+        (lambda a: a["multiscales"][0]["datasets"].clear(), "IndexError"),
+        (lambda a: a["multiscales"][0]["datasets"][0].update(path="9"), "KeyError"),
+    ):
+        broken = json.loads(json.dumps(attrs))
+        damage(broken)
+        (path / ".zattrs").write_text(json.dumps(broken))
+        with pytest.raises(ValueError, match=f"malformed OME-Zarr metadata \\({key}"):
+            inspect_image(path)

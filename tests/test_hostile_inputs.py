@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from importlib import resources
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -437,7 +438,7 @@ def _package_with(path, weights: bytes, *, declared: int | None = None):
 
 
 def test_a_bioimageio_zip_bomb_is_refused_before_anything_is_extracted(tmp_path, model_file):
-    real = open(model_file, "rb").read()
+    real = Path(model_file).read_bytes()
     bomb = _package_with(tmp_path / "bomb.zip", real + bytes(300 * 2**20))  # 300 MiB of zeros
     assert bomb.stat().st_size < 2 * 2**20
     start = time.perf_counter()

@@ -101,7 +101,9 @@ def test_predict_at_a_diameter_is_the_prediction_of_the_resampled_image(tiny_une
     np.testing.assert_allclose(prob, resize_to(half, image.shape), atol=1e-5)
     to_instances(prob)  # sized by the diameter given
     # a random network finds no cells at any size: the image as it comes, with a warning
-    np.testing.assert_array_equal(predict(tiny_unet, image), predict(tiny_unet, image, diameter=20))
+    np.testing.assert_array_equal(
+        predict(tiny_unet, image), predict(tiny_unet, image, diameter=20)
+    )
     stack = np.stack([image, image[::-1]])
     both = predict(tiny_unet, stack, diameter=40.0)
     assert both.shape == stack.shape
@@ -112,7 +114,10 @@ def test_predict_uses_the_diameter_a_model_was_fine_tuned_on(tiny_unet):
     from napari_unet import predict
 
     image = np.random.default_rng(2).random((100, 100)).astype(np.float32)
-    tiny_unet.metadata = {"diameter": 20.0, "cells": {"median_area": 1256.6, "median_diameter": 40.0}}
+    tiny_unet.metadata = {
+        "diameter": 20.0,
+        "cells": {"median_area": 1256.6, "median_diameter": 40.0},
+    }
     np.testing.assert_allclose(
         predict(tiny_unet, image), predict(tiny_unet, image, diameter=40.0), atol=0
     )

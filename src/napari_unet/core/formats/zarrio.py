@@ -189,23 +189,37 @@ def _inspect_zarr(path: Path) -> ImageFile:
     multiscales = _ngff_attrs(node.attrs).get("multiscales")
     if not multiscales:
         raise ValueError(f"{path} is a zarr group but not an OME-Zarr image (no multiscales)")
-    ms = multiscales[0]
-    dataset = ms["datasets"][0]
-    axes = ms.get("axes") or ["t", "c", "z", "y", "x"][-node[dataset["path"]].ndim :]
-    names = [a["name"] if isinstance(a, dict) else a for a in axes]
-    units = [a.get("unit") if isinstance(a, dict) else None for a in axes]
-    scale = next(
-        (t["scale"] for t in dataset.get("coordinateTransformations", []) if t["type"] == "scale"),
-        None,
-    )
-    size = None
-    if scale is not None and "y" in names and "x" in names:
-        y, x = (_in_um(scale[names.index(a)], units[names.index(a)] or "micrometer") for a in "yx")
-        size = (y, x) if y and x else None
-    return _zarr_file(path, dataset["path"], node[dataset["path"]], names, size)
+    try:
+        ms = multiscales[0]
+        dataset = ms["datasets"][0]
+        array = node[dataset["path"]]
+        axes = ms.get("axes") or ["t", "c", "z", "y", "x"][-array.ndim :]
+        names = [a["name"] if isinstance(a, dict) else a for a in axes]
+        units = [a.get("unit") if isinstance(a, dict) else None for a in axes]
+        transforms = dataset.get("coordinateTransformations", [])
+        scale = next((t["scale"] for t in transforms if t["type"] == "scale"), None)
+        size = None
+        if scale is not None and "y" in names and "x" in names:
+            um = "micrometer"  # the unit when the axis names none
+            y, x = (_in_um(scale[names.index(a)], units[names.index(a)] or um) for a in "yx")
+            size = (y, x) if y and x else None
+    except (KeyError, IndexError, TypeError, AttributeError, ValueError) as err:
+        raise ValueError(
+            f"{path} has malformed OME-Zarr metadata ({type(err).__name__}: {err}); expected "
+            "multiscales[0] with datasets[0].path naming an array, and axes matching its shape"
+        ) from err
+    return _zarr_file(path, dataset["path"], array, names, size)
 
 
 def _zarr_file(path, component, array, names, size) -> ImageFile:
+    missing = array.nchunks - array.nchunks_initialized
+    if missing:
+        raise ValueError(
+            f"{path}: {missing} of its {array.nchunks} chunks are missing, and zarr would read "
+            f"them as {array.fill_value!r}, changing the normalisation and the cells; this "
+            "looks like an incomplete copy (if those regions are truly empty, write them, e.g. "
+            "with zarr's write_empty_chunks=True)"
+        )
     index, channel = _plane_layout(array.shape, names, str(path))
     plane = _Plane(array, index, channel)
     return ImageFile(str(path), "zarr", plane.shape, plane.dtype, size, component, index, channel)

@@ -311,7 +311,8 @@ def load_bioimageio(path: str | os.PathLike, device=None):
                 model = load_model(weights, device=device)
     except (zipfile.BadZipFile, EOFError, zlib.error) as err:
         raise ValueError(
-            f"{path} is not a readable bioimage.io package (damaged zip): {err or type(err).__name__}"
+            f"{path} is not a readable bioimage.io package (damaged zip): "
+            f"{err or type(err).__name__}"
         ) from err
     model.metadata = {**model.metadata, "source": f"bioimage.io package {path.name}"}
     return model

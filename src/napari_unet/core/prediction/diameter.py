@@ -5,8 +5,8 @@ A model trained at one cell diameter ``D`` (``model.metadata["diameter"]``) draw
 texture as edges); much smaller, it merges them into blobs. :func:`estimate_diameter` predicts a
 window of the image at a ladder of sizes and keeps the size at which the cells found are most
 consistent with ``D`` and the probabilities most decisive; the cells found there, measured in
-the image's pixels, give the estimate. ``napari_unet.core.prediction.predict.estimate_diameter`` runs it
-with the model's own prediction.
+the image's pixels, give the estimate.
+``napari_unet.core.prediction.predict.estimate_diameter`` runs it with the model's own prediction.
 """
 
 from __future__ import annotations
@@ -106,10 +106,7 @@ def _choose(tries: list, known: float) -> DiameterEstimate:
         return abs(np.log(t[2] / known))
 
     consistent = [t for t in found if error(t) <= CONSISTENT]
-    if consistent:
-        best = max(consistent, key=lambda t: t[3] - error(t))
-    else:
-        best = min(found, key=error)
+    best = max(consistent, key=lambda t: t[3] - error(t)) if consistent else min(found, key=error)
     tried, count, size, confidence = best
     return DiameterEstimate(
         diameter=float(size * tried / known),

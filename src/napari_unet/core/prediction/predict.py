@@ -356,18 +356,19 @@ def predict(
 
     Takes the arguments of :func:`predict_tiles`; ``progress`` is called with each finished
     :class:`TileResult`. ``diameter`` is the median diameter (px) of the image's cells: the
-    image is resampled by ``model diameter / diameter`` (see :mod:`~napari_unet.core.prediction.scale`)
-    before the network sees it, and the probabilities are resampled back onto the image's grid
-    (tiles are exact in the resampled image; ``tile`` and ``center`` are in its pixels).
+    image is resampled by ``model diameter / diameter`` (see
+    :mod:`~napari_unet.core.prediction.scale`) before the network sees it, and the
+    probabilities are resampled back onto the image's grid (tiles are exact in the resampled
+    image; ``tile`` and ``center`` are in its pixels).
     ``None`` means the diameter of the cells the model was fine-tuned on; for a model trained at
     one size but not fine-tuned, :func:`estimate_diameter` of the image (of its middle plane for
     a stack); for a model that says neither, the image as it comes. A diameter for a model that
     does not say its own cell size raises ValueError.
 
     Returns ``(..., H, W)`` float32 in [0, 1] (the channel axis, if any, dropped), equal to the
-    untiled prediction, as :class:`~napari_unet.core.prediction.instances.Probabilities` carrying the size
-    of the image's cells (``model.metadata["cells"]`` when the image was not resampled) for
-    :func:`~napari_unet.to_instances`.
+    untiled prediction, as :class:`~napari_unet.core.prediction.instances.Probabilities`
+    carrying the size of the image's cells (``model.metadata["cells"]`` when the image was not
+    resampled) for :func:`~napari_unet.to_instances`.
     """
     if diameter is None and tuned_diameter(model) is None and _trained_size(model):
         diameter = _estimated_or_none(model, image, device)
@@ -383,8 +384,8 @@ def predict(
 
 def estimate_diameter(model, image, *, device=None) -> DiameterEstimate:
     """The median cell diameter (px) of one ``(H, W)`` or ``(H, W, C)`` image, estimated by a
-    scale search with ``model`` (see :mod:`~napari_unet.core.prediction.diameter`), which must say the
-    diameter it works at (``model.metadata["diameter"]``); ValueError otherwise or when no
+    scale search with ``model`` (see :mod:`~napari_unet.core.prediction.diameter`), which must
+    say the diameter it works at (``model.metadata["diameter"]``); ValueError otherwise or when no
     cells are found at any size."""
     known = _trained_size(model)
     if known is None:

@@ -255,14 +255,12 @@ def at_model_size(samples: Sequence, model) -> tuple[list, dict | None, float]:
     """``(samples, cells, factor)``: the ``(image, labels[, mask])`` samples resampled so their
     cells have the diameter the model works at (``model.metadata["diameter"]``; samples as they
     are for a model that has none), the size of their annotated cells in the samples' own pixels
-    (:func:`~napari_unet.core.prediction.instances.cell_sizes` pooled over all samples, inside their masks;
-    ``None`` when no cell is annotated) and the factor applied. Images are resampled with
-    anti-aliasing, labels and masks by nearest neighbour."""
+    (:func:`~napari_unet.core.prediction.instances.cell_sizes` pooled over all samples, inside
+    their masks; ``None`` when no cell is annotated) and the factor applied. Images are
+    resampled with anti-aliasing, labels and masks by nearest neighbour."""
     if samples is None or len(samples) == 0:
         return samples, None, 1.0
-    checked = [
-        _checked_sample(s, f"sample {i}", model.in_channels) for i, s in enumerate(samples)
-    ]
+    checked = [_checked_sample(s, f"sample {i}", model.in_channels) for i, s in enumerate(samples)]
     areas = np.concatenate([cell_areas(labels, mask) for _, labels, mask in checked])
     cells = cell_sizes(areas) if areas.size else None
     diameter = (getattr(model, "metadata", None) or {}).get("diameter")
@@ -411,8 +409,9 @@ def finetune(
     flight; and the run itself raises RuntimeError at its first step if predictions of the
     model are in flight. Stop early with ``events.close()`` (or drop the generator) to give the
     model back. A step whose loss or weights come out not finite raises FloatingPointError
-    (training diverged), the model keeping its weights from before that step. Each step runs with gradients on, whatever the calling thread's inference or
-    no-grad mode, and leaves that mode as it was.
+    (training diverged), the model keeping its weights from before that step. Each step runs
+    with gradients on, whatever the calling thread's inference or no-grad mode, and leaves that
+    mode as it was.
     """
     keywords = {
         "lr": lr,
@@ -579,7 +578,10 @@ def _record(model, config: FinetuneConfig, steps: int, cells: dict | None, facto
     metadata = dict(getattr(model, "metadata", None) or {})
     run = dataclasses.asdict(config)
     metadata["finetune"] = {
-        **run, "augment": list(config.augment), "steps": steps, "scale": factor
+        **run,
+        "augment": list(config.augment),
+        "steps": steps,
+        "scale": factor,
     }
     if cells is not None:  # cells only outside the masks say nothing of their size
         metadata["cells"] = cells

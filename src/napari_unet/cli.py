@@ -231,7 +231,7 @@ def _sized(instance, model, diameter: float | None, source: str | None) -> dict:
 
 
 def _said(diameter: float | None, source: str | None) -> str:
-    """The per-image words on the diameter used, e.g. ``"cells 24.0 px (estimated)"``."""
+    """The per-image words on the diameter used, e.g. ``"diameter 24.0 px (estimated)"``."""
     if source is None:
         return "diameter: none (image as it comes)"
     return f"diameter {diameter:.1f} px ({source})"

@@ -646,9 +646,9 @@ def test_diameter_errors_are_one_line_before_any_work(
     model_path, image_path = sized_file
     extra = [a.format(plain=model_file) for a in extra]
     out = tmp_path / "o"
+    args = ["predict", str(image_path), "--model", str(model_path), "--out", str(out), *extra]
     try:
-        status = main(["predict", str(image_path), "--model", str(model_path), "--out", str(out),
-                       *extra])  # fmt: skip
+        status = main(args)
     except SystemExit as end:  # a bad option value: argparse's exit
         status = end.code
     assert status == 1

@@ -6,6 +6,10 @@ for) directly over its image, additive. Each tile is shown as soon as it is done
 probability, label 1); when all tiles are in, the worker splits the foreground into cells
 (:func:`napari_unet.to_instances`) and the instance labels replace the preview.
 
+For a model that works at one cell size the worker first yields the cell size it predicts at
+(:class:`~._diameter.Sized`, estimated there when it must be); the layers then take the
+resampled grid, placed over the image, and get the image's own grid back with the result.
+
 An earlier result is replaced only by a complete run: the unedited prediction (and probability)
 layer of the same image and shape gets the new data in place (its name and place kept) once the
 run is done, and the run's own layers (``"<image> prediction (running)"``, ``"<image>

@@ -666,8 +666,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--min-size",
         type=_non_negative_int,
-        help="smallest cell kept, px (default: 5 %% of the median area of the cells the model "
-        f"was fine-tuned on, else {MIN_SIZE})",
+        help="smallest cell kept, px (default: 5 %% of the median area of the cells: a disc of "
+        "the --diameter given or estimated, else the cells the model was fine-tuned on, else "
+        f"{MIN_SIZE})",
     )
     p.add_argument(
         "--expand", type=_non_negative_int, default=instances.expand, help="grow cells by this, px"

@@ -89,3 +89,21 @@ def test_a_refused_package_is_one_line_and_writes_nothing(tmp_path, tiny_unet):
         export_bioimageio(tiny_unet, tmp_path / "m.zip", license="not a licence", test=False)
     assert "\n" not in str(err.value)
     assert os.listdir(tmp_path) == []
+
+
+def test_card_says_the_input_scale_of_a_model_with_a_cell_size(package):
+    from napari_unet.core.network.bioimageio import _card
+
+    model, path = package
+    with zipfile.ZipFile(path) as z:
+        card = z.read("README.md").decode()
+    assert "Input scale" not in card  # the model says no size
+    sized = _card("sized", "A model.", model, {"diameter": 24.0})
+    text = " ".join(sized.split())
+    assert (
+        "the network works at cells about 24 px across: resample your image by 24 / (your "
+        "cells' median diameter) before the network, and the output back" in text
+    )
+    assert "napari-unet does it itself" in text
+    tuned = _card("tuned", "A model.", model, {"cells": {"median_diameter": 31.6}})
+    assert "cells about 32 px across" in " ".join(tuned.split())

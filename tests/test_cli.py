@@ -539,3 +539,122 @@ def test_export_model_names_the_package_from_a_fine_tuned_models_label(tmp_path,
         rdf = yaml.safe_load(z.read("rdf.yaml"))
     assert rdf["name"] == "napari-unet round 2 continued from round 1 on 1 pair 34 steps"
     assert label in rdf["description"]
+
+
+def _discs(shape=(160, 160), radius=20, spacing=64):
+    """``shape`` uint16 image of bright discs of ``radius`` on a grid, and their labels."""
+    from skimage.draw import disk
+
+    labels = np.zeros(shape, np.uint16)
+    for n, (y, x) in enumerate(
+        (y, x)
+        for y in range(spacing // 2, shape[0], spacing)
+        for x in range(spacing // 2, shape[1], spacing)
+    ):
+        labels[disk((y, x), radius, shape=shape)] = n + 1
+    return ((labels > 0) * 200 + 20).astype(np.uint16), labels
+
+
+@pytest.fixture
+def sized_file(tmp_path):
+    """A tiny model trained (so it says) at cells 20 px across, and an image of 40 px discs."""
+    torch.manual_seed(0)
+    model = save_model(
+        UNet(base_channels=4, depth=3), tmp_path / "sized.safetensors", {"diameter": 20.0}
+    )
+    image = tmp_path / "discs.tif"
+    tifffile.imwrite(image, _discs()[0])
+    return model, image
+
+
+def test_diameter_resamples_each_image_and_sizes_its_cells(tmp_path, sized_file, capsys):
+    from napari_unet import predict, to_instances
+    from napari_unet.core.prediction.instances import size_defaults
+    from napari_unet.core.prediction.scale import sized_cells
+
+    model_path, image_path = sized_file
+    out = tmp_path / "out"
+    args = ["predict", str(image_path), "--model", str(model_path), "--out", str(out)]
+    assert main([*args, "--diameter", "40", "--probabilities"]) == 0
+    assert "discs.tif: " in (said := capsys.readouterr().out)
+    assert "diameter 40.0 px (given)" in said
+    model, image = load_model(model_path), read_image(image_path)
+    written = tifffile.imread(out / "discs_probabilities.tif")
+    assert written.shape == image.shape  # back on the image's grid
+    np.testing.assert_allclose(written, predict(model, image, diameter=40), atol=1e-6)
+    size = size_defaults(sized_cells(40))[0]  # 5 % of a 40 px disc: 63 px
+    expected = to_instances(written, min_size=size, min_core=size)
+    np.testing.assert_array_equal(tifffile.imread(out / "discs_labels.tif"), expected)
+
+    assert main([*args, "--diameter", "40", "--probabilities", "--min-size", "0"]) == 0
+    labels = tifffile.imread(out / "discs_labels.tif")  # an explicit --min-size wins
+    np.testing.assert_array_equal(labels, to_instances(written, min_size=0, min_core=size))
+
+
+def test_the_diameter_used_is_said_with_its_source(tmp_path, sized_file, capsys, monkeypatch):
+    from napari_unet.core.prediction import predict as predict_module
+    from napari_unet.core.prediction.diameter import DiameterEstimate
+
+    model_path, image_path = sized_file
+    out = str(tmp_path / "out")
+    seen = []
+
+    def estimate(model, image, *, device=None):
+        seen.append(image.shape)
+        return DiameterEstimate(diameter=30.0, cells=4, confidence=0.9, tries=())
+
+    monkeypatch.setattr(predict_module, "estimate_diameter", estimate)
+    assert main(["predict", str(image_path), "--model", str(model_path), "--out", out]) == 0
+    assert "diameter 30.0 px (estimated)" in capsys.readouterr().out
+    assert seen == [(160, 160)]  # once, by the CLI; predict does not estimate again
+
+    cells = {"median_area": 1256.6, "median_diameter": 40.0, "count": 4}
+    metadata = {"diameter": 20.0, "cells": cells}
+    tuned = save_model(load_model(model_path), tmp_path / "t.safetensors", metadata)
+    assert main(["predict", str(image_path), "--model", str(tuned), "--out", out]) == 0
+    assert "diameter 40.0 px (the model's fine-tuning)" in capsys.readouterr().out
+
+    plain = save_model(UNet(base_channels=4, depth=3), tmp_path / "p.safetensors")
+    assert main(["predict", str(image_path), "--model", str(plain), "--out", out]) == 0
+    assert "diameter: none (image as it comes)" in capsys.readouterr().out
+    assert len(seen) == 1
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--diameter", "0"], "argument --diameter: expected a positive number, got 0"),
+        (["--diameter", "abc"], "argument --diameter: expected a positive number, got abc"),
+        (["--diameter", "1000"], "--diameter: cells 1000 px across are too far"),
+        (["--diameter", "30", "--model", "{plain}"], "--diameter: this model does not say"),
+        (
+            ["--diameter", "30", "--workers", "1"],
+            r"--diameter is not yet supported with --workers/--scheduler; run without them",
+        ),
+        (
+            ["--workers", "1"],
+            "a model trained at one cell diameter is not yet supported with "
+            "--workers/--scheduler; run without them",
+        ),
+        (
+            ["--scheduler", "tcp://localhost:1"],
+            "a model trained at one cell diameter is not yet supported",
+        ),
+    ],
+)
+def test_diameter_errors_are_one_line_before_any_work(
+    tmp_path, sized_file, model_file, capsys, extra, message
+):
+    model_path, image_path = sized_file
+    extra = [a.format(plain=model_file) for a in extra]
+    out = tmp_path / "o"
+    args = ["predict", str(image_path), "--model", str(model_path), "--out", str(out), *extra]
+    try:
+        status = main(args)
+    except SystemExit as end:  # a bad option value: argparse's exit
+        status = end.code
+    assert status == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("napari-unet: error: "), lines
+    assert __import__("re").search(message, lines[0]), lines[0]
+    assert not out.exists()

@@ -186,6 +186,61 @@ def _instances(args):
     return InstanceConfig(threshold=args.threshold, min_size=args.min_size, expand=args.expand)
 
 
+GIVEN, TUNED, ESTIMATED = "given", "the model's fine-tuning", "estimated"
+"""Where the cell diameter of a prediction came from (``None``: the image as it comes)."""
+
+
+def _diameter(model, image, given: float | None, device) -> tuple[float | None, str | None]:
+    """``(diameter, source)``: the cells' diameter (px) to predict ``image`` at and where it
+    came from: ``given`` (``--diameter``), the model's fine-tuning, or estimated by a scale
+    search (a model trained at one size, not fine-tuned: its middle plane); ``(None, None)``
+    for the image as it comes (a model that says no size, or an estimate that found no cell,
+    logged)."""
+    from .core.image import split_channels
+    from .core.prediction.predict import estimate_diameter
+    from .core.prediction.scale import model_diameter, tuned_diameter
+
+    if given is not None:
+        return given, GIVEN
+    if tuned_diameter(model) is not None:
+        return tuned_diameter(model), TUNED
+    if model_diameter(model) is None:
+        return None, None
+    plane, has_channels = split_channels(image, model.in_channels)
+    while plane.ndim > 2 + has_channels:
+        plane = plane[plane.shape[0] // 2]
+    try:
+        return estimate_diameter(model, plane, device=device).diameter, ESTIMATED
+    except ValueError as err:
+        log.warning("%s: predicting the image as it comes", err)
+        return None, None
+
+
+def _sized(instance, model, diameter: float | None, source: str | None) -> dict:
+    """``to_instances``' options: sizes left open follow the cells of a given or estimated
+    ``diameter`` (the model's fine-tuned cells otherwise); an explicit ``--min-size`` wins."""
+    from dataclasses import replace
+
+    from .core.prediction.instances import size_defaults
+    from .core.prediction.scale import sized_cells
+
+    if source not in (GIVEN, ESTIMATED):
+        return instance.for_model(model).options()
+    size, core = size_defaults(sized_cells(diameter))
+    return replace(
+        instance,
+        min_size=size if instance.min_size is None else instance.min_size,
+        min_core=core if instance.min_core is None else instance.min_core,
+    ).options()
+
+
+def _said(diameter: float | None, source: str | None) -> str:
+    """The per-image words on the diameter used, e.g. ``"diameter 24.0 px (estimated)"``."""
+    if source is None:
+        return "diameter: none (image as it comes)"
+    return f"diameter {diameter:.1f} px ({source})"
+
+
 def _predict(args) -> int | None:
     if args.workers or args.scheduler:
         return _predict_on_dask(args)
@@ -197,12 +252,15 @@ def _predict(args) -> int | None:
     from .core.network.store import open_model
     from .core.prediction.instances import to_instances
     from .core.prediction.predict import predict
+    from .core.prediction.scale import model_diameter
 
     device = _checked_device(args.device)
     images = _checked_images(args.images, args.max_pixels)
     model = open_model(args.model, device=device)
-    instance = _instances(args).for_model(model).options()
+    instances = _instances(args)
     _check_tile(args.tile, model)
+    if args.diameter is not None:
+        _check_diameter(model, args.diameter)
     out = Path(args.out)
     NewFolders.check(out)
     kinds = output_kinds(args.probabilities, args.rois, args.measurements)
@@ -211,6 +269,7 @@ def _predict(args) -> int | None:
     with tqdm(plan, desc="images", unit="image", disable=len(plan) < 2) as jobs:
         for path, targets in jobs:
             image = _load_image(path, model.in_channels, args.max_pixels)
+            diameter, source = _diameter(model, image, args.diameter, device)
             with tqdm(desc=path.name, unit="tile", leave=False) as bar:
 
                 def progress(result, bar=bar):
@@ -224,8 +283,10 @@ def _predict(args) -> int | None:
                     device=device,
                     flips=args.flips,
                     progress=progress,
+                    # the model's own size for "as it comes": no second estimate in predict
+                    diameter=diameter if diameter is not None else model_diameter(model),
                 )
-            labels = to_instances(probabilities, **instance)
+            labels = to_instances(probabilities, **_sized(instances, model, diameter, source))
             pixel_size = read_pixel_size(path)
             write_labels(
                 targets["labels"], labels, software=PREDICTION_SOFTWARE, pixel_size=pixel_size
@@ -233,7 +294,27 @@ def _predict(args) -> int | None:
             write_cell_tables(targets, labels, image, pixel_size)
             if args.probabilities:
                 write_image(targets["probabilities"], probabilities, software=PREDICTION_SOFTWARE)
-            tqdm.write(f"{path.name}: {_count_cells(labels)} -> {targets['labels']}")
+            said = _said(diameter, source)
+            tqdm.write(f"{path.name}: {_count_cells(labels)}, {said} -> {targets['labels']}")
+
+
+def _check_diameter(model, diameter: float) -> None:
+    """Refuse ``--diameter`` for a model that says no cell size, or too far from its size."""
+    from .core.prediction.scale import model_diameter, scale_factor
+
+    known = model_diameter(model)
+    if known is None:
+        raise ValueError(
+            "--diameter: this model does not say what cell size it works at, so it predicts "
+            "images as they come; leave --diameter out, or fine-tune the model first"
+        )
+    try:
+        scale_factor(known, diameter)
+    except ValueError as err:
+        raise ValueError(f"--diameter: {err}") from err
+
+
+NOT_DISTRIBUTED = "is not yet supported with --workers/--scheduler; run without them"
 
 
 def _check_dask_sizes(workers: int | None, block: int | None) -> None:
@@ -256,6 +337,9 @@ def _predict_on_dask(args) -> int:
     """``predict --workers/--scheduler``: the batch runner with ``args``' settings."""
     from ._batch import BatchSettings, run
 
+    if args.diameter is not None:
+        raise ValueError(f"--diameter {NOT_DISTRIBUTED}")
+    _check_unsized(args.model)
     if args.device not in (None, "cpu"):
         raise ValueError("--device: workers predict on their own CPU (leave --device out)")
     if args.tile is not None:
@@ -278,6 +362,15 @@ def _predict_on_dask(args) -> int:
         max_pixels=args.max_pixels,
     )
     return run(settings, args.folders)
+
+
+def _check_unsized(name: str | None) -> None:
+    """Refuse a model trained at one cell size on the distributed path, which predicts images
+    as they come (it does not resample them to the model's size yet)."""
+    from .core.network.store import open_model
+
+    if (open_model(name).metadata or {}).get("diameter") is not None:
+        raise ValueError(f"a model trained at one cell diameter {NOT_DISTRIBUTED}")
 
 
 # ------------------------------------------------------------------------------- export-model
@@ -602,11 +695,21 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--min-size",
         type=_non_negative_int,
-        help="smallest cell kept, px (default: 5 %% of the median area of the cells the model "
-        f"was fine-tuned on, else {MIN_SIZE})",
+        help="smallest cell kept, px (default: 5 %% of the median area of the cells: a disc of "
+        "the --diameter given or estimated, else the cells the model was fine-tuned on, else "
+        f"{MIN_SIZE})",
     )
     p.add_argument(
         "--expand", type=_non_negative_int, default=instances.expand, help="grow cells by this, px"
+    )
+    p.add_argument(
+        "--diameter",
+        type=_positive_float,
+        metavar="PX",
+        help="median diameter of the images' cells in px: each image is resampled to the cell "
+        "size the model works at, and the result back (default: the size of the cells the model "
+        "was fine-tuned on, else estimated by the model when it was trained at one size, else "
+        "the images as they come); --min-size follows it",
     )
     p.add_argument(
         "--flips",

@@ -475,3 +475,28 @@ def _press(layer, key):
     handler = KeymapHandler()
     handler.keymap_providers = [layer]
     handler.press_key(key)
+
+
+def test_status_says_the_annotated_size_and_the_resampling(setup, crops, qtbot):
+    """After a run the status says the median diameter of the annotated cells; for a model
+    trained at one size, also the factor the frames were resampled by."""
+    from napari_unet.core.prediction.scale import median_diameter
+
+    viewer, widget, model = setup
+    _add(widget, viewer, "cells", "cells annotation")
+    _train(widget, qtbot, steps=1)
+    measured = median_diameter(crops[0][1])
+    assert f"Annotated cells: median diameter {measured:.0f} px. " in widget.status
+    assert "resampled" not in widget.status
+
+    sized = UNet(base_channels=4, depth=3)
+    sized.metadata = {"diameter": round(measured / 2)}
+    session_for(viewer).set_model(sized, "sized")
+    _train(widget, qtbot, steps=1)
+    tuned = session_for(viewer).model.metadata
+    factor = tuned["finetune"]["scale"]
+    assert factor == pytest.approx(round(measured / 2) / measured, abs=0.02)
+    assert (
+        f"median diameter {measured:.0f} px; frames resampled by {factor:.2f} to the model's "
+        f"{round(measured / 2)} px. " in widget.status
+    )

@@ -6,6 +6,10 @@ for) directly over its image, additive. Each tile is shown as soon as it is done
 probability, label 1); when all tiles are in, the worker splits the foreground into cells
 (:func:`napari_unet.to_instances`) and the instance labels replace the preview.
 
+For a model that works at one cell size the worker first yields the cell size it predicts at
+(:class:`~._diameter.Sized`, estimated there when it must be); the layers then take the
+resampled grid, placed over the image, and get the image's own grid back with the result.
+
 An earlier result is replaced only by a complete run: the unedited prediction (and probability)
 layer of the same image and shape gets the new data in place (its name and place kept) once the
 run is done, and the run's own layers (``"<image> prediction (running)"``, ``"<image>
@@ -27,6 +31,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from napari.layers import Image, Labels
 
+from ._diameter import Sized, resampled_grid
 from ._layers import EDITED, MADE, OF, add_quietly, find_made, free_name, full_resolution
 
 if TYPE_CHECKING:
@@ -39,37 +44,60 @@ if TYPE_CHECKING:
 __all__ = ["InMemoryRun"]
 
 
-def _predict_job(model, pixels, *, grey, shape, tile, center, flips, instance: dict):
-    """The worker's generator: yield each :class:`~napari_unet.TileResult`, then return
-    ``(labels, probabilities)`` of ``shape``: uint16/uint32 instances and float32 foreground.
-    ``instance``: keyword arguments of :func:`~napari_unet.to_instances`. Closing it closes the
-    tile generator."""
+def _predict_job(model, pixels, *, grey, shape, tile, center, flips, instance, typed):
+    """The worker's generator: yield the :class:`~._diameter.Sized` the image is predicted at,
+    then each :class:`~napari_unet.TileResult` (of the resampled planes, when resampled), then
+    return ``(labels, probabilities)`` of ``shape``: uint16/uint32 instances and float32
+    foreground, on the image's grid. ``instance``: the dock's
+    :class:`~napari_unet.InstanceConfig` (sizes ``None``: sized by the diameter in use);
+    ``typed``: the typed diameter (``None``: automatic). Closing it closes the tile generator."""
     from contextlib import closing
 
     from napari_unet.core.image import grey_if_rgb
-    from napari_unet.core.prediction.instances import Probabilities, to_instances
+    from napari_unet.core.prediction.instances import to_instances
     from napari_unet.core.prediction.predict import predict_tiles
+    from napari_unet.core.prediction.scale import resize_to
+
+    from ._diameter import resample, resampled_center, sized_options, sizing
 
     if grey:
         pixels = grey_if_rgb(pixels, model.in_channels)
-    probabilities = Probabilities.for_model(np.zeros(shape, dtype=np.float32), model)
+    sized = sizing(model, pixels, typed, shape[-2:])  # estimates the diameter when it must
+    yield sized
+    pixels = resample(pixels, model.in_channels, sized)
+    center = resampled_center(center, sized)
+    probabilities = np.zeros((*shape[:-2], *sized.shape), dtype=np.float32)
     tiles = predict_tiles(model, pixels, tile=tile, center=center, flips=flips)
     with closing(tiles):
         for result in tiles:
             probabilities[result.plane][result.region] = result.probabilities
             yield result
-    labels = to_instances(probabilities, **instance)
-    return labels, np.asarray(probabilities)
+    probabilities = resize_to(probabilities, shape[-2:])
+    labels = to_instances(probabilities, **sized_options(instance, model, sized))
+    return labels, probabilities
 
 
 @dataclass
 class _Output:
     """One output of a run: the layer its tiles stream into (``metadata[MADE]`` is
-    ``"<kind> (running)"`` meanwhile) and the earlier result a complete run replaces."""
+    ``"<kind> (running)"`` meanwhile), the earlier result a complete run replaces, and the
+    image's ``scale`` and ``translate``."""
 
     kind: str  # "prediction" or "probability"
     layer: Labels | Image
     earlier: Labels | Image | None
+    scale: tuple[float, ...]
+    translate: tuple[float, ...]
+
+
+def _grid(output: _Output) -> tuple[tuple, tuple]:
+    return output.scale, output.translate
+
+
+def _regrid(layer, plane: tuple[int, int], scale, translate) -> None:
+    """Make ``layer`` empty planes of ``plane`` shape placed by ``scale`` and ``translate``."""
+    layer.data = np.zeros((*layer.data.shape[:-2], *plane), dtype=layer.data.dtype)
+    layer.scale, layer.translate = scale, translate
 
 
 @dataclass
@@ -81,6 +109,8 @@ class InMemoryRun:
     probability: _Output | None
     prefix: tuple[int, ...]  # index of the predicted plane in the layer ("current plane")
     threshold: float
+    shape: tuple[int, ...]  # the image's spatial shape, the layers' when the run ends
+    sized: Sized | None = None  # the worker's first event
     done: int = 0
     total: int = 0
     dirty: bool = False  # tiles written since the last refresh
@@ -108,6 +138,7 @@ class InMemoryRun:
             probability=_output(viewer, layer, shape, "probability") if probability else None,
             prefix=prefix,
             threshold=settings.instance["threshold"],
+            shape=tuple(shape),
         )
         return run, _predict_job(
             model,
@@ -117,17 +148,26 @@ class InMemoryRun:
             tile=settings.tile or None,
             center=center,
             flips=settings.flips,
-            instance=settings.instance,
+            instance=settings.config,
+            typed=settings.diameter,
         )
 
     @property
     def status(self) -> str:
+        if self.sized is not None and not self.total:
+            return "predicting…"
         return f"tile {self.done}/{self.total}"
 
     def _outputs(self) -> list[_Output]:
         return [out for out in (self.labels, self.probability) if out is not None]
 
     def apply(self, result) -> None:
+        if isinstance(result, Sized):
+            self.sized = result
+            if result.resampled:  # the tiles stream into the resampled grid, over the image
+                for output in self._outputs():
+                    _regrid(output.layer, result.shape, *resampled_grid(*_grid(output), result))
+            return
         index = self.prefix + result.plane
         self.labels.layer.data[index][result.region] = result.probabilities > self.threshold
         if self.probability is not None:
@@ -163,6 +203,9 @@ class InMemoryRun:
                 f"(thresholded, not split into cells){kept}"
             )
         labels, probabilities = outcome.value
+        if self.sized is not None and self.sized.resampled:  # back on the image's grid
+            for output in self._outputs():
+                _regrid(output.layer, self.shape[-2:], *_grid(output))
         self._place_result(self.labels, labels)
         if self.probability is not None:
             self._place_result(self.probability, probabilities)
@@ -225,7 +268,7 @@ def _output(viewer, image: Image, shape: tuple[int, ...], kind: str) -> _Output:
             **common,
         )
         layer = add_quietly(viewer, probability, index=viewer.layers.index(image) + 1)
-    return _Output(kind, layer, earlier)
+    return _Output(kind, layer, earlier, tuple(common["scale"]), tuple(common["translate"]))
 
 
 def _remove(viewer, layer) -> None:

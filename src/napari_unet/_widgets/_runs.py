@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Protocol
 from ..core.large.blocks import DEFAULT_BLOCK, SAMPLE_VALUES
 
 if TYPE_CHECKING:
+    from ..core.prediction.instances import InstanceConfig
     from ._worker import Outcome
 
 __all__ = ["SAMPLE", "Run", "Settings"]
@@ -37,6 +38,8 @@ class Settings:
     flips: bool
     folder: Path | None  # "save labels in"; None: the system's temporary folder
     model_label: str  # how the model is recorded with a cluster's labels
+    config: InstanceConfig | None = None  # the in-memory route's, sizes None where automatic
+    diameter: float | None = None  # the typed cell diameter (px); None: automatic
 
 
 class Run(Protocol):

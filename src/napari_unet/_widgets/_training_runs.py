@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
     from ..core.network.model import UNet
 
-__all__ = ["Pair", "TrainingRun", "clock", "training_events"]
+__all__ = ["Pair", "TrainingRun", "clock", "measured", "training_events"]
 
 
 def training_events(model: UNet, train: list, validation: list, grey: bool, settings: dict):
@@ -28,6 +28,23 @@ def training_events(model: UNet, train: list, validation: list, grey: bool, sett
             (grey_if_rgb(image, model.in_channels), *rest) for image, *rest in validation
         ]
     yield from finetune(model, train, validation=validation or None, **settings)
+
+
+def measured(model: UNet) -> str:
+    """What a run measured of its annotated cells, from ``model.metadata`` after it: e.g.
+    ``"Annotated cells: median diameter 41 px; frames resampled by 0.49 to the model's 20 px. "``
+    (the factor only for a model trained at one size, ``"diameter"``); ``""`` when it says
+    nothing."""
+    metadata = getattr(model, "metadata", None) or {}
+    diameter = (metadata.get("cells") or {}).get("median_diameter")
+    if diameter is None:
+        return ""
+    said = f"Annotated cells: median diameter {float(diameter):.0f} px"
+    trained = metadata.get("diameter")
+    factor = (metadata.get("finetune") or {}).get("scale")
+    if trained is not None and factor is not None:
+        said += f"; frames resampled by {float(factor):.2f} to the model's {float(trained):.0f} px"
+    return said + ". "
 
 
 def clock(seconds: float) -> str:

@@ -50,7 +50,7 @@ from ._layers import (
 )
 from ._loss_plot import LossPlot
 from ._session import CHANGE, TRAINING, session_for
-from ._training_runs import Pair, TrainingRun, clock, training_events
+from ._training_runs import Pair, TrainingRun, clock, measured, training_events
 from ._ui import Messages, narrow, plural, row
 from ._worker import Task
 
@@ -469,6 +469,7 @@ class FinetuneWidget(Container):
         how = "stopped at" if outcome.cancelled else "done:"
         self._status.value = (
             f"{how} step {run.steps}, loss {run.loss:.3g}, {clock(run.elapsed)} of training. "
+            + measured(run.model)
             + NEXT_ROUND
         )
         source = f"{plural(run.pairs, 'pair')}, {plural(run.steps, 'step')}"

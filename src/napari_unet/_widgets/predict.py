@@ -31,6 +31,7 @@ from qtpy.QtCore import QTimer
 
 from ..core.prediction.instances import CORE, MIN_CORE, MIN_SIZE, InstanceConfig
 from ._cluster import ClusterResults
+from ._diameter import DiameterControl, Sized, needs_resampling
 from ._in_memory import InMemoryRun
 from ._layers import full_resolution, image_choices, plane_index, watch_layers
 from ._lazy import LazyJobs, goes_lazy
@@ -52,6 +53,10 @@ CURRENT, FILE = "current model", "file…"
 PLANE, ALL_PLANES = "current plane", "all planes"
 THIS_PROCESS, LOCAL_CLUSTER, SCHEDULER = "this process", "local cluster", "dask scheduler"
 REFRESH_INTERVAL = 0.1  # seconds; streamed tiles are shown at most this often
+NOT_LARGE = (
+    "resampling an image to the model's cell size is not yet supported for large images "
+    "(block by block or on a cluster); use a model without a cell size, or a smaller image"
+)
 _say = Messages("Predict")
 
 
@@ -95,6 +100,7 @@ class PredictWidget(Container):
             tooltip="The size of the cells the current model was fine-tuned on; splitting the "
             "foreground into cells uses it",
         )
+        self._diameter = DiameterControl(viewer, lambda: self._image.value, _say)
         self._model_file = FileEdit(label="model file", mode="r", filter="*.safetensors")
         self._make_current = CheckBox(text="make current", value=False)
         self._tile = _side(
@@ -120,8 +126,8 @@ class PredictWidget(Container):
             text="min. size from the model",
             value=True,
             tooltip="Smallest cell kept and smallest seed: 5 % of the median area of the cells "
-            f"the model was fine-tuned on (shown above); {MIN_SIZE} px and {MIN_CORE} px when "
-            "it says nothing.",
+            "(a disc of the diameter typed or estimated, else the cells the model was "
+            f"fine-tuned on); {MIN_SIZE} px and {MIN_CORE} px when it says nothing.",
         )
         self._min_size = SpinBox(label="min. size (px)", min=0, max=1_000_000, value=MIN_SIZE)
         self._expand = SpinBox(label="grow cells (px)", min=0, max=20, value=defaults.expand)
@@ -163,6 +169,7 @@ class PredictWidget(Container):
                 self._model_choice,
                 self._source,
                 self._cells,
+                *self._diameter.widgets,
                 self._model_file,
                 self._make_current,
                 self._tile,
@@ -231,12 +238,15 @@ class PredictWidget(Container):
         from_file = self._model_choice.value == FILE
         self._model_file.visible = from_file
         self._make_current.visible = from_file
+        self._on_model_changed()
 
     def _on_model_changed(self) -> None:
         self._source.value = self._session.label
         hint = cell_size_hint(self._session.model) if self._session.has_model else ""
         self._cells.value = hint
         self._cells.visible = bool(hint)
+        current = self._model_choice.value == CURRENT and self._session.has_model
+        self._diameter.show_model(self._session.model if current else None)
 
     def _set_running(self, running: bool) -> None:
         for widget in self:
@@ -246,6 +256,7 @@ class PredictWidget(Container):
         if not running:
             self._on_auto_size()
             self._on_image_changed()
+            self._diameter.refresh()
 
     # ------------------------------------------------------------------------- Predict
     def _resolve_model(self) -> UNet | None:
@@ -346,7 +357,10 @@ class PredictWidget(Container):
         """``(run, generator)`` on the route the choices and the image call for."""
         shape, grey = layout
         settings = self._settings(model)
+        resampled = needs_resampling(model, settings.diameter)  # ValueError: out of range
         if self._run_on.value != THIS_PROCESS:
+            if resampled:
+                raise ValueError(NOT_LARGE)
             workers = scheduler = None
             if self._run_on.value == SCHEDULER:
                 scheduler = self._scheduler.value.strip()
@@ -363,6 +377,8 @@ class PredictWidget(Container):
         read = shape if prefix is None else shape[len(prefix) :]
         center = self._view_center(layer, len(shape))
         if goes_lazy(full_resolution(layer), shape, read):
+            if resampled:
+                raise ValueError(NOT_LARGE)
             return self._lazy.start(layer, model, shape, prefix, center, settings, rest=rest)
         layout = (shape, grey, prefix or ())
         probability = self._with_probability.value
@@ -391,6 +407,8 @@ class PredictWidget(Container):
             flips=self._flips.value,
             folder=None if str(folder) in ("", ".") else folder,
             model_label=self._session.label,
+            config=self._instances(),
+            diameter=self._diameter.typed,
         )
 
     def _start(self, run: Run, events) -> None:
@@ -416,6 +434,8 @@ class PredictWidget(Container):
 
     # --------------------------------------------------------------- worker callbacks
     def _on_event(self, event) -> None:
+        if isinstance(event, Sized):
+            self._diameter.show_used(event)
         run = self._run
         stop = run.apply(event)
         if stop is not None and not self._task.cancelling:

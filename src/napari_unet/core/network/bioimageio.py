@@ -132,6 +132,24 @@ def _cover(path: Path, test_in: np.ndarray, test_out: np.ndarray, margin: int) -
     iio.imwrite(path, (both * 255).astype(np.uint8), extension=".png")
 
 
+def _input_scale(metadata: dict) -> str:
+    """The card's paragraph on the cell size the network works at ("" when it says none): the
+    diameter it was trained at (``"diameter"``), else that of the cells it was fine-tuned on, as
+    ``core.prediction.scale.model_diameter`` reads them (``network`` cannot import it)."""
+    diameter = metadata.get("diameter")
+    if diameter is None:
+        diameter = (metadata.get("cells") or {}).get("median_diameter")
+    if diameter is None:
+        return ""
+    diameter = float(diameter)
+    return f"""
+
+Input scale: the network works at cells about {diameter:.0f} px across: resample your image by
+{diameter:.0f} / (your cells' median diameter) before the network, and the output back
+(napari-unet does it itself: `predict(model, image, diameter=...)`, `napari-unet predict
+--diameter`)."""
+
+
 def _card(name: str, description: str, model, metadata: dict) -> str:
     from ..image import PERCENTILES
     from .store import WEIGHTS_NAME
@@ -154,7 +172,7 @@ A U-Net (Ronneberger et al. 2015) with valid 3x3 convolutions, made with napari-
 Pre-processing: percentile normalisation of each channel of each image, `(x - p{low:g}) /
 (p{high:g} - p{low:g})` without clipping (`scale_range`). napari-unet takes the percentiles of
 the whole image; normalise a large image once and predict it in tiles to get napari-unet's
-result exactly.
+result exactly.{_input_scale(metadata)}
 
 ## Output
 `probabilities`: `(batch, channel, y, x)` class probabilities (softmax over the channels),

@@ -2,10 +2,13 @@
 
 A model trained at one cell diameter ``D`` (``model.metadata["diameter"]``) draws cells about
 ``D`` px across when it sees them at that size. Seen much larger, it draws pieces of them (inner
-texture as edges); much smaller, it merges them into blobs. :func:`estimate_diameter` predicts a
-window of the image at a ladder of sizes and keeps the size at which the cells found are most
-consistent with ``D`` and the probabilities most decisive; the cells found there, measured in
-the image's pixels, give the estimate.
+texture as edges, or pieces of them as cells of about ``D``); much smaller, it misses them or
+merges them into blobs. :func:`search_diameter` predicts a window of the image at a ladder of
+sizes, from enlarged to shrunk, and keeps the most shrunk size at which the cells found are
+still consistent with ``D`` (within 1.5x): pieces of larger cells look like cells only while
+the image is enlarged too much. The cells found there, measured in the image's pixels, give the
+estimate. (Chosen on the training splits of every shared kind against "most decisive
+probabilities" and "closest to ``D``", which took pieces for cells: bench/bench_diameter.py.)
 ``napari_unet.core.prediction.predict.estimate_diameter`` runs it with the model's own prediction.
 """
 
@@ -92,9 +95,8 @@ def _inner(labels: np.ndarray) -> np.ndarray:
 
 
 def _choose(tries: list, known: float) -> DiameterEstimate:
-    """Of the tries whose cells are consistent with the model's diameter, the one with the most
-    decisive probabilities less its inconsistency (else the most consistent try), as an
-    estimate in the image's pixels."""
+    """Of the tries whose cells are consistent with the model's diameter, the one that shrank
+    the image most (else the most consistent try), as an estimate in the image's pixels."""
     found = [t for t in tries if t[1] >= MIN_CELLS]
     if not found:
         raise ValueError(
@@ -106,7 +108,7 @@ def _choose(tries: list, known: float) -> DiameterEstimate:
         return abs(np.log(t[2] / known))
 
     consistent = [t for t in found if error(t) <= CONSISTENT]
-    best = max(consistent, key=lambda t: t[3] - error(t)) if consistent else min(found, key=error)
+    best = max(consistent, key=lambda t: t[0]) if consistent else min(found, key=error)
     tried, count, size, confidence = best
     return DiameterEstimate(
         diameter=float(size * tried / known),

@@ -531,7 +531,7 @@ def test_a_cluster_reached_by_its_address_keeps_no_model_after_the_job(
     ("option", "message"),
     [
         (["--workers", "1000"], r"--workers 1000: this machine has \d+ cores"),
-        (["--workers", "1", "--block", "1"], "--block 1: blocks must be at least 128 px"),
+        (["--workers", "1", "--block", "1"], "--block 1: blocks must be at least 64 px"),
     ],
 )
 def test_worker_count_and_block_size_are_bounded_before_any_cluster(
@@ -569,3 +569,23 @@ def test_a_missing_chunk_or_malformed_metadata_is_refused_in_one_line(tmp_path, 
         (path / ".zattrs").write_text(json.dumps(broken))
         with pytest.raises(ValueError, match=f"malformed OME-Zarr metadata \\({key}"):
             inspect_image(path)
+
+
+def test_a_successful_workers_run_prints_no_dask_logging(tmp_path, whole_sample, tiny_unet):
+    import subprocess
+    import sys
+
+    from napari_unet import save_model
+
+    image, out = tmp_path / "cells.tif", tmp_path / "out"
+    tifffile.imwrite(image, whole_sample[0][:96, :96])
+    model = save_model(tiny_unet, tmp_path / "m.safetensors")
+    code = "from napari_unet.cli import main; raise SystemExit(main())"
+    argv = ["predict", str(image), "--out", str(out), "--workers", "1", "--model", str(model)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DASK_")}
+    run = subprocess.run(
+        [sys.executable, "-c", code, *argv], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert run.returncode == 0, run.stderr
+    assert "distributed." not in run.stderr and "Lost all workers" not in run.stderr, run.stderr
+    assert (out / "cells_labels.tif").exists()

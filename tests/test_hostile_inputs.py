@@ -481,3 +481,19 @@ def test_rois_and_measurements_take_memory_in_cells_not_in_the_largest_id(tmp_pa
     write_rois(tmp_path / "m.zip", mask)
     (roi,) = roifile.roiread(tmp_path / "m.zip")  # one cell in two pieces
     assert roi.name == "cell-1"
+
+
+def test_a_truncated_model_whose_header_length_starts_with_0x80_is_not_called_a_pickle(tmp_path):
+    path = tmp_path / "m.safetensors"
+    torch.manual_seed(0)
+    model = UNet(base_channels=2, depth=2)
+    for pad in range(0, 4000, 8):  # a header length whose first byte is 0x80, as a pickle's
+        save_model(model, path, {"pad": "x" * pad})
+        if path.read_bytes()[0] == 0x80:
+            break
+    else:
+        pytest.fail("no header length of that form")
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(ValueError, match="truncated or not safetensors") as err:
+        load_model(path)
+    assert "pickle" not in str(err.value)

@@ -947,6 +947,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s"
     )
+    if not args.verbose:  # dask's own INFO lines ("Lost all workers", ...) only with -v
+        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")  # worker processes
+        logging.getLogger("distributed").setLevel(logging.WARNING)
     args.folders = NewFolders()
     try:
         with _sigterm_as_interrupt():

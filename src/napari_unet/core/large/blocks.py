@@ -43,9 +43,9 @@ DEFAULT_BLOCK = 1024
 """Output side of a block (px): one task's prediction; its memory is the automatic tile's."""
 DEFAULT_HALO = 128
 """Cell halo (px) around a block when labelling: larger than a cell, so cells are whole."""
-MIN_BLOCK = 128
+MIN_BLOCK = 64
 """The smallest block side (px) accepted: a smaller block repeats the network's margin and the
-cell halo around too few pixels of its own (a 16-px block reads 25 times its pixels)."""
+cell halo around too few pixels of its own (a 16-px block reads over 100 times its pixels)."""
 SAMPLE_VALUES = 2**24
 """Pixels of the normalisation sample: a lattice of blocks (every ``sy``-th block row, every
 ``sx``-th block column) of about this many pixels."""

@@ -84,9 +84,14 @@ def file_size_estimate(architecture: dict) -> int:
 
 
 def _looks_pickled(path: Path) -> bool:
+    """torch's zip container, or a bare pickle (protocol 2-5: ``0x80`` then the protocol) that
+    is not a safetensors file (8 bytes of header length, then its JSON ``{``)."""
     with open(path, "rb") as f:
-        head = f.read(2)
-    return head == b"PK" or head[:1] == b"\x80"  # torch's zip container or a bare pickle
+        head = f.read(9)
+    if head[8:9] == b"{":
+        return False
+    protocol = head[1] if len(head) > 1 else 0
+    return head[:2] == b"PK" or (head[:1] == b"\x80" and 2 <= protocol <= 5)
 
 
 def _pickle_error(path: Path) -> ValueError:

@@ -589,3 +589,19 @@ def test_a_successful_workers_run_prints_no_dask_logging(tmp_path, whole_sample,
     assert run.returncode == 0, run.stderr
     assert "distributed." not in run.stderr and "Lost all workers" not in run.stderr, run.stderr
     assert (out / "cells_labels.tif").exists()
+
+
+def test_a_workers_rerun_with_another_option_redoes_a_tiff_output(client, whole_sample, tmp_path):
+    from napari_unet.core.formats.zarrio import read_record
+
+    image, out = tmp_path / "a.tif", tmp_path / "out"
+    tifffile.imwrite(image, whole_sample[0][:128, :128])
+    argv = ["predict", str(image), "--out", str(out), "--scheduler", client.scheduler.address]
+    assert main(argv) == 0
+    labels = out / "a_labels.tif"
+    first = labels.stat().st_mtime_ns
+    assert read_record(labels)["instances"]["threshold"] == 0.5
+    assert main(argv) == 0 and labels.stat().st_mtime_ns == first  # the same: kept
+    assert main([*argv, "--threshold", "0.6"]) == 0
+    assert labels.stat().st_mtime_ns != first  # another option: redone, as in-process
+    assert read_record(labels)["instances"]["threshold"] == 0.6

@@ -497,3 +497,18 @@ def test_a_truncated_model_whose_header_length_starts_with_0x80_is_not_called_a_
     with pytest.raises(ValueError, match="truncated or not safetensors") as err:
         load_model(path)
     assert "pickle" not in str(err.value)
+
+
+def test_a_users_own_tables_beside_predicts_labels_are_never_replaced(tmp_path, model_file, capsys):
+    image, out = tmp_path / "cells.tif", tmp_path / "out"
+    tifffile.imwrite(image, np.random.default_rng(0).integers(0, 255, (96, 96), np.uint8))
+    argv = ["predict", str(image), "--out", str(out), "--model", model_file]
+    assert main([*argv, "--rois", "--measurements"]) == 0
+    assert main([*argv, "--rois", "--measurements"]) == 0  # its own tables are replaced
+    for name in ("cells_cells.csv", "cells_rois.zip"):
+        mine = out / name
+        mine.write_text("my own table\n")  # the user's file, predict's labels beside it
+        assert main([*argv, "--rois", "--measurements"]) == 1
+        assert "predict did not write it" in capsys.readouterr().err
+        assert mine.read_text() == "my own table\n"
+        mine.unlink()

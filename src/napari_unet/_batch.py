@@ -98,22 +98,23 @@ def _write_small(
     from .core.formats.zarrio import write_labels_zarr
     from .core.large.blocks import opened
 
-    target = targets["labels"]
-    if target.suffix == ".tif":
-        write_labels(target, labels, software=PREDICTION_SOFTWARE, pixel_size=pixel_size)
-    else:
-        write_labels_zarr(target, labels, (chunk, chunk), pixel_size=pixel_size, metadata=record)
+    if any(kind in TABLES for kind in targets):  # first: the labels record their hashes
+        with opened(source) as plane:
+            image = np.asarray(plane[:, :])
+        record = {**record, "tables": write_cell_tables(targets, labels, image, pixel_size)}
     if "probabilities" in targets:
         target = targets["probabilities"]
         if target.suffix == ".tif":
-            write_image(target, probs, software=PREDICTION_SOFTWARE)
+            write_image(target, probs, software=PREDICTION_SOFTWARE, record=record)
         else:
             options = {"pixel_size": pixel_size, "metadata": record, "label": False}
             write_labels_zarr(target, probs, (chunk, chunk), **options)
-    if any(kind in TABLES for kind in targets):
-        with opened(source) as plane:
-            image = np.asarray(plane[:, :])
-        write_cell_tables(targets, labels, image, pixel_size)
+    target = targets["labels"]  # last: complete labels say the image is done
+    if target.suffix == ".tif":
+        options = {"software": PREDICTION_SOFTWARE, "pixel_size": pixel_size, "record": record}
+        write_labels(target, labels, **options)
+    else:
+        write_labels_zarr(target, labels, (chunk, chunk), pixel_size=pixel_size, metadata=record)
 
 
 def _segment_large(client, name, model, info, targets: dict, options: dict) -> int:
@@ -141,12 +142,14 @@ def _segment_large(client, name, model, info, targets: dict, options: dict) -> i
         result = segment_large(client, name, model, info, work / "labels.ome.zarr", **options)
         import zarr
 
+        record = options.get("metadata")
         if probs is not None:
             array = zarr.open_array(str(options["probabilities"]), path="0", mode="r")
-            write_tiff_bands(probs, array, pixel_size=info.pixel_size, dtype="float32")
+            tiff = {"pixel_size": info.pixel_size, "dtype": "float32", "record": record}
+            write_tiff_bands(probs, array, **tiff)
         labels = zarr.open_array(str(result.labels), path="0", mode="r")
         dtype = "uint16" if result.cells <= 65535 else "uint32"
-        write_tiff_bands(target, labels, pixel_size=info.pixel_size, dtype=dtype)
+        write_tiff_bands(target, labels, pixel_size=info.pixel_size, dtype=dtype, record=record)
         return result.cells
 
 

@@ -20,7 +20,14 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from .outputs import NewFolders, output_kinds, plan_outputs, same_file, write_cell_tables
+from .outputs import (
+    NewFolders,
+    model_record,
+    output_kinds,
+    plan_outputs,
+    same_file,
+    write_cell_tables,
+)
 
 __all__ = ["main"]
 
@@ -286,14 +293,27 @@ def _predict(args) -> int | None:
                     # the model's own size for "as it comes": no second estimate in predict
                     diameter=diameter if diameter is not None else model_diameter(model),
                 )
-            labels = to_instances(probabilities, **_sized(instances, model, diameter, source))
+            options = _sized(instances, model, diameter, source)
+            labels = to_instances(probabilities, **options)
             pixel_size = read_pixel_size(path)
-            write_labels(
-                targets["labels"], labels, software=PREDICTION_SOFTWARE, pixel_size=pixel_size
-            )
-            write_cell_tables(targets, labels, image, pixel_size)
+            record = {**model_record(args.model, model), "instances": options}
+            record.update(flips=args.flips, diameter=diameter)
+            # tables first, labels last: the labels record the tables' hashes and mark the end
+            record["tables"] = write_cell_tables(targets, labels, image, pixel_size)
             if args.probabilities:
-                write_image(targets["probabilities"], probabilities, software=PREDICTION_SOFTWARE)
+                write_image(
+                    targets["probabilities"],
+                    probabilities,
+                    software=PREDICTION_SOFTWARE,
+                    record=record,
+                )
+            write_labels(
+                targets["labels"],
+                labels,
+                software=PREDICTION_SOFTWARE,
+                pixel_size=pixel_size,
+                record=record,
+            )
             said = _said(diameter, source)
             tqdm.write(f"{path.name}: {_count_cells(labels)}, {said} -> {targets['labels']}")
 

@@ -113,8 +113,10 @@ def plan_outputs(images: list[Path], out: Path, kinds: tuple[str, ...]) -> list[
     ``<stem>_probabilities.ome.zarr`` for a zarr or OME-Zarr input), the stem without
     ``.ome``; a stem met again gets ``<stem>-2``, ``-3``, ... in the order given. Inputs that
     an earlier ``predict`` wrote are not segmented. An output may replace a file only when an
-    earlier ``predict`` wrote it, and never an input. ``kinds``: :func:`output_kinds`. Used by
-    the in-process and the distributed command alike.
+    earlier ``predict`` wrote it, and never an input: labels and probabilities carry the mark
+    of ``predict``; a ROI set or cell table is ours only when the labels beside it record its
+    SHA-256 (:func:`write_cell_tables`). ``kinds``: :func:`output_kinds`. Used by the
+    in-process and the distributed command alike.
     """
     from .core.formats.zarrio import is_complete_output
 
@@ -144,13 +146,26 @@ def plan_outputs(images: list[Path], out: Path, kinds: tuple[str, ...]) -> list[
                 raise FileExistsError(
                     f"the output for {path} would replace the input {hit}; choose another --out"
                 )
-            ours = target if kind in MARKED else targets["labels"]  # ROIs, CSV: beside it
-            if os.path.lexists(target) and not is_complete_output(ours):
+            if os.path.lexists(target) and not _ours(kind, target, targets["labels"]):
                 raise FileExistsError(
                     f"{target} exists and napari-unet predict did not write it; refusing to "
                     f"replace it with the output for {path} (move it, or choose another --out)"
                 )
     return plan
+
+
+def _ours(kind: str, target: Path, labels: Path) -> bool:
+    """Whether ``predict`` wrote ``target``: a marked, complete output; a table whose SHA-256
+    the labels beside it record."""
+    from .core.formats.io import file_sha256
+    from .core.formats.zarrio import is_complete_output, read_record
+
+    if kind in MARKED:
+        return is_complete_output(target)
+    if not (target.is_file() and is_complete_output(labels)):
+        return False
+    tables = (read_record(labels) or {}).get("tables", {})
+    return tables.get(kind) is not None and tables[kind] == file_sha256(target)
 
 
 def _stem(path: Path, k: int) -> str:
@@ -177,9 +192,13 @@ TABLES = ("rois", "cells")
 """Output kinds made from the labels and the image in memory (:func:`write_cell_tables`)."""
 
 
-def write_cell_tables(targets: dict, labels, image, pixel_size) -> None:
+def write_cell_tables(targets: dict, labels, image, pixel_size) -> dict:
     """The ROI set and measurements table of ``predict --rois / --measurements`` (the
-    :data:`TABLES` among ``targets``) for ``(H, W)`` ``labels`` of ``image``."""
+    :data:`TABLES` among ``targets``) for ``(H, W)`` ``labels`` of ``image``; returns
+    ``{kind: SHA-256}`` of the files written, for the labels' run record (written after them,
+    so a rerun knows them for its own)."""
+    from .core.formats.io import file_sha256
+
     if "rois" in targets:
         from .core.formats.rois import write_rois
 
@@ -188,6 +207,7 @@ def write_cell_tables(targets: dict, labels, image, pixel_size) -> None:
         from .core.formats.measure import measure_cells, write_csv
 
         write_csv(targets["cells"], measure_cells(labels, image, pixel_size))
+    return {kind: file_sha256(targets[kind]) for kind in TABLES if kind in targets}
 
 
 def model_sha256(model) -> str:
@@ -210,8 +230,8 @@ def model_record(label: str | None, model) -> dict:
 def resumable(targets: list[Path], record: dict) -> tuple[bool, str]:
     """Whether the complete outputs ``targets`` may be kept by a rerun made as ``record`` says:
     ``(True, "")``; else ``(False, why)``, ``why`` naming what differs ("" when an output is
-    missing or incomplete). An OME-Zarr output records the model and options; a TIFF records
-    neither, and is kept."""
+    missing or incomplete). Every output records the model and options (OME-Zarr in its
+    attributes, TIFF in a tag); one without a record (an earlier version's) is redone."""
     from .core.formats.zarrio import is_complete_output, read_record
 
     if not all(map(is_complete_output, targets)):
@@ -219,7 +239,7 @@ def resumable(targets: list[Path], record: dict) -> tuple[bool, str]:
     for target in targets:
         stored = read_record(target)
         if stored is None:
-            continue
+            return False, "made by an earlier version of napari-unet (no record)"
         keys = ("model_sha256", "instances", "flips")
         differ = [k for k in keys if stored.get(k) != record[k]]
         if differ:

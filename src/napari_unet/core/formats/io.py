@@ -9,6 +9,7 @@ it is complete; see :func:`atomic_path`.
 from __future__ import annotations
 
 import glob
+import json
 import logging
 import math
 import os
@@ -52,6 +53,9 @@ file's header before decoding: 268 million, e.g. 16384 x 16384, or 64 planes of 
 Prediction needs several times the decoded image in memory (float32 probabilities, labels)."""
 
 PREDICTION_SOFTWARE = "napari-unet predict"
+RECORD_TAG = 65000
+"""Private TIFF tag of a ``predict`` output that holds its run record (JSON: the model's
+SHA-256, the options, the hashes of the tables written beside it)."""
 """TIFF ``Software`` tag of the files ``napari-unet predict`` writes: a later run recognises them
 as its own outputs and may replace them; it never replaces a file without it."""
 
@@ -508,21 +512,55 @@ def check_pixel_size(pixel_size) -> tuple[float, float]:
     return y, x
 
 
+def tiff_record_tag(record: dict | None) -> dict:
+    """tifffile arguments that store ``record`` (JSON) in :data:`RECORD_TAG`."""
+    if record is None:
+        return {}
+    return {"extratags": [(RECORD_TAG, "s", 0, json.dumps(record, sort_keys=True), True)]}
+
+
+def read_tiff_record(path: str | os.PathLike) -> dict | None:
+    """The run record of a TIFF that ``predict`` wrote (:data:`RECORD_TAG`), or ``None``."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            tag = tif.pages.first.tags.get(RECORD_TAG)
+            return None if tag is None else dict(json.loads(tag.value))
+    except Exception:  # not a TIFF, no record, damaged: no record
+        return None
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def _writer(
-    fmt: str, software: str | None = None, pixel_size: tuple[float, float] | None = None
+    fmt: str,
+    software: str | None = None,
+    pixel_size: tuple[float, float] | None = None,
+    record: dict | None = None,
 ) -> Callable[[Path, np.ndarray], None]:
     if fmt == "tif":
         import tifffile
 
         extra = {"software": software} if software else {}
+        extra.update(tiff_record_tag(record))
         if pixel_size is not None:
             check_pixel_size(pixel_size)
             return lambda p, a: tifffile.imwrite(
                 p, a, compression="zlib", **extra, **tiff_resolution(pixel_size, a)
             )
         return lambda p, a: tifffile.imwrite(p, a, compression="zlib", **extra)
-    if software or pixel_size is not None:
-        raise ValueError(f"a Software tag or a pixel size needs a TIFF file, got .{fmt}")
+    if software or pixel_size is not None or record is not None:
+        raise ValueError(f"a Software tag, pixel size or record needs a TIFF file, got .{fmt}")
     if fmt == "png":
         import imageio.v3 as iio
 
@@ -547,15 +585,20 @@ def _format(path: Path, allowed: tuple[str, ...]) -> str:
 
 
 def write_image(
-    path: str | os.PathLike, image: np.ndarray, *, software: str | None = None
+    path: str | os.PathLike,
+    image: np.ndarray,
+    *,
+    software: str | None = None,
+    record: dict | None = None,
 ) -> Path:
     """Write a float image (a weight map, probabilities) atomically to ``.tif`` or ``.npy``.
 
-    ``software`` sets a TIFF's Software tag (e.g. ``PREDICTION_SOFTWARE``).
+    ``software`` sets a TIFF's Software tag (e.g. ``PREDICTION_SOFTWARE``), ``record`` its run
+    record (:data:`RECORD_TAG`).
     """
     path = Path(path)
     fmt = _format(path, ("tif", "npy"))
-    write = _writer(fmt, software)
+    write = _writer(fmt, software, record=record)
     with atomic_path(path) as tmp:
         write(tmp, np.asarray(image))
     return path
@@ -567,13 +610,15 @@ def write_labels(
     *,
     software: str | None = None,
     pixel_size: tuple[float, float] | None = None,
+    record: dict | None = None,
 ) -> Path:
     """Write an instance label mask atomically; the format follows the suffix.
 
     ``.tif``/``.tiff`` (uint16, or uint32 when ids need it; stacks as multi-page), ``.png``
     (``(H, W)`` only, uint8 or uint16 as the ids need) or ``.npy``. ``software`` sets a TIFF's
     Software tag (e.g. ``PREDICTION_SOFTWARE``); ``pixel_size`` ``(y, x)`` in micrometres its
-    resolution, as Fiji reads it (:func:`read_pixel_size` reads it back). Returns the path.
+    resolution, as Fiji reads it (:func:`read_pixel_size` reads it back); ``record`` a TIFF's
+    run record (:data:`RECORD_TAG`, read by :func:`read_tiff_record`). Returns the path.
     """
     path = Path(path)
     fmt = _format(path, LABEL_FORMATS)
@@ -587,7 +632,7 @@ def write_labels(
     if fmt == "png" and labels.ndim != 2:
         raise ValueError(f"PNG holds one (H, W) plane, labels have shape {labels.shape}; use TIFF")
     data = labels.astype(_label_dtype(labels, fmt), copy=False)
-    write = _writer(fmt, software, pixel_size)
+    write = _writer(fmt, software, pixel_size, record)
     with atomic_path(path) as tmp:
         write(tmp, data)
     return path

@@ -32,6 +32,8 @@ from .io import (
     is_prediction_output,
     read_image,
     read_pixel_size,
+    read_tiff_record,
+    tiff_record_tag,
     tiff_resolution,
 )
 
@@ -383,9 +385,10 @@ def mark_complete(root, **record) -> None:
 
 
 def read_record(path: str | os.PathLike) -> dict | None:
-    """The ``"napari-unet"`` metadata of an OME-Zarr output (``None`` for a TIFF or other)."""
+    """The run record of an output of ``predict``: the ``"napari-unet"`` metadata of an
+    OME-Zarr output, the record tag of a TIFF (``None`` when it has none)."""
     if not is_zarr(path):
-        return None
+        return read_tiff_record(path)
     import zarr
 
     return dict(zarr.open_group(str(path), mode="r").attrs.get(METADATA_KEY, {}))
@@ -457,6 +460,7 @@ def write_tiff_bands(
     pixel_size: tuple[float, float] | None = None,
     dtype=None,
     software: str = PREDICTION_SOFTWARE,
+    record: dict | None = None,
 ) -> Path:
     """Write the ``(H, W)`` ``array`` (zarr or numpy) to a tiled, zlib TIFF atomically, reading
     it band by band (about 64 MiB at a time); BigTIFF when it needs 4 GiB or more.
@@ -491,6 +495,7 @@ def write_tiff_bands(
             compression="zlib",
             bigtiff=height * width * dtype.itemsize >= 2**32 - 2**25,
             software=software,
+            **tiff_record_tag(record),
             **extra,
         )
     return path

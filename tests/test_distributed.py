@@ -605,3 +605,28 @@ def test_a_workers_rerun_with_another_option_redoes_a_tiff_output(client, whole_
     assert main([*argv, "--threshold", "0.6"]) == 0
     assert labels.stat().st_mtime_ns != first  # another option: redone, as in-process
     assert read_record(labels)["instances"]["threshold"] == 0.6
+
+
+def test_a_rerun_with_nothing_large_removes_a_killed_runs_work_folder_and_a_failed_run_its_out(
+    client, whole_sample, tmp_path, capsys
+):
+    import subprocess
+    import sys
+
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    ).stdout.strip()
+    image, out = tmp_path / "a.tif", tmp_path / "out"
+    tifffile.imwrite(image, whole_sample[0][:96, :96])
+    address = ["--scheduler", client.scheduler.address]
+    assert main(["predict", str(image), "--out", str(out), *address]) == 0
+    left = out / f".napari-unet-work-{dead}-k3j9"  # a killed large run's scratch (12 MB)
+    (left / "labels.ome.zarr").mkdir(parents=True)
+    old = time.time() - 120
+    os.utime(left, (old, old))
+    assert main(["predict", str(image), "--out", str(out), *address]) == 0  # nothing to do
+    assert not left.exists()
+    broken, empty = tmp_path / "broken.tif", tmp_path / "new" / "out"
+    broken.write_bytes(b"not a tiff")
+    assert main(["predict", str(broken), "--out", str(empty), *address]) == 1
+    assert not empty.exists() and not empty.parent.exists()  # every input failed: no folders

@@ -499,7 +499,9 @@ def test_a_truncated_model_whose_header_length_starts_with_0x80_is_not_called_a_
     assert "pickle" not in str(err.value)
 
 
-def test_a_users_own_tables_beside_predicts_labels_are_never_replaced(tmp_path, model_file, capsys):
+def test_a_users_own_tables_beside_predicts_labels_are_never_replaced(
+    tmp_path, model_file, capsys
+):
     image, out = tmp_path / "cells.tif", tmp_path / "out"
     tifffile.imwrite(image, np.random.default_rng(0).integers(0, 255, (96, 96), np.uint8))
     argv = ["predict", str(image), "--out", str(out), "--model", model_file]

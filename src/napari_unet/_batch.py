@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .core.formats.io import remove_stale_work
 from .outputs import (
     MARKED,
     TABLES,
@@ -193,6 +194,7 @@ def run(settings: BatchSettings, folders: NewFolders) -> int:
     record = {**model_record(settings.model, model), "instances": instance, "flips": flips}
     out = settings.out
     folders.check(out)
+    remove_stale_work(out)  # a killed run's, even when this run has nothing large to do
     plan = plan_outputs(expand_inputs(list(settings.images)), out, settings.kinds)
     todo = []
     for path, targets in plan:
@@ -279,6 +281,7 @@ def run(settings: BatchSettings, folders: NewFolders) -> int:
             "a rerun does only what is missing",
             file=sys.stderr,
         )
+        folders.remove_empty()  # an output folder this run made and nothing went into
         return 1
     return 0
 

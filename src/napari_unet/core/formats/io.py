@@ -336,15 +336,22 @@ _WORK_PREFIX = ".napari-unet-work-"
 @contextmanager
 def work_folder(parent: str | os.PathLike):
     """Yield a hidden scratch folder ``.napari-unet-work-<pid>-<random>`` in ``parent``,
-    removed at the end; those that killed runs left are removed first (as ``.part`` files
-    are, :data:`STALE_SECONDS`)."""
+    removed at the end; those that killed runs left are removed first
+    (:func:`remove_stale_work`)."""
     parent = Path(parent)
-    _remove_stale(parent, _WORK_PREFIX, "")
+    remove_stale_work(parent)
     work = Path(tempfile.mkdtemp(dir=parent, prefix=f"{_WORK_PREFIX}{os.getpid()}-"))
     try:
         yield work
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def remove_stale_work(parent: str | os.PathLike) -> None:
+    """Remove the scratch folders of :func:`work_folder` that killed runs left in ``parent``
+    (as ``.part`` files are: their process gone and :data:`STALE_SECONDS` old, or a day old)."""
+    if Path(parent).is_dir():
+        _remove_stale(Path(parent), _WORK_PREFIX, "")
 
 
 def _keeps_owner(tmp: Path, old: os.stat_result) -> bool:

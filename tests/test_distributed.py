@@ -630,3 +630,12 @@ def test_a_rerun_with_nothing_large_removes_a_killed_runs_work_folder_and_a_fail
     broken.write_bytes(b"not a tiff")
     assert main(["predict", str(broken), "--out", str(empty), *address]) == 1
     assert not empty.exists() and not empty.parent.exists()  # every input failed: no folders
+
+
+def test_nan_in_an_ome_zarr_input_is_named_before_the_model_runs(tmp_path, rng, tiny_unet):
+    from napari_unet.core.large.blocks import estimate_normalisation, plan_blocks
+
+    image = rng.random((300, 270)).astype(np.float32)
+    image[200, 10] = np.nan
+    with pytest.raises(ValueError, match=r"block at \(y, x\) = \(.*\) holds 1 NaN"):
+        estimate_normalisation(image, plan_blocks(image.shape, tiny_unet, 128))

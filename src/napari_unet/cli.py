@@ -968,7 +968,8 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s"
     )
     if not args.verbose:  # dask's own INFO lines ("Lost all workers", ...) only with -v
-        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")  # worker processes
+        # worker processes: a failed task is reported once, per file, at the end of the run
+        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "error")
         logging.getLogger("distributed").setLevel(logging.WARNING)
     args.folders = NewFolders()
     try:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..image import PERCENTILES, rescale, to_grey
+from ..image import PERCENTILES, check_finite, rescale, to_grey
 from ..prediction.tiling import Tile, plan_tiles
 
 __all__ = [
@@ -202,6 +202,8 @@ def estimate_normalisation(
     so blocks normalise exactly as :func:`~napari_unet.normalize` does the whole plane."""
     chosen, stride = sample_blocks(blocks, values)
     pixels = [np.asarray(source[b.inner]) for b in chosen]
+    for b, p in zip(chosen, pixels, strict=True):  # before any model runs, not blamed on it
+        check_finite(p, f"the image's block at (y, x) = {tuple(s.start for s in b.inner)}")
     channels = pixels[0].shape[2] if pixels[0].ndim == 3 else 1
     flat = np.concatenate([p.reshape(-1, channels) for p in pixels])
     if flat.dtype == bool:
@@ -235,6 +237,7 @@ def predict_block(
 
     def read(rows, cols):
         window = read_padded(source, (y0 + rows[0], y0 + rows[1]), (x0 + cols[0], x0 + cols[1]))
+        check_finite(window, f"the image around its block at (y, x) = {(y0, x0)}")
         return norm.apply(window)
 
     return predict_window(model, read, _size(block.inner), flips=flips, device=device)

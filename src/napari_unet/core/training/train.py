@@ -551,7 +551,7 @@ def _train_step(model, optimizer, samples, config: FinetuneConfig, crop, device,
         x = x.to(device).contiguous(memory_format=torch.channels_last)
         loss = weighted_loss(model(x), y.to(device), w.to(device))
         if not torch.isfinite(loss):
-            raise _diverged(config, f"loss {float(loss)}")
+            raise _diverged(config, f"loss {float(loss.detach())}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         before = [p.detach().clone() for p in model.parameters()]

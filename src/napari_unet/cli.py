@@ -583,9 +583,17 @@ def _train(args) -> int:
 WIDGETS = ("Annotate", "Weight map", "Fine-tune", "Predict", "Export")
 
 
-def open_viewer(images: list[str], viewer=None):
+SCREEN_SHARE = 0.92
+"""The share of the screen's width and height that ``napari-unet gui``'s window takes."""
+DOCK_SHARE, DOCK_WIDTH = 0.25, (340, 440)
+"""The docks' share of the window's width, within ``DOCK_WIDTH`` px: the five tab names fit
+whole, and the canvas keeps more than half of the window."""
+
+
+def open_viewer(images: list[str], viewer=None, *, fill_screen: bool = False):
     """A napari viewer with ``images`` (or the sample data), the five docks tabified with
-    Annotate in front, and the view fitted to the images."""
+    Annotate in front (tabs named by the dock alone, wide enough to read), and the view fitted
+    to the images; with ``fill_screen``, a window over most of the screen."""
     import napari
 
     from .core.formats.io import read_image, read_pixel_size
@@ -602,10 +610,18 @@ def open_viewer(images: list[str], viewer=None):
                 layer.units = (*layer.units[:-2], "um", "um")
     else:
         viewer.open_sample("napari-unet", "phase_contrast_cells")
-    docks = [
-        viewer.window.add_plugin_dock_widget("napari-unet", name, tabify=True)[0]
-        for name in WIDGETS
-    ]
+    if fill_screen:
+        from qtpy.QtGui import QGuiApplication
+
+        area = QGuiApplication.primaryScreen().availableGeometry()
+        viewer.window.resize(int(area.width() * SCREEN_SHARE), int(area.height() * SCREEN_SHARE))
+    width = int(min(max(DOCK_SHARE * viewer.window.geometry()[2], DOCK_WIDTH[0]), DOCK_WIDTH[1]))
+    docks = []
+    for name in WIDGETS:
+        dock = viewer.window.add_plugin_dock_widget("napari-unet", name, tabify=True)[0]
+        dock.setWindowTitle(name)  # the tab: "Fine-tune", not an elided "Fine-t..."
+        dock.setMinimumWidth(width)
+        docks.append(dock)
     docks[0].show()
     docks[0].raise_()  # Annotate in front: the first step
     viewer.reset_view()  # the docks took their width from the canvas: fit the images again
@@ -628,7 +644,7 @@ def _gui(args) -> None:
     missing = [p for p in args.images if not Path(p).is_file()]
     if missing:
         raise FileNotFoundError(f"no such image file: {', '.join(missing)}")
-    open_viewer(args.images)
+    open_viewer(args.images, fill_screen=True)
     napari.run()
 
 

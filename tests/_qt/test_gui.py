@@ -46,7 +46,7 @@ def test_gui_with_the_sample_data(make_napari_viewer, qtbot):
     dock = annotate.native
     while not isinstance(dock, QDockWidget):
         dock = dock.parent()
-    assert dock.width() < 350  # napari's own docks take ~340 px
+    assert dock.width() < 450  # napari's own docks take ~340 px; ours fit their five tab names
     assert canvas_w > 0.4 * viewer.window._qt_window.width()
     camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera
     assert camera.center[-2:] == pytest.approx((255.5, 255.5), abs=1)
@@ -86,3 +86,23 @@ def test_gui_keeps_the_pixel_size_of_a_calibrated_tiff(make_napari_viewer, tmp_p
     layer = open_viewer([str(path)], make_napari_viewer()).layers["calibrated"]
     np.testing.assert_allclose(layer.scale, (1.0, 0.25, 0.5))
     assert [str(u) for u in layer.units] == ["pixel", "micrometer", "micrometer"]
+
+
+def test_the_gui_window_fills_the_screen_and_its_tabs_read_whole(make_napari_viewer, qtbot):
+    from qtpy.QtGui import QGuiApplication
+
+    viewer = make_napari_viewer(show=True)
+    open_viewer([], viewer, fill_screen=True)
+    qtbot.wait(300)
+    area = QGuiApplication.primaryScreen().availableGeometry()
+    _, _, width, height = viewer.window.geometry()
+    assert area.width() >= 1600 and area.height() >= 1000  # pytest-xvfb's screen (pyproject)
+    assert width * height >= 0.8 * area.width() * area.height()
+    canvas_h, canvas_w = viewer.canvas.size if hasattr(viewer, "canvas") else viewer._canvas_size
+    assert canvas_w * canvas_h >= 0.5 * width * height * 0.85  # the canvas: over half the area
+    assert canvas_w >= 0.5 * width
+    (tabs,) = [b for b in viewer.window._qt_window.findChildren(QTabBar) if b.count() == 5]
+    assert [tabs.tabText(i) for i in range(5)] == list(WIDGETS)
+    for i in range(5):  # each name whole: its tab as wide as its text
+        text = tabs.fontMetrics().horizontalAdvance(tabs.tabText(i))
+        assert tabs.tabRect(i).width() >= text, tabs.tabText(i)

@@ -212,3 +212,14 @@ def test_preview_of_the_second_image_goes_right_under_its_annotation(
         "two annotation",
     ]
     assert viewer.layers.selection.active is annotation
+
+
+def test_an_empty_annotation_is_said_to_be_empty(make_napari_viewer, sample, qtbot):
+    viewer = make_napari_viewer()
+    viewer.add_image(sample[0], name="cells")
+    viewer.add_labels(np.zeros(sample[2].shape, np.uint16), name="cells annotation")
+    widget = WeightMapWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    _preview(viewer, widget, qtbot)
+    qtbot.waitUntil(lambda: "is empty here" in widget._status.value, timeout=TIMEOUT)
+    assert "weights from" not in widget._status.value  # was "weights from 1 to 1"

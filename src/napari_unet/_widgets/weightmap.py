@@ -187,7 +187,11 @@ class WeightMapWidget(Container):
         self._show(labels, "target", target, (0, 1), "gray")
         self._show(labels, "weights", weights, (low, top), "magma")
         self._shown = (labels, index)
-        self._status.value = f"weights from {low:.2g} to {top:.3g}"
+        self._status.value = (
+            f"weights from {low:.2g} to {top:.3g}"
+            if plane.any()
+            else f"'{labels.name}' is empty here: paint cells (ids 1..N) to see their weights"
+        )
 
     def _report(self, problem: str) -> None:
         """Show ``problem`` in the status line; notify it once, not on every change."""

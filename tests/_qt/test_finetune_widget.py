@@ -500,3 +500,17 @@ def test_status_says_the_annotated_size_and_the_resampling(setup, crops, qtbot):
         f"median diameter {measured:.0f} px; frames resampled by {factor:.2f} to the model's "
         f"{round(measured / 2)} px. " in widget.status
     )
+
+
+def test_the_annotation_box_follows_an_annotation_made_after_the_dock(setup, crops, notes):
+    viewer, widget, _ = setup
+    dic = viewer.add_image(crops[1][0], name="dic_frame", scale=(0.19, 0.19))
+    widget._image.value = dic
+    assert widget._annotation_box.value is viewer.layers["cells annotation"]  # none of its own
+    mine = viewer.add_labels(np.zeros_like(crops[1][1]), name="dic_frame annotation")
+    mine.scale = (0.19, 0.19)
+    assert widget._annotation_box.value is mine
+    widget._annotation_box.value = viewer.layers["cells annotation"]  # the other image's: refused
+    widget._add.native.click()
+    message = str(notes[-1].message)
+    assert "pixel size 1 x 1" in message and "np.float64" not in message

@@ -210,10 +210,16 @@ def _check_grid(layer: Layer, image_layer: Image) -> None:
         np.allclose(layer.scale[-n:], image_layer.scale[-n:])
         and np.allclose(layer.translate[-n:], image_layer.translate[-n:])
     ):
+
+        def grid(lay: Layer) -> str:
+            scale = " x ".join(f"{float(s):.4g}" for s in lay.scale[-n:])
+            offset = ", ".join(f"{float(t):.4g}" for t in lay.translate[-n:])
+            return f"pixel size {scale}, offset ({offset})"
+
         raise ValueError(
-            f"layer '{layer.name}' is not on the pixel grid of '{image_layer.name}' (scale "
-            f"{tuple(layer.scale)} vs {tuple(image_layer.scale)}, translate "
-            f"{tuple(layer.translate)} vs {tuple(image_layer.translate)}); give it the same scale"
+            f"layer '{layer.name}' is not on the pixel grid of '{image_layer.name}' "
+            f"({grid(layer)} against {grid(image_layer)}); pick the image's own annotation, "
+            "or give the layer the image's scale and translate"
         )
 
 

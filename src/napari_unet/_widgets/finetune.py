@@ -225,8 +225,15 @@ class FinetuneWidget(Container):
         self._session.busy_changed.connect(self._on_model_changed)
         self._session.region_changed.connect(self._on_region_chosen)
 
-    def _on_layers_changed(self, _event=None) -> None:
+    def _on_layers_changed(self, event=None) -> None:
         self.reset_choices()
+        # "<image> annotation" made (or named) after the image was chosen: it is the one to use
+        annotation = annotation_of(self._viewer, self._image.value)
+        added = getattr(event, "value", None)
+        if annotation is not None and (
+            added is annotation or getattr(event, "type", "") == "renamed"
+        ):
+            self._annotation_box.value = annotation
 
     def _on_image_changed(self, _value=None) -> None:
         """Another image: its annotation layer and the region chosen for it in Annotate."""

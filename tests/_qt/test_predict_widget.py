@@ -450,3 +450,16 @@ def test_cell_size_of_the_current_model_is_shown(setup, qtbot, tmp_path, tiny):
 
     session_for(viewer).set_model(UNet(base_channels=4, depth=3), "plain")
     assert widget._cells.value == "" and widget._cells.native.isHidden()
+
+
+def test_min_size_from_the_model_shows_the_value_in_use(make_napari_viewer, cells, tiny):
+    viewer = make_napari_viewer()
+    viewer.add_image(cells, name="cells")
+    tiny.metadata = {"cells": {"median_area": 9400.0, "median_diameter": 109.4, "count": 13}}
+    session_for(viewer).set_model(tiny, "tuned on cells ~109 px across")
+    widget = PredictWidget(viewer)
+    assert widget._auto_size.value and widget._min_size.value == 470  # 5 % of 9,400 px, not 16
+    tiny.metadata = {**tiny.metadata, "diameter": 40.0}
+    session_for(viewer).set_model(tiny, "trained at 40 px, tuned at 109")
+    widget._diameter.value.value = 20  # typed: sizes follow the typed diameter
+    assert widget._min_size.value == round(0.05 * np.pi * 20**2 / 4)

@@ -29,7 +29,8 @@ from magicgui.widgets import (
 from napari.layers import Image
 from qtpy.QtCore import QTimer
 
-from ..core.prediction.instances import CORE, MIN_CORE, MIN_SIZE, InstanceConfig
+from ..core.prediction.instances import CORE, MIN_CORE, MIN_SIZE, InstanceConfig, size_defaults
+from ..core.prediction.scale import sized_cells
 from ._cluster import ClusterResults
 from ._diameter import DiameterControl, Sized, needs_resampling
 from ._in_memory import InMemoryRun
@@ -211,11 +212,17 @@ class PredictWidget(Container):
         self._run_on.changed.connect(self._on_run_on)
         self._cancel.clicked.connect(self._on_cancel)
         self._auto_size.changed.connect(self._on_auto_size)
+        self._diameter.value.changed.connect(self._on_auto_size)
         self._refresh_timer.timeout.connect(self._on_refresh_timer)
 
     # ------------------------------------------------------------------ choices and state
     def _on_auto_size(self, value=None) -> None:
         self._min_size.enabled = not self._auto_size.value
+        if self._auto_size.value:  # show the value a run will use, not a stale number
+            model = self._session.model if self._session.has_model else None
+            cells = (getattr(model, "metadata", None) or {}).get("cells")
+            typed = self._diameter.typed
+            self._min_size.value = size_defaults(sized_cells(typed) if typed else cells)[0]
 
     def _on_layers_changed(self, _event=None) -> None:
         self.reset_choices()
@@ -247,6 +254,7 @@ class PredictWidget(Container):
         self._cells.visible = bool(hint)
         current = self._model_choice.value == CURRENT and self._session.has_model
         self._diameter.show_model(self._session.model if current else None)
+        self._on_auto_size()
 
     def _set_running(self, running: bool) -> None:
         for widget in self:

@@ -514,3 +514,13 @@ def test_the_annotation_box_follows_an_annotation_made_after_the_dock(setup, cro
     widget._add.native.click()
     message = str(notes[-1].message)
     assert "pixel size 1 x 1" in message and "np.float64" not in message
+
+
+def test_an_intensity_image_converted_to_labels_is_refused_at_add_pair(setup, crops, notes):
+    viewer, widget, _ = setup
+    converted = viewer.add_labels(crops[0][0].astype(np.uint16), name="converted")  # intensities
+    widget._image.value = viewer.layers["cells"]
+    widget._annotation_box.value = converted
+    widget._add.native.click()
+    assert "does not look like a label image" in str(notes[-1].message)
+    assert widget._pair_list.count() == 0

@@ -223,3 +223,18 @@ def test_an_empty_annotation_is_said_to_be_empty(make_napari_viewer, sample, qtb
     _preview(viewer, widget, qtbot)
     qtbot.waitUntil(lambda: "is empty here" in widget._status.value, timeout=TIMEOUT)
     assert "weights from" not in widget._status.value  # was "weights from 1 to 1"
+
+
+def test_an_intensity_image_converted_to_labels_is_refused(
+    make_napari_viewer, sample, notes, qtbot
+):
+    viewer = make_napari_viewer()
+    viewer.add_labels(sample[0].astype(np.uint16), name="cells annotation")  # intensities
+    widget = WeightMapWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget._preview.value = True
+    qtbot.waitUntil(
+        lambda: any("does not look like a label image" in str(n.message) for n in notes),
+        timeout=TIMEOUT,
+    )
+    assert "weights from" not in widget._status.value

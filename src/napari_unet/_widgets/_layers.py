@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from napari.layers import Image, Labels, Shapes
 
+from ..core.image import check_label_image
+
 if TYPE_CHECKING:
     import napari
     from napari.layers import Layer
@@ -285,7 +287,9 @@ def annotation_pair(
     Raises
     ------
     ValueError
-        If the layers do not fit together or the region is empty on this plane.
+        If the layers do not fit together, the region is empty on this plane, or the annotation
+        is not instance labels (an intensity image converted to labels, a binary mask:
+        :func:`~napari_unet.core.image.check_label_image`).
     """
     for layer in (image_layer, labels_layer):
         if layer.multiscale:
@@ -306,6 +310,7 @@ def annotation_pair(
         mask = _region_plane(region_layer, shape, lead)
     image = np.array(image_layer.data[lead], copy=True)
     labels = np.array(labels_layer.data[lead], copy=True)
+    check_label_image(labels, f"annotation '{labels_layer.name}'")  # the CLI's rule, here too
     return image, labels, mask
 
 

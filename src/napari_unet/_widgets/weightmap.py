@@ -155,6 +155,7 @@ class WeightMapWidget(Container):
 
     def _update(self) -> None:
         """Compute target and weights of the current plane and show them (main thread)."""
+        from napari_unet.core.image import check_label_image
         from napari_unet.core.training.weightmap import training_target
 
         if not self._preview.value:
@@ -169,6 +170,7 @@ class WeightMapWidget(Container):
         index = viewed_plane(labels, self._viewer)
         plane = np.asarray(labels.data[index])
         try:
+            check_label_image(plane, "it")  # not an intensity image, not a binary mask
             target, weights = training_target(
                 plane,
                 w0=self._w0.value,

@@ -200,7 +200,8 @@ def test_annotation_pair_is_pure_and_checks_shapes():
     from napari.layers import Image, Labels, Shapes
 
     rgb = Image(np.zeros((2, 32, 48, 3), np.uint8), rgb=True, name="rgb")
-    labels = Labels(np.arange(2 * 32 * 48, dtype=np.uint32).reshape(2, 32, 48))
+    cells = np.arange(1, 2 * 4 * 6 + 1, dtype=np.uint32).reshape(2, 4, 6)
+    labels = Labels(np.kron(cells, np.ones((1, 8, 8), np.uint32)))  # 8x8 cells, planes differ
     image, plane, mask = annotation_pair(rgb, labels, None, (0, 1, 0, 0))
     assert image.shape == (32, 48, 3) and mask is None
     np.testing.assert_array_equal(plane, labels.data[1])

@@ -193,42 +193,13 @@ def _instances(args):
     return InstanceConfig(threshold=args.threshold, min_size=args.min_size, expand=args.expand)
 
 
-GIVEN, TUNED, ESTIMATED = "given", "the model's fine-tuning", "estimated"
-"""Where the cell diameter of a prediction came from (``None``: the image as it comes)."""
-
-
-def _diameter(model, image, given: float | None, device) -> tuple[float | None, str | None]:
-    """``(diameter, source)``: the cells' diameter (px) to predict ``image`` at and where it
-    came from: ``given`` (``--diameter``), the model's fine-tuning, or estimated by a scale
-    search (a model trained at one size, not fine-tuned: its middle plane); ``(None, None)``
-    for the image as it comes (a model that says no size, or an estimate that found no cell,
-    logged)."""
-    from .core.image import split_channels
-    from .core.prediction.predict import estimate_diameter
-    from .core.prediction.scale import model_diameter, tuned_diameter
-
-    if given is not None:
-        return given, GIVEN
-    if tuned_diameter(model) is not None:
-        return tuned_diameter(model), TUNED
-    if model_diameter(model) is None:
-        return None, None
-    plane, has_channels = split_channels(image, model.in_channels)
-    while plane.ndim > 2 + has_channels:
-        plane = plane[plane.shape[0] // 2]
-    try:
-        return estimate_diameter(model, plane, device=device).diameter, ESTIMATED
-    except ValueError as err:
-        log.warning("%s: predicting the image as it comes", err)
-        return None, None
-
-
 def _sized(instance, model, diameter: float | None, source: str | None) -> dict:
     """``to_instances``' options: sizes left open follow the cells of a given or estimated
     ``diameter`` (the model's fine-tuned cells otherwise); an explicit ``--min-size`` wins."""
     from dataclasses import replace
 
     from .core.prediction.instances import size_defaults
+    from .core.prediction.predict import ESTIMATED, GIVEN
     from .core.prediction.scale import sized_cells
 
     if source not in (GIVEN, ESTIMATED):
@@ -258,7 +229,7 @@ def _predict(args) -> int | None:
     from .core.formats.io import PREDICTION_SOFTWARE, read_pixel_size, write_image, write_labels
     from .core.network.store import open_model
     from .core.prediction.instances import to_instances
-    from .core.prediction.predict import predict
+    from .core.prediction.predict import predict, resolve_diameter
     from .core.prediction.scale import model_diameter
 
     device = _checked_device(args.device)
@@ -276,7 +247,7 @@ def _predict(args) -> int | None:
     with tqdm(plan, desc="images", unit="image", disable=len(plan) < 2) as jobs:
         for path, targets in jobs:
             image = _load_image(path, model.in_channels, args.max_pixels)
-            diameter, source = _diameter(model, image, args.diameter, device)
+            diameter, source = resolve_diameter(model, image, args.diameter, device=device)
             with tqdm(desc=path.name, unit="tile", leave=False) as bar:
 
                 def progress(result, bar=bar):

@@ -106,31 +106,20 @@ def sizing(model: UNet, pixels: np.ndarray, typed: float | None, plane) -> Sized
     """The worker's :class:`Sized` for ``pixels`` (``(..., H, W[, C])``, the model's channels)
     of ``(H, W)`` ``plane``: the typed diameter, the model's fine-tuned one, or estimated on the
     middle plane (a model trained at one size, not fine-tuned)."""
+    from ..core.prediction import predict
+
     plane = tuple(int(n) for n in plane)
     note = ""
     if model_diameter(model) is None:
         diameter, source = None, None
-    elif typed is not None:
-        diameter, source = float(typed), TYPED
-    elif tuned_diameter(model) is not None:
-        diameter, source = tuned_diameter(model), TUNED
     else:
-        diameter, source, note = _estimate(model, pixels)
+        diameter, source = predict.resolve_diameter(model, pixels, typed)
+        said = {predict.GIVEN: TYPED, predict.TUNED: TUNED, predict.ESTIMATED: ESTIMATED}
+        source = said.get(source)  # the dock's words
+        if diameter is None:
+            note = "no cells found to estimate the diameter"
     factor = _factor(model, diameter)
     return Sized(diameter, source, factor, scaled_shape(plane, factor), plane, note)
-
-
-def _estimate(model: UNet, pixels: np.ndarray):
-    from ..core.image import split_channels
-    from ..core.prediction.predict import estimate_diameter
-
-    middle, has_channels = split_channels(np.asarray(pixels), model.in_channels)
-    while middle.ndim > 2 + has_channels:
-        middle = middle[middle.shape[0] // 2]
-    try:
-        return estimate_diameter(model, middle).diameter, ESTIMATED, ""
-    except ValueError:
-        return None, None, "no cells found to estimate the diameter"
 
 
 def resample(pixels: np.ndarray, in_channels: int, sized: Sized) -> np.ndarray:
@@ -140,9 +129,7 @@ def resample(pixels: np.ndarray, in_channels: int, sized: Sized) -> np.ndarray:
     from ..core.image import split_channels
 
     pixels, has_channels = split_channels(np.asarray(pixels), in_channels)
-    if not has_channels:
-        return rescale_image(pixels, sized.factor)
-    return np.moveaxis(rescale_image(np.moveaxis(pixels, -1, 0), sized.factor), 0, -1)
+    return rescale_image(pixels, sized.factor, has_channels)
 
 
 def resampled_grid(scale, translate, sized: Sized) -> tuple[tuple, tuple]:

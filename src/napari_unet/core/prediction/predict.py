@@ -35,10 +35,19 @@ from .tiling import (
     tiled_multiply_adds,
 )
 
-__all__ = ["TileResult", "predict_tiles", "predict", "predict_window", "estimate_diameter"]
+__all__ = [
+    "TileResult",
+    "predict_tiles",
+    "predict",
+    "predict_window",
+    "estimate_diameter",
+    "resolve_diameter",
+]
 
 log = logging.getLogger(__name__)
 
+GIVEN, TUNED, ESTIMATED = "given", "the model's fine-tuning", "estimated"
+"""Where :func:`resolve_diameter`'s diameter came from."""
 _SLOW = 3  # a requested tile with this many times the work of the automatic one gets a warning
 
 
@@ -370,8 +379,8 @@ def predict(
     carrying the size of the image's cells (``model.metadata["cells"]`` when the image was not
     resampled) for :func:`~napari_unet.to_instances`.
     """
-    if diameter is None and tuned_diameter(model) is None and _trained_size(model):
-        diameter = _estimated_or_none(model, image, device)
+    if diameter is None:
+        diameter = resolve_diameter(model, image, device=device)[0]
     factor, cells = _scale(model, diameter)
     if factor != 1.0:
         image, plane_shape = _rescaled(np.asarray(image), model.in_channels, factor)
@@ -407,14 +416,28 @@ def estimate_diameter(model, image, *, device=None) -> DiameterEstimate:
     return estimate
 
 
-def _estimated_or_none(model, image, device) -> float | None:
-    """:func:`estimate_diameter` of the image's middle plane; ``None`` (the image as it comes,
-    with a logged warning) when no cells are found at any size."""
+def resolve_diameter(
+    model, image, diameter: float | None = None, *, device=None
+) -> tuple[float | None, str | None]:
+    """``(diameter, source)``: the cells' diameter (px) to predict ``image`` at and where it
+    came from: ``diameter`` as given (``GIVEN``), the model's fine-tuning (``TUNED``), or
+    :func:`estimate_diameter` of the middle plane for a model trained at one size but not
+    fine-tuned (``ESTIMATED``); ``(None, None)`` for the image as it comes (a model that says
+    no size, or an estimate that found no cell: logged). What :func:`predict` uses, and the
+    CLI and the Predict dock report."""
+    if diameter is not None:
+        return float(diameter), GIVEN
+    if tuned_diameter(model) is not None:
+        return tuned_diameter(model), TUNED
+    if _trained_size(model) is None:
+        return None, None
     try:
-        return estimate_diameter(model, _middle_plane(model, image), device=device).diameter
+        return estimate_diameter(model, _middle_plane(model, image), device=device).diameter, (
+            ESTIMATED
+        )
     except ValueError as err:
-        log.warning("%s: predicting the image at its own size", err)
-        return None
+        log.warning("%s: predicting the image as it comes", err)
+        return None, None
 
 
 def _trained_size(model) -> float | None:
@@ -452,10 +475,8 @@ def _rescaled(image: np.ndarray, in_channels: int, factor: float):
     """``(image resampled by factor in H and W, (H, W))`` of an ``(..., H, W)`` or
     ``(..., H, W, C)`` image."""
     image, has_channels = split_channels(image, in_channels)
-    if not has_channels:
-        return rescale_image(image, factor), image.shape[-2:]
-    planes = np.moveaxis(image, -1, 0)
-    return np.moveaxis(rescale_image(planes, factor), 0, -1), planes.shape[-2:]
+    plane = image.shape[-3:-1] if has_channels else image.shape[-2:]
+    return rescale_image(image, factor, has_channels), plane
 
 
 def predict_window(

@@ -85,11 +85,14 @@ def scaled_shape(shape: tuple[int, ...], factor: float) -> tuple[int, int]:
     return tuple(max(1, round(s * factor)) for s in shape[-2:])
 
 
-def rescale_image(image: np.ndarray, factor: float) -> np.ndarray:
-    """``(..., H, W)`` image resampled by ``factor`` on its last two axes (bilinear, with a
-    Gaussian anti-aliasing filter when shrinking); float32. The image itself when factor is 1."""
+def rescale_image(image: np.ndarray, factor: float, channels_last: bool = False) -> np.ndarray:
+    """``(..., H, W)`` image (``(..., H, W, C)`` with ``channels_last``) resampled by ``factor``
+    in H and W (bilinear, with a Gaussian anti-aliasing filter when shrinking); float32. The
+    image itself when factor is 1."""
     if factor == 1.0:
         return image
+    if channels_last:
+        return np.moveaxis(rescale_image(np.moveaxis(image, -1, 0), factor), 0, -1)
     from skimage.transform import resize
 
     image = np.asarray(image, dtype=np.float32)

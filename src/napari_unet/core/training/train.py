@@ -271,10 +271,7 @@ def at_model_size(samples: Sequence, model) -> tuple[list, dict | None, float]:
         return samples, cells, factor
     resampled = []
     for image, labels, mask in checked:
-        if image.ndim == 3:  # (H, W, C): resample each channel's plane
-            image = np.moveaxis(rescale_image(np.moveaxis(image, -1, 0), factor), 0, -1)
-        else:
-            image = rescale_image(image, factor)
+        image = rescale_image(image, factor, channels_last=image.ndim == 3)
         labels = rescale_labels(labels, factor)
         mask = None if mask is None else rescale_labels(mask, factor)
         resampled.append((image, labels) if mask is None else (image, labels, mask))

@@ -98,15 +98,17 @@ def score(model, test, rand: bool) -> dict:
 
 
 def tune(model, frames, minutes: float, settings: dict, seed: int):
-    """Fine-tune ``model`` in place; returns ``(steps, seconds)``."""
+    """Fine-tune ``model`` in place for ``minutes`` (or the ``steps`` in ``settings``, at any
+    speed); returns ``(steps, seconds)``."""
     start = time.perf_counter()
+    limits = {"steps": 10**6, "max_seconds": minutes * 60}
+    if "steps" in settings:
+        limits = {"steps": settings["steps"], "max_seconds": None}
     events = finetune(
         model,
         [(image, labels) for _, image, labels in frames],
-        steps=10**6,
-        max_seconds=minutes * 60,
         seed=seed,
-        **settings,
+        **{**limits, **{k: v for k, v in settings.items() if k != "steps"}},
     )
     steps = sum(1 for _ in events)
     return steps, time.perf_counter() - start
@@ -250,7 +252,12 @@ def main() -> None:
     p.add_argument("--curve-minutes", type=float, default=5.0, help="minutes for frames curve")
     p.add_argument("--rounds", type=int, default=0, help="correct-and-continue rounds")
     p.add_argument("--round-minutes", type=float, default=2.0)
-    p.add_argument("--set", default="", help="finetune overrides, e.g. lr=1e-3,tile=256")
+    p.add_argument(
+        "--set",
+        default="",
+        help="finetune overrides, e.g. lr=1e-3,tile=256; steps=650 runs that many steps whatever "
+        "the minutes (equal work on a loaded machine)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, help="write every run here")
     p.add_argument("--plot", type=Path, help="PNG of the curves")

@@ -167,10 +167,6 @@ def test_train_for_minutes_alone(tmp_path, sample):
             ],
             "expected one label file per image",
         ),
-        (
-            ["train", "--images", "{img}", "--labels", "{img}", "--out", "m.safetensors"],
-            "give --minutes .*, --steps, or both",
-        ),
     ],
 )
 def test_errors_are_one_line_and_exit_non_zero(tmp_path, model_file, args, message):

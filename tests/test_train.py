@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_unet import FinetuneConfig, UNet, finetune, predict, training_target
+from napari_unet import DEFAULT_STEPS, FinetuneConfig, UNet, finetune, predict, training_target
 from napari_unet.core.training.train import _learning_rate
 from napari_unet.core.training.weightmap import CLASS_BALANCE, SIGMA, W0
 
@@ -73,6 +73,18 @@ def test_max_seconds_ends_training_and_fits_the_schedule(sample):
     peak = max(e.lr for e in events)
     assert events[0].lr < peak  # warm-up
     assert events[-1].lr < 0.3 * peak  # the cosine decay reached its end in the time given
+
+
+def test_without_steps_a_run_does_the_default_number():
+    """``finetune(model, frames, max_seconds=600)`` is the one-line call: a few annotated
+    frames get DEFAULT_STEPS steps (more over-fit them), or fewer when the time runs out."""
+    model = UNet(base_channels=2, depth=2)
+    labels = np.zeros((48, 48), np.int32)
+    labels[8:20, 8:20], labels[26:40, 24:40] = 1, 2
+    image = (labels > 0).astype(np.float32)
+    events = list(finetune(model, [(image, labels)], batch_size=1, tile=16))
+    assert len(events) == DEFAULT_STEPS == model.metadata["finetune"]["steps"]
+    assert events[-1].done
 
 
 def test_learning_rate_schedule():

@@ -32,6 +32,7 @@ _EXPORTS = {
     "elastic_deform": "training.augment",
     "FinetuneConfig": "training.train",
     "FinetuneEvent": "training.train",
+    "DEFAULT_STEPS": "training.train",
     "finetune": "training.train",
     "save_model": "network.store",
     "load_model": "network.store",

@@ -35,7 +35,6 @@ log = logging.getLogger("napari_unet")
 
 NEW_MODEL = "new"
 """``train --model new`` starts a new network of ``--base-channels`` width."""
-UNLIMITED_STEPS = 10**9  # ``train --minutes`` without ``--steps``: the time budget ends the run
 
 
 # ------------------------------------------------------------------------ option value checks
@@ -489,11 +488,9 @@ def _train(args) -> int:
     from tqdm import tqdm
 
     from .core.network.store import file_size_estimate
-    from .core.training.train import finetune
+    from .core.training.train import DEFAULT_STEPS, finetune
 
     device = _checked_device(args.device)
-    if args.steps is None and args.minutes is None:
-        raise ValueError("give --minutes (how long to train, e.g. --minutes 5), --steps, or both")
     if len(args.images) != len(args.labels):
         raise ValueError(
             f"{len(args.images)} image(s) but {len(args.labels)} label file(s); "
@@ -518,7 +515,7 @@ def _train(args) -> int:
     events = finetune(
         model,
         samples,
-        steps=args.steps or UNLIMITED_STEPS,
+        steps=args.steps,
         lr=args.lr,
         batch_size=args.batch_size,
         tile=args.tile,
@@ -529,7 +526,7 @@ def _train(args) -> int:
     )
     args.folders.make(out.parent)
     last, interrupted = None, False
-    with tqdm(total=args.steps, desc="training", unit="step") as bar:
+    with tqdm(total=args.steps or DEFAULT_STEPS, desc="training", unit="step") as bar:
         try:
             for last in events:
                 bar.update(1)
@@ -831,8 +828,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--steps",
         type=_positive_int,
-        help="at most this many optimisation steps (default: as many as --minutes allows); "
-        "give --minutes, --steps or both",
+        help="optimisation steps (default: fine-tuning's own, napari_unet.DEFAULT_STEPS; a few "
+        "annotated images over-fit beyond it); --minutes ends the run earlier if time runs out",
     )
     t.add_argument(
         "--out",

@@ -368,10 +368,11 @@ def test_pairs_use_the_region_chosen_in_annotate(setup):
 def test_a_time_budget_is_the_main_control(setup, qtbot):
     """ "train for 5 min" is the default and shown first; the step limit waits under
     "advanced"; a run the budget ends shows its time, not its steps."""
-    from napari_unet._widgets.finetune import MAX_STEPS, NEXT_ROUND, PERMILLE
+    from napari_unet import DEFAULT_STEPS
+    from napari_unet._widgets.finetune import NEXT_ROUND, PERMILLE
 
     viewer, widget, _ = setup
-    assert widget._minutes.value == 5 and widget._steps.value == MAX_STEPS
+    assert widget._minutes.value == 5 and widget._steps.value == DEFAULT_STEPS
     assert widget._minutes.native.text() == "5.00 min"
     settings = list(widget._settings)
     assert settings.index(widget._minutes) < settings.index(widget._show_advanced)
@@ -391,7 +392,7 @@ def test_a_time_budget_is_the_main_control(setup, qtbot):
     with qtbot.waitSignal(worker.finished, timeout=TIMEOUT):
         pass
     steps = len(widget._plot.points)
-    assert 1 <= steps < MAX_STEPS
+    assert 1 <= steps < DEFAULT_STEPS
     assert all(text.startswith(("0:00 of 0:01, step", "0:01 of 0:01, step")) for text in shown)
     assert widget._bar.value == widget._bar.max == PERMILLE
     assert widget._bar.native.format().endswith(" / 0:01")

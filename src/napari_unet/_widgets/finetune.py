@@ -68,7 +68,6 @@ CURRENT_MODEL, NEW_NETWORK = "current model", f"new network (base {NEW_BASE_CHAN
 PAIR_LIST_HEIGHT = 100  # px, about four pairs; the list scrolls beyond
 HOLD_OUT_TIP = "Tick to hold this pair out for validation: not trained on, its IoU is reported."
 MINUTES = 5.0  # the default time budget
-MAX_STEPS = 100_000  # the default step limit: the time budget ends a run first
 PERMILLE = 1000  # the progress bar's steps while time is the limit
 NEXT_ROUND = (
     "Next round: predict again, correct the prediction in Annotate, Add pair, then Start to "
@@ -81,7 +80,10 @@ class FinetuneWidget(Container):
     """Fine-tune a copy of the viewer's U-Net on image / annotation pairs; Start, Stop, Undo."""
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
-        from ..core.training.train import FinetuneConfig  # the training defaults (imports torch)
+        from ..core.training.train import (  # the training defaults (imports torch)
+            DEFAULT_STEPS,
+            FinetuneConfig,
+        )
 
         defaults = FinetuneConfig()
         self._viewer = viewer
@@ -148,7 +150,7 @@ class FinetuneWidget(Container):
         )
         self._steps = SpinBox(
             label="at most (steps)",
-            value=MAX_STEPS,
+            value=DEFAULT_STEPS,
             min=1,
             max=1_000_000,
             tooltip="Stop after this many optimisation steps even if time remains.",

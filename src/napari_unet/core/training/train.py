@@ -43,10 +43,14 @@ __all__ = [
     "finetune",
     "AUGMENTATIONS",
     "DEFAULT_AUGMENTATIONS",
+    "DEFAULT_STEPS",
 ]
 
 AUGMENTATIONS = ("elastic", "flips", "intensity", "zoom", "gamma", "illumination", "contrast")
 DEFAULT_AUGMENTATIONS = ("elastic", "flips", "intensity")  # what augment=True means
+DEFAULT_STEPS = 650
+"""Steps of a fine-tuning run unless told: a few annotated frames over-fit beyond about that
+many, and a fast CPU does them in 4-6 minutes (docs/benchmarks.md, "How long to fine-tune")."""
 MAX_LR = 1.0
 """The largest learning rate accepted: Adam's steps are about lr in size, weights about 0.1."""
 
@@ -349,7 +353,7 @@ def finetune(
     model,
     samples: Sequence,
     *,
-    steps: int,
+    steps: int | None = None,
     max_seconds: float | None = None,
     lr: float | None = None,
     batch_size: int | None = None,
@@ -381,7 +385,7 @@ def finetune(
         (0 = background); mask ``(H, W)`` bool, the pixels whose labels count (partial
         annotation; weight 0 elsewhere).
     steps
-        Optimisation steps.
+        Optimisation steps; ``None`` for :data:`DEFAULT_STEPS`.
     max_seconds
         Stop after this much time even if steps remain; the learning-rate schedule follows
         whichever of steps and time runs out first.
@@ -431,6 +435,7 @@ def finetune(
             "give the training settings either as config=FinetuneConfig(...) or as keywords, "
             f"not both (got config and {', '.join(given)})"
         )
+    steps = DEFAULT_STEPS if steps is None else steps
     if not _is_int(steps) or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
     if max_seconds is not None and not max_seconds > 0:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..image import PERCENTILES, check_finite, rescale, to_grey
-from ..prediction.tiling import Tile, plan_tiles
+from ..prediction.tiling import Tile, mirror_indices, plan_tiles
 
 __all__ = [
     "DEFAULT_BLOCK",
@@ -94,16 +94,6 @@ def plan_blocks(shape: tuple[int, int], model, block: int) -> list[Tile]:
     they start at multiples of ``model.multiple`` (``2**depth``) and are balanced over each axis.
     """
     return plan_tiles(tuple(shape), model, int(block))
-
-
-def mirror_indices(start: int, stop: int, length: int) -> np.ndarray:
-    """Indices into an axis of ``length`` of positions ``start..stop-1`` of its mirror extension.
-
-    Position ``p`` (negative or past the end) maps as ``np.pad(..., mode="symmetric")`` does, for
-    any pad width: period ``2 * length``, the second half reversed.
-    """
-    p = np.arange(start, stop) % (2 * length)
-    return np.where(p < length, p, 2 * length - 1 - p)
 
 
 def read_padded(source, rows: tuple[int, int], cols: tuple[int, int]) -> np.ndarray:

@@ -48,6 +48,8 @@ __all__ = [
     "predict_window",
     "estimate_diameter",
     "resolve_diameter",
+    "resampling_for",
+    "instance_options",
 ]
 
 log = logging.getLogger(__name__)
@@ -222,8 +224,8 @@ def _sized_plan(
     source = GIVEN
     if diameter is None:
         diameter, source = resolve_diameter(model, image, device=device)
-    factor, _ = _scale(model, diameter)
-    grid = Resampling.of(plane_shape, factor, diameter, source if diameter is not None else None)
+    grid = resampling_for(model, plane_shape, diameter, source)
+    factor = grid.factor
     if factor != 1.0:
         channels = image.ndim > len(stack_shape) + 2
         if percentiles is not None:  # the image's own percentiles, as blocks normalise
@@ -512,6 +514,37 @@ def resolve_diameter(
     except ValueError as err:
         log.warning("%s: predicting the image as it comes", err)
         return None, None
+
+
+def resampling_for(model, plane, diameter: float | None, source: str | None = GIVEN) -> Resampling:
+    """The :class:`~napari_unet.core.prediction.scale.Resampling` of ``(..., H, W)`` planes
+    ``plane`` for ``model`` when their cells are ``diameter`` px across (from ``source``, see
+    :func:`resolve_diameter`); ``None``: the cells the model was fine-tuned on, else the image
+    as it comes. ValueError for a diameter too far from the model's, or for a model that says
+    no size."""
+    factor = _scale(model, diameter)[0]
+    if diameter is None:
+        diameter, source = tuned_diameter(model), TUNED
+    return Resampling.of(plane, factor, diameter, source if diameter is not None else None)
+
+
+def instance_options(config, model, diameter: float | None, source: str | None) -> dict:
+    """:func:`~napari_unet.to_instances`' keyword arguments of ``config`` (an
+    :class:`~napari_unet.InstanceConfig`) for a prediction at ``(diameter, source)`` (from
+    :func:`resolve_diameter`): sizes left ``None`` follow the cells of a given or estimated
+    diameter, else those the model was fine-tuned on (:meth:`InstanceConfig.for_model`)."""
+    from dataclasses import replace
+
+    from .instances import size_defaults
+
+    if source not in (GIVEN, ESTIMATED) or diameter is None:
+        return config.for_model(model).options()
+    size, core = size_defaults(sized_cells(diameter))
+    return replace(
+        config,
+        min_size=size if config.min_size is None else config.min_size,
+        min_core=core if config.min_core is None else config.min_core,
+    ).options()
 
 
 def _trained_size(model) -> float | None:

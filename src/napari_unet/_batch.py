@@ -151,7 +151,9 @@ def _segment_large(client, name, model, info, targets: dict, options: dict):
         result = segment_large(client, name, model, info, work / "labels.ome.zarr", **options)
         import zarr
 
-        record = options.get("metadata")
+        grid = result.resampling  # the diameter used, as segment_large records it in OME-Zarr
+        record = {**(options.get("metadata") or {}), "diameter": grid.diameter}
+        record["diameter_source"] = grid.source
         if probs is not None:
             array = zarr.open_array(str(options["probabilities"]), path="0", mode="r")
             tiff = {"pixel_size": info.pixel_size, "dtype": "float32", "record": record}

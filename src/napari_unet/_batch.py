@@ -204,7 +204,6 @@ def run(settings: BatchSettings, folders: NewFolders) -> int:
         shared_model,
         torch_threads,
     )
-
     from .core.prediction.predict import GIVEN, instance_options
 
     model = open_model(settings.model)

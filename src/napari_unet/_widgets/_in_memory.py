@@ -68,9 +68,7 @@ def _predict_job(model, pixels, *, grey, shape, tile, center, flips, instance, t
     # "as it comes", so that it does not estimate again
     diameter = sized.diameter if sized.diameter is not None else model_diameter(model)
     probabilities = np.zeros((*shape[:-2], *sized.shape), dtype=np.float32)
-    tiles = predict_tiles(
-        model, pixels, tile=tile, center=center, flips=flips, diameter=diameter
-    )
+    tiles = predict_tiles(model, pixels, tile=tile, center=center, flips=flips, diameter=diameter)
     with closing(tiles):
         for result in tiles:
             probabilities[result.plane][result.region] = result.probabilities

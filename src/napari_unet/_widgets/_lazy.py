@@ -1,18 +1,18 @@
 """Predict's lazy route: a large image that is not in memory, region by region in this process.
 
-A layer whose full-resolution data is not in memory (a dask or zarr array, level 0 of a
-multiscale layer, a memory map) and would take more than :data:`LAZY_BYTES` to read with its
-outputs is never read whole: a :class:`~napari_unet.core.large.regions.PlaneStream` predicts the
-blocks in view first (with those their final labels need), the rest on request, and its
-results go to an on-disk :class:`LazyOutput` (OME-Zarr pyramids in a folder of their own,
-removed once both its layers are gone, or at exit) shown as multiscale layers whose coarser
-levels are refreshed block by block. For a model that works at one cell size, each block is
-resampled to it and back in the core (the stream's diameter: typed, else resolved on its first
-run), so the layers stay on the image's grid. :class:`LazyJobs` keeps a layer's :class:`LazyJob` (its
-stream, kept while the layer, the model's weights and the settings stay the same, so 'Predict
-the rest' goes on where the last run stopped) and every :class:`LazyOutput` until *its own*
-layers are gone (a newer job, or the input image removed, never removes an older job's
-results). The stream runs in the dock's worker and never touches a layer.
+A layer whose full-resolution data is not in memory (a dask or zarr array, level 0 of a multiscale
+layer, a memory map) and would take more than :data:`LAZY_BYTES` to read with its outputs is never
+read whole: a :class:`~napari_unet.core.large.regions.PlaneStream` predicts the blocks in view
+first (with those their final labels need), the rest on request, and its results go to an on-disk
+:class:`LazyOutput` (OME-Zarr pyramids in a folder of their own, removed once both its layers are
+gone, or at exit) shown as multiscale layers whose coarser levels are refreshed block by block. For
+a model that works at one cell size, each block is resampled to it and back in the core (the
+stream's diameter: typed, else resolved on its first run), so the layers stay on the image's grid.
+:class:`LazyJobs` keeps a layer's :class:`LazyJob` (its stream, kept while the layer, the model's
+weights and the settings stay the same, so 'Predict the rest' goes on where the last run stopped)
+and every :class:`LazyOutput` until *its own* layers are gone (a newer job, or the input image
+removed, never removes an older job's results). The stream runs in the dock's worker and never
+touches a layer.
 """
 
 from __future__ import annotations

@@ -203,9 +203,7 @@ def _predict_task(
     import zarr
 
     with opened(source) as plane:
-        prob = predict_block(
-            _model(name), plane, block, norm, flips=flips, resampling=resampling
-        )
+        prob = predict_block(_model(name), plane, block, norm, flips=flips, resampling=resampling)
     zarr.open_array(probs, mode="r+")[block.inner] = prob
 
 
@@ -256,9 +254,7 @@ def _level_task(labels: str, level: int, region, *_done) -> None:
     write_level(zarr.open_group(labels, mode="r+"), level, region)
 
 
-def _whole_task(
-    name, source, flips: bool, instance: dict, probabilities: bool, diameter=None
-):
+def _whole_task(name, source, flips: bool, instance: dict, probabilities: bool, diameter=None):
     """Predict and label a plane that fits one block, as in-process prediction does (the
     diameter resolved as :func:`~napari_unet.predict` does); ``(labels, probabilities or None,
     (diameter, source))``."""

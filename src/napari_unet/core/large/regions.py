@@ -185,9 +185,7 @@ class PlaneStream:
             if self.norm is None:
                 self.norm = estimate_normalisation(plane, self._sample, values=self._sample_values)
             if self.resampling is None:
-                self.resampling = plane_resampling(
-                    self.model, plane, self.diameter, device=device
-                )
+                self.resampling = plane_resampling(self.model, plane, self.diameter, device=device)
             for i in sorted(self.predicted):  # a run closed before labelling its last block
                 yield from self._label_around(i)
             for i in indices:

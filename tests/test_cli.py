@@ -623,18 +623,10 @@ def test_the_diameter_used_is_said_with_its_source(tmp_path, sized_file, capsys,
         (["--diameter", "abc"], "argument --diameter: expected a positive number, got abc"),
         (["--diameter", "1000"], "--diameter: cells 1000 px across are too far"),
         (["--diameter", "30", "--model", "{plain}"], "--diameter: this model does not say"),
+        (["--diameter", "1000", "--workers", "1"], "--diameter: cells 1000 px across are too far"),
         (
-            ["--diameter", "30", "--workers", "1"],
-            r"--diameter is not yet supported with --workers/--scheduler; run without them",
-        ),
-        (
-            ["--workers", "1"],
-            "a model trained at one cell diameter is not yet supported with "
-            "--workers/--scheduler; run without them",
-        ),
-        (
-            ["--scheduler", "tcp://localhost:1"],
-            "a model trained at one cell diameter is not yet supported",
+            ["--diameter", "30", "--model", "{plain}", "--scheduler", "tcp://localhost:1"],
+            "--diameter: this model does not say",
         ),
     ],
 )

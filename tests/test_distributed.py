@@ -639,3 +639,95 @@ def test_nan_in_an_ome_zarr_input_is_named_before_the_model_runs(tmp_path, rng, 
     image[200, 10] = np.nan
     with pytest.raises(ValueError, match=r"block at \(y, x\) = \(.*\) holds 1 NaN"):
         estimate_normalisation(image, plan_blocks(image.shape, tiny_unet, 128))
+
+
+# ------------------------------------------------------- a model that works at one cell size
+DIAMETER = 30.0  # px: the sample's cells are about 34 px across; the model says 40 (x 1.33)
+
+
+@pytest.fixture(scope="module")
+def sized():
+    """The bundled model, saying it works at cells 40 px across."""
+    model = load_bundled()
+    model.metadata = {**model.metadata, "diameter": 40.0}
+    return model
+
+
+@pytest.mark.parametrize("diameter", [DIAMETER, 60.0])  # enlarged x 1.33, shrunk x 0.67
+def test_resampled_blocks_equal_in_process_prediction_at_that_diameter(
+    sized, whole_sample, diameter
+):
+    from napari_unet.core.large.blocks import plane_resampling
+
+    image = whole_sample[0][:256, :320]
+    blocks = plan_blocks(image.shape, sized, 128)  # 2 x 3 blocks, resampled one by one
+    norm = estimate_normalisation(image, blocks)  # of the original image, every block
+    grid = plane_resampling(sized, image, diameter)
+    assert grid.resampled and (grid.diameter, grid.source) == (diameter, "given")
+    out = np.zeros(image.shape, np.float32)
+    for block in blocks:
+        out[block.inner] = predict_block(sized, image, block, norm, resampling=grid)
+    # each block resamples exactly the pixels the whole-image resampling gives it (the same
+    # anti-aliasing, interpolation and mirrored borders), so no seam: float rounding only
+    assert np.abs(out - predict(sized, image, diameter=diameter)).max() <= 1e-5
+
+
+def test_cluster_at_a_diameter_labels_as_in_process(client, sized, whole_sample, tmp_path):
+    from napari_unet.core.formats.zarrio import read_record
+    from napari_unet.core.large.distributed import segment_large, share_model
+
+    image = whole_sample[0][:384, :384]
+    whole = predict(sized, image, diameter=DIAMETER)
+    reference = to_instances(np.asarray(whole), **INSTANCE)  # the blocks' options, no sizing
+    name = share_model(client, sized)
+    path, probs = tmp_path / "cells.ome.zarr", tmp_path / "prob.ome.zarr"
+    options = {"block": BLOCK, "halo": HALO, "instance": INSTANCE, "probabilities": probs}
+    result = segment_large(client, name, sized, image, path, diameter=DIAMETER, **options)
+    assert result.blocks == 9 and result.resampling.shape == (512, 512)
+    prob = zarr.open_array(str(probs), path="0", mode="r")[:]
+    assert np.abs(prob - whole).max() <= 1e-5
+    labels = zarr.open_array(str(path), path="0", mode="r")[:]
+    matched, n_ref, n_out = match_counts(reference, labels, 0.99)
+    assert n_ref > 10 and matched == n_ref == n_out and result.cut == 0
+    record = read_record(path)
+    assert (record["diameter"], record["diameter_source"]) == (DIAMETER, "given")
+
+
+def test_cli_on_cluster_resamples_as_in_process_and_records_the_diameter(
+    client, sized, whole_sample, tmp_path, capsys, monkeypatch
+):
+    from napari_unet.core.formats.zarrio import read_record
+    from napari_unet.core.network.store import save_model
+    from napari_unet.core.prediction import predict as predict_module
+    from napari_unet.core.prediction.diameter import DiameterEstimate
+
+    model = save_model(sized, tmp_path / "sized.safetensors", sized.metadata)
+    tifffile.imwrite(tmp_path / "big.tif", whole_sample[0][:384, :384])
+    common = ["predict", str(tmp_path / "big.tif"), "--model", str(model)]
+    alone, spread = tmp_path / "alone", tmp_path / "spread"
+    assert main([*common, "--out", str(alone), "--diameter", str(DIAMETER)]) == 0
+    capsys.readouterr()
+    dask = ["--scheduler", client.scheduler.address, "--block", str(BLOCK), "--halo", str(HALO)]
+    assert main([*common, "--out", str(spread), "--diameter", str(DIAMETER), *dask]) == 0
+    assert f"diameter {DIAMETER:.1f} px (given)" in capsys.readouterr().out
+    reference = tifffile.imread(alone / "big_labels.tif")
+    labels = tifffile.imread(spread / "big_labels.tif")
+    matched, n_ref, n_out = match_counts(reference, labels, 0.99)
+    assert n_ref > 10 and matched == n_ref == n_out
+    record = read_record(spread / "big_labels.tif")
+    assert (record["diameter"], record["diameter_asked"]) == (DIAMETER, DIAMETER)
+    # no --diameter: a model trained at one size has it estimated on the image's central
+    # region, before the graph runs (here by a stand-in: the scale search is tested elsewhere)
+    seen = []
+
+    def estimate(model, image, *, device=None):
+        seen.append(image.shape)
+        return DiameterEstimate(diameter=DIAMETER, cells=9, confidence=0.9, tries=())
+
+    monkeypatch.setattr(predict_module, "estimate_diameter", estimate)
+    assert main([*common, "--out", str(tmp_path / "estimated"), *dask]) == 0
+    assert f"diameter {DIAMETER:.1f} px (estimated)" in capsys.readouterr().out
+    assert seen == [(384, 384)]  # the central region (all of this small image)
+    record = read_record(tmp_path / "estimated" / "big_labels.tif")
+    assert (record["diameter"], record["diameter_source"]) == (DIAMETER, "estimated")
+    assert record["diameter_asked"] is None

@@ -238,7 +238,7 @@ def test_the_model_comes_back_on_its_device(model, rng):
 def test_predict_shows_the_arguments_of_predict_tiles():
     tiles = inspect.signature(predict_tiles).parameters
     shown = inspect.signature(predict).parameters
-    assert list(shown) == [*tiles, "progress", "diameter"]
+    assert list(shown) == [*tiles, "progress"]
     assert all(shown[name].default == tiles[name].default for name in tiles)
 
 

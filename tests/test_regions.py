@@ -93,3 +93,21 @@ def test_odd_planes_rgb_and_interrupted_runs_equal_predict(tiny_unet, rng, shape
     assert np.abs(prob - whole).max() <= 1e-5
     assert sorted(np.unique(labels))[1:] == list(range(1, stream.cells + 1))  # ids unique
     assert stream.cells > 0
+
+
+def test_regions_of_a_sized_model_are_resampled_and_placed_on_the_image(whole_sample):
+    model = load_bundled()
+    model.metadata = {**model.metadata, "diameter": 40.0}
+    image = whole_sample[0][:256, :384]
+    source = Reads(image)
+    stream = PlaneStream(
+        model, source, step=128, halo=128, instance=INSTANCE, sample_block=128, diameter=30.0
+    )
+    assert stream.resampling.shape == (341, 512)  # checked when made, before any read
+    prob = np.full(image.shape, np.nan, np.float32)
+    for event in stream.run(range(len(stream.blocks))):
+        if isinstance(event, BlockProbabilities):
+            prob[event.region] = event.probabilities
+    assert np.abs(prob - predict(model, image, diameter=30.0)).max() <= 1e-5
+    with pytest.raises(ValueError, match="too far"):
+        PlaneStream(model, source, step=128, diameter=1000.0)

@@ -88,7 +88,7 @@ def test_finetune_trains_at_the_models_diameter_and_records_the_annotated_size(t
 
 
 def test_predict_at_a_diameter_is_the_prediction_of_the_resampled_image(tiny_unet):
-    from napari_unet import predict, to_instances
+    from napari_unet import normalize, predict, to_instances
     from napari_unet.core.prediction.instances import Probabilities
 
     rng = np.random.default_rng(1)
@@ -97,7 +97,9 @@ def test_predict_at_a_diameter_is_the_prediction_of_the_resampled_image(tiny_une
     prob = predict(tiny_unet, image, diameter=40.0)
     assert isinstance(prob, Probabilities) and prob.shape == image.shape
     assert prob.cells["median_diameter"] == 40.0  # sized for the image's own cells
-    half = predict(tiny_unet, rescale_image(image, 0.5), diameter=20.0)
+    # normalised by the image's own percentiles, then resampled (as the blocks of a large image)
+    half = rescale_image(normalize(image), 0.5)
+    half = predict(tiny_unet, half, diameter=20.0, percentiles=None)
     np.testing.assert_allclose(prob, resize_to(half, image.shape), atol=1e-5)
     to_instances(prob)  # sized by the diameter given
     # a random network finds no cells at any size: the image as it comes, with a warning
@@ -142,3 +144,67 @@ def test_the_scale_search_finds_the_size_at_which_cells_look_like_the_models():
     assert estimate.cells >= 3 and len(estimate.tries) >= 5
     with pytest.raises(ValueError, match="no cells were found"):
         search_diameter(np.zeros((300, 300), np.float32), 40.0, predictor)
+
+
+def test_predict_tiles_at_a_diameter_yields_tiles_of_the_resampled_plane_placed_on_the_image(
+    tiny_unet,
+):
+    from napari_unet import predict, predict_tiles
+    from napari_unet.core.prediction.predict import GIVEN, TUNED
+
+    image = np.random.default_rng(3).random((120, 90)).astype(np.float32)
+    tiny_unet.metadata = {"diameter": 20.0}
+    tiles = list(predict_tiles(tiny_unet, image, tile=24, diameter=40.0, center=(110, 80)))
+    grid = tiles[0].grid
+    assert all(t.grid is grid for t in tiles)
+    assert (grid.plane, grid.shape, grid.factor) == ((120, 90), (60, 45), 0.5)
+    assert (grid.diameter, grid.source) == (40.0, GIVEN)
+    resampled = np.zeros(grid.shape, np.float32)
+    covered = np.zeros(grid.shape, int)
+    on_image = np.zeros(image.shape, int)
+    for t in tiles:
+        resampled[t.region] = t.probabilities
+        covered[t.region] += 1
+        on_image[t.image_region] += 1
+    assert (covered == 1).all() and (on_image == 1).all()  # each grid covered once
+    assert tiles[0].image_region[0].stop == 120 and tiles[0].image_region[1].stop == 90
+    expected = predict(tiny_unet, image, diameter=40.0)
+    np.testing.assert_allclose(grid.to_image(resampled), expected, atol=1e-6)
+    # None resolves as predict does: the fine-tuned size, recorded in each tile's grid
+    cells = {"median_area": 1256.6, "median_diameter": 40.0}
+    tiny_unet.metadata = {"diameter": 20.0, "cells": cells}
+    grid = next(iter(predict_tiles(tiny_unet, image))).grid
+    assert (grid.shape, grid.diameter, grid.source) == ((60, 45), 40.0, TUNED)
+    tiny_unet.metadata = {}
+    grid = next(iter(predict_tiles(tiny_unet, image))).grid
+    assert not grid.resampled and grid.diameter is None and grid.factor == 1.0
+
+
+@pytest.mark.parametrize("factor", [0.37, 0.5, 1.7, 3.3])
+def test_any_window_of_the_resampled_plane_and_back_equals_the_whole_plane_resampled(factor):
+    from napari_unet.core.prediction.scale import Resampling
+
+    rng = np.random.default_rng(4)
+    image = rng.random((97, 130, 2)).astype(np.float32)
+    grid = Resampling.of(image.shape[:2], factor)
+    whole = rescale_image(image, factor, channels_last=True)
+    assert whole.shape[:2] == grid.shape
+    padded = np.pad(whole, ((40, 40), (40, 40), (0, 0)), mode="symmetric")
+    reads = []
+
+    def read(rows, cols):
+        reads.append((rows, cols))
+        return image[rows, cols]
+
+    h, w = grid.shape
+    for rows, cols in [((-20, 30), (5, 60)), ((0, h), (0, w)), ((h - 10, h + 25), (-7, 3))]:
+        window = grid.window(read, rows, cols)
+        expected = padded[rows[0] + 40 : rows[1] + 40, cols[0] + 40 : cols[1] + 40]
+        np.testing.assert_allclose(window, expected, atol=1e-6)
+    assert reads[0][0].stop < 97 and reads[0][1].start > 0  # only what the window needs
+    prob = whole[..., 0]
+    back = resize_to(prob, image.shape[:2])
+    for region in [(slice(0, 97), slice(0, 130)), (slice(10, 40), slice(77, 130))]:
+        needed = grid.needed(region)
+        part = grid.back(prob[needed], (needed[0].start, needed[1].start), region)
+        np.testing.assert_allclose(part, back[region], atol=1e-6)

@@ -5,6 +5,12 @@ block run as one task each, spread over the workers; larger ones run block by bl
 (:mod:`napari_unet.core.large.distributed`). Each output is written atomically and a rerun skips
 the outputs that are complete, so an interrupted run resumes; a file that fails is reported at the
 end and does not stop the others.
+
+For a model that works at one cell size, each image is resampled to it (large ones block by
+block, each block with its halo in the resampled space) at ``--diameter``, else at the cells the
+model was fine-tuned on, else at a diameter estimated on the image (its central region for a
+large one, on a worker for a small one); each output records the diameter used and its source,
+and the per-image line says it.
 """
 
 from __future__ import annotations
@@ -53,6 +59,7 @@ class BatchSettings:
     flips: bool = False
     workers: int | None = None  # a local cluster of this many workers, or
     scheduler: str | None = None  # the running one at this address
+    diameter: float | None = None  # cells' diameter, px (None: tuned, estimated or as it comes)
 
 
 @dataclass(frozen=True)
@@ -118,11 +125,12 @@ def _write_small(
         write_labels_zarr(target, labels, (chunk, chunk), pixel_size=pixel_size, metadata=record)
 
 
-def _segment_large(client, name, model, info, targets: dict, options: dict) -> int:
+def _segment_large(client, name, model, info, targets: dict, options: dict):
     """Segment a large image block by block into ``targets["labels"]`` (and
     ``targets["probabilities"]`` when asked for): OME-Zarr written in place atomically, or TIFF
     written band by band from OME-Zarr in a work folder. ``options``: those of
-    :func:`~napari_unet.core.large.distributed.segment_large`. Returns the number of cells."""
+    :func:`~napari_unet.core.large.distributed.segment_large`. Returns the
+    :class:`~napari_unet.core.large.distributed.LargeResult`."""
     from contextlib import ExitStack
 
     from .core.formats.io import work_folder
@@ -136,14 +144,16 @@ def _segment_large(client, name, model, info, targets: dict, options: dict) -> i
             tmp = stack.enter_context(atomic_folder(target))
             if probs is not None:
                 options["probabilities"] = stack.enter_context(atomic_folder(probs))
-            return segment_large(client, name, model, info, tmp, **options).cells
+            return segment_large(client, name, model, info, tmp, **options)
     with work_folder(target.parent) as work:
         if probs is not None:
             options["probabilities"] = work / "probabilities.ome.zarr"
         result = segment_large(client, name, model, info, work / "labels.ome.zarr", **options)
         import zarr
 
-        record = options.get("metadata")
+        grid = result.resampling  # the diameter used, as segment_large records it in OME-Zarr
+        record = {**(options.get("metadata") or {}), "diameter": grid.diameter}
+        record["diameter_source"] = grid.source
         if probs is not None:
             array = zarr.open_array(str(options["probabilities"]), path="0", mode="r")
             tiff = {"pixel_size": info.pixel_size, "dtype": "float32", "record": record}
@@ -151,7 +161,14 @@ def _segment_large(client, name, model, info, targets: dict, options: dict) -> i
         labels = zarr.open_array(str(result.labels), path="0", mode="r")
         dtype = "uint16" if result.cells <= 65535 else "uint32"
         write_tiff_bands(target, labels, pixel_size=info.pixel_size, dtype=dtype, record=record)
-        return result.cells
+        return result
+
+
+def _said(diameter: float | None, source: str | None) -> str:
+    """The per-image words on the diameter used, as the in-process command says them."""
+    if diameter is None:
+        return "diameter: none (image as it comes)"
+    return f"diameter {diameter:.1f} px ({source})"
 
 
 def _why(err: BaseException) -> str:
@@ -187,11 +204,17 @@ def run(settings: BatchSettings, folders: NewFolders) -> int:
         shared_model,
         torch_threads,
     )
+    from .core.prediction.predict import GIVEN, instance_options
 
     model = open_model(settings.model)
-    instance = settings.instance.for_model(model).options()
+    diameter = settings.diameter
+    # a given diameter sizes the smallest cell as in-process prediction does; a tuned or
+    # estimated one leaves the model's sizes (the record a rerun compares stays the same)
+    source = GIVEN if diameter is not None else None
+    instance = instance_options(settings.instance, model, diameter, source)
     flips = settings.flips
     record = {**model_record(settings.model, model), "instances": instance, "flips": flips}
+    record["diameter_asked"] = diameter  # compared when a rerun resumes
     out = settings.out
     folders.check(out)
     remove_stale_work(out)  # a killed run's, even when this run has nothing large to do
@@ -238,6 +261,7 @@ def run(settings: BatchSettings, folders: NewFolders) -> int:
                         flips=flips,
                         instance=instance,
                         probabilities="probabilities" in targets,
+                        diameter=diameter,
                     )
                     size = info.pixel_size if info else read_pixel_size(path)
                     small[future] = (path, targets, source, size)
@@ -256,20 +280,24 @@ def run(settings: BatchSettings, folders: NewFolders) -> int:
                 try:
                     meta = {**record, "input": str(path)}
                     options = {"block": block, "halo": halo, "flips": flips}
-                    options.update(instance=instance, metadata=meta)
-                    cells = _segment_large(client, name, model, info, targets, options)
-                    tqdm.write(f"{path.name}: {cells} cells -> {targets['labels']}")
+                    options.update(instance=instance, metadata=meta, diameter=diameter)
+                    result = _segment_large(client, name, model, info, targets, options)
+                    grid = result.resampling
+                    said = _said(grid.diameter, grid.source)
+                    tqdm.write(f"{path.name}: {result.cells} cells, {said} -> {targets['labels']}")
                 except Exception as err:  # noqa: BLE001 - reported per file at the end
                     failures[path] = _why(err)
                 bar.update(1)
             for future in as_completed(list(small)):
                 path, targets, source, size = small.pop(future)
                 try:
-                    labels, probs = future.result()
+                    labels, probs, (used, where) = future.result()
                     meta = {**record, "input": str(path), "normalisation": _whole_norm()}
+                    meta.update(diameter=used, diameter_source=where)
                     _write_small(targets, labels, probs, source, size, meta, block)
                     cells = int(labels.max(initial=0))
-                    tqdm.write(f"{path.name}: {cells} cells -> {targets['labels']}")
+                    said = _said(used, where)
+                    tqdm.write(f"{path.name}: {cells} cells, {said} -> {targets['labels']}")
                 except Exception as err:  # noqa: BLE001 - reported per file at the end
                     failures[path] = _why(err)
                 bar.update(1)

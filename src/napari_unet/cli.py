@@ -195,20 +195,9 @@ def _instances(args):
 def _sized(instance, model, diameter: float | None, source: str | None) -> dict:
     """``to_instances``' options: sizes left open follow the cells of a given or estimated
     ``diameter`` (the model's fine-tuned cells otherwise); an explicit ``--min-size`` wins."""
-    from dataclasses import replace
+    from .core.prediction.predict import instance_options
 
-    from .core.prediction.instances import size_defaults
-    from .core.prediction.predict import ESTIMATED, GIVEN
-    from .core.prediction.scale import sized_cells
-
-    if source not in (GIVEN, ESTIMATED):
-        return instance.for_model(model).options()
-    size, core = size_defaults(sized_cells(diameter))
-    return replace(
-        instance,
-        min_size=size if instance.min_size is None else instance.min_size,
-        min_core=core if instance.min_core is None else instance.min_core,
-    ).options()
+    return instance_options(instance, model, diameter, source)
 
 
 def _said(diameter: float | None, source: str | None) -> str:
@@ -304,9 +293,6 @@ def _check_diameter(model, diameter: float) -> None:
         raise ValueError(f"--diameter: {err}") from err
 
 
-NOT_DISTRIBUTED = "is not yet supported with --workers/--scheduler; run without them"
-
-
 def _check_dask_sizes(workers: int | None, block: int | None) -> None:
     """``--workers`` at most this machine's cores (a local cluster of more is slower, not
     faster) and ``--block`` at least ``MIN_BLOCK`` px; ValueError otherwise."""
@@ -326,10 +312,10 @@ def _check_dask_sizes(workers: int | None, block: int | None) -> None:
 def _predict_on_dask(args) -> int:
     """``predict --workers/--scheduler``: the batch runner with ``args``' settings."""
     from ._batch import BatchSettings, run
+    from .core.network.store import open_model
 
     if args.diameter is not None:
-        raise ValueError(f"--diameter {NOT_DISTRIBUTED}")
-    _check_unsized(args.model)
+        _check_diameter(open_model(args.model), args.diameter)
     if args.device not in (None, "cpu"):
         raise ValueError("--device: workers predict on their own CPU (leave --device out)")
     if args.tile is not None:
@@ -350,17 +336,9 @@ def _predict_on_dask(args) -> int:
         workers=args.workers,
         scheduler=args.scheduler,
         max_pixels=args.max_pixels,
+        diameter=args.diameter,
     )
     return run(settings, args.folders)
-
-
-def _check_unsized(name: str | None) -> None:
-    """Refuse a model trained at one cell size on the distributed path, which predicts images
-    as they come (it does not resample them to the model's size yet)."""
-    from .core.network.store import open_model
-
-    if (open_model(name).metadata or {}).get("diameter") is not None:
-        raise ValueError(f"a model trained at one cell diameter {NOT_DISTRIBUTED}")
 
 
 # ------------------------------------------------------------------------------- export-model

@@ -231,7 +231,8 @@ def resumable(targets: list[Path], record: dict) -> tuple[bool, str]:
     """Whether the complete outputs ``targets`` may be kept by a rerun made as ``record`` says:
     ``(True, "")``; else ``(False, why)``, ``why`` naming what differs ("" when an output is
     missing or incomplete). Every output records the model and options (OME-Zarr in its
-    attributes, TIFF in a tag); one without a record (an earlier version's) is redone."""
+    attributes, TIFF in a tag), and the ``--diameter`` asked for (``"diameter_asked"``, absent:
+    none) besides the diameter used; one without a record (an earlier version's) is redone."""
     from .core.formats.zarrio import is_complete_output, read_record
 
     if not all(map(is_complete_output, targets)):
@@ -240,8 +241,8 @@ def resumable(targets: list[Path], record: dict) -> tuple[bool, str]:
         stored = read_record(target)
         if stored is None:
             return False, "made by an earlier version of napari-unet (no record)"
-        keys = ("model_sha256", "instances", "flips")
-        differ = [k for k in keys if stored.get(k) != record[k]]
+        keys = ("model_sha256", "instances", "flips", "diameter_asked")
+        differ = [k for k in keys if stored.get(k) != record.get(k)]
         if differ:
             return False, "made with another " + ", ".join(differ)
     return True, ""

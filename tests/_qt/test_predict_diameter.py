@@ -1,5 +1,5 @@
 """Predict's cell diameter: typed or automatic, tiles on the resampled grid over the image, the
-result on the image's grid, the large-image routes refuse, the measuring lines."""
+result on the image's grid, the lazy route resampled block by block, the measuring lines."""
 
 from __future__ import annotations
 
@@ -146,17 +146,35 @@ def test_a_typed_diameter_out_of_range_is_refused_before_any_layer(setup, notes)
     assert any("too far from the 20 px" in n.message for n in notes)
 
 
-def test_the_lazy_route_refuses_to_resample(make_napari_viewer, discs, notes, monkeypatch):
+def test_the_lazy_route_resamples_block_by_block_onto_the_image(
+    make_napari_viewer, qtbot, discs, monkeypatch
+):
+    from napari_unet._widgets import _runs
+
     da = pytest.importorskip("dask.array")
     monkeypatch.setattr(_lazy, "LAZY_BYTES", 1000)  # the discs are "large"
+    monkeypatch.setattr(_runs, "SAMPLE", (64, 10**8))  # normalised on every block: exact
     viewer = make_napari_viewer()
-    viewer.add_image(da.from_array(discs, chunks=64), name="big")
-    session_for(viewer).set_model(sized_unet(), "sized")
+    layer = viewer.add_image(
+        da.from_array(discs, chunks=64), name="big", scale=SCALE, translate=TRANSLATE
+    )
+    model = sized_unet()
+    session_for(viewer).set_model(model, "sized")
     widget = PredictWidget(viewer)
-    widget._diameter.value.value = 40
-    assert widget.run() is None
-    assert [layer.name for layer in viewer.layers] == ["big"]  # no layer touched
-    assert any("not yet supported for large images" in n.message for n in notes)
+    widget._block.value = 64
+    widget._diameter.value.value = 40  # the model knows 20 px: each block at half size
+    worker = widget.run(rest=True)
+    assert worker is not None
+    qtbot.waitUntil(lambda: not widget.running, timeout=TIMEOUT)
+    assert widget.status.startswith("done") and "cells 40 px" in widget.status, widget.status
+    prob = viewer.layers["big probability (large)"]
+    labels = viewer.layers["big prediction (large)"]
+    for out in (prob, labels):  # on the image's own grid, over it
+        assert out.data[0].shape == discs.shape
+        assert tuple(out.scale) == tuple(layer.scale) == SCALE
+        assert tuple(out.translate) == tuple(layer.translate) == TRANSLATE
+    expected = predict(model, discs, diameter=40)
+    np.testing.assert_allclose(prob.data[0][:], expected, atol=1e-5)
     assert not session_for(viewer).busy
 
 

@@ -251,5 +251,6 @@ class ClusterResults:
             halo=DEFAULT_HALO,
             flips=settings.flips,
             instance=settings.instance,
+            diameter=settings.diameter,
         )
         return ClusterRun(self, layer, target, temporary), events

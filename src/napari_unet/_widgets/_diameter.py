@@ -6,9 +6,10 @@ an image resampled so its cells have that size. The diameter of the image's cell
 typed (the control, in the image's data pixels; 0 = automatic), else the one the model was
 fine-tuned on, else estimated by the worker with the model (a model trained at one size, not
 fine-tuned). A model that says no size predicts images as they come, and the control is off.
-The worker yields a :class:`Sized` first; the run then streams its tiles into layers of the
-resampled grid placed over the image (:func:`resampled_grid`), and puts the result back on the
-image's grid when all tiles are in.
+The worker yields a :class:`Sized` first; the core's tiles (of the resampled plane) then stream
+into layers of the resampled grid placed over the image (:func:`resampled_grid`), and the result
+goes back on the image's grid when all tiles are in. The large-image routes resample block by
+block in the core (:mod:`napari_unet.core.large`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from napari.layers import Shapes
 from ..core.prediction.instances import size_defaults
 from ..core.prediction.scale import (
     model_diameter,
-    rescale_image,
     scale_factor,
     scaled_shape,
     sized_cells,
@@ -45,7 +45,6 @@ __all__ = [
     "Sized",
     "line_lengths",
     "needs_resampling",
-    "resample",
     "resampled_grid",
     "sizing",
     "sized_options",
@@ -122,16 +121,6 @@ def sizing(model: UNet, pixels: np.ndarray, typed: float | None, plane) -> Sized
     return Sized(diameter, source, factor, scaled_shape(plane, factor), plane, note)
 
 
-def resample(pixels: np.ndarray, in_channels: int, sized: Sized) -> np.ndarray:
-    """``(..., H, W[, C])`` pixels resampled to ``sized.shape`` (anti-aliased, float32)."""
-    if not sized.resampled:
-        return pixels
-    from ..core.image import split_channels
-
-    pixels, has_channels = split_channels(np.asarray(pixels), in_channels)
-    return rescale_image(pixels, sized.factor, has_channels)
-
-
 def resampled_grid(scale, translate, sized: Sized) -> tuple[tuple, tuple]:
     """napari ``(scale, translate)`` of a layer of ``sized.shape`` planes over an image layer of
     ``scale`` and ``translate``: pixel ``j`` of the resampled plane covers image pixels
@@ -140,11 +129,6 @@ def resampled_grid(scale, translate, sized: Sized) -> tuple[tuple, tuple]:
     f = np.ones_like(scale)
     f[-2:] = sized.factors
     return tuple(scale / f), tuple(translate + scale * (0.5 / f - 0.5))
-
-
-def resampled_center(center: tuple[float, float], sized: Sized) -> tuple[float, float]:
-    """``(y, x)`` of the image's plane in the resampled plane's pixels."""
-    return tuple((c + 0.5) * f - 0.5 for c, f in zip(center, sized.factors, strict=True))
 
 
 def sized_options(config: InstanceConfig, model: UNet, sized: Sized | None) -> dict:

@@ -56,18 +56,19 @@ def _predict_job(model, pixels, *, grey, shape, tile, center, flips, instance, t
     from napari_unet.core.image import grey_if_rgb
     from napari_unet.core.prediction.instances import to_instances
     from napari_unet.core.prediction.predict import predict_tiles
-    from napari_unet.core.prediction.scale import resize_to
+    from napari_unet.core.prediction.scale import model_diameter, resize_to
 
-    from ._diameter import resample, resampled_center, sized_options, sizing
+    from ._diameter import sized_options, sizing
 
     if grey:
         pixels = grey_if_rgb(pixels, model.in_channels)
     sized = sizing(model, pixels, typed, shape[-2:])  # estimates the diameter when it must
     yield sized
-    pixels = resample(pixels, model.in_channels, sized)
-    center = resampled_center(center, sized)
+    # the core resamples (and places tiles on the resampled plane); the model's own size for
+    # "as it comes", so that it does not estimate again
+    diameter = sized.diameter if sized.diameter is not None else model_diameter(model)
     probabilities = np.zeros((*shape[:-2], *sized.shape), dtype=np.float32)
-    tiles = predict_tiles(model, pixels, tile=tile, center=center, flips=flips)
+    tiles = predict_tiles(model, pixels, tile=tile, center=center, flips=flips, diameter=diameter)
     with closing(tiles):
         for result in tiles:
             probabilities[result.plane][result.region] = result.probabilities

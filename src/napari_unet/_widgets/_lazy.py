@@ -1,16 +1,18 @@
 """Predict's lazy route: a large image that is not in memory, region by region in this process.
 
-A layer whose full-resolution data is not in memory (a dask or zarr array, level 0 of a
-multiscale layer, a memory map) and would take more than :data:`LAZY_BYTES` to read with its
-outputs is never read whole: a :class:`~napari_unet.core.large.regions.PlaneStream` predicts the
-blocks in view first (with those their final labels need), the rest on request, and its
-results go to an on-disk :class:`LazyOutput` (OME-Zarr pyramids in a folder of their own,
-removed once both its layers are gone, or at exit) shown as multiscale layers whose coarser
-levels are refreshed block by block. :class:`LazyJobs` keeps a layer's :class:`LazyJob` (its
-stream, kept while the layer, the model's weights and the settings stay the same, so 'Predict
-the rest' goes on where the last run stopped) and every :class:`LazyOutput` until *its own*
-layers are gone (a newer job, or the input image removed, never removes an older job's
-results). The stream runs in the dock's worker and never touches a layer.
+A layer whose full-resolution data is not in memory (a dask or zarr array, level 0 of a multiscale
+layer, a memory map) and would take more than :data:`LAZY_BYTES` to read with its outputs is never
+read whole: a :class:`~napari_unet.core.large.regions.PlaneStream` predicts the blocks in view
+first (with those their final labels need), the rest on request, and its results go to an on-disk
+:class:`LazyOutput` (OME-Zarr pyramids in a folder of their own, removed once both its layers are
+gone, or at exit) shown as multiscale layers whose coarser levels are refreshed block by block. For
+a model that works at one cell size, each block is resampled to it and back in the core (the
+stream's diameter: typed, else resolved on its first run), so the layers stay on the image's grid.
+:class:`LazyJobs` keeps a layer's :class:`LazyJob` (its stream, kept while the layer, the model's
+weights and the settings stay the same, so 'Predict the rest' goes on where the last run stopped)
+and every :class:`LazyOutput` until *its own* layers are gone (a newer job, or the input image
+removed, never removes an older job's results). The stream runs in the dock's worker and never
+touches a layer.
 """
 
 from __future__ import annotations
@@ -292,7 +294,7 @@ class LazyRun:
         if outcome.cancelled:
             return f"cancelled; {text} (kept)"
         more = "; 'Predict the rest' for the others" if stream.left else ""
-        return f"done: {text}{more}"
+        return f"done: {text}{_diameter_said(stream.resampling)}{more}"
 
     def discard(self) -> None:
         """Nothing: the job and its layers stay for the next run."""
@@ -357,7 +359,7 @@ class LazyJobs:
             )
         step = settings.block or auto_tile(plane_shape, model)
         instance = tuple(sorted(settings.instance.items()))
-        key = (model_sha256(model), prefix, step, settings.flips, instance)
+        key = (model_sha256(model), prefix, step, settings.flips, instance, settings.diameter)
         visible = None
         if not rest:  # before any layer is made: a view that shows nothing is refused
             visible = visible_region(self.viewer, layer, len(shape), plane_shape)
@@ -372,6 +374,7 @@ class LazyJobs:
                 flips=settings.flips,
                 sample_block=_runs.SAMPLE[0],
                 sample_values=_runs.SAMPLE[1],
+                diameter=settings.diameter,
             )
             output = LazyOutput(self.viewer, layer, stream, len(shape), settings.folder, prefix)
             self.outputs.append(output)
@@ -385,6 +388,13 @@ class LazyJobs:
             order += stream.by_distance(stream.needed(seen) - set(seen), center)
         todo = [i for i in order if i not in stream.predicted]
         return LazyRun(job, total=len(todo)), stream.run(todo)
+
+
+def _diameter_said(grid) -> str:
+    """``", cells 40 px (typed)"``: the diameter a run predicted at ("" when none)."""
+    if grid is None or grid.diameter is None:
+        return ""
+    return f", cells {grid.diameter:.0f} px ({grid.source})"
 
 
 def _lazy_plane(data, prefix: tuple[int, ...]):

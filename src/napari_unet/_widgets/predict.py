@@ -54,10 +54,6 @@ CURRENT, FILE = "current model", "file…"
 PLANE, ALL_PLANES = "current plane", "all planes"
 THIS_PROCESS, LOCAL_CLUSTER, SCHEDULER = "this process", "local cluster", "dask scheduler"
 REFRESH_INTERVAL = 0.1  # seconds; streamed tiles are shown at most this often
-NOT_LARGE = (
-    "resampling an image to the model's cell size is not yet supported for large images "
-    "(block by block or on a cluster); use a model without a cell size, or a smaller image"
-)
 _say = Messages("Predict")
 
 
@@ -365,10 +361,8 @@ class PredictWidget(Container):
         """``(run, generator)`` on the route the choices and the image call for."""
         shape, grey = layout
         settings = self._settings(model)
-        resampled = needs_resampling(model, settings.diameter)  # ValueError: out of range
+        needs_resampling(model, settings.diameter)  # ValueError: out of range
         if self._run_on.value != THIS_PROCESS:
-            if resampled:
-                raise ValueError(NOT_LARGE)
             workers = scheduler = None
             if self._run_on.value == SCHEDULER:
                 scheduler = self._scheduler.value.strip()
@@ -385,8 +379,6 @@ class PredictWidget(Container):
         read = shape if prefix is None else shape[len(prefix) :]
         center = self._view_center(layer, len(shape))
         if goes_lazy(full_resolution(layer), shape, read):
-            if resampled:
-                raise ValueError(NOT_LARGE)
             return self._lazy.start(layer, model, shape, prefix, center, settings, rest=rest)
         layout = (shape, grey, prefix or ())
         probability = self._with_probability.value

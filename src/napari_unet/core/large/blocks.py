@@ -6,6 +6,13 @@ with a large step: it starts on the network's pooling grid and reads its input (
 the network margin as halo from the mirror-padded plane, so that its probabilities equal those of
 the whole plane. Here that padded input is read from any array that supports slicing (a zarr
 array, a TIFF opened as zarr, a memory map) without ever reading the whole plane.
+
+For a model that works at one cell size, blocks stay on the image's grid (so do their cell
+halos, seams and chunks); each block reads the image pixels its resampled window needs, resamples
+them, predicts the window (on the pooling grid of the resampled plane, with the network margin in
+resampled pixels) and resamples the result back onto the block
+(:class:`~napari_unet.core.prediction.scale.Resampling`), so that its probabilities equal those
+of :func:`~napari_unet.predict` of the whole image at the same diameter.
 """
 
 from __future__ import annotations
@@ -17,7 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..image import PERCENTILES, check_finite, rescale, to_grey
-from ..prediction.tiling import Tile, plan_tiles
+from ..prediction.scale import Resampling
+from ..prediction.tiling import Tile, mirror_indices, plan_tiles
 
 __all__ = [
     "DEFAULT_BLOCK",
@@ -34,6 +42,8 @@ __all__ = [
     "sample_blocks",
     "estimate_normalisation",
     "predict_block",
+    "plane_resampling",
+    "central_region",
     "model_source",
     "opened",
     "GreySource",
@@ -94,16 +104,6 @@ def plan_blocks(shape: tuple[int, int], model, block: int) -> list[Tile]:
     they start at multiples of ``model.multiple`` (``2**depth``) and are balanced over each axis.
     """
     return plan_tiles(tuple(shape), model, int(block))
-
-
-def mirror_indices(start: int, stop: int, length: int) -> np.ndarray:
-    """Indices into an axis of ``length`` of positions ``start..stop-1`` of its mirror extension.
-
-    Position ``p`` (negative or past the end) maps as ``np.pad(..., mode="symmetric")`` does, for
-    any pad width: period ``2 * length``, the second half reversed.
-    """
-    p = np.arange(start, stop) % (2 * length)
-    return np.where(p < length, p, 2 * length - 1 - p)
 
 
 def read_padded(source, rows: tuple[int, int], cols: tuple[int, int]) -> np.ndarray:
@@ -220,7 +220,14 @@ def estimate_normalisation(
 
 
 def predict_block(
-    model, source, block: Tile, norm: Normalisation, *, flips: bool = False, device=None
+    model,
+    source,
+    block: Tile,
+    norm: Normalisation,
+    *,
+    flips: bool = False,
+    device=None,
+    resampling: Resampling | None = None,
 ) -> np.ndarray:
     """``(h, w)`` float32 foreground probability of ``block`` of the plane ``source``.
 
@@ -230,17 +237,102 @@ def predict_block(
     the block, the same memory budget and model guard as :func:`~napari_unet.predict`). The block
     and its tiles start on the pooling grid, so the result equals the block's region of
     ``predict`` on the whole plane with the same normalisation (to float rounding, about 1e-6).
+
+    With a ``resampling`` of the plane (``plane == source.shape[:2]``), the window predicted is
+    the part of the resampled ``(H', W')`` plane that the block's pixels are interpolated from
+    (:meth:`~napari_unet.core.prediction.scale.Resampling.needed`), started on the resampled
+    plane's pooling grid and read with the network margin in resampled pixels, mirrored at the
+    resampled plane's border; the image pixels it is resampled from (that halo over the factor,
+    rounded up, plus the reach of the anti-aliasing filter when shrinking) are read and
+    normalised with ``norm`` (percentiles of the original image), resampled
+    (:meth:`~napari_unet.core.prediction.scale.Resampling.window`), predicted, and the result is
+    resampled back onto the block. It equals the block's region of ``predict(model, image,
+    diameter=resampling.diameter)`` (to float rounding, about 1e-5).
     """
     from ..prediction.predict import predict_window  # torch only when a block is predicted
 
     (y0, x0) = (s.start for s in block.inner)
+    if resampling is None or not resampling.resampled:
 
-    def read(rows, cols):
-        window = read_padded(source, (y0 + rows[0], y0 + rows[1]), (x0 + cols[0], x0 + cols[1]))
+        def read(rows, cols):
+            window = read_padded(
+                source, (y0 + rows[0], y0 + rows[1]), (x0 + cols[0], x0 + cols[1])
+            )
+            check_finite(window, f"the image around its block at (y, x) = {(y0, x0)}")
+            return norm.apply(window)
+
+        return predict_window(model, read, _size(block.inner), flips=flips, device=device)
+
+    grid = resampling
+    needed = grid.needed(block.inner)
+    m = model.multiple
+    origin = tuple(s.start // m * m for s in needed)  # on the resampled plane's pooling grid
+    shape = tuple(s.stop - o for s, o in zip(needed, origin, strict=True))
+
+    def read_image(rows: slice, cols: slice) -> np.ndarray:
+        window = np.asarray(source[rows, cols])
         check_finite(window, f"the image around its block at (y, x) = {(y0, x0)}")
         return norm.apply(window)
 
-    return predict_window(model, read, _size(block.inner), flips=flips, device=device)
+    def read_resampled(rows, cols):
+        rows = (origin[0] + rows[0], origin[0] + rows[1])
+        cols = (origin[1] + cols[0], origin[1] + cols[1])
+        return grid.window(read_image, rows, cols)
+
+    probs = predict_window(model, read_resampled, shape, flips=flips, device=device)
+    return grid.back(probs, origin, block.inner)
+
+
+def central_region(shape, side: int) -> tuple[slice, slice]:
+    """The central ``side x side`` region of an ``(H, W)`` plane (all of it where smaller)."""
+    h, w = (min(int(n), side) for n in shape[:2])
+    top, left = (int(shape[0]) - h) // 2, (int(shape[1]) - w) // 2
+    return slice(top, top + h), slice(left, left + w)
+
+
+ESTIMATE_SIDE = 5120
+"""Side (px) of the central region of a large plane its cell diameter is estimated on: the
+largest window the scale search reads (640 px at the model's size, shrunk up to 8x)."""
+
+
+def plane_resampling(model, source, diameter: float | None = None, *, device=None) -> Resampling:
+    """How a large ``(H, W[, C])`` plane ``source`` (sliceable, the model's channels) is resampled
+    for ``model``, as :func:`~napari_unet.predict` resolves it: ``diameter`` as given, the cells
+    the model was fine-tuned on, or (a model trained at one size, not fine-tuned) estimated on
+    the plane's central :data:`ESTIMATE_SIDE` px (only that region is read); a model that says
+    no size predicts it as it comes. The choice is logged in one line. ValueError for a diameter
+    too far from the model's, or given to a model that says no size."""
+    import logging
+
+    from ..prediction.predict import ESTIMATED, GIVEN, resampling_for, resolve_diameter
+    from ..prediction.scale import model_diameter, tuned_diameter
+
+    log = logging.getLogger("napari_unet")
+    plane = tuple(int(n) for n in source.shape[:2])
+    source_of = GIVEN
+    if diameter is None and model_diameter(model) is not None and tuned_diameter(model) is None:
+        region = central_region(plane, ESTIMATE_SIDE)
+        sample = np.asarray(source[region])
+        diameter, source_of = resolve_diameter(model, sample, device=device)
+        where = f" on its central {sample.shape[0]} x {sample.shape[1]} px"
+    elif diameter is None:
+        diameter, source_of = resolve_diameter(model, None)
+        where = ""
+    else:
+        where = ""
+    grid = resampling_for(model, plane, diameter, source_of)
+    if grid.diameter is None:
+        log.info("cell diameter: none (the image as it comes)")
+    else:
+        how = "estimated" + where if source_of == ESTIMATED else source_of
+        log.info(
+            "cell diameter %.1f px (%s): resampled by %.3g to %d x %d px",
+            grid.diameter,
+            how,
+            grid.factor,
+            *grid.shape,
+        )
+    return grid
 
 
 def model_source(source, in_channels: int):

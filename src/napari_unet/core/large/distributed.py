@@ -7,8 +7,11 @@ becomes a graph of blocks (:mod:`~napari_unet.core.large.blocks`):
 1. ``predict``: each block's probabilities, read from the file by the worker (tasks carry block
    coordinates, not pixels), normalised with one
    :class:`~napari_unet.core.large.blocks.Normalisation`
-   estimated before the graph runs; equal to in-process :func:`~napari_unet.predict`; written
-   to a scratch zarr store beside the output;
+   estimated before the graph runs; for a model that works at one cell size, each block
+   resampled to it with a halo in the resampled space and resampled back (one
+   :class:`~napari_unet.core.prediction.scale.Resampling` of the plane, resolved before the
+   graph runs); equal to in-process :func:`~napari_unet.predict`; written to a scratch zarr
+   store beside the output;
 2. ``cells``: each block's probabilities grown by a cell halo, labelled with
    :func:`~napari_unet.to_instances`, the cells it owns kept (:mod:`~napari_unet.core.large.seams`)
    and written to the scratch folder;
@@ -38,6 +41,7 @@ from pathlib import Path
 import numpy as np
 from distributed import Client, LocalCluster, WorkerPlugin, get_worker, wait
 
+from ..prediction.scale import Resampling
 from .blocks import (
     DEFAULT_BLOCK,
     DEFAULT_HALO,
@@ -50,6 +54,7 @@ from .blocks import (
     opened,
     overlapping,
     plan_blocks,
+    plane_resampling,
     predict_block,
 )
 from .seams import final_ids, owned_cells, paint
@@ -192,11 +197,13 @@ def _model(name: str):
 # as task results: a result stays in a worker's memory until every task that needs it has run,
 # and dask runs most predictions before the first labelling, so held results (and a worker's
 # peak memory) grew with the number of blocks. Tasks return at most two counts.
-def _predict_task(name, source, block, norm: Normalisation, flips: bool, probs: str) -> None:
+def _predict_task(
+    name, source, block, norm: Normalisation, flips: bool, probs: str, resampling=None
+) -> None:
     import zarr
 
     with opened(source) as plane:
-        prob = predict_block(_model(name), plane, block, norm, flips=flips)
+        prob = predict_block(_model(name), plane, block, norm, flips=flips, resampling=resampling)
     zarr.open_array(probs, mode="r+")[block.inner] = prob
 
 
@@ -247,16 +254,23 @@ def _level_task(labels: str, level: int, region, *_done) -> None:
     write_level(zarr.open_group(labels, mode="r+"), level, region)
 
 
-def _whole_task(name, source, flips: bool, instance: dict, probabilities: bool):
-    """Predict and label a plane that fits one block, as in-process prediction does."""
+def _whole_task(name, source, flips: bool, instance: dict, probabilities: bool, diameter=None):
+    """Predict and label a plane that fits one block, as in-process prediction does (the
+    diameter resolved as :func:`~napari_unet.predict` does); ``(labels, probabilities or None,
+    (diameter, source))``."""
     from ..prediction.instances import to_instances
-    from ..prediction.predict import predict
+    from ..prediction.predict import predict, resolve_diameter
+    from ..prediction.scale import model_diameter
 
+    model = _model(name)
     with opened(source) as plane:
         image = np.asarray(plane[:, :])
-    prob = np.asarray(predict(_model(name), image, flips=flips), np.float32)
+    used = resolve_diameter(model, image, diameter)
+    # the model's own size for "as it comes": no second estimate in predict
+    size = used[0] if used[0] is not None else model_diameter(model)
+    prob = np.asarray(predict(model, image, flips=flips, diameter=size), np.float32)
     labels = to_instances(prob, **instance)
-    return labels, (prob if probabilities else None)
+    return labels, (prob if probabilities else None), used
 
 
 # ------------------------------------------------------------------------------------- the jobs
@@ -264,13 +278,15 @@ def _whole_task(name, source, flips: bool, instance: dict, probabilities: bool):
 class LargeResult:
     """What :func:`segment_large` made: ``cells`` ids in ``labels`` (an OME-Zarr folder),
     ``cut`` cells larger than the halo (they may differ from whole-image labelling), the
-    shared normalisation, and the number of blocks."""
+    shared normalisation, the number of blocks, and how the plane was resampled (its
+    diameter and where it came from)."""
 
     labels: Path
     cells: int
     cut: int
     normalisation: Normalisation
     blocks: int
+    resampling: Resampling | None = None
 
 
 def segment_large(client: Client, name: str, model, source, labels, **options) -> LargeResult:
@@ -302,6 +318,7 @@ def segment_large_steps(
     work: str | os.PathLike | None = None,
     probabilities: str | os.PathLike | None = None,
     poll: float = 0.5,
+    diameter: float | Resampling | None = None,
 ) -> Iterator[tuple[int, int]]:
     """Predict and label one large plane block by block on the cluster of ``client``: a
     generator yielding ``(tasks done, tasks)`` at least every ``poll`` seconds, returning a
@@ -338,6 +355,15 @@ def segment_large_steps(
         Folder of an OME-Zarr image to create with the float32 foreground probabilities (a
         pyramid as the labels', subsampled, with the same pixel size and metadata; marked
         complete at the end); ``None``: they stay in the scratch folder.
+    diameter
+        Median diameter (px) of the plane's cells, for a model that says its cell size: every
+        block is resampled to the model's size and back, and equals in-process
+        ``predict(model, image, diameter=...)``. ``None`` resolves it before the graph runs as
+        :func:`~napari_unet.predict` does (the model's fine-tuned cells, else an estimate on the
+        plane's central region, else as it comes; see
+        :func:`~napari_unet.core.large.blocks.plane_resampling`, which logs the choice); a
+        :class:`~napari_unet.core.prediction.scale.Resampling` it returned is used as it is.
+        The diameter used and its source are recorded with the labels.
     """
     import dask
 
@@ -359,9 +385,14 @@ def segment_large_steps(
     with opened(source) as plane:
         sample = plan_blocks(shape, model, sample_block)
         norm = estimate_normalisation(plane, sample, values=sample_values)
+        grid = diameter
+        if not isinstance(grid, Resampling):
+            grid = plane_resampling(model, plane, diameter)
     labels = Path(labels)
     record = {
         **(metadata or {}),
+        "diameter": grid.diameter,
+        "diameter_source": grid.source,
         "normalisation": norm.as_dict(),
         "block": list(chunks),
         "halo": halo,
@@ -410,7 +441,11 @@ def segment_large_steps(
             )
         src = source if hasattr(source, "open") else dask.delayed(source, pure=True)
         d = dask.delayed
-        predicted = [d(_predict_task, pure=True)(name, src, b, norm, flips, probs) for b in blocks]
+        resampling = grid if grid.resampled else None
+        predicted = [
+            d(_predict_task, pure=True)(name, src, b, norm, flips, probs, resampling)
+            for b in blocks
+        ]
         cores = [b.inner for b in blocks]
         windows = [cell_window(core, halo, shape) for core in cores]
         core_corners, window_corners = corners(cores), corners(windows)
@@ -477,7 +512,7 @@ def segment_large_steps(
             cut,
             halo,
         )
-    return LargeResult(labels, cells_n, cut, norm, len(blocks))
+    return LargeResult(labels, cells_n, cut, norm, len(blocks), grid)
 
 
 def _chunks(shape, chunks) -> list[tuple[slice, slice]]:
@@ -491,12 +526,28 @@ def _chunks(shape, chunks) -> list[tuple[slice, slice]]:
 
 
 def segment_small(
-    client: Client, name: str, source, *, flips=False, instance=None, probabilities=False
+    client: Client,
+    name: str,
+    source,
+    *,
+    flips=False,
+    instance=None,
+    probabilities=False,
+    diameter: float | None = None,
 ):
     """Submit one plane (or stack) that fits one block: a single task that predicts and labels
-    it as in-process prediction does. Returns a future of ``(labels, probabilities or None)``."""
+    it as in-process prediction does (``diameter``: as :func:`~napari_unet.predict` takes it).
+    Returns a future of ``(labels, probabilities or None, (diameter, source))``, the diameter
+    used and where it came from (:func:`~napari_unet.core.prediction.predict.resolve_diameter`)."""
     return client.submit(
-        _whole_task, name, source, flips, dict(instance or {}), probabilities, pure=False
+        _whole_task,
+        name,
+        source,
+        flips,
+        dict(instance or {}),
+        probabilities,
+        diameter,
+        pure=False,
     )
 
 

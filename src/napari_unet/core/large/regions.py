@@ -11,6 +11,12 @@ every block it overlaps is predicted, and a block's labels are final once every 
 reaches into it is labelled. Ids are unique: the cells a window owns get the next free ids when
 it is labelled. Only the probabilities and owned cells still needed by an unfinished neighbour
 stay in memory.
+
+For a model that works at one cell size, the plane's diameter is resolved once, on the first run
+(:func:`~napari_unet.core.large.blocks.plane_resampling`: given, fine-tuned, or estimated on the
+plane's central region), and every block is resampled, predicted and resampled back on its own
+(:func:`~napari_unet.core.large.blocks.predict_block`): blocks, halos and labels stay on the
+image's grid, and equal ``predict`` at that diameter.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from .blocks import (
     opened,
     overlapping,
     plan_blocks,
+    plane_resampling,
     predict_block,
 )
 from .seams import final_ids, owned_cells, paint
@@ -80,11 +87,18 @@ class PlaneStream:
         Block side of the normalisation sample's lattice, independent of ``step`` (the
         defaults are ``segment_large``'s), and its most pixels (see
         :func:`~napari_unet.core.large.blocks.sample_blocks`).
+    diameter
+        Median diameter (px) of the plane's cells, for a model that says its cell size;
+        ``None`` resolves it on the first run as :func:`~napari_unet.predict` does (the model's
+        fine-tuned cells, else an estimate on the plane's central region, else as it comes).
 
     Attributes
     ----------
     order
         The blocks predicted so far, in the order they were predicted.
+    resampling
+        The plane's :class:`~napari_unet.core.prediction.scale.Resampling` (its diameter and
+        where it came from), once the first run resolved it; ``None`` before.
     """
 
     def __init__(
@@ -98,9 +112,14 @@ class PlaneStream:
         flips: bool = False,
         sample_block: int = DEFAULT_BLOCK,
         sample_values: int = SAMPLE_VALUES,
+        diameter: float | None = None,
     ) -> None:
         self.model = model
         self.source = model_source(source, model.in_channels)
+        self.diameter = diameter
+        self.resampling = None
+        if diameter is not None:  # checked now (ValueError out of range); nothing is read
+            self.resampling = plane_resampling(model, self.source, diameter)
         self.shape = tuple(int(n) for n in source.shape[:2])
         self.blocks = plan_blocks(self.shape, model, step)
         self.cores = [b.inner for b in self.blocks]
@@ -159,11 +178,14 @@ class PlaneStream:
     ) -> Iterator[BlockProbabilities | BlockLabels]:
         """Predict the blocks ``indices`` not predicted yet, in that order; yields each one's
         :class:`BlockProbabilities`, and the :class:`BlockLabels` of every block whose labels
-        became final. The first run estimates the normalisation (reading its sample). Closed
+        became final. The first run estimates the normalisation (reading its sample) and
+        resolves the diameter (maybe estimating it on the plane's central region). Closed
         between two yields, the stream stays consistent: a later run goes on from there."""
         with opened(self.source) as plane:
             if self.norm is None:
                 self.norm = estimate_normalisation(plane, self._sample, values=self._sample_values)
+            if self.resampling is None:
+                self.resampling = plane_resampling(self.model, plane, self.diameter, device=device)
             for i in sorted(self.predicted):  # a run closed before labelling its last block
                 yield from self._label_around(i)
             for i in indices:
@@ -171,7 +193,13 @@ class PlaneStream:
                     continue
                 block = self.blocks[i]
                 probs = predict_block(
-                    self.model, plane, block, self.norm, flips=self.flips, device=device
+                    self.model,
+                    plane,
+                    block,
+                    self.norm,
+                    flips=self.flips,
+                    device=device,
+                    resampling=self.resampling,
                 )
                 self._probs[i] = probs
                 self.predicted.add(i)

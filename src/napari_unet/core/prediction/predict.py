@@ -1,4 +1,10 @@
-"""Exact overlap-tile prediction as a generator of tiles, and its synchronous wrapper."""
+"""Exact overlap-tile prediction as a generator of tiles, and its synchronous wrapper.
+
+For a model that says the cell size it works at, the image is resampled once so its cells have
+that size (:class:`~napari_unet.core.prediction.scale.Resampling`), tiles are planned and
+predicted exactly in the resampled image, and each :class:`TileResult` says where it lies on
+the image's grid; :func:`predict` resamples the assembled probabilities back.
+"""
 
 from __future__ import annotations
 
@@ -17,9 +23,9 @@ from .allocator import keep_freed_memory, trim_freed_memory
 from .diameter import DiameterEstimate, search_diameter
 from .instances import Probabilities
 from .scale import (
+    Resampling,
     model_diameter,
     rescale_image,
-    resize_to,
     scale_factor,
     sized_cells,
     tuned_diameter,
@@ -42,6 +48,8 @@ __all__ = [
     "predict_window",
     "estimate_diameter",
     "resolve_diameter",
+    "resampling_for",
+    "instance_options",
 ]
 
 log = logging.getLogger(__name__)
@@ -60,11 +68,17 @@ class TileResult:
     plane
         Index of the plane in the stack's leading axes (``()`` for a single ``(H, W)`` image).
     region
-        ``(slice, slice)`` into the plane that this tile covers.
+        ``(slice, slice)`` into the predicted plane that this tile covers: the ``grid.shape``
+        ``(H', W')`` resampled plane (the image's own ``(H, W)`` when not resampled).
     probabilities
         ``(h, w)`` float32 foreground probability of ``region``.
     index, total
         Position of this tile (0-based) and number of tiles of the whole call.
+    grid
+        How the image's planes were resampled (the same for every tile of a call): its factor,
+        both grids, the diameter used and where it came from. ``grid.image_region(region)`` is
+        the part of the image's ``(H, W)`` plane the tile covers (its pixel centres), and
+        ``grid.to_image`` takes assembled ``(..., H', W')`` probabilities onto the image's grid.
     """
 
     plane: tuple[int, ...]
@@ -72,6 +86,12 @@ class TileResult:
     probabilities: np.ndarray
     index: int
     total: int
+    grid: Resampling | None = None
+
+    @property
+    def image_region(self) -> tuple[slice, slice]:
+        """``(slice, slice)`` of the image's ``(H, W)`` plane that this tile covers."""
+        return self.region if self.grid is None else self.grid.image_region(self.region)
 
 
 def _check_model(model) -> None:
@@ -119,6 +139,7 @@ class _Plan:
     batch_size: int
     percentiles: tuple[float, float] | None
     flips: bool
+    grid: Resampling | None = None
 
     @property
     def total(self) -> int:
@@ -160,9 +181,7 @@ def _tiles(model, plane_shape, tile, batch_size: int) -> list[Tile]:
     return tiles
 
 
-def _plan(model, image, tile, batch_size, percentiles, center, flips) -> _Plan:
-    _check_model(model)
-    image, stack_shape, plane_shape = _planes(np.asarray(image), model.in_channels)
+def _check_sizes(tile, batch_size) -> None:
     if tile is not None and (
         not isinstance(tile, (int, np.integer)) or isinstance(tile, bool) or tile < 1
     ):
@@ -173,6 +192,12 @@ def _plan(model, image, tile, batch_size, percentiles, center, flips) -> _Plan:
         or batch_size < 1
     ):
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+
+
+def _plan(model, image, tile, batch_size, percentiles, center, flips, grid=None) -> _Plan:
+    _check_model(model)
+    _check_sizes(tile, batch_size)
+    image, stack_shape, plane_shape = _planes(np.asarray(image), model.in_channels)
     batch_size = int(batch_size or 1)
     tiles = _order(_tiles(model, plane_shape, tile, batch_size), center)
     return _Plan(
@@ -184,7 +209,40 @@ def _plan(model, image, tile, batch_size, percentiles, center, flips) -> _Plan:
         batch_size=batch_size,
         percentiles=percentiles,
         flips=flips,
+        grid=grid or Resampling.of(plane_shape),
     )
+
+
+def _sized_plan(
+    model, image, tile, batch_size, percentiles, center, flips, diameter, device
+) -> _Plan:
+    """The plan of :func:`predict_tiles`: the image checked, its diameter resolved, its planes
+    normalised (their own percentiles) and resampled to the model's cell size."""
+    _check_model(model)
+    _check_sizes(tile, batch_size)
+    image, stack_shape, plane_shape = _planes(np.asarray(image), model.in_channels)
+    source = GIVEN
+    if diameter is None:
+        diameter, source = resolve_diameter(model, image, device=device)
+    grid = resampling_for(model, plane_shape, diameter, source)
+    factor = grid.factor
+    if factor != 1.0:
+        channels = image.ndim > len(stack_shape) + 2
+        if percentiles is not None:  # the image's own percentiles, as blocks normalise
+            image = _normalised(image, stack_shape, percentiles)
+        image = rescale_image(image, factor, channels)
+        percentiles = None
+        if center is not None:
+            center = grid.to_resampled(center)
+    return _plan(model, image, tile, batch_size, percentiles, center, flips, grid)
+
+
+def _normalised(image: np.ndarray, stack_shape, percentiles) -> np.ndarray:
+    """``(..., H, W[, C])`` float32: each plane normalised by its own ``percentiles``."""
+    out = np.empty(image.shape, np.float32)
+    for plane in np.ndindex(*stack_shape) if stack_shape else [()]:
+        out[plane] = normalize(image[plane], *percentiles)
+    return out
 
 
 def predict_tiles(
@@ -197,8 +255,10 @@ def predict_tiles(
     percentiles: tuple[float, float] | None = PERCENTILES,
     center: tuple[float, float] | None = None,
     flips: bool = False,
+    diameter: float | None = None,
 ) -> Iterator[TileResult]:
-    """Predict ``image`` tile by tile; yields a :class:`TileResult` per tile.
+    """Predict ``image`` tile by tile, with its cells at the model's size; yields a
+    :class:`TileResult` per tile.
 
     Parameters
     ----------
@@ -209,7 +269,8 @@ def predict_tiles(
         ``(H, W)`` of any integer or float dtype, ``(H, W, C)`` with ``C == model.in_channels``,
         or a stack with leading axes ``(..., H, W[, C])`` predicted plane by plane.
     tile
-        About the side (px) of the output region one tile covers; rounded to a multiple of
+        About the side (px, of the resampled plane) of the output region one tile covers;
+        rounded to a multiple of
         ``2**depth``, then balanced over the plane. ``None`` picks the size with the least work
         (multiply-adds and page faults, see :func:`~napari_unet.core.prediction.tiling.auto_tile`)
         under a memory budget (``tiling.DEFAULT_MEMORY`` per batch). A tile over that budget is
@@ -220,23 +281,38 @@ def predict_tiles(
     device
         Torch device; ``None`` runs where the model's weights are.
     percentiles
-        Per-plane percentile normalisation (see :func:`normalize`); ``None`` feeds the pixels
-        as float32 unchanged.
+        Per-plane percentile normalisation (see :func:`normalize`) of the image's own planes
+        (before any resampling, as the blocks of a large image are normalised); ``None`` feeds
+        the pixels as float32 unchanged.
     center
-        ``(y, x)`` in plane coordinates: tiles nearest to it come first (what the user looks at).
+        ``(y, x)`` in the image's plane coordinates: tiles nearest to it come first (what the
+        user looks at).
     flips
         Average each tile's probability over its 8 flips and quarter turns (test-time
         augmentation): 8 times the work, usually more accurate (see the model card).
+    diameter
+        The median diameter (px) of the image's cells: the planes are resampled by
+        ``model diameter / diameter`` (see :mod:`~napari_unet.core.prediction.scale`) before
+        the network sees them, and tiles are planned and predicted exactly in the resampled
+        ``(H', W')`` planes. ``None`` resolves it as :func:`resolve_diameter` does (the cells
+        the model was fine-tuned on; for a model trained at one size but not fine-tuned, an
+        estimate of the middle plane, made by this call before it returns; for a model that
+        says neither, the image as it comes). A diameter for a model that does not say its
+        own cell size raises ValueError.
 
     Returns
     -------
     Iterator[TileResult]
-        A generator; the arguments are checked (ValueError, TypeError) before it is returned.
+        A generator; the arguments are checked (ValueError, TypeError), the diameter resolved
+        and the image resampled before it is returned. Each tile's ``region`` is in the
+        predicted (resampled) plane, and its ``grid`` says how to place it on the image's
+        (see :class:`TileResult`).
 
     Notes
     -----
-    Tiles start at multiples of ``2**depth`` in the mirror-padded plane, so the result equals the
-    untiled prediction of the whole image (to float rounding, about 1e-6).
+    Tiles start at multiples of ``2**depth`` in the mirror-padded (resampled) plane, so the
+    result equals the untiled prediction of the whole (resampled) image (to float rounding,
+    about 1e-6).
 
     Predictions may share a model, also from several threads; a prediction that starts while
     another thread fine-tunes the model, or on another device than a running prediction,
@@ -247,7 +323,9 @@ def predict_tiles(
     the tiles of a plane, so that the next tile reuses the memory of the last, and comes back with
     the memory when the plane or the generator ends, or it is closed.
     """
-    plan = _plan(model, image, tile, batch_size, percentiles, center, flips)
+    plan = _sized_plan(
+        model, image, tile, batch_size, percentiles, center, flips, diameter, device
+    )
     return _start(model, plan, resolve_device(device, model))
 
 
@@ -285,6 +363,7 @@ def _results(model, plan: _Plan, device) -> Iterator[TileResult]:
                         probabilities=probs,
                         index=next(index),
                         total=plan.total,
+                        grid=plan.grid,
                     )
     finally:
         trim_freed_memory()  # also when closed before the end of a plane
@@ -358,17 +437,17 @@ def predict(
     percentiles: tuple[float, float] | None = PERCENTILES,
     center: tuple[float, float] | None = None,
     flips: bool = False,
-    progress: Callable[[TileResult], None] | None = None,
     diameter: float | None = None,
+    progress: Callable[[TileResult], None] | None = None,
 ) -> np.ndarray:
     """Foreground probability of a whole image or stack, with its cells at the model's size.
 
-    Takes the arguments of :func:`predict_tiles`; ``progress`` is called with each finished
-    :class:`TileResult`. ``diameter`` is the median diameter (px) of the image's cells: the
-    image is resampled by ``model diameter / diameter`` (see
+    Runs :func:`predict_tiles` with the same arguments; ``progress`` is called with each
+    finished :class:`TileResult`. ``diameter`` is the median diameter (px) of the image's
+    cells: the image is resampled by ``model diameter / diameter`` (see
     :mod:`~napari_unet.core.prediction.scale`) before the network sees it, and the
     probabilities are resampled back onto the image's grid (tiles are exact in the resampled
-    image; ``tile`` and ``center`` are in its pixels).
+    image; ``tile`` is in its pixels, ``center`` in the image's).
     ``None`` means the diameter of the cells the model was fine-tuned on; for a model trained at
     one size but not fine-tuned, :func:`estimate_diameter` of the image (of its middle plane for
     a stack); for a model that says neither, the image as it comes. A diameter for a model that
@@ -379,16 +458,13 @@ def predict(
     carrying the size of the image's cells (``model.metadata["cells"]`` when the image was not
     resampled) for :func:`~napari_unet.to_instances`.
     """
-    if diameter is None:
-        diameter = resolve_diameter(model, image, device=device)[0]
-    factor, cells = _scale(model, diameter)
-    if factor != 1.0:
-        image, plane_shape = _rescaled(np.asarray(image), model.in_channels, factor)
-    plan = _plan(model, image, tile, batch_size, percentiles, center, flips)
+    plan = _sized_plan(
+        model, image, tile, batch_size, percentiles, center, flips, diameter, device
+    )
     out = _assemble(plan, _start(model, plan, resolve_device(device, model)), progress)
-    if factor == 1.0:
+    if plan.grid.factor == 1.0:
         return Probabilities.for_model(out, model)
-    return Probabilities(resize_to(out, plane_shape), cells)
+    return Probabilities(plan.grid.to_image(out), plan.grid.cells)
 
 
 def estimate_diameter(model, image, *, device=None) -> DiameterEstimate:
@@ -440,6 +516,37 @@ def resolve_diameter(
         return None, None
 
 
+def resampling_for(model, plane, diameter: float | None, source: str | None = GIVEN) -> Resampling:
+    """The :class:`~napari_unet.core.prediction.scale.Resampling` of ``(..., H, W)`` planes
+    ``plane`` for ``model`` when their cells are ``diameter`` px across (from ``source``, see
+    :func:`resolve_diameter`); ``None``: the cells the model was fine-tuned on, else the image
+    as it comes. ValueError for a diameter too far from the model's, or for a model that says
+    no size."""
+    factor = _scale(model, diameter)[0]
+    if diameter is None:
+        diameter, source = tuned_diameter(model), TUNED
+    return Resampling.of(plane, factor, diameter, source if diameter is not None else None)
+
+
+def instance_options(config, model, diameter: float | None, source: str | None) -> dict:
+    """:func:`~napari_unet.to_instances`' keyword arguments of ``config`` (an
+    :class:`~napari_unet.InstanceConfig`) for a prediction at ``(diameter, source)`` (from
+    :func:`resolve_diameter`): sizes left ``None`` follow the cells of a given or estimated
+    diameter, else those the model was fine-tuned on (:meth:`InstanceConfig.for_model`)."""
+    from dataclasses import replace
+
+    from .instances import size_defaults
+
+    if source not in (GIVEN, ESTIMATED) or diameter is None:
+        return config.for_model(model).options()
+    size, core = size_defaults(sized_cells(diameter))
+    return replace(
+        config,
+        min_size=size if config.min_size is None else config.min_size,
+        min_core=core if config.min_core is None else config.min_core,
+    ).options()
+
+
 def _trained_size(model) -> float | None:
     """``model.metadata["diameter"]``: the cell diameter a model was trained at, or ``None``."""
     diameter = (getattr(model, "metadata", None) or {}).get("diameter")
@@ -469,14 +576,6 @@ def _scale(model, diameter: float | None) -> tuple[float, dict | None]:
         )
     factor = scale_factor(known, diameter)
     return factor, sized_cells(diameter)
-
-
-def _rescaled(image: np.ndarray, in_channels: int, factor: float):
-    """``(image resampled by factor in H and W, (H, W))`` of an ``(..., H, W)`` or
-    ``(..., H, W, C)`` image."""
-    image, has_channels = split_channels(image, in_channels)
-    plane = image.shape[-3:-1] if has_channels else image.shape[-2:]
-    return rescale_image(image, factor, has_channels), plane
 
 
 def predict_window(

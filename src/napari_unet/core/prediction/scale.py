@@ -4,11 +4,25 @@ A model trained with every image resampled so its median cell diameter is ``D`` 
 the model's metadata as ``"diameter"``) sees a user's image of cells ``d`` px across at the
 factor ``D / d``; its output is resampled back onto the image's own grid. Images are resampled
 with anti-aliasing (area-like when shrinking), labels by nearest neighbour.
+
+A :class:`Resampling` says how one image's planes are resampled (its factor, both grids, the
+diameter and where it came from). It also computes any window of the resampled plane from the
+image pixels that window needs (:meth:`Resampling.window`), and any region of the image from a
+window of the resampled plane (:meth:`Resampling.back`), equal to the same pixels of
+:func:`rescale_image` and :func:`resize_to` of the whole plane (to float rounding): a block of a
+large image is resampled, predicted and resampled back on its own, and still equals the
+prediction of the whole image.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import numpy as np
+
+from .tiling import mirror_indices
 
 __all__ = [
     "median_diameter",
@@ -19,6 +33,7 @@ __all__ = [
     "rescale_image",
     "rescale_labels",
     "resize_to",
+    "Resampling",
     "MIN_FACTOR",
     "MAX_FACTOR",
 ]
@@ -125,3 +140,176 @@ def resize_to(array: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return resize(
         np.asarray(array, np.float32), out, order=1, mode="edge", anti_aliasing=False
     ).astype(np.float32, copy=False)
+
+
+_TRUNCATE = 4.0  # scipy.ndimage.gaussian_filter's default, as rescale_image filters
+
+
+def _reflected(start: int, stop: int, length: int) -> np.ndarray:
+    """Indices into an axis of ``length`` of positions ``start..stop-1`` of its extension by
+    ``scipy.ndimage``'s ``"mirror"`` mode (``np.pad``'s ``"reflect"``: the edge pixel once),
+    the extension :func:`rescale_image` filters and interpolates with."""
+    if length == 1:
+        return np.zeros(stop - start, np.intp)
+    p = np.arange(start, stop) % (2 * length - 2)
+    return np.where(p < length, p, 2 * length - 2 - p)
+
+
+def _linear(values: np.ndarray, coords: np.ndarray, axis: int) -> np.ndarray:
+    """``values`` interpolated linearly along ``axis`` at ``coords`` (positions along it, within
+    ``[0, n - 1]``); float64."""
+    n = values.shape[axis]
+    low = np.clip(np.floor(coords).astype(np.intp), 0, max(0, n - 2))
+    high = np.minimum(low + 1, n - 1)
+    weight = (coords - low).reshape([-1 if a == axis else 1 for a in range(values.ndim)])
+    a = np.take(values, low, axis=axis).astype(np.float64)
+    b = np.take(values, high, axis=axis).astype(np.float64)
+    return a + (b - a) * weight
+
+
+@dataclass(frozen=True)
+class Resampling:
+    """How the ``(H, W)`` planes of an image are resampled for a model, and back.
+
+    Attributes
+    ----------
+    plane
+        ``(H, W)``: the image's plane.
+    shape
+        ``(H', W')``: the resampled plane (:func:`scaled_shape`; ``plane`` when not resampled).
+    factor
+        ``model diameter / diameter`` (1.0: the image as it comes).
+    diameter
+        The median diameter (px of the image) of the image's cells it is predicted at; ``None``
+        when not known (the image as it comes).
+    source
+        Where ``diameter`` came from (see
+        :func:`~napari_unet.core.prediction.predict.resolve_diameter`); ``None`` when not known.
+
+    Notes
+    -----
+    Pixel ``j`` of the resampled plane covers image pixels ``[j / f, (j + 1) / f)`` (``f``
+    the axis' :attr:`factors`), so its centre is at image coordinate ``(j + 0.5) / f - 0.5``,
+    as :func:`rescale_image` and :func:`resize_to` place pixel centres.
+    """
+
+    plane: tuple[int, int]
+    shape: tuple[int, int]
+    factor: float = 1.0
+    diameter: float | None = None
+    source: str | None = None
+
+    @classmethod
+    def of(cls, plane, factor: float = 1.0, diameter=None, source=None) -> Resampling:
+        """The resampling of ``(..., H, W)`` planes by ``factor``."""
+        plane = tuple(int(n) for n in tuple(plane)[-2:])
+        shape = scaled_shape(plane, factor) if factor != 1.0 else plane
+        diameter = None if diameter is None else float(diameter)
+        return cls(plane, tuple(shape), float(factor), diameter, source)
+
+    @property
+    def resampled(self) -> bool:
+        """Whether the resampled plane differs from the image's."""
+        return tuple(self.shape) != tuple(self.plane)
+
+    @property
+    def factors(self) -> tuple[float, float]:
+        """``(H' / H, W' / W)``: the resampling of each axis as done (rounded shapes)."""
+        return tuple(s / p for s, p in zip(self.shape, self.plane, strict=True))
+
+    @property
+    def cells(self) -> dict | None:
+        """:func:`sized_cells` of :attr:`diameter` (``None`` when not known)."""
+        return None if self.diameter is None else sized_cells(self.diameter)
+
+    def to_resampled(self, point: tuple[float, float]) -> tuple[float, float]:
+        """``(y, x)`` of the image's plane in the resampled plane's pixels."""
+        return tuple((c + 0.5) * f - 0.5 for c, f in zip(point, self.factors, strict=True))
+
+    def image_region(self, region: tuple[slice, slice]) -> tuple[slice, slice]:
+        """The image pixels whose centres lie in ``region`` (``(slice, slice)`` of the
+        resampled plane): the part of the image a tile of that region covers. The regions of
+        tiles that cover the resampled plane once cover the image once."""
+        out = []
+        for s, f, n in zip(region, self.factors, self.plane, strict=True):
+            start, stop = (min(n, max(0, math.ceil(b / f - 0.5))) for b in (s.start, s.stop))
+            out.append(slice(start, stop))
+        return tuple(out)
+
+    def _back_coords(self, axis: int, start: int, stop: int) -> np.ndarray:
+        """Where image pixels ``start..stop-1`` of ``axis`` lie in the resampled plane, as
+        :func:`resize_to` interpolates them (clamped at its edges)."""
+        n, m = self.plane[axis], self.shape[axis]
+        coords = (np.arange(start, stop) + 0.5) * (m / n) - 0.5
+        return np.clip(coords, 0, m - 1)
+
+    def needed(self, region: tuple[slice, slice]) -> tuple[slice, slice]:
+        """The region of the resampled plane that :meth:`back` reads to give ``region``
+        (``(slice, slice)`` of the image's plane)."""
+        out = []
+        for axis, s in enumerate(region):
+            coords = self._back_coords(axis, s.start, s.stop)
+            low = int(np.floor(coords[0]))
+            out.append(slice(low, min(self.shape[axis], int(np.floor(coords[-1])) + 2)))
+        return tuple(out)
+
+    def back(
+        self, values: np.ndarray, origin: tuple[int, int], region: tuple[slice, slice]
+    ) -> np.ndarray:
+        """``region`` (``(slice, slice)`` of the image's plane) of :func:`resize_to` of the
+        resampled plane, from ``values``: the ``(h', w')`` part of the resampled plane that
+        starts at ``origin`` (``(y, x)``) and holds :meth:`needed` of ``region``. Returns
+        ``(h, w)`` float32 (bilinear, as :func:`resize_to`)."""
+        out = np.asarray(values)
+        for axis, s in enumerate(region):
+            coords = self._back_coords(axis, s.start, s.stop) - origin[axis]
+            out = _linear(out, coords, axis)
+        return out.astype(np.float32)
+
+    def window(
+        self,
+        read: Callable[[slice, slice], np.ndarray],
+        rows: tuple[int, int],
+        cols: tuple[int, int],
+    ) -> np.ndarray:
+        """Pixels ``[rows) x [cols)`` (``(start, stop)``) of the resampled plane's mirror
+        extension (``np.pad``'s ``"symmetric"``, as the tiler pads the resampled plane), equal
+        to those of :func:`rescale_image` of the whole plane (to float rounding).
+
+        ``read(rows, cols)`` gives the image's pixels of a region (two slices within the plane)
+        as ``(h, w)`` or ``(h, w, C)`` float32, e.g. normalised; only the pixels the window
+        needs are read: its region of the image, grown by the anti-aliasing filter's reach
+        (when shrinking) and one pixel. Returns ``(len(rows), len(cols)[, C])`` float32.
+        """
+        indices, spans, plans = [], [], []
+        for axis, (start, stop) in enumerate((rows, cols)):
+            n, m = self.plane[axis], self.shape[axis]
+            index = mirror_indices(start, stop, m)
+            low, high = int(index.min()), int(index.max()) + 1
+            coords = (np.arange(low, high) + 0.5) * (n / m) - 0.5  # image coordinates
+            sigma = max(0.0, (n / m - 1) / 2) if self.factor < 1 else 0.0
+            reach = int(_TRUNCATE * sigma + 0.5) if sigma > 1e-15 else 0
+            first = int(np.floor(coords[0])) - reach
+            last = int(np.floor(coords[-1])) + 1 + reach
+            image_index = _reflected(first, last + 1, n)
+            spans.append(slice(int(image_index.min()), int(image_index.max()) + 1))
+            indices.append(index - low)
+            plans.append((image_index, coords - first, sigma))
+        pixels = np.asarray(read(*spans), np.float32)
+        (iy, cy, sy), (ix, cx, sx) = plans
+        window = pixels[np.ix_(iy - spans[0].start, ix - spans[1].start)]
+        if sy > 1e-15 or sx > 1e-15:
+            from scipy import ndimage as ndi
+
+            for axis, sigma in ((0, sy), (1, sx)):
+                if sigma > 1e-15:
+                    window = ndi.gaussian_filter1d(
+                        window, sigma, axis=axis, mode="mirror", truncate=_TRUNCATE
+                    )
+        values = _linear(_linear(window, cy, 0), cx, 1).astype(np.float32)
+        return values[np.ix_(*indices)]
+
+    def to_image(self, array: np.ndarray) -> np.ndarray:
+        """``(..., H', W')`` (e.g. probabilities of the resampled planes) on the image's grid:
+        ``(..., H, W)`` float32 (:func:`resize_to`)."""
+        return resize_to(array, self.plane)

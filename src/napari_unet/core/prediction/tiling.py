@@ -11,8 +11,11 @@ import math
 from collections import Counter
 from dataclasses import dataclass
 
+import numpy as np
+
 __all__ = [
     "DEFAULT_MEMORY",
+    "mirror_indices",
     "Tile",
     "plan_tiles",
     "padding",
@@ -90,6 +93,16 @@ def plan_tiles(shape: tuple[int, int], model, step: int | tuple[int, int]) -> li
                 )
             )
     return tiles
+
+
+def mirror_indices(start: int, stop: int, length: int) -> np.ndarray:
+    """Indices into an axis of ``length`` of positions ``start..stop-1`` of its mirror extension.
+
+    Position ``p`` (negative or past the end) maps as ``np.pad(..., mode="symmetric")`` does, for
+    any pad width: period ``2 * length``, the second half reversed (the padding of tiles).
+    """
+    p = np.arange(start, stop) % (2 * length)
+    return np.where(p < length, p, 2 * length - 1 - p)
 
 
 def padding(shape: tuple[int, int], tiles: list[Tile], margin: int) -> tuple[tuple[int, int], ...]:

@@ -106,3 +106,38 @@ def test_the_gui_window_fills_the_screen_and_its_tabs_read_whole(make_napari_vie
     for i in range(5):  # each name whole: its tab as wide as its text
         text = tabs.fontMetrics().horizontalAdvance(tabs.tabText(i))
         assert tabs.tabRect(i).width() >= text, tabs.tabText(i)
+
+
+def _stray_windows(viewer) -> list[str]:
+    """The visible top-level widgets other than the main window (after the queued events)."""
+    from qtpy.QtWidgets import QApplication
+
+    QApplication.processEvents()  # what the event loop does next: queued shows, not deletions
+    main = viewer.window._qt_window
+    return [
+        f"{type(w).__name__} {getattr(w, 'text', lambda: '')()!r} at {w.geometry().getRect()}"
+        for w in QApplication.topLevelWidgets()
+        if w.isVisible() and w is not main
+    ]
+
+
+def test_no_window_but_the_main_one_after_layers_come_and_go(make_napari_viewer, qtbot):
+    """Predict's 'current plane / all planes' buttons showed as windows over the menus (issue
+    25 item 2): magicgui rebuilt them on every reset of the choices."""
+    viewer = make_napari_viewer(show=True)
+    open_viewer([], viewer, fill_screen=True)
+    qtbot.wait(100)
+    for dock in viewer.window.dock_widgets.values():
+        native = dock.native
+        while not isinstance(native, QDockWidget):
+            native = native.parent()
+        native.show()
+        native.raise_()  # this dock's tab in front: its widgets visible
+        qtbot.waitUntil(dock.native.isVisible, timeout=2000)
+        stack = viewer.add_image(np.zeros((5, 64, 64), np.uint16), name="stack")
+        assert _stray_windows(viewer) == [], type(dock).__name__
+        labels = viewer.add_labels(np.zeros((5, 64, 64), np.uint16), name="stack annotation")
+        viewer.layers.remove(stack)
+        assert _stray_windows(viewer) == [], type(dock).__name__
+        viewer.layers.remove(labels)
+        assert _stray_windows(viewer) == [], type(dock).__name__

@@ -23,7 +23,6 @@ from magicgui.widgets import (
     LineEdit,
     ProgressBar,
     PushButton,
-    RadioButtons,
     SpinBox,
 )
 from napari.layers import Image
@@ -38,7 +37,7 @@ from ._layers import full_resolution, image_choices, plane_index, watch_layers
 from ._lazy import LazyJobs, goes_lazy
 from ._runs import Run, Settings
 from ._session import CHANGE, PREDICTING, session_for
-from ._ui import Messages, narrow
+from ._ui import FixedRadioButtons, Messages, narrow
 from ._worker import Task
 
 if TYPE_CHECKING:
@@ -138,7 +137,7 @@ class PredictWidget(Container):
             value=True,
             tooltip="Turn RGB(A) images into grey for a one-channel model.",
         )
-        self._planes = RadioButtons(label="stack", choices=[PLANE, ALL_PLANES], value=PLANE)
+        self._planes = FixedRadioButtons(label="stack", choices=[PLANE, ALL_PLANES], value=PLANE)
         self._run_on = ComboBox(
             label="run on",
             choices=[THIS_PROCESS, LOCAL_CLUSTER, SCHEDULER],

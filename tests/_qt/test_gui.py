@@ -8,6 +8,7 @@ import tifffile
 from qtpy.QtWidgets import QDockWidget, QTabBar
 
 from napari_unet.cli import WIDGETS, open_viewer
+from napari_unet.core.formats.sample import PIXEL_SIZE_UM
 
 
 def test_napari_lists_the_plugin_and_its_contributions():
@@ -49,9 +50,10 @@ def test_gui_with_the_sample_data(make_napari_viewer, qtbot):
     assert dock.width() < 450  # napari's own docks take ~340 px; ours fit their five tab names
     assert canvas_w > 0.4 * viewer.window._qt_window.width()
     camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera
-    assert camera.center[-2:] == pytest.approx((255.5, 255.5), abs=1)
-    assert camera.zoom * 512 <= min(canvas_h, canvas_w) + 1
-    assert camera.zoom * 512 >= 0.8 * min(canvas_h, canvas_w)  # fitted, not tiny
+    side = 512 * PIXEL_SIZE_UM  # the sample is in micrometres (issue 25 item 4)
+    assert camera.center[-2:] == pytest.approx((255.5 * PIXEL_SIZE_UM,) * 2, abs=1)
+    assert camera.zoom * side <= min(canvas_h, canvas_w) + 1
+    assert camera.zoom * side >= 0.8 * min(canvas_h, canvas_w)  # fitted, not tiny
 
 
 def test_sample_menu_names_the_plugin_once(make_napari_viewer):
@@ -141,3 +143,65 @@ def test_no_window_but_the_main_one_after_layers_come_and_go(make_napari_viewer,
         assert _stray_windows(viewer) == [], type(dock).__name__
         viewer.layers.remove(labels)
         assert _stray_windows(viewer) == [], type(dock).__name__
+
+
+def _dock(viewer, name: str):
+    return next(w for w in viewer.window.dock_widgets.values() if type(w).__name__ == name)
+
+
+def test_a_calibrated_frame_beside_the_sample_and_our_layers_agree_on_units(
+    make_napari_viewer, qtbot, notes, tmp_path
+):
+    """A DIC frame with its 0.19 um pixels, the sample, and the layers the docks make of the
+    frame: one unit (um) throughout, each drawn at its real size, and no 'Inconsistent units'
+    warning (issue 25 item 4: the sample was in pixels, the annotation and weight map too)."""
+    path = tmp_path / "dic.tif"
+    frame = np.random.default_rng(0).integers(0, 4000, (96, 128)).astype(np.uint16)
+    tifffile.imwrite(
+        path, frame, imagej=True, resolution=(1 / 0.19, 1 / 0.19), metadata={"unit": "micron"}
+    )
+    viewer = make_napari_viewer(show=True)
+    open_viewer([str(path)], viewer, fill_screen=True)
+    viewer.open_sample("napari-unet", "phase_contrast_cells")
+    qtbot.wait(100)
+    for name in ("cells", "cells annotation"):
+        layer = viewer.layers[name]
+        np.testing.assert_allclose(layer.scale, (PIXEL_SIZE_UM,) * 2)
+        assert [str(u) for u in layer.units] == ["micrometer"] * 2
+    dic = viewer.layers["dic"]
+    np.testing.assert_allclose(dic.scale, (0.19, 0.19))
+
+    annotate = _dock(viewer, "AnnotateWidget")
+    annotate._image.value = dic
+    annotate._pick.native.click()  # "<frame> annotation"
+    annotation = viewer.layers["dic annotation"]
+    annotation.data[10:30, 10:30] = 1
+    annotate._add_region.native.click()  # "<frame> annotated region"
+    weightmap = _dock(viewer, "WeightMapWidget")
+    weightmap._annotation_box.value = annotation
+    weightmap._preview.value = True
+    qtbot.waitUntil(lambda: "dic annotation weights" in viewer.layers, timeout=10_000)
+    predict = _dock(viewer, "PredictWidget")
+    predict._image.value = dic
+    predict._with_probability.value = True
+    worker = predict.run()
+    with qtbot.waitSignal(worker.finished, timeout=120_000):
+        pass
+    qtbot.waitUntil(lambda: not predict.running, timeout=10_000)
+    made = [layer for layer in viewer.layers if layer.name.startswith("dic ")]
+    assert {layer.name for layer in made} >= {
+        "dic annotation",
+        "dic annotated region",
+        "dic annotation target",
+        "dic annotation weights",
+        "dic prediction",
+        "dic probability",
+    }
+    for layer in made:
+        np.testing.assert_allclose(layer.scale[-2:], (0.19, 0.19), err_msg=layer.name)
+        assert [str(u) for u in layer.units[-2:]] == ["micrometer"] * 2, layer.name
+    viewer.layers.remove("dic annotated region")
+    qtbot.wait(300)  # the canvas draws, and napari checks the units of its layers
+    assert not [n for n in notes if "units" in str(n.message).lower()]
+    # each at its real size: the sample's 512 px span 444 um, the frame's 128 px 24 um
+    assert viewer.layers.extent.world[1][-1] == pytest.approx(511 * PIXEL_SIZE_UM, rel=0.01)

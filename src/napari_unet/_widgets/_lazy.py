@@ -29,7 +29,7 @@ from napari.layers import Image, Labels
 
 from ..core.large.blocks import DEFAULT_HALO
 from . import _runs
-from ._layers import MADE, OF, add_quietly, free_name, full_resolution
+from ._layers import MADE, MODEL, OF, add_quietly, free_name, full_resolution
 
 if TYPE_CHECKING:
     import napari
@@ -146,6 +146,7 @@ class LazyOutput:
         n_spatial: int,
         parent=None,
         prefix: tuple[int, ...] = (),
+        model_label: str = "",
     ) -> None:
         from ..core.formats.zarrio import create_multiscale, levels
 
@@ -185,7 +186,7 @@ class LazyOutput:
             colormap="magma",
             blending="additive",
             name=free_name(viewer, f"{image.name} probability (large)"),
-            metadata={MADE: "probability (large)", OF: image.name},
+            metadata={MADE: "probability (large)", OF: image.name, MODEL: model_label},
             **common,
         )
         self.probability = add_quietly(viewer, probability, index=viewer.layers.index(image) + 1)
@@ -193,7 +194,7 @@ class LazyOutput:
             arrays["prediction"],
             multiscale=len(arrays["prediction"]) > 1,
             name=free_name(viewer, f"{image.name} prediction (large)"),
-            metadata={MADE: "prediction (large)", OF: image.name},
+            metadata={MADE: "prediction (large)", OF: image.name, MODEL: model_label},
             **common,
         )
         self.labels = add_quietly(viewer, labels)
@@ -297,6 +298,13 @@ class LazyRun:
     def discard(self) -> None:
         """Nothing: the job and its layers stay for the next run."""
 
+    def drop(self) -> None:
+        """Remove the job's layers (its image was closed); their folder goes with them."""
+        output = self.job.output
+        for layer in (output.labels, output.probability):
+            if layer in output.viewer.layers:
+                output.viewer.layers.remove(layer)
+
 
 class LazyJobs:
     """The lazy jobs of one Predict dock on ``viewer``, and their outputs."""
@@ -373,7 +381,10 @@ class LazyJobs:
                 sample_block=_runs.SAMPLE[0],
                 sample_values=_runs.SAMPLE[1],
             )
-            output = LazyOutput(self.viewer, layer, stream, len(shape), settings.folder, prefix)
+            output = LazyOutput(
+                self.viewer, layer, stream, len(shape), settings.folder, prefix,
+                settings.model_label,
+            )
             self.outputs.append(output)
             job = self.jobs[id(layer)] = LazyJob(layer, key, stream, output)
         stream = job.stream

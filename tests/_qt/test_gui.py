@@ -205,3 +205,47 @@ def test_a_calibrated_frame_beside_the_sample_and_our_layers_agree_on_units(
     assert not [n for n in notes if "units" in str(n.message).lower()]
     # each at its real size: the sample's 512 px span 444 um, the frame's 128 px 24 um
     assert viewer.layers.extent.world[1][-1] == pytest.approx(511 * PIXEL_SIZE_UM, rel=0.01)
+
+
+def test_layers_removed_during_a_prediction_then_a_stack_opened(
+    make_napari_viewer, qtbot, tmp_path
+):
+    """Issue 25 item 9's steps (a Mesa software-GL segfault once, not reproduced): in the gui
+    window, remove layers while a prediction worker runs, then open a 5-plane stack and step
+    through it while the canvas draws. No crash, no stray window, no layer of the gone image."""
+    from napari_unet._widgets._session import session_for
+
+    path = tmp_path / "stack.tif"
+    tifffile.imwrite(path, np.random.default_rng(0).integers(0, 255, (5, 300, 400), np.uint8))
+    viewer = make_napari_viewer(show=True)
+    open_viewer([], viewer, fill_screen=True)
+    import torch
+
+    from napari_unet import UNet
+
+    torch.manual_seed(0)
+    session_for(viewer).set_model(UNet(base_channels=4, depth=3), "tiny")
+    predict = _dock(viewer, "PredictWidget")
+    predict._tile.value = 64
+    predict._with_probability.value = True
+    worker = predict.run()
+    removed = []
+
+    def remove_layers(event):
+        if not removed and "cells probability (running)" in viewer.layers:
+            removed.append(True)
+            for name in ("cells probability (running)", "cells annotation", "cells"):
+                viewer.layers.remove(name)
+            viewer.open(str(path))  # the 5-plane stack, while the worker still runs
+            qtbot.wait(50)
+
+    worker.yielded.connect(remove_layers)
+    with qtbot.waitSignal(worker.finished, timeout=120_000):
+        pass
+    qtbot.waitUntil(lambda: not predict.running, timeout=10_000)
+    for z in range(5):
+        viewer.dims.set_current_step(0, z)
+        qtbot.wait(30)  # the canvas draws each plane
+    assert removed and [layer.name for layer in viewer.layers] == ["stack"]
+    assert predict.status.startswith("dropped")
+    assert _stray_windows(viewer) == []

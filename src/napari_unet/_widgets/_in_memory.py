@@ -133,10 +133,12 @@ class InMemoryRun:
         data = full_resolution(layer)
         pixels = np.array(data[prefix] if prefix else data)  # the worker's copy
         made = {OF: layer.name, MODEL: settings.model_label}
+        labels = _output(viewer, layer, shape, "prediction", made)
+        extra = _output(viewer, layer, shape, "probability", made) if probability else None
         run = cls(
             viewer,
-            labels=_output(viewer, layer, shape, "prediction", made),
-            probability=_output(viewer, layer, shape, "probability", made) if probability else None,
+            labels=labels,
+            probability=extra,
             prefix=prefix,
             threshold=settings.instance["threshold"],
             shape=tuple(shape),

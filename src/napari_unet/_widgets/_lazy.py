@@ -146,7 +146,6 @@ class LazyOutput:
         n_spatial: int,
         parent=None,
         prefix: tuple[int, ...] = (),
-        model_label: str = "",
     ) -> None:
         from ..core.formats.zarrio import create_multiscale, levels
 
@@ -186,7 +185,7 @@ class LazyOutput:
             colormap="magma",
             blending="additive",
             name=free_name(viewer, f"{image.name} probability (large)"),
-            metadata={MADE: "probability (large)", OF: image.name, MODEL: model_label},
+            metadata={MADE: "probability (large)", OF: image.name},
             **common,
         )
         self.probability = add_quietly(viewer, probability, index=viewer.layers.index(image) + 1)
@@ -194,7 +193,7 @@ class LazyOutput:
             arrays["prediction"],
             multiscale=len(arrays["prediction"]) > 1,
             name=free_name(viewer, f"{image.name} prediction (large)"),
-            metadata={MADE: "prediction (large)", OF: image.name, MODEL: model_label},
+            metadata={MADE: "prediction (large)", OF: image.name},
             **common,
         )
         self.labels = add_quietly(viewer, labels)
@@ -381,10 +380,9 @@ class LazyJobs:
                 sample_block=_runs.SAMPLE[0],
                 sample_values=_runs.SAMPLE[1],
             )
-            output = LazyOutput(
-                self.viewer, layer, stream, len(shape), settings.folder, prefix,
-                settings.model_label,
-            )
+            output = LazyOutput(self.viewer, layer, stream, len(shape), settings.folder, prefix)
+            for made in (output.labels, output.probability):
+                made.metadata[MODEL] = settings.model_label
             self.outputs.append(output)
             job = self.jobs[id(layer)] = LazyJob(layer, key, stream, output)
         stream = job.stream

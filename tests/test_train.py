@@ -332,3 +332,41 @@ def test_the_model_comes_back_on_its_device(sample):
     assert len(events) == 3
     assert all(p.device.type == "cpu" for p in model.parameters())
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+def test_the_annotated_cells_are_scored_before_and_after(small_model, whole_sample):
+    """Issue 25 item 7: a run measures how its own annotated cells are found, before and
+    after, so a run too short to change anything can be told apart."""
+    from napari_unet.core.metrics import seg_score
+    from napari_unet.core.prediction.instances import to_instances
+    from napari_unet.core.training.train import MIN_STEPS, RunCheck
+
+    image, labels = (a[:128, :128] for a in whole_sample)
+    mask = np.zeros(labels.shape, bool)
+    mask[:64] = True  # partial annotation: the cells with a pixel in the top half
+    model_before = UNet(base_channels=8, depth=3)
+    model_before.load_state_dict(small_model.state_dict())
+    model_before.eval()
+    events = list(
+        finetune(small_model, [(image, labels, mask)], steps=3, batch_size=1, tile=32, score=True)
+    )
+    before = {e.seg_before for e in events}
+    assert len(before) == 1 and 0 <= before.pop() <= 1
+    assert [e.seg_after is None for e in events] == [True, True, False]
+    assert type(events[-1].seg_after) is float
+    # independent of the scorer: the untrained model on the annotated cells of the whole image
+    ids = np.unique(labels[mask])
+    truth = np.where(np.isin(labels, ids[ids > 0]), labels, 0)
+    found = to_instances(predict(model_before, image))
+    summed, n = seg_score(truth, found)
+    assert events[0].seg_before == pytest.approx(summed / n, abs=0.1)  # crop vs whole image
+    assert all(e.seg_before is None for e in finetune(small_model, [(image, labels)], steps=1))
+
+    check = RunCheck.of(events[-1])
+    assert check.steps == 3 and check.seg_before == events[0].seg_before
+    assert check.too_short  # 3 steps changed nothing worth saying
+    assert check.seconds_needed == pytest.approx(MIN_STEPS * events[-1].elapsed / 3)
+    assert not RunCheck(30, 60.0, 0.31, 0.45).too_short  # a clear gain: not too short
+    assert RunCheck(30, 60.0, 0.31, 0.30).too_short and RunCheck(30, 60.0).too_short
+    long_but_flat = RunCheck(900, 300.0, 0.31, 0.30)
+    assert long_but_flat.unchanged and not long_but_flat.too_short

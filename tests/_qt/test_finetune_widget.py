@@ -359,7 +359,13 @@ def test_pairs_use_the_region_chosen_in_annotate(setup):
     widget._image.value = viewer.layers["cells"]
     _add(widget, viewer, "cells", "cells annotation")
     assert widget._pairs[-1].region is region
-    assert widget._pair_list.item(0).text() == "cells / cells annotation in cells annotated region"
+    # 50 characters: cut in the middle to the list's 44 (the full name in the tooltip)
+    assert widget._pair_list.item(0).text() == "cells / cells annotat…cells annotated region"
+    assert (
+        widget._pair_list.item(0)
+        .toolTip()
+        .startswith("cells / cells annotation in cells annotated region\n")
+    )
 
     annotate._region.value = "whole image"
     assert widget._region.value == "whole image"
@@ -525,3 +531,68 @@ def test_an_intensity_image_converted_to_labels_is_refused_at_add_pair(setup, cr
     widget._add.native.click()
     assert "does not look like a label image" in str(notes[-1].message)
     assert widget._pair_list.count() == 0
+
+
+def test_pairs_go_with_their_layers(setup, crops, notes):
+    """Issue 25 item 8b: pairs whose layers were closed stayed in the list."""
+    viewer, widget, _ = setup
+    image, labels = crops[1]
+    viewer.add_image(image, name="other")
+    viewer.add_labels(labels, name="other annotation")
+    _add(widget, viewer, "cells", "cells annotation")
+    _add(widget, viewer, "other", "other annotation")
+    viewer.layers.remove("cells annotation")
+    assert [widget._pair_list.item(i).text() for i in range(widget._pair_list.count())] == [
+        "other / other annotation"
+    ]
+    assert [p.name for p in widget._pairs] == ["other / other annotation"]
+    assert [str(n.message) for n in notes] == [
+        "Fine-tune: a layer was closed; out of the training set: 'cells / cells annotation'"
+    ]
+
+
+def test_long_pair_names_keep_their_plane_in_sight(make_napari_viewer, qtbot):
+    """Issue 25 item 8d: in the gui window, a pair of a long-named stack shows its plane."""
+    from napari_unet.cli import open_viewer
+
+    viewer = make_napari_viewer(show=True)
+    open_viewer([], viewer, fill_screen=True)
+    name = "2024-03-18_HeLa_DIC_60x_timelapse_position07_" + "x" * 37
+    assert len(name) == 82
+    stack = np.zeros((5, 64, 64), np.uint16)
+    labels = stack.copy()
+    labels[3, 10:30, 10:30] = 1
+    labels[3, 35:55, 35:55] = 2
+    viewer.add_image(stack, name=name)
+    viewer.add_labels(labels, name=f"{name} annotation")
+    viewer.dims.set_current_step(0, 3)
+    widget = next(w for w in viewer.window.dock_widgets.values() if isinstance(w, FinetuneWidget))
+    native = widget.native
+    while native.parent() is not None and not native.isWindow():
+        native = native.parent()
+        if type(native).__name__ == "QDockWidget" or native.inherits("QDockWidget"):
+            native.raise_()
+            break
+    _add(widget, viewer, name, f"{name} annotation")
+    qtbot.waitUntil(widget._pair_list.isVisible, timeout=2000)
+    text = widget._pair_list.item(0).text()
+    assert text.endswith(" [z=3]") and text.startswith("2024-03-18_HeLa") and "…" in text
+    shown = widget._pair_list.fontMetrics().horizontalAdvance(text)
+    assert shown < widget._pair_list.viewport().width() - 24  # and the check box beside it
+
+
+def test_a_run_too_short_to_change_anything_says_so(setup, qtbot, notes):
+    """Issue 25 item 7: a 1-minute run of 25-34 steps left 13 touching cells one object and the
+    dock said 'done'. The run scores its own annotated cells before and after and says when
+    too few steps ran, and how long to train here."""
+    from napari_unet.core.training.train import MIN_STEPS
+
+    viewer, widget, _ = setup
+    _add(widget, viewer, "cells", "cells annotation")
+    _train(widget, qtbot, 5)
+    status = widget.status
+    assert status.startswith("done: step 5") and "Only 5 steps ran (loss " in status
+    assert f"min here ({MIN_STEPS} steps). " in status and "train for at least " in status
+    assert ("found no better than before (SEG " in status) or ("too few to change" in status)
+    warnings = [str(n.message) for n in notes]
+    assert len(warnings) == 1 and warnings[0].startswith("Fine-tune: Only 5 steps ran")

@@ -463,3 +463,68 @@ def test_min_size_from_the_model_shows_the_value_in_use(make_napari_viewer, cell
     session_for(viewer).set_model(tiny, "trained at 40 px, tuned at 109")
     widget._diameter.value.value = 20  # typed: sizes follow the typed diameter
     assert widget._min_size.value == round(0.05 * np.pi * 20**2 / 4)
+
+
+def test_closing_the_image_while_it_is_predicted_adds_nothing_and_says_so(setup, qtbot, notes):
+    """Issue 25 item 8a: the result of an image closed during its prediction was added."""
+    viewer, widget = setup
+    widget._tile.value = 64
+    worker = widget.run()
+    closed = []
+
+    def close_the_image(result):
+        if not closed and not isinstance(result, Sized):
+            closed.append(True)
+            viewer.layers.remove("cells")
+
+    worker.yielded.connect(close_the_image)
+    with qtbot.waitSignal(worker.finished, timeout=TIMEOUT):
+        pass
+    qtbot.waitUntil(lambda: not widget.running, timeout=TIMEOUT)
+    assert closed and len(viewer.layers) == 0  # no '(running)', '(partial)' or result layer
+    assert widget.status == "dropped: 'cells' was closed during the prediction"
+    assert [str(n.message) for n in notes] == [
+        "Predict: 'cells' was closed while it was predicted; no result is added"
+    ]
+    assert not session_for(viewer).busy and widget._predict.enabled
+
+
+def test_results_say_which_model_made_them(setup, qtbot):
+    """Issue 25 item 8c: the model's label in the result layers' metadata and the status."""
+    from napari_unet._widgets._layers import MODEL
+
+    viewer, widget = setup
+    widget._with_probability.value = True
+    run(widget, qtbot)
+    labels, probability = viewer.layers["cells prediction"], viewer.layers["cells probability"]
+    assert labels.metadata[MODEL] == probability.metadata[MODEL] == "test"
+    assert widget.status.startswith("done") and widget.status.endswith("(model: test)")
+    import torch
+
+    from napari_unet import UNet
+
+    torch.manual_seed(1)
+    session_for(viewer).set_model(UNet(base_channels=4, depth=3), "another")
+    run(widget, qtbot)  # the result replaces the earlier one in place: its model too
+    assert viewer.layers["cells prediction"] is labels and labels.metadata[MODEL] == "another"
+    assert probability.metadata[MODEL] == "another"
+    assert widget.status.endswith("(model: another)")
+
+
+def test_removing_the_running_layer_stops_the_run(setup, qtbot, notes):
+    """The tiles of a run whose layer the user removed are neither written to a layer
+    outside the viewer nor refreshed there (issue 25 item 9)."""
+    viewer, widget = setup
+    widget._tile.value = 64
+    worker = widget.run()
+
+    def remove_it(result):
+        if "cells prediction (running)" in viewer.layers:
+            viewer.layers.remove("cells prediction (running)")
+
+    worker.yielded.connect(remove_it)
+    with qtbot.waitSignal(worker.finished, timeout=TIMEOUT):
+        pass
+    qtbot.waitUntil(lambda: not widget.running, timeout=TIMEOUT)
+    assert [layer.name for layer in viewer.layers] == ["cells"]
+    assert "its layers were removed" in widget.status

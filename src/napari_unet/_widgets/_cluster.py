@@ -20,7 +20,7 @@ import numpy as np
 from napari.layers import Image, Labels
 
 from . import _runs
-from ._layers import MADE, OF, add_quietly, free_name, full_resolution
+from ._layers import MADE, MODEL, OF, add_quietly, free_name, full_resolution
 
 if TYPE_CHECKING:
     import napari
@@ -159,6 +159,7 @@ class ClusterRun:
     image: Image
     target: Path
     temporary: Path | None  # a folder of ours to remove with the layer
+    model_label: str = ""
     done: int = 0
     total: int = 0
     dirty: bool = False
@@ -177,6 +178,8 @@ class ClusterRun:
         if self.temporary is not None:
             shutil.rmtree(self.temporary, ignore_errors=True)
 
+    drop = discard  # its image was closed: no labels are opened
+
     def finish(self, outcome: Outcome) -> str:
         if outcome.error is not None or outcome.cancelled:
             self.discard()
@@ -193,7 +196,7 @@ class ClusterRun:
             scale=image.scale[n - 2 :],
             translate=image.translate[n - 2 :],
             units=image.units[n - 2 :],
-            metadata={MADE: "prediction (cluster)", OF: image.name},
+            metadata={MADE: "prediction (cluster)", OF: image.name, MODEL: self.model_label},
         )
         add_quietly(viewer, layer)
         if self.temporary is not None:
@@ -253,4 +256,4 @@ class ClusterResults:
             instance=settings.instance,
             diameter=settings.diameter,
         )
-        return ClusterRun(self, layer, target, temporary), events
+        return ClusterRun(self, layer, target, temporary, settings.model_label), events

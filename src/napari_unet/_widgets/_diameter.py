@@ -30,6 +30,7 @@ from ..core.prediction.scale import (
     sized_cells,
     tuned_diameter,
 )
+from ._layers import grid_of
 from ._ui import row
 
 if TYPE_CHECKING:
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DiameterControl",
     "Sized",
+    "cell_size_hint",
     "line_lengths",
     "needs_resampling",
     "resampled_grid",
@@ -142,6 +144,18 @@ def sized_options(config: InstanceConfig, model: UNet, sized: Sized | None) -> d
             min_core=core if config.min_core is None else config.min_core,
         )
     return config.for_model(model).options()
+
+
+def cell_size_hint(model: UNet) -> str:
+    """One line on the cells ``model`` was fine-tuned on (``metadata["cells"]``, a dict with
+    ``"median_diameter"`` in px and ``"count"``), e.g. ``"cells ~24 px across (from 53
+    annotated cells)"``; ``""`` when the model does not say."""
+    cells = (getattr(model, "metadata", None) or {}).get("cells")
+    if not isinstance(cells, dict) or not cells.get("median_diameter"):
+        return ""
+    hint = f"cells ~{float(cells['median_diameter']):.0f} px across"
+    count = cells.get("count")
+    return f"{hint} (from {int(count)} annotated cells)" if count else hint
 
 
 def line_lengths(shapes: Shapes, image: Image) -> np.ndarray:
@@ -250,8 +264,7 @@ class DiameterControl:
             ruler = self._viewer.add_shapes(
                 name=name,
                 ndim=len(image.scale),
-                scale=image.scale,
-                translate=image.translate,
+                **grid_of(image),
                 edge_color="yellow",
                 edge_width=2,
             )

@@ -32,7 +32,7 @@ import numpy as np
 from napari.layers import Image, Labels
 
 from ._diameter import Sized, resampled_grid
-from ._layers import EDITED, MADE, OF, add_quietly, find_made, free_name, full_resolution
+from ._layers import EDITED, MADE, MODEL, OF, add_quietly, find_made, free_name, full_resolution
 
 if TYPE_CHECKING:
     import napari
@@ -133,10 +133,13 @@ class InMemoryRun:
         shape, grey, prefix = layout
         data = full_resolution(layer)
         pixels = np.array(data[prefix] if prefix else data)  # the worker's copy
+        made = {OF: layer.name, MODEL: settings.model_label}
+        labels = _output(viewer, layer, shape, "prediction", made)
+        extra = _output(viewer, layer, shape, "probability", made) if probability else None
         run = cls(
             viewer,
-            labels=_output(viewer, layer, shape, "prediction"),
-            probability=_output(viewer, layer, shape, "probability") if probability else None,
+            labels=labels,
+            probability=extra,
             prefix=prefix,
             threshold=settings.instance["threshold"],
             shape=tuple(shape),
@@ -162,7 +165,9 @@ class InMemoryRun:
     def _outputs(self) -> list[_Output]:
         return [out for out in (self.labels, self.probability) if out is not None]
 
-    def apply(self, result) -> None:
+    def apply(self, result) -> str | None:
+        if not any(out.layer in self.viewer.layers for out in self._outputs()):
+            return "the run's layers were removed; the run stops"
         if isinstance(result, Sized):
             self.sized = result
             if result.resampled:  # the tiles stream into the resampled grid, over the image
@@ -179,12 +184,15 @@ class InMemoryRun:
 
     def refresh(self) -> None:
         for output in self._outputs():
-            output.layer.refresh()
+            if output.layer in self.viewer.layers:  # a removed layer has no visual to update
+                output.layer.refresh()
 
     def discard(self) -> None:
         """Remove the run's layers (a run that failed or did not start)."""
         for output in self._outputs():
             _remove(self.viewer, output.layer)
+
+    drop = discard  # its image was closed: nothing of the run stays
 
     def finish(self, outcome: Outcome) -> str:
         kept = (
@@ -195,6 +203,10 @@ class InMemoryRun:
         if outcome.error is not None:
             self.discard()
             return f"failed after {self.done} tile(s){kept}"
+        if outcome.cancelled and not any(
+            out.layer in self.viewer.layers for out in self._outputs()
+        ):
+            return f"stopped after {self.done} tile(s): its layers were removed{kept}"
         if outcome.cancelled:
             partial = self._keep_partial(self.labels)
             if self.probability is not None:
@@ -224,6 +236,7 @@ class InMemoryRun:
             and earlier.data.shape == layer.data.shape
         ):
             _place(earlier, values, self.prefix)
+            earlier.metadata[MODEL] = layer.metadata[MODEL]
             _remove(self.viewer, layer)
             return
         _place(layer, values, self.prefix)
@@ -242,9 +255,10 @@ class InMemoryRun:
         return layer.name
 
 
-def _output(viewer, image: Image, shape: tuple[int, ...], kind: str) -> _Output:
+def _output(viewer, image: Image, shape: tuple[int, ...], kind: str, made: dict) -> _Output:
     """A new layer for the tiles of ``kind`` ("prediction", "probability") and the earlier
-    result of ``image`` it replaces when the run completes (an unedited one of ``shape``)."""
+    result of ``image`` it replaces when the run completes (an unedited one of ``shape``);
+    ``made``: the layer's metadata ``OF`` (the image's name) and ``MODEL``."""
     if kind == "prediction":
         earlier = find_made(
             viewer, Labels, kind, image.name, shape, lambda lay: not lay.metadata.get(EDITED)
@@ -256,7 +270,7 @@ def _output(viewer, image: Image, shape: tuple[int, ...], kind: str) -> _Output:
         "scale": image.scale[: len(shape)],
         "units": image.units[: len(shape)],
         "translate": image.translate[: len(shape)],
-        "metadata": {MADE: f"{kind} (running)", OF: image.name},
+        "metadata": {MADE: f"{kind} (running)", **made},
     }
     if kind == "prediction":
         layer = add_quietly(viewer, Labels(np.zeros(shape, dtype=np.uint16), **common))

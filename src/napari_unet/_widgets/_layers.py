@@ -1,7 +1,8 @@
 """What the docks share about layers: choices, planes, annotation pairs, layers they make.
 
 Layers a dock computes (Predict's prediction and probability, the Weight map preview) carry
-``metadata[MADE] = <kind>`` and ``metadata[OF] = <name of the layer they come from>``. Images
+``metadata[MADE] = <kind>`` and ``metadata[OF] = <name of the layer they come from>``; Predict's
+results also ``metadata[MODEL] = <label of the model that made them>``. Images
 made by a dock are never offered as input images (:func:`image_choices`), and every layer a dock
 adds goes in through :func:`add_quietly`: the user's selection (the annotation being painted)
 stays as it was. Pure functions of layers and the viewer; no Qt.
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 __all__ = [
     "EDITED",
     "MADE",
+    "MODEL",
     "OF",
     "WHOLE_IMAGE",
     "add_quietly",
@@ -32,6 +34,7 @@ __all__ = [
     "find_made",
     "free_name",
     "full_resolution",
+    "grid_of",
     "image_choices",
     "layer_choices",
     "pixel_size_um",
@@ -47,6 +50,7 @@ WHOLE_IMAGE = "whole image"
 MADE = "napari_unet_made"  # metadata: what a dock made the layer as ("prediction", "weights"...)
 OF = "napari_unet_of"  # metadata: name of the layer it was made from
 EDITED = "napari_unet_edited"  # metadata: the user painted on a prediction layer
+MODEL = "napari_unet_model"  # metadata: the label of the model that made a result
 
 
 def watch_layers(viewer: napari.viewer.Viewer, callback: Callable) -> None:
@@ -167,6 +171,19 @@ def add_quietly(viewer: napari.viewer.Viewer, layer: Layer, *, index: int | None
         layers.selection.active = active
     layers.selection.update(selected)
     return layer
+
+
+def grid_of(layer: Layer, ndim: int | None = None) -> dict:
+    """``scale``, ``translate`` and ``units`` of ``layer``'s last ``ndim`` axes (all: None), as
+    keyword arguments of a new layer laid over it: a layer a dock makes from an image or an
+    annotation takes its pixel size *and* its units, so napari never finds units that disagree
+    ("Inconsistent units across layers") between the user's layer and ours."""
+    n = len(layer.scale) if ndim is None else ndim
+    return {
+        "scale": tuple(layer.scale[-n:]),
+        "translate": tuple(layer.translate[-n:]),
+        "units": tuple(layer.units[-n:]),
+    }
 
 
 def pixel_size_um(layer: Layer) -> tuple[float, float] | None:

@@ -31,7 +31,7 @@ from napari.layers import Image, Labels
 
 from ..core.large.blocks import DEFAULT_HALO
 from . import _runs
-from ._layers import MADE, OF, add_quietly, free_name, full_resolution
+from ._layers import MADE, MODEL, OF, add_quietly, free_name, full_resolution
 
 if TYPE_CHECKING:
     import napari
@@ -299,6 +299,13 @@ class LazyRun:
     def discard(self) -> None:
         """Nothing: the job and its layers stay for the next run."""
 
+    def drop(self) -> None:
+        """Remove the job's layers (its image was closed); their folder goes with them."""
+        output = self.job.output
+        for layer in (output.labels, output.probability):
+            if layer in output.viewer.layers:
+                output.viewer.layers.remove(layer)
+
 
 class LazyJobs:
     """The lazy jobs of one Predict dock on ``viewer``, and their outputs."""
@@ -377,6 +384,8 @@ class LazyJobs:
                 diameter=settings.diameter,
             )
             output = LazyOutput(self.viewer, layer, stream, len(shape), settings.folder, prefix)
+            for made in (output.labels, output.probability):
+                made.metadata[MODEL] = settings.model_label
             self.outputs.append(output)
             job = self.jobs[id(layer)] = LazyJob(layer, key, stream, output)
         stream = job.stream

@@ -6,7 +6,8 @@ into on-disk layers, in this process) or on a dask cluster (:class:`~._cluster.C
 file block by block, labels opened when complete). The dock drives every run the same way on the
 main thread: :meth:`Run.apply` each event of its worker, :meth:`Run.refresh` the layers now and
 then, show :attr:`Run.status`, and at the end :meth:`Run.finish` (or :meth:`Run.discard` when
-the worker never started). Nothing here runs Qt.
+the worker never started, :meth:`Run.drop` when the image was closed during the run: no result
+of an image that is gone is added). Nothing here runs Qt.
 """
 
 from __future__ import annotations
@@ -64,3 +65,6 @@ class Run(Protocol):
 
     def discard(self) -> None:
         """Undo what making the run did, when its worker did not start."""
+
+    def drop(self) -> None:
+        """Remove what the run made, its image having been closed while it ran."""

@@ -3,18 +3,24 @@ generator, the run as the main thread sees it."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ._layers import plane_index, spatial_shape
+from ._ui import plural
 
 if TYPE_CHECKING:
+    import napari
     from napari.layers import Image, Labels, Layer
     from napari.utils import progress
 
     from ..core.network.model import UNet
+    from ..core.training.train import FinetuneEvent, RunCheck
 
-__all__ = ["Pair", "TrainingRun", "clock", "measured", "training_events"]
+__all__ = ["Pair", "TrainingRun", "clock", "elide", "measured", "training_events", "verdict"]
+
+NAME_CHARS = 44  # characters of a pair's name in the list (the dock is ~340 px wide)
 
 
 def training_events(model: UNet, train: list, validation: list, grey: bool, settings: dict):
@@ -68,13 +74,33 @@ class Pair:
 
     @property
     def name(self) -> str:
+        """``"<image> / <annotation> in <region> [z=3]"``: the plane last."""
+        return self.named(None)
+
+    def named(self, chars: int | None = NAME_CHARS) -> str:
+        """:attr:`name` in at most ``chars`` characters (all: None), cut in the middle of the
+        layer names, so the plane index at its end stays in sight in the dock's list."""
         plane = self.plane
         where = "" if not plane else f" [z={plane[0]}]" if len(plane) == 1 else f" [{plane}]"
         region = "" if self.region is None else f" in {self.region.name}"
-        return f"{self.image.name} / {self.labels.name}{where}{region}"
+        names = f"{self.image.name} / {self.labels.name}{region}"
+        return elide(names, None if chars is None else chars - len(where)) + where
 
     def layers(self) -> list[Layer]:
         return [layer for layer in (self.image, self.labels, self.region) if layer is not None]
+
+    def gone(self, viewer: napari.viewer.Viewer) -> bool:
+        """Whether a layer of the pair was removed from ``viewer``."""
+        return any(layer not in viewer.layers for layer in self.layers())
+
+
+def elide(text: str, chars: int | None) -> str:
+    """``text`` cut to ``chars`` characters in its middle, e.g. ``"a very lo…ong name"``; as it
+    is when it fits or ``chars`` is None."""
+    if chars is None or len(text) <= chars:
+        return text
+    head = (chars - 1) // 2
+    return f"{text[:head]}…{text[len(text) - (chars - 1 - head) :]}"
 
 
 @dataclass
@@ -89,3 +115,47 @@ class TrainingRun:
     steps: int = 0
     loss: float = float("nan")
     elapsed: float = 0.0
+    first_loss: float = float("nan")
+    check: RunCheck | None = None  # what the run changed, measured by the core
+
+    def update(self, event: FinetuneEvent) -> None:
+        """Take the worker's event of one step."""
+        from ..core.training.train import RunCheck
+
+        if not self.steps:
+            self.first_loss = event.loss
+        self.steps, self.loss, self.elapsed = event.step, event.loss, event.elapsed
+        self.check = RunCheck.of(event, self.check.seg_before if self.check else None)
+
+
+def verdict(run: TrainingRun) -> str:
+    """What the run changed, in words (ending in a space), from the core's
+    :class:`~napari_unet.core.training.train.RunCheck`: a run too short to change anything
+    says so and how long to train here, e.g. ``"Only 30 steps ran (loss 0.52 → 0.49); the
+    annotated cells are found no better than before (SEG 0.31 → 0.30): train for at least 7
+    min here (200 steps). "``; ``""`` when there is nothing to say."""
+    from ..core.training.train import MIN_STEPS
+
+    check = run.check
+    if check is None:
+        return ""
+    seg = "" if check.gain is None else f" (SEG {check.seg_before:.2f} → {check.seg_after:.2f})"
+    if check.too_short:
+        found = (
+            f"the annotated cells are found no better than before{seg}"
+            if check.unchanged
+            else "too few to change the model much"
+        )
+        minutes = max(1, math.ceil(check.seconds_needed / 60))
+        return (
+            f"Only {plural(check.steps, 'step')} ran (loss {run.first_loss:.3g} → "
+            f"{run.loss:.3g}); {found}: train for at least {minutes} min here "
+            f"({MIN_STEPS} steps). "
+        )
+    if check.unchanged:
+        return (
+            f"After {plural(check.steps, 'step')} the annotated cells are found no better than "
+            f"before{seg}: check the annotation (whole cells, one id each), add pairs, or "
+            "train longer. "
+        )
+    return "" if check.gain is None else f"Annotated cells found better{seg}. "

@@ -2,16 +2,17 @@
 
 Every notification of a dock starts with its name ("Predict: ...") and says one problem in one
 short sentence. :func:`narrow` lets combo boxes elide long layer names and status lines wrap,
-so no layer name or message widens a dock and shrinks napari's canvas.
+so no layer name or message widens a dock and shrinks napari's canvas. :class:`FixedRadioButtons`
+keeps its buttons when napari resets a dock's choices.
 """
 
 from __future__ import annotations
 
-from magicgui.widgets import ComboBox, Container, Label
+from magicgui.widgets import ComboBox, Container, Label, RadioButtons
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtWidgets import QComboBox, QSizePolicy
 
-__all__ = ["COMBO_CHARS", "Messages", "narrow", "plural", "row"]
+__all__ = ["COMBO_CHARS", "FixedRadioButtons", "Messages", "narrow", "plural", "row"]
 
 COMBO_CHARS = 12  # characters a combo box shows before it elides a longer name
 LABEL_MIN_WIDTH = 60  # px; a wrapped label grows in height, not in width
@@ -32,6 +33,23 @@ class Messages:
 
     def info(self, text: str) -> None:
         show_info(f"{self.dock}: {text}")
+
+
+class FixedRadioButtons(RadioButtons):
+    """Radio buttons of fixed choices, made once.
+
+    napari resets the choices of a dock's widgets on every change of the layers (and a dock
+    that watches the layers resets them too), and magicgui's RadioButtons rebuild their buttons
+    on each reset: a button added to the visible group and removed again in the same turn of
+    the event loop is shown by Qt as a top-level window (its queued "show") before its deferred
+    deletion, at the top-left of the screen, over the main window's menus. Fixed choices are
+    made once (magicgui's first reset) and never rebuilt.
+    """
+
+    def reset_choices(self, *_) -> None:
+        """Make the buttons the first time; later, nothing to reset: the choices are fixed."""
+        if not self.choices:
+            super().reset_choices()
 
 
 def narrow(container: Container) -> None:

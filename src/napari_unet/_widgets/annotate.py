@@ -21,6 +21,7 @@ from ._cell_edits import cell_at, delete_cell, new_cell, write_changes
 from ._layers import (
     WHOLE_IMAGE,
     annotation_of,
+    grid_of,
     image_choices,
     predictions_of,
     region_choices,
@@ -277,8 +278,7 @@ class AnnotateWidget(Container):
             self._viewer.add_labels(
                 np.zeros(spatial_shape(image), ANNOTATION_DTYPE),
                 name=name,
-                scale=image.scale,
-                translate=image.translate,
+                **grid_of(image),
             )
         try:
             annotation = self._checked_annotation()
@@ -466,8 +466,7 @@ class AnnotateWidget(Container):
             layer = self._viewer.add_shapes(
                 ndim=len(spatial_shape(image)),
                 name=name,
-                scale=image.scale,
-                translate=image.translate,
+                **grid_of(image),
                 face_color="transparent",
                 edge_color="yellow",
                 edge_width=2,

@@ -50,7 +50,7 @@ from ._layers import (
 )
 from ._loss_plot import LossPlot
 from ._session import CHANGE, TRAINING, session_for
-from ._training_runs import Pair, TrainingRun, clock, measured, training_events
+from ._training_runs import Pair, TrainingRun, clock, measured, training_events, verdict
 from ._ui import Messages, narrow, plural, row
 from ._worker import Task
 
@@ -229,6 +229,13 @@ class FinetuneWidget(Container):
 
     def _on_layers_changed(self, event=None) -> None:
         self.reset_choices()
+        gone = [row for row, pair in enumerate(self._pairs) if pair.gone(self._viewer)]
+        if gone:  # a pair whose layers are gone cannot be trained on: out of the list
+            names = ", ".join(f"'{self._pairs[row].name}'" for row in gone)
+            for row in reversed(gone):
+                self._pair_list.takeItem(row)
+                del self._pairs[row]
+            _say.info(f"a layer was closed; out of the training set: {names}")
         # "<image> annotation" made (or named) after the image was chosen: it is the one to use
         annotation = annotation_of(self._viewer, self._image.value)
         added = getattr(event, "value", None)
@@ -280,10 +287,10 @@ class FinetuneWidget(Container):
         if any((p.image, p.labels, p.region, p.plane) == key for p in self._pairs):
             _say.info(f"'{pair.name}' is already in the training set")
             return
-        item = QListWidgetItem(pair.name)
+        item = QListWidgetItem(pair.named())  # long names cut in the middle: the plane shows
         item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
         item.setCheckState(Qt.CheckState.Unchecked)
-        item.setToolTip(HOLD_OUT_TIP)
+        item.setToolTip(f"{pair.name}\n{HOLD_OUT_TIP}")
         self._pair_list.addItem(item)
         self._pairs.append(pair)
 
@@ -306,9 +313,6 @@ class FinetuneWidget(Container):
             return None
         train, validation = [], []
         for index, pair in enumerate(self._pairs):
-            if any(layer not in self._viewer.layers for layer in pair.layers()):
-                _say.error(f"a layer of '{pair.name}' was removed; remove the pair")
-                return None
             try:
                 image, labels, mask = annotation_pair(
                     pair.image, pair.labels, pair.region, pair.step
@@ -373,6 +377,7 @@ class FinetuneWidget(Container):
             "batch_size": self._batch.value,
             "tile": self._tile.value,
             "augment": self._augment.value,
+            "score": True,  # the annotated cells before and after: did the run change them?
         }
         events = training_events(trainee, train, validation, self._grey.value, settings)
         self._task = Task(
@@ -441,7 +446,7 @@ class FinetuneWidget(Container):
 
     def _on_yielded(self, event: FinetuneEvent) -> None:
         run = self._run
-        run.steps, run.loss, run.elapsed = event.step, event.loss, event.elapsed
+        run.update(event)
         self._show_progress(event.step, event.total, event.elapsed, event.done)
         if not self._task.cancelling:
             if self._timed(event.step, event.total, event.elapsed):
@@ -475,12 +480,15 @@ class FinetuneWidget(Container):
         if run.steps == 0:
             self._status.value = "stopped before the first step; the model was not changed"
             return
-        how = "stopped at" if outcome.cancelled else "done:"
+        how, said = "stopped at" if outcome.cancelled else "done:", verdict(run)
         self._status.value = (
             f"{how} step {run.steps}, loss {run.loss:.3g}, {clock(run.elapsed)} of training. "
+            + said
             + measured(run.model)
             + NEXT_ROUND
         )
+        if run.check.too_short or run.check.unchanged:
+            _say.warning(said.strip())
         source = f"{plural(run.pairs, 'pair')}, {plural(run.steps, 'step')}"
         if run.round == 1:
             source = f"fine-tuned on {source}"

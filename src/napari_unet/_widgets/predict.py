@@ -23,7 +23,6 @@ from magicgui.widgets import (
     LineEdit,
     ProgressBar,
     PushButton,
-    RadioButtons,
     SpinBox,
 )
 from napari.layers import Image
@@ -32,13 +31,13 @@ from qtpy.QtCore import QTimer
 from ..core.prediction.instances import CORE, MIN_CORE, MIN_SIZE, InstanceConfig, size_defaults
 from ..core.prediction.scale import sized_cells
 from ._cluster import ClusterResults
-from ._diameter import DiameterControl, Sized, needs_resampling
+from ._diameter import DiameterControl, Sized, cell_size_hint, needs_resampling
 from ._in_memory import InMemoryRun
 from ._layers import full_resolution, image_choices, plane_index, watch_layers
 from ._lazy import LazyJobs, goes_lazy
 from ._runs import Run, Settings
 from ._session import CHANGE, PREDICTING, session_for
-from ._ui import Messages, narrow
+from ._ui import FixedRadioButtons, Messages, narrow
 from ._worker import Task
 
 if TYPE_CHECKING:
@@ -62,18 +61,6 @@ def _side(what: str, tooltip: str) -> SpinBox:
     return SpinBox(label=f"{what} size (0 = auto)", min=0, max=8192, step=16, tooltip=tooltip)
 
 
-def cell_size_hint(model: UNet) -> str:
-    """One line on the cells ``model`` was fine-tuned on (``metadata["cells"]``, a dict with
-    ``"median_diameter"`` in px and ``"count"``), e.g. ``"cells ~24 px across (from 53
-    annotated cells)"``; ``""`` when the model does not say."""
-    cells = (getattr(model, "metadata", None) or {}).get("cells")
-    if not isinstance(cells, dict) or not cells.get("median_diameter"):
-        return ""
-    hint = f"cells ~{float(cells['median_diameter']):.0f} px across"
-    count = cells.get("count")
-    return f"{hint} (from {int(count)} annotated cells)" if count else hint
-
-
 class PredictWidget(Container):
     """Predict an image layer with the current model (or a model file); tiles stream in."""
 
@@ -82,6 +69,8 @@ class PredictWidget(Container):
         self._session = session_for(viewer)
         self._task: Task | None = None
         self._run: Run | None = None
+        self._of: tuple[Image, str] | None = None  # a run's image and model label
+        self._gone = ""  # the name of a run's image closed while it ran
         self._lazy = LazyJobs(viewer)  # lazy layers' jobs and outputs
         self._cluster = ClusterResults(viewer)  # the temporary folders of a cluster's labels
         self._last_refresh = 0.0
@@ -134,7 +123,7 @@ class PredictWidget(Container):
             value=True,
             tooltip="Turn RGB(A) images into grey for a one-channel model.",
         )
-        self._planes = RadioButtons(label="stack", choices=[PLANE, ALL_PLANES], value=PLANE)
+        self._planes = FixedRadioButtons(label="stack", choices=[PLANE, ALL_PLANES], value=PLANE)
         self._run_on = ComboBox(
             label="run on",
             choices=[THIS_PROCESS, LOCAL_CLUSTER, SCHEDULER],
@@ -222,6 +211,10 @@ class PredictWidget(Container):
 
     def _on_layers_changed(self, _event=None) -> None:
         self.reset_choices()
+        if self._task is not None and self._of[0] not in self._viewer.layers and not self._gone:
+            self._gone = self._of[0].name  # its result is dropped, not added: stop now
+            self._status.value = f"'{self._gone}' was closed: stopping…"
+            self._task.cancel()
         self._lazy.prune()
         self._cluster.prune()
 
@@ -278,6 +271,12 @@ class PredictWidget(Container):
         except (OSError, ValueError) as err:
             _say.error(f"could not load the model: {err}")
             return None
+
+    def _model_label(self) -> str:
+        """The name of a run's model: the current model's label, or the file's."""
+        if self._model_choice.value == FILE and not self._make_current.value:
+            return f"file: {Path(self._model_file.value).name}"
+        return self._session.label
 
     def _view_center(self, layer: Image, n_spatial: int) -> tuple[float, float]:
         """Centre of the current view as ``(y, x)`` in the layer's data coordinates."""
@@ -355,6 +354,7 @@ class PredictWidget(Container):
         except Exception as err:  # e.g. the image cannot be read into memory
             _say.error(f"could not start: {err}")
             return
+        self._of, self._gone = (layer, self._model_label()), ""
         self._start(run, events)
 
     def _make_run(self, layer: Image, model: UNet, layout, rest: bool):
@@ -406,7 +406,7 @@ class PredictWidget(Container):
             block=self._block.value,
             flips=self._flips.value,
             folder=None if str(folder) in ("", ".") else folder,
-            model_label=self._session.label,
+            model_label=self._model_label(),
             config=self._instances(),
             diameter=self._diameter.typed,
         )
@@ -474,4 +474,10 @@ class PredictWidget(Container):
         self._refresh_layers()
         self._run = self._task = None
         self._set_running(False)
-        self._status.value = run.finish(outcome)
+        if self._gone:
+            run.drop()
+            self._status.value = f"dropped: '{self._gone}' was closed during the prediction"
+            _say.warning(f"'{self._gone}' was closed while it was predicted; no result is added")
+            return
+        said = run.finish(outcome)
+        self._status.value = said if outcome.error else f"{said} (model: {self._of[1]})"

@@ -27,7 +27,15 @@ from napari.layers import Image, Labels
 from qtpy.QtCore import QTimer
 
 from ..core.training.weightmap import CLASS_BALANCE, SIGMA, W0
-from ._layers import MADE, OF, add_quietly, layer_choices, viewed_plane, watch_layers
+from ._layers import (
+    MADE,
+    OF,
+    add_quietly,
+    grid_of,
+    layer_choices,
+    viewed_plane,
+    watch_layers,
+)
 from ._ui import Messages, narrow
 
 if TYPE_CHECKING:
@@ -217,8 +225,7 @@ class WeightMapWidget(Container):
                     contrast_limits=limits,
                     blending="additive",
                     opacity=PREVIEW_OPACITY,
-                    scale=labels.scale[-2:],
-                    translate=labels.translate[-2:],
+                    **grid_of(labels, 2),
                     metadata={MADE: kind, OF: labels.name},
                 ),
                 index=self._viewer.layers.index(labels),  # right under the annotation

@@ -20,7 +20,7 @@ from torch.nn import functional as F
 from ..image import PERCENTILES, check_label_image, normalize, split_channels
 from ..network.device import resolve_device
 from ..network.guard import FINETUNING, training_step, using
-from ..prediction.instances import THRESHOLD, cell_areas, cell_sizes
+from ..prediction.instances import THRESHOLD, cell_areas, cell_sizes, size_defaults
 from ..prediction.scale import rescale_image, rescale_labels, scale_factor
 from .augment import (
     random_cell_contrast,
@@ -37,6 +37,9 @@ from .weightmap import CLASS_BALANCE, SIGMA, W0, check_labels, check_weight_para
 __all__ = [
     "FinetuneConfig",
     "FinetuneEvent",
+    "RunCheck",
+    "MIN_GAIN",
+    "MIN_STEPS",
     "TrainingSample",
     "prepare_samples",
     "at_model_size",
@@ -53,6 +56,14 @@ DEFAULT_STEPS = 650
 many, and a fast CPU does them in 4-6 minutes (docs/benchmarks.md, "How long to fine-tune")."""
 MAX_LR = 1.0
 """The largest learning rate accepted: Adam's steps are about lr in size, weights about 0.1."""
+MIN_STEPS = 200
+"""Steps below which a run is too short to be expected to change a model: on the Usiigaci
+few-shot protocol (docs/benchmarks.md) 178-184 steps took SEG from 0.07 to 0.33-0.38 of a
+0.41-0.43 plateau reached at 500-700 steps; a 1-minute run of 25-34 steps on a busy machine
+left 13 touching cells one object."""
+MIN_GAIN = 0.02
+"""The least gain in SEG on the annotated cells that counts as a change (runs of one recipe and
+budget differ by about this much, docs/benchmarks.md)."""
 
 
 @dataclass(frozen=True)
@@ -151,7 +162,10 @@ class FinetuneEvent:
     cross-entropy of this step's batch; ``lr`` the learning rate used; ``elapsed`` and
     ``remaining`` are seconds (``remaining`` an estimate); ``done`` marks the last event (the step
     budget or ``max_seconds`` is used up); ``val_iou`` is the foreground IoU on the validation
-    samples when it was measured at this step, else ``None``.
+    samples when it was measured at this step, else ``None``. With ``finetune(..., score=True)``,
+    ``seg_before`` (every event) is the SEG of the annotated cells of the training samples as
+    the model found them before the first step, and ``seg_after`` (the last event) after the
+    last one; see :class:`RunCheck`.
     """
 
     step: int
@@ -162,6 +176,50 @@ class FinetuneEvent:
     remaining: float
     done: bool
     val_iou: float | None = None
+    seg_before: float | None = None
+    seg_after: float | None = None
+
+
+@dataclass(frozen=True)
+class RunCheck:
+    """Whether a run changed anything, from what it measured: ``steps`` done in ``seconds``,
+    and with ``finetune(..., score=True)`` the SEG of the annotated cells of its own training
+    samples before the first step and after the last (``None`` when not measured, e.g. a run
+    stopped early)."""
+
+    steps: int
+    seconds: float
+    seg_before: float | None = None
+    seg_after: float | None = None
+
+    @property
+    def gain(self) -> float | None:
+        """SEG after minus before on the annotated cells; None unless both were measured."""
+        if self.seg_before is None or self.seg_after is None:
+            return None
+        return self.seg_after - self.seg_before
+
+    @property
+    def unchanged(self) -> bool:
+        """The annotated cells are found no better than before (a gain under ``MIN_GAIN``)."""
+        return self.gain is not None and self.gain < MIN_GAIN
+
+    @property
+    def too_short(self) -> bool:
+        """Fewer than ``MIN_STEPS`` steps, and no measured gain to say otherwise."""
+        return self.steps < MIN_STEPS and (self.gain is None or self.unchanged)
+
+    @property
+    def seconds_needed(self) -> float:
+        """About how long ``MIN_STEPS`` steps take at this run's pace (s)."""
+        return MIN_STEPS * self.seconds / max(self.steps, 1)
+
+    @classmethod
+    def of(cls, event: FinetuneEvent, seg_before: float | None = None) -> RunCheck:
+        """The check of a run whose last event was ``event`` (``seg_before`` from an earlier
+        event, when ``event`` does not carry it)."""
+        before = event.seg_before if event.seg_before is not None else seg_before
+        return cls(event.step, event.elapsed, before, event.seg_after)
 
 
 @dataclass(frozen=True)
@@ -367,6 +425,7 @@ def finetune(
     device=None,
     seed: int | None = None,
     config: FinetuneConfig | None = None,
+    score: bool = False,
 ) -> Iterator[FinetuneEvent]:
     """Train ``model`` in place on a few annotated images; a generator of :class:`FinetuneEvent`.
 
@@ -401,6 +460,11 @@ def finetune(
     config
         The training settings as one :class:`FinetuneConfig`, instead of the keywords above
         (TypeError if any of them is given too).
+    score
+        Measure the SEG of the training samples' annotated cells (:func:`annotated_seg`)
+        before the first step and after the last (``FinetuneEvent.seg_before`` /
+        ``seg_after``): two predictions of the annotated part of each sample, outside the
+        time budget. :class:`RunCheck` says from them whether the run changed anything.
 
     Inputs are checked before the generator is returned, so bad samples or settings raise
     ValueError here. From its first step until it ends or is closed (from any thread), the run
@@ -452,6 +516,7 @@ def finetune(
         class_balance=config.class_balance,
     )
     held_out = _validation_pairs(validation, model)
+    scored = _scored_crops(samples, model) if score else []
     return _finetune(
         model,
         prepared,
@@ -461,6 +526,7 @@ def finetune(
         (side, out_side),
         resolve_device(device, model),
         (cells, factor),
+        scored,
     )
 
 
@@ -484,6 +550,43 @@ def _foreground_iou(model, pairs, device) -> float:
     return float(inter / union) if union else 1.0
 
 
+def _scored_crops(samples: Sequence, model) -> list:
+    """``(image, truth, sizes)`` of each sample (at the model's size) for :func:`annotated_seg`:
+    the part of the image around its annotated cells (those with a pixel in its mask), with a
+    margin of two median cell diameters, their labels there, and ``(min_size, min_core)`` of
+    :func:`to_instances` for cells of their size."""
+    crops = []
+    for i, sample in enumerate(samples):
+        image, labels, mask = _checked_sample(sample, f"sample {i}", model.in_channels)
+        cells = labels if mask is None else np.where(np.isin(labels, labels[mask]), labels, 0)
+        found = np.argwhere(cells > 0)
+        if not found.size:
+            continue
+        areas = cell_areas(cells)
+        margin = int(2 * cell_sizes(areas)["median_diameter"])
+        low = np.maximum(found.min(0) - margin, 0)
+        high = np.minimum(found.max(0) + margin + 1, cells.shape)
+        window = tuple(slice(a, b) for a, b in zip(low, high, strict=True))
+        crops.append((image[window], cells[window], size_defaults(cell_sizes(areas))))
+    return crops
+
+
+def annotated_seg(model, crops: list, device) -> float:
+    """SEG (Cell Tracking Challenge, pooled over cells) of the model's cells on the annotated
+    cells of ``crops`` (:func:`_scored_crops`); leaves the model in eval mode."""
+    from ..metrics import seg_score
+    from ..prediction.instances import to_instances
+    from ..prediction.predict import predict_held
+
+    total = count = 0
+    for image, truth, (min_size, min_core) in crops:
+        probabilities = predict_held(model, image, device)
+        found = to_instances(probabilities, min_size=min_size, min_core=min_core)
+        summed, n = seg_score(truth, found)
+        total, count = total + summed, count + n
+    return total / count if count else 0.0
+
+
 def _finetune(
     model,
     samples: list[TrainingSample],
@@ -493,14 +596,17 @@ def _finetune(
     crop: tuple[int, int],
     device: torch.device,
     size: tuple[dict | None, float],
+    scored: list,
 ) -> Iterator[FinetuneEvent]:
     """The run: ``budget`` is ``(steps, max_seconds)`` (``None``: no time limit), ``crop`` the
     network input side of a training crop and the output side it gives, ``size`` the annotated
-    cells' sizes and the factor the samples were resampled by (:func:`at_model_size`)."""
+    cells' sizes and the factor the samples were resampled by (:func:`at_model_size`),
+    ``scored`` the crops whose SEG is measured before and after (none: not measured)."""
     rng = np.random.default_rng(config.seed)
     steps, max_seconds = budget
     step = 0
     with using(model, FINETUNING, device, keep_mode=False):
+        seg_before = annotated_seg(model, scored, device) if scored else None
         optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
         start = time.perf_counter()
         try:
@@ -517,9 +623,11 @@ def _finetune(
                     step += 1
                     elapsed = time.perf_counter() - start
                     done = step >= steps or (max_seconds is not None and elapsed >= max_seconds)
-                    val_iou = None
+                    val_iou = seg_after = None
                     if held_out and (done or step % config.validate_every == 0):
                         val_iou = _foreground_iou(model, held_out, device)
+                    if scored and done:
+                        seg_after = annotated_seg(model, scored, device)
                 remaining = (steps - step) * elapsed / step
                 if max_seconds is not None:
                     remaining = min(remaining, max(max_seconds - elapsed, 0.0))
@@ -532,6 +640,8 @@ def _finetune(
                     remaining=0.0 if done else remaining,
                     done=done,
                     val_iou=val_iou,
+                    seg_before=seg_before,
+                    seg_after=seg_after,
                 )
                 if done:
                     return

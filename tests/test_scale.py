@@ -146,6 +146,22 @@ def test_the_scale_search_finds_the_size_at_which_cells_look_like_the_models():
         search_diameter(np.zeros((300, 300), np.float32), 40.0, predictor)
 
 
+def test_the_estimate_is_the_size_that_stays_the_same_across_tries():
+    """Cells 60 px across, a model of 40: enlarged, the network draws pieces of its own size
+    (their size in image px follows the try); shrunk far, it merges neighbours into blobs that
+    still look like cells of about 40 px to it. Only the real cells measure 60 px at several
+    tries in a row; the most shrunk try that looks like 40 px cells took two-cell blobs."""
+    from napari_unet.core.prediction.diameter import _choose
+
+    known, true = 40.0, 60.0
+    tries = [(t, 30, known, 0.9) for t in (8.0, 11.3, 16.0, 22.6)]  # pieces of the model's size
+    tries += [(t, 12, true * known / t, 0.9) for t in (32.0, 45.3, 64.0, 90.5)]  # the cells
+    tries += [(t, 4, 2.2 * true * known / t, 0.8) for t in (128.0, 181.0)]  # two-cell blobs
+    estimate = _choose(tries, known)
+    assert estimate.diameter == pytest.approx(true)
+    assert estimate.cells == 12 and estimate.tries == tuple(tries)
+
+
 def test_predict_tiles_at_a_diameter_yields_tiles_of_the_resampled_plane_placed_on_the_image(
     tiny_unet,
 ):

@@ -1,14 +1,16 @@
 """The cell diameter of an image nobody measured: a scale search with the model itself.
 
 A model trained at one cell diameter ``D`` (``model.metadata["diameter"]``) draws cells about
-``D`` px across when it sees them at that size. Seen much larger, it draws pieces of them (inner
-texture as edges, or pieces of them as cells of about ``D``); much smaller, it misses them or
-merges them into blobs. :func:`search_diameter` predicts a window of the image at a ladder of
-sizes, from enlarged to shrunk, and keeps the most shrunk size at which the cells found are
-still consistent with ``D`` (within 1.5x): pieces of larger cells look like cells only while
-the image is enlarged too much. The cells found there, measured in the image's pixels, give the
-estimate. (Chosen on the training splits of every shared kind against "most decisive
-probabilities" and "closest to ``D``", which took pieces for cells: bench/bench_diameter.py.)
+``D`` px across when it sees them near that size. :func:`search_diameter` predicts a window of
+the image at a ladder of sizes (the image's cells assumed 8 to 256 px across) and measures, at
+each try, the cells found, in the image's pixels. Real cells measure the same whatever the size
+they were shown at; what the network makes of a badly sized image does not: enlarged too much,
+it draws pieces (inner texture as edges) of about ``D`` at the model's size, so their size in
+the image's pixels follows the try; shrunk too much, it merges cells into blobs or loses them.
+The estimate is the median of the longest run of consecutive tries that agree within 1.3x (ties:
+the more shrunk run). (Chosen on the training splits of every shared kind against "the most
+shrunk try whose cells are within 1.5x of ``D``", "the median of those" and wider agreement:
+bench/bench_diameter.py ``--tries``/``--rules``; docs/benchmarks.md.)
 ``napari_unet.core.prediction.predict.estimate_diameter`` runs it with the model's own prediction.
 """
 
@@ -32,8 +34,8 @@ DIAMETERS = tuple(float(d) for d in np.geomspace(8, 256, 11))
 WINDOW = 640
 """Side (px, at the model's size) of the window predicted for each try: the cost of a try is
 bounded whatever the image's size."""
-CONSISTENT = np.log(1.5)
-"""A try whose cells are within 1.5x of the model's diameter counts as consistent."""
+AGREE = 1.3
+"""Tries whose estimates are within this ratio of each other agree."""
 MIN_CELLS = 3
 
 
@@ -95,24 +97,27 @@ def _inner(labels: np.ndarray) -> np.ndarray:
 
 
 def _choose(tries: list, known: float) -> DiameterEstimate:
-    """Of the tries whose cells are consistent with the model's diameter, the one that shrank
-    the image most (else the most consistent try), as an estimate in the image's pixels."""
-    found = [t for t in tries if t[1] >= MIN_CELLS]
+    """The median estimate (image px) of the longest run of consecutive tries that found cells
+    and agree within :data:`AGREE` (ties: the more shrunk run); its confidence and cells are
+    those of the run's middle try."""
+    found = [(t, t[2] * t[0] / known) for t in tries if t[1] >= MIN_CELLS]
     if not found:
         raise ValueError(
             "no cells were found at any size from 8 to 256 px, so no diameter could be "
             "estimated; give the cell diameter (px)"
         )
-
-    def error(t) -> float:
-        return abs(np.log(t[2] / known))
-
-    consistent = [t for t in found if error(t) <= CONSISTENT]
-    best = max(consistent, key=lambda t: t[0]) if consistent else min(found, key=error)
-    tried, count, size, confidence = best
+    run: list = []
+    for first in range(len(found)):
+        for last in range(first, len(found)):
+            values = [e for _, e in found[first : last + 1]]
+            if max(values) / min(values) > AGREE:
+                break
+            if last + 1 - first >= len(run):
+                run = found[first : last + 1]
+    middle = run[len(run) // 2][0]
     return DiameterEstimate(
-        diameter=float(size * tried / known),
-        cells=count,
-        confidence=confidence,
+        diameter=float(np.median([e for _, e in run])),
+        cells=middle[1],
+        confidence=middle[3],
         tries=tuple(tries),
     )

@@ -158,4 +158,6 @@ def verdict(run: TrainingRun) -> str:
             f"before{seg}: check the annotation (whole cells, one id each), add pairs, or "
             "train longer. "
         )
-    return "" if check.gain is None else f"Annotated cells found better{seg}. "
+    if check.gain is None:
+        return ""
+    return f"The run helped: the annotated cells are found better{seg}. "

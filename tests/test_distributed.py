@@ -731,3 +731,60 @@ def test_cli_on_cluster_resamples_as_in_process_and_records_the_diameter(
     record = read_record(tmp_path / "estimated" / "big_labels.tif")
     assert (record["diameter"], record["diameter_source"]) == (DIAMETER, "estimated")
     assert record["diameter_asked"] is None
+
+
+def test_cli_on_cluster_sizes_cells_by_the_estimated_diameter_as_in_process(
+    sized, whole_sample, tmp_path, capsys, monkeypatch
+):
+    """Without --diameter, the sizes left open (--min-size, the cores') follow the diameter
+    estimated for each image, small (on a worker) or large (before the graph), as in-process;
+    the outputs record the options so sized, and a rerun with the same inputs keeps them."""
+    from distributed import LocalCluster
+
+    from napari_unet.core.formats.zarrio import read_record
+    from napari_unet.core.network.store import save_model
+    from napari_unet.core.prediction import predict as predict_module
+    from napari_unet.core.prediction.diameter import DiameterEstimate
+    from napari_unet.core.prediction.instances import size_defaults
+    from napari_unet.core.prediction.scale import sized_cells
+
+    def estimate(model, image, *, device=None):  # a stand-in (the scale search: test_scale)
+        return DiameterEstimate(diameter=DIAMETER, cells=9, confidence=0.9, tries=())
+
+    monkeypatch.setattr(predict_module, "estimate_diameter", estimate)
+    model = save_model(sized, tmp_path / "sized.safetensors", sized.metadata)
+    tifffile.imwrite(tmp_path / "big.tif", whole_sample[0][:384, :384])  # 9 blocks
+    tifffile.imwrite(tmp_path / "small.tif", whole_sample[0][:128, 128:256])  # one task
+    common = ["predict", str(tmp_path / "big.tif"), str(tmp_path / "small.tif")]
+    common += ["--model", str(model)]
+    alone, spread = tmp_path / "alone", tmp_path / "spread"
+    assert main([*common, "--out", str(alone)]) == 0
+    capsys.readouterr()
+    size = size_defaults(sized_cells(DIAMETER))[0]  # 5 % of a 30 px disc: 35 px
+    # workers in this process, so that the stand-in estimates a small image's diameter too
+    with LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
+    ) as cluster:
+        dask = ["--scheduler", cluster.scheduler_address, "--block", str(BLOCK)]
+        argv = [*common, "--out", str(spread), *dask, "--halo", str(HALO)]
+        assert main(argv) == 0
+        said = capsys.readouterr().out
+        assert said.count(f"diameter {DIAMETER:.1f} px (estimated)") == 2, said
+        for name in ("big", "small"):
+            reference = tifffile.imread(alone / f"{name}_labels.tif")
+            labels = tifffile.imread(spread / f"{name}_labels.tif")
+            matched, n_ref, n_out = match_counts(reference, labels, 0.99)
+            assert n_ref > 5 and matched == n_ref == n_out, name
+            record = read_record(spread / f"{name}_labels.tif")
+            assert record["instances"] == read_record(alone / f"{name}_labels.tif")["instances"]
+            assert record["instances"]["min_size"] == record["instances"]["min_core"] == size
+            assert (record["diameter"], record["diameter_source"]) == (DIAMETER, "estimated")
+            assert record["instances_asked"]["min_size"] is None  # automatic, as asked
+        before = {p: p.stat().st_mtime_ns for p in spread.iterdir()}
+        assert main(argv) == 0  # the same inputs: the same diameter and sizes, kept
+        assert "nothing to do" in capsys.readouterr().out
+        assert {p: p.stat().st_mtime_ns for p in spread.iterdir()} == before
+        assert main([*argv, "--min-size", "0"]) == 0  # asked otherwise: redone
+    for name in ("big", "small"):
+        record = read_record(spread / f"{name}_labels.tif")
+        assert (record["instances"]["min_size"], record["instances"]["min_core"]) == (0, size)

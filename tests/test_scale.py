@@ -224,3 +224,22 @@ def test_any_window_of_the_resampled_plane_and_back_equals_the_whole_plane_resam
         needed = grid.needed(region)
         part = grid.back(prob[needed], (needed[0].start, needed[1].start), region)
         np.testing.assert_allclose(part, back[region], atol=1e-6)
+
+
+def test_a_diameter_within_two_percent_of_the_models_still_sizes_the_cells(whole_sample):
+    """Not resampled (factor 1), but the diameter given is the one in use: the result carries
+    its cells, and labels as every route sizes them (instance_options)."""
+    from napari_unet import InstanceConfig, load_bundled, predict, to_instances
+    from napari_unet.core.prediction.predict import ESTIMATED, GIVEN, instance_options
+    from napari_unet.core.prediction.scale import sized_cells
+
+    model = load_bundled()
+    model.metadata = {**model.metadata, "diameter": 40.0}
+    image = whole_sample[0][:192, :192]
+    prob = predict(model, image, diameter=40.5)  # within 2 % of 40 px: the image as it comes
+    np.testing.assert_array_equal(prob, predict(model, image, diameter=40.0))
+    assert prob.cells == sized_cells(40.5)
+    options = instance_options(InstanceConfig(), model, 40.5, GIVEN)
+    assert options == instance_options({}, model, 40.5, ESTIMATED)  # a dict, or estimated: alike
+    assert options["min_size"] == options["min_core"] == 64  # 5 % of a 40.5 px disc
+    np.testing.assert_array_equal(to_instances(prob), to_instances(np.asarray(prob), **options))

@@ -9,8 +9,10 @@ end and does not stop the others.
 For a model that works at one cell size, each image is resampled to it (large ones block by
 block, each block with its halo in the resampled space) at ``--diameter``, else at the cells the
 model was fine-tuned on, else at a diameter estimated on the image (its central region for a
-large one, on a worker for a small one); each output records the diameter used and its source,
-and the per-image line says it.
+large one, on a worker for a small one); the cell sizes left open (``--min-size``, the cores')
+follow the diameter used, as in-process. Each output records the diameter used and its source
+and the options sized by it, besides what was asked (compared when a rerun resumes), and the
+per-image line says the diameter.
 """
 
 from __future__ import annotations
@@ -151,9 +153,9 @@ def _segment_large(client, name, model, info, targets: dict, options: dict):
         result = segment_large(client, name, model, info, work / "labels.ome.zarr", **options)
         import zarr
 
-        grid = result.resampling  # the diameter used, as segment_large records it in OME-Zarr
-        record = {**(options.get("metadata") or {}), "diameter": grid.diameter}
-        record["diameter_source"] = grid.source
+        grid = result.resampling  # the diameter used and the options sized by it, as
+        record = {**(options.get("metadata") or {}), "diameter": grid.diameter}  # in OME-Zarr
+        record.update(diameter_source=grid.source, instances=result.instance)
         if probs is not None:
             array = zarr.open_array(str(options["probabilities"]), path="0", mode="r")
             tiff = {"pixel_size": info.pixel_size, "dtype": "float32", "record": record}
@@ -204,17 +206,16 @@ def run(settings: BatchSettings, folders: NewFolders) -> int:
         shared_model,
         torch_threads,
     )
-    from .core.prediction.predict import GIVEN, instance_options
 
     model = open_model(settings.model)
     diameter = settings.diameter
-    # a given diameter sizes the smallest cell as in-process prediction does; a tuned or
-    # estimated one leaves the model's sizes (the record a rerun compares stays the same)
-    source = GIVEN if diameter is not None else None
-    instance = instance_options(settings.instance, model, diameter, source)
+    # the sizes left open are sized where the diameter is resolved (on the worker for a small
+    # image, before the graph for a large one) and recorded there ("instances"); a rerun
+    # compares what was asked, from which the same inputs give the same diameter and sizes
+    instance = settings.instance
     flips = settings.flips
-    record = {**model_record(settings.model, model), "instances": instance, "flips": flips}
-    record["diameter_asked"] = diameter  # compared when a rerun resumes
+    record = {**model_record(settings.model, model), "flips": flips}
+    record.update(instances_asked=instance.options(), diameter_asked=diameter)
     out = settings.out
     folders.check(out)
     remove_stale_work(out)  # a killed run's, even when this run has nothing large to do
@@ -291,9 +292,9 @@ def run(settings: BatchSettings, folders: NewFolders) -> int:
             for future in as_completed(list(small)):
                 path, targets, source, size = small.pop(future)
                 try:
-                    labels, probs, (used, where) = future.result()
+                    labels, probs, (used, where), options = future.result()
                     meta = {**record, "input": str(path), "normalisation": _whole_norm()}
-                    meta.update(diameter=used, diameter_source=where)
+                    meta.update(diameter=used, diameter_source=where, instances=options)
                     _write_small(targets, labels, probs, source, size, meta, block)
                     cells = int(labels.max(initial=0))
                     said = _said(used, where)

@@ -194,7 +194,8 @@ def _instances(args):
 
 def _sized(instance, model, diameter: float | None, source: str | None) -> dict:
     """``to_instances``' options: sizes left open follow the cells of a given or estimated
-    ``diameter`` (the model's fine-tuned cells otherwise); an explicit ``--min-size`` wins."""
+    ``diameter`` (the model's fine-tuned cells otherwise), as on every route (``--workers``
+    too); an explicit ``--min-size`` wins."""
     from .core.prediction.predict import instance_options
 
     return instance_options(instance, model, diameter, source)
@@ -256,7 +257,9 @@ def _predict(args) -> int | None:
             labels = to_instances(probabilities, **options)
             pixel_size = read_pixel_size(path)
             record = {**model_record(args.model, model), "instances": options}
-            record.update(flips=args.flips, diameter=diameter)
+            record.update(flips=args.flips, diameter=diameter, diameter_source=source)
+            # what was asked, as --workers/--scheduler record it (they compare it on a rerun)
+            record.update(instances_asked=instances.options(), diameter_asked=args.diameter)
             # tables first, labels last: the labels record the tables' hashes and mark the end
             record["tables"] = write_cell_tables(targets, labels, image, pixel_size)
             if args.probabilities:

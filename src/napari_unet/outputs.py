@@ -227,12 +227,24 @@ def model_record(label: str | None, model) -> dict:
     return {"model": label or "bundled", "model_sha256": model_sha256(model)}
 
 
+_COMPARED = {
+    "model_sha256": "model",
+    "instances_asked": "labelling options",
+    "flips": "--flips",
+    "diameter_asked": "--diameter",
+}
+"""The record's keys a rerun compares, and how the line that redoes an output names them."""
+
+
 def resumable(targets: list[Path], record: dict) -> tuple[bool, str]:
     """Whether the complete outputs ``targets`` may be kept by a rerun made as ``record`` says:
     ``(True, "")``; else ``(False, why)``, ``why`` naming what differs ("" when an output is
     missing or incomplete). Every output records the model and options (OME-Zarr in its
-    attributes, TIFF in a tag), and the ``--diameter`` asked for (``"diameter_asked"``, absent:
-    none) besides the diameter used; one without a record (an earlier version's) is redone."""
+    attributes, TIFF in a tag): the labelling options and the ``--diameter`` asked for
+    (``"instances_asked"``, sizes ``None`` where left open; ``"diameter_asked"``, ``None``:
+    none), which are compared, besides the diameter used and the options sized by it
+    (``"diameter"``, ``"instances"``), which the same inputs give again; one without a record
+    (an earlier version's) is redone."""
     from .core.formats.zarrio import is_complete_output, read_record
 
     if not all(map(is_complete_output, targets)):
@@ -241,8 +253,7 @@ def resumable(targets: list[Path], record: dict) -> tuple[bool, str]:
         stored = read_record(target)
         if stored is None:
             return False, "made by an earlier version of napari-unet (no record)"
-        keys = ("model_sha256", "instances", "flips", "diameter_asked")
-        differ = [k for k in keys if stored.get(k) != record.get(k)]
+        differ = [said for k, said in _COMPARED.items() if stored.get(k) != record.get(k)]
         if differ:
             return False, "made with another " + ", ".join(differ)
     return True, ""

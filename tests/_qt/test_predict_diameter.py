@@ -215,3 +215,78 @@ def test_current_plane_of_a_stack_is_resampled_and_placed_back(make_napari_viewe
     assert prob.shape == stack.shape and not prob[0].any() and not prob[2].any()
     np.testing.assert_allclose(prob[1], predict(model, stack[1], diameter=40), atol=1e-5)
     assert tuple(viewer.layers["stack prediction"].scale) == (1.0, 1.0, 1.0)
+
+
+def estimated_at(diameter: float, seen: list):
+    """A stand-in for the scale search (tested in test_scale) that finds ``diameter``."""
+    from napari_unet.core.prediction.diameter import DiameterEstimate
+
+    def estimate(model, image, *, device=None):
+        seen.append(image.shape)
+        return DiameterEstimate(diameter=diameter, cells=9, confidence=0.9, tries=())
+
+    return estimate
+
+
+@pytest.fixture(scope="module")
+def bundled_at_40():
+    """The bundled model, saying it works at cells 40 px across (the sample's cells at 30 px
+    are enlarged x 1.33)."""
+    from napari_unet import load_bundled
+
+    model = load_bundled()
+    model.metadata = {**model.metadata, "diameter": 40.0}
+    return model
+
+
+def test_the_lazy_route_sizes_cells_by_the_diameter_in_use_and_says_it(
+    make_napari_viewer, qtbot, whole_sample, bundled_at_40, monkeypatch
+):
+    from napari.layers import Labels
+
+    from napari_unet._widgets import _runs
+    from napari_unet.core.metrics import match_counts
+    from napari_unet.core.prediction import predict as predict_module
+
+    da = pytest.importorskip("dask.array")
+    monkeypatch.setattr(_lazy, "LAZY_BYTES", 1000)  # the crop is "large"
+    monkeypatch.setattr(_runs, "SAMPLE", (64, 10**8))  # normalised on every block: exact
+    seen = []
+    monkeypatch.setattr(predict_module, "estimate_diameter", estimated_at(30.0, seen))
+    model, image = bundled_at_40, whole_sample[0][:256, :256]
+    viewer = make_napari_viewer()
+    viewer.add_image(da.from_array(image, chunks=128), name="cells")
+    session_for(viewer).set_model(model, "sized")
+    widget = PredictWidget(viewer)
+    widget._block.value = 128
+    reference = to_instances(predict(model, image, diameter=30.0))  # sized by 30 px cells
+    for typed, source in ((0, "estimated"), (30, "typed")):
+        widget._diameter.value.value = typed
+        assert widget.run(rest=True) is not None
+        qtbot.waitUntil(lambda: not widget.running, timeout=TIMEOUT)
+        assert widget.status.startswith("done"), widget.status
+        assert f"cells 30 px ({source})" in widget.status, widget.status  # as in memory
+        assert widget._diameter.said.value == f"{source}: 30 px"  # the control's line too
+        labels = [la for la in viewer.layers if isinstance(la, Labels)][-1].data[0][:]
+        matched, n_ref, n_out = match_counts(reference, labels, 0.99)
+        assert n_ref > 10 and matched == n_ref == n_out, (matched, n_ref, n_out)
+    assert seen == [(256, 256)]  # estimated once, on the plane's central region
+
+
+def test_the_in_memory_route_says_the_diameter_in_use_as_the_others(
+    make_napari_viewer, qtbot, whole_sample, bundled_at_40, monkeypatch
+):
+    from napari_unet.core.prediction import predict as predict_module
+
+    model, image = bundled_at_40, whole_sample[0][:256, :256]
+    monkeypatch.setattr(predict_module, "estimate_diameter", estimated_at(30.0, []))
+    viewer = make_napari_viewer()
+    viewer.add_image(image, name="cells")
+    session_for(viewer).set_model(model, "sized")
+    widget = PredictWidget(viewer)
+    run(widget, qtbot)
+    assert widget._diameter.said.value == "estimated: 30 px"
+    assert widget.status.startswith("done"), widget.status
+    assert ", cells 30 px (estimated)" in widget.status, widget.status  # as the other routes
+    expected = to_instances(predict(model, image, diameter=30.0))
+    np.testing.assert_array_equal(viewer.layers["cells prediction"].data, expected)

@@ -315,6 +315,56 @@ def test_cluster_route_equals_the_cli_and_cancel_stops_it(
     assert set(multiprocessing.active_children()) <= children  # its LocalCluster is closed
 
 
+def test_the_cluster_route_sizes_cells_by_the_diameter_in_use_as_the_cli(
+    make_napari_viewer, qtbot, ome_zarr, tmp_path, scheduler, monkeypatch
+):
+    from napari_unet import load_bundled
+    from napari_unet.cli import main
+    from napari_unet.core.formats.zarrio import read_record
+    from napari_unet.core.network.store import save_model
+    from napari_unet.core.prediction import predict as predict_module
+    from napari_unet.core.prediction.instances import size_defaults
+    from napari_unet.core.prediction.scale import sized_cells
+
+    from .test_predict_diameter import estimated_at
+
+    model = load_bundled()
+    model.metadata = {**model.metadata, "diameter": 40.0}  # cells of 30 px: enlarged x 1.33
+    viewer = make_napari_viewer()
+    viewer.add_image(zarr.open_array(str(ome_zarr), path="0", mode="r"), name="cells")
+    widget = dock(viewer, model)
+    widget._block.value = 128
+    widget._run_on.value = SCHEDULER
+    widget._scheduler.value = scheduler
+    widget._out_folder.value = str(tmp_path)
+    widget._diameter.value.value = 30
+    click(widget, widget._predict, qtbot)
+    assert widget.status.startswith("done"), widget.status
+    assert "cells 30 px (typed)" in widget.status, widget.status  # as the other routes say it
+    assert widget._diameter.said.value == "typed: 30 px"
+    typed = tmp_path / "cells_labels.ome.zarr"
+    record = read_record(typed)
+    size = size_defaults(sized_cells(30.0))[0]  # 5 % of a 30 px disc, not the model's sizes
+    assert record["instances"]["min_size"] == record["instances"]["min_core"] == size
+    assert (record["diameter"], record["diameter_source"]) == (30.0, "given")
+    file = save_model(model, tmp_path / "sized.safetensors", model.metadata)
+    out = tmp_path / "cli"
+    argv = ["predict", str(ome_zarr), "--out", str(out), "--scheduler", scheduler]
+    assert main([*argv, "--block", "128", "--model", str(file), "--diameter", "30"]) == 0
+    expected = zarr.open_array(str(out / "cells_labels.ome.zarr"), path="0", mode="r")[:]
+    np.testing.assert_array_equal(zarr.open_array(str(typed), path="0", mode="r")[:], expected)
+    # automatic: estimated in the dock's worker before the job is sent, and said alike
+    seen = []
+    monkeypatch.setattr(predict_module, "estimate_diameter", estimated_at(30.0, seen))
+    widget._diameter.value.value = 0
+    click(widget, widget._predict, qtbot)
+    assert "cells 30 px (estimated)" in widget.status, widget.status
+    assert widget._diameter.said.value == "estimated: 30 px"
+    estimated = tmp_path / "cells_labels-2.ome.zarr"
+    np.testing.assert_array_equal(zarr.open_array(str(estimated), path="0", mode="r")[:], expected)
+    assert read_record(estimated)["diameter_source"] == "estimated" and seen == [(256, 384)]
+
+
 def test_lazy_outputs_of_a_plane_show_on_that_plane_only(
     make_napari_viewer, qtbot, small_budget, tiny_unet, pattern
 ):

@@ -4,7 +4,10 @@
 :func:`cluster_job` sends it to :func:`~napari_unet.core.large.distributed.segment_large_steps`
 (OME-Zarr labels written atomically), and :class:`ClusterRun` opens the labels as a layer once
 complete. :class:`ClusterResults` keeps the temporary folder of a cluster's labels until its
-layer is gone. The job runs in the dock's worker and never touches a layer.
+layer is gone. The job runs in the dock's worker and never touches a layer; it resolves the
+plane's diameter first (typed, fine-tuned, or estimated on its central region in this process, as
+``segment_large`` would) and yields the :class:`~._diameter.Sized` the dock shows, the cell sizes
+left automatic following it as on the other routes.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import numpy as np
 from napari.layers import Image, Labels
 
 from . import _runs
+from ._diameter import Sized, said, sized_of
 from ._layers import MADE, MODEL, OF, add_quietly, free_name, full_resolution
 
 if TYPE_CHECKING:
@@ -82,17 +86,22 @@ def layer_file(layer):
     return info
 
 
-def cluster_job(model, info, target: Path, *, workers, scheduler, record: dict, **options):
+def cluster_job(
+    model, info, target: Path, *, workers, scheduler, record: dict, diameter=None, **options
+):
     """The worker's generator: segment ``info`` on a cluster (a new LocalCluster of
     ``workers`` or the one at ``scheduler``) into the OME-Zarr labels ``target`` (written
-    atomically); yields ``(tasks done, tasks)``, returns the
-    :class:`~napari_unet.core.large.distributed.LargeResult` (its ``labels`` is ``target``).
-    Closing it cancels the job and closes a LocalCluster it started. ``options``: those of
+    atomically); yields ``(tasks done, tasks)``, and once the plane's diameter is resolved
+    (``diameter``: the typed one, ``None``: automatic) the :class:`~._diameter.Sized` it is
+    predicted at; returns the :class:`~napari_unet.core.large.distributed.LargeResult` (its
+    ``labels`` is ``target``). Closing it cancels the job and closes a LocalCluster it
+    started. ``options``: those of
     :func:`~napari_unet.core.large.distributed.segment_large_steps`."""
     from contextlib import ExitStack
     from dataclasses import replace
 
     from ..core.formats.zarrio import atomic_folder
+    from ..core.large.blocks import model_source, opened, plane_resampling
     from ..core.large.distributed import (
         connect,
         segment_large_steps,
@@ -118,6 +127,9 @@ def cluster_job(model, info, target: Path, *, workers, scheduler, record: dict, 
             shared_model(client, model, threads, unregister=scheduler is not None)
         )
         yield 0, 0
+        with opened(model_source(info, model.in_channels)) as plane:  # as segment_large would
+            grid = plane_resampling(model, plane, diameter)
+        yield sized_of(model, grid)
         with atomic_folder(target) as tmp:
             try:
                 result = yield from segment_large_steps(
@@ -130,6 +142,7 @@ def cluster_job(model, info, target: Path, *, workers, scheduler, record: dict, 
                     metadata={**record, "input": info.path},
                     sample_block=_runs.SAMPLE[0],
                     sample_values=_runs.SAMPLE[1],
+                    diameter=grid,
                     **options,
                 )
             except FileNotFoundError as err:
@@ -163,13 +176,17 @@ class ClusterRun:
     done: int = 0
     total: int = 0
     dirty: bool = False
+    sized: Sized | None = None  # the diameter the job predicts at, once resolved
 
     @property
     def status(self) -> str:
         return f"task {self.done}/{self.total}" if self.total else "starting the cluster…"
 
     def apply(self, event) -> None:
-        self.done, self.total = event
+        if isinstance(event, Sized):
+            self.sized = event
+        else:
+            self.done, self.total = event
 
     def refresh(self) -> None:
         pass
@@ -202,7 +219,8 @@ class ClusterRun:
         if self.temporary is not None:
             self.results.keep_until_removed(layer, self.temporary)
         where = "a temporary folder" if self.temporary is not None else str(result.labels)
-        return f"done: {result.cells} cell(s) in {result.blocks} block(s), saved in {where}"
+        text = f"{result.cells} cell(s) in {result.blocks} block(s){said(self.sized)}"
+        return f"done: {text}, saved in {where}"
 
 
 class ClusterResults:
@@ -231,9 +249,10 @@ class ClusterResults:
         from napari_unet.outputs import model_record
 
         info = layer_file(layer)
-        record = {
+        record = {  # with the diameter used and the options sized by it (segment_large's)
             **model_record(settings.model_label, model),
-            "instances": settings.instance,
+            "instances_asked": settings.config.options(),
+            "diameter_asked": settings.diameter,
             "flips": settings.flips,
         }
         folder, temporary = settings.folder, None
@@ -253,7 +272,7 @@ class ClusterResults:
             block=settings.block or DEFAULT_BLOCK,
             halo=DEFAULT_HALO,
             flips=settings.flips,
-            instance=settings.instance,
+            instance=settings.config,
             diameter=settings.diameter,
         )
         return ClusterRun(self, layer, target, temporary, settings.model_label), events

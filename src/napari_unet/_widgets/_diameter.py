@@ -9,27 +9,24 @@ fine-tuned). A model that says no size predicts images as they come, and the con
 The worker yields a :class:`Sized` first; the core's tiles (of the resampled plane) then stream
 into layers of the resampled grid placed over the image (:func:`resampled_grid`), and the result
 goes back on the image's grid when all tiles are in. The large-image routes resample block by
-block in the core (:mod:`napari_unet.core.large`).
+block in the core (:mod:`napari_unet.core.large`), and their workers yield a :class:`Sized` too
+(:func:`sized_of`) once the core resolved the diameter, so that every route says the diameter
+in use alike: on the control's line and in the status line (:func:`said`). On every route the
+cell sizes left automatic follow the diameter in use
+(:func:`~napari_unet.core.prediction.predict.instance_options`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 from magicgui.widgets import FloatSpinBox, Label, PushButton
 from napari.layers import Shapes
 
-from ..core.prediction.instances import size_defaults
-from ..core.prediction.scale import (
-    model_diameter,
-    scale_factor,
-    scaled_shape,
-    sized_cells,
-    tuned_diameter,
-)
+from ..core.prediction.scale import Resampling, model_diameter, scale_factor, tuned_diameter
 from ._layers import grid_of
 from ._ui import row
 
@@ -48,6 +45,8 @@ __all__ = [
     "line_lengths",
     "needs_resampling",
     "resampled_grid",
+    "said",
+    "sized_of",
     "sizing",
     "sized_options",
 ]
@@ -109,18 +108,32 @@ def sizing(model: UNet, pixels: np.ndarray, typed: float | None, plane) -> Sized
     middle plane (a model trained at one size, not fine-tuned)."""
     from ..core.prediction import predict
 
-    plane = tuple(int(n) for n in plane)
-    note = ""
     if model_diameter(model) is None:
-        diameter, source = None, None
-    else:
-        diameter, source = predict.resolve_diameter(model, pixels, typed)
-        said = {predict.GIVEN: TYPED, predict.TUNED: TUNED, predict.ESTIMATED: ESTIMATED}
-        source = said.get(source)  # the dock's words
-        if diameter is None:
-            note = "no cells found to estimate the diameter"
-    factor = _factor(model, diameter)
-    return Sized(diameter, source, factor, scaled_shape(plane, factor), plane, note)
+        return sized_of(model, Resampling.of(plane))
+    diameter, source = predict.resolve_diameter(model, pixels, typed)
+    return sized_of(model, predict.resampling_for(model, plane, diameter, source))
+
+
+def sized_of(model: UNet, grid: Resampling) -> Sized:
+    """The :class:`Sized` of the core's ``grid`` (how it resampled a plane for ``model``), in
+    the dock's words: what every route's worker yields once the diameter is resolved."""
+    from ..core.prediction import predict
+
+    words = {predict.GIVEN: TYPED, predict.TUNED: TUNED, predict.ESTIMATED: ESTIMATED}
+    note = ""
+    if grid.diameter is None and model_diameter(model) is not None:
+        note = "no cells found to estimate the diameter"
+    source = words.get(grid.source) if grid.diameter is not None else None
+    plane, shape = tuple(grid.plane), tuple(grid.shape)
+    return Sized(grid.diameter, source, grid.factor, shape, plane, note)
+
+
+def said(sized: Sized | None) -> str:
+    """``", cells 40 px (typed)"``: the diameter a run predicted at, for the end of its status
+    line, alike on every route (``""`` when none)."""
+    if sized is None or sized.diameter is None:
+        return ""
+    return f", cells {sized.diameter:.0f} px ({sized.source})"
 
 
 def resampled_grid(scale, translate, sized: Sized) -> tuple[tuple, tuple]:
@@ -135,15 +148,14 @@ def resampled_grid(scale, translate, sized: Sized) -> tuple[tuple, tuple]:
 
 def sized_options(config: InstanceConfig, model: UNet, sized: Sized | None) -> dict:
     """``to_instances``' options: sizes left ``None`` follow the cells of a typed or estimated
-    diameter, else those the model was fine-tuned on (:meth:`InstanceConfig.for_model`)."""
-    if sized is not None and sized.source in (TYPED, ESTIMATED):
-        size, core = size_defaults(sized_cells(sized.diameter))
-        config = replace(
-            config,
-            min_size=size if config.min_size is None else config.min_size,
-            min_core=core if config.min_core is None else config.min_core,
-        )
-    return config.for_model(model).options()
+    diameter, else those the model was fine-tuned on, as on every route
+    (:func:`~napari_unet.core.prediction.predict.instance_options`)."""
+    from ..core.prediction import predict
+
+    if sized is None:
+        return predict.instance_options(config, model, None, None)
+    words = {TYPED: predict.GIVEN, TUNED: predict.TUNED, ESTIMATED: predict.ESTIMATED}
+    return predict.instance_options(config, model, sized.diameter, words.get(sized.source))
 
 
 def cell_size_hint(model: UNet) -> str:

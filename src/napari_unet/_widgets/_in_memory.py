@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from napari.layers import Image, Labels
 
-from ._diameter import Sized, resampled_grid
+from ._diameter import Sized, resampled_grid, said
 from ._layers import EDITED, MADE, MODEL, OF, add_quietly, find_made, free_name, full_resolution
 
 if TYPE_CHECKING:
@@ -223,7 +223,7 @@ class InMemoryRun:
         if self.probability is not None:
             self._place_result(self.probability, probabilities)
         cells = int(labels.max(initial=0))
-        return f"done: {cells} cell(s) in {self.total} tile(s)"
+        return f"done: {cells} cell(s) in {self.total} tile(s){said(self.sized)}"
 
     def _place_result(self, output: _Output, values: np.ndarray) -> None:
         """Put a complete result into the earlier layer (if it is still there, unedited) and

@@ -7,7 +7,9 @@ first (with those their final labels need), the rest on request, and its results
 :class:`LazyOutput` (OME-Zarr pyramids in a folder of their own, removed once both its layers are
 gone, or at exit) shown as multiscale layers whose coarser levels are refreshed block by block. For
 a model that works at one cell size, each block is resampled to it and back in the core (the
-stream's diameter: typed, else resolved on its first run), so the layers stay on the image's grid.
+stream's diameter: typed, else resolved in the worker before the first block, which yields the
+:class:`~._diameter.Sized` the dock shows), so the layers stay on the image's grid; the cell sizes
+left automatic follow that diameter, as on the other routes.
 :class:`LazyJobs` keeps a layer's :class:`LazyJob` (its stream, kept while the layer, the model's
 weights and the settings stay the same, so 'Predict the rest' goes on where the last run stopped)
 and every :class:`LazyOutput` until *its own* layers are gone (a newer job, or the input image
@@ -31,6 +33,7 @@ from napari.layers import Image, Labels
 
 from ..core.large.blocks import DEFAULT_HALO
 from . import _runs
+from ._diameter import Sized, said, sized_of
 from ._layers import MADE, MODEL, OF, add_quietly, free_name, full_resolution
 
 if TYPE_CHECKING:
@@ -257,6 +260,7 @@ class LazyRun:
     total: int  # blocks this run predicts
     done: int = 0
     dirty: bool = False
+    sized: Sized | None = None  # the worker's first event
 
     @property
     def status(self) -> str:
@@ -265,6 +269,9 @@ class LazyRun:
     def apply(self, event) -> str | None:
         from napari_unet.core.large.regions import BlockProbabilities
 
+        if isinstance(event, Sized):
+            self.sized = event
+            return None
         output = self.job.output
         if output.closed:
             return "the results' layers were removed; the run stops"
@@ -294,7 +301,7 @@ class LazyRun:
         if outcome.cancelled:
             return f"cancelled; {text} (kept)"
         more = "; 'Predict the rest' for the others" if stream.left else ""
-        return f"done: {text}{_diameter_said(stream.resampling)}{more}"
+        return f"done: {text}{said(self.sized)}{more}"
 
     def discard(self) -> None:
         """Nothing: the job and its layers stay for the next run."""
@@ -365,7 +372,8 @@ class LazyJobs:
                 "predicted from (y, x) or (y, x, channels) planes"
             )
         step = settings.block or auto_tile(plane_shape, model)
-        instance = tuple(sorted(settings.instance.items()))
+        # the options asked (sizes None: automatic) and the typed diameter make the sizes
+        instance = tuple(sorted(settings.config.options().items()))
         key = (model_sha256(model), prefix, step, settings.flips, instance, settings.diameter)
         visible = None
         if not rest:  # before any layer is made: a view that shows nothing is refused
@@ -377,7 +385,7 @@ class LazyJobs:
                 data,
                 step=step,
                 halo=CELL_HALO,
-                instance=settings.instance,
+                instance=settings.config,
                 flips=settings.flips,
                 sample_block=_runs.SAMPLE[0],
                 sample_values=_runs.SAMPLE[1],
@@ -396,14 +404,16 @@ class LazyJobs:
             order = stream.by_distance(seen, center)
             order += stream.by_distance(stream.needed(seen) - set(seen), center)
         todo = [i for i in order if i not in stream.predicted]
-        return LazyRun(job, total=len(todo)), stream.run(todo)
+        return LazyRun(job, total=len(todo)), _lazy_job(stream, todo)
 
 
-def _diameter_said(grid) -> str:
-    """``", cells 40 px (typed)"``: the diameter a run predicted at ("" when none)."""
-    if grid is None or grid.diameter is None:
-        return ""
-    return f", cells {grid.diameter:.0f} px ({grid.source})"
+def _lazy_job(stream: PlaneStream, todo: list[int]):
+    """The worker's generator: the :class:`~._diameter.Sized` the plane is predicted at (its
+    diameter resolved first, maybe estimated, and the sizes with it), then the stream's events
+    for the blocks ``todo``."""
+    stream.prepare()
+    yield sized_of(stream.model, stream.resampling)
+    yield from stream.run(todo)
 
 
 def _lazy_plane(data, prefix: tuple[int, ...]):

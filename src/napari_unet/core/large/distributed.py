@@ -13,8 +13,9 @@ becomes a graph of blocks (:mod:`~napari_unet.core.large.blocks`):
    graph runs); equal to in-process :func:`~napari_unet.predict`; written to a scratch zarr
    store beside the output;
 2. ``cells``: each block's probabilities grown by a cell halo, labelled with
-   :func:`~napari_unet.to_instances`, the cells it owns kept (:mod:`~napari_unet.core.large.seams`)
-   and written to the scratch folder;
+   :func:`~napari_unet.to_instances` (its sizes left open sized by the plane's diameter, as
+   ``predict``'s result sizes them), the cells it owns kept
+   (:mod:`~napari_unet.core.large.seams`) and written to the scratch folder;
 3. ``paint``: each block's provisional ids, from the cells of the windows reaching into it,
    written to the scratch folder;
 4. ``ids``: final ids ``1..N`` once every block's count is known, written to level 0 of the
@@ -157,11 +158,14 @@ def share_model(
     """Send ``model`` (a :class:`~napari_unet.UNet`) to every worker of ``client`` once; returns
     the name tasks use to find it (the hash of its weights; ``own``: with a random suffix, a
     copy that no other job shares). ``torch_threads``: intra-op threads per worker (``None``:
-    each worker's :func:`usable_cpus` over its dask threads; dask's nanny would leave one)."""
+    each worker's :func:`usable_cpus` over its dask threads; dask's nanny would leave one).
+    The model travels with its metadata: the cell size it works at and was fine-tuned on,
+    which a worker resolves a small image's diameter by."""
     from ..network.store import save_model
 
+    metadata = getattr(model, "metadata", None)
     with tempfile.TemporaryDirectory() as folder:
-        path = save_model(model, Path(folder) / "model.safetensors")
+        path = save_model(model, Path(folder) / "model.safetensors", metadata)
         plugin = ModelPlugin(path.read_bytes(), torch_threads)
     if own:
         plugin.name = f"{plugin.name}-{uuid.uuid4().hex[:8]}"
@@ -256,10 +260,11 @@ def _level_task(labels: str, level: int, region, *_done) -> None:
 
 def _whole_task(name, source, flips: bool, instance: dict, probabilities: bool, diameter=None):
     """Predict and label a plane that fits one block, as in-process prediction does (the
-    diameter resolved as :func:`~napari_unet.predict` does); ``(labels, probabilities or None,
-    (diameter, source))``."""
+    diameter resolved as :func:`~napari_unet.predict` does, the sizes left open in ``instance``
+    sized by it); ``(labels, probabilities or None, (diameter, source), options)``,
+    ``options`` those :func:`~napari_unet.to_instances` was given."""
     from ..prediction.instances import to_instances
-    from ..prediction.predict import predict, resolve_diameter
+    from ..prediction.predict import instance_options, predict, resolve_diameter
     from ..prediction.scale import model_diameter
 
     model = _model(name)
@@ -269,8 +274,9 @@ def _whole_task(name, source, flips: bool, instance: dict, probabilities: bool, 
     # the model's own size for "as it comes": no second estimate in predict
     size = used[0] if used[0] is not None else model_diameter(model)
     prob = np.asarray(predict(model, image, flips=flips, diameter=size), np.float32)
-    labels = to_instances(prob, **instance)
-    return labels, (prob if probabilities else None), used
+    options = instance_options(instance, model, *used)
+    labels = to_instances(prob, **options)
+    return labels, (prob if probabilities else None), used, options
 
 
 # ------------------------------------------------------------------------------------- the jobs
@@ -278,8 +284,9 @@ def _whole_task(name, source, flips: bool, instance: dict, probabilities: bool, 
 class LargeResult:
     """What :func:`segment_large` made: ``cells`` ids in ``labels`` (an OME-Zarr folder),
     ``cut`` cells larger than the halo (they may differ from whole-image labelling), the
-    shared normalisation, the number of blocks, and how the plane was resampled (its
-    diameter and where it came from)."""
+    shared normalisation, the number of blocks, how the plane was resampled (its
+    diameter and where it came from), and the options :func:`~napari_unet.to_instances` was
+    given (sized by that diameter)."""
 
     labels: Path
     cells: int
@@ -287,6 +294,7 @@ class LargeResult:
     normalisation: Normalisation
     blocks: int
     resampling: Resampling | None = None
+    instance: dict | None = None
 
 
 def segment_large(client: Client, name: str, model, source, labels, **options) -> LargeResult:
@@ -338,7 +346,10 @@ def segment_large_steps(
     block, halo
         Block side (px, rounded onto the pooling grid as tiles are) and cell halo (px).
     instance
-        Keyword arguments of :func:`~napari_unet.to_instances`.
+        Keyword arguments of :func:`~napari_unet.to_instances` (or an
+        :class:`~napari_unet.InstanceConfig`); ``min_size`` and ``min_core`` left ``None`` or
+        absent are sized by the diameter used, as ``predict``'s result sizes them
+        (:func:`~napari_unet.core.prediction.predict.instance_options`), and recorded so.
     sample_block, sample_values
         The normalisation sample: a lattice of blocks of side ``sample_block`` (independent of
         ``block``, so every block size normalises alike) of at most about ``sample_values``
@@ -375,8 +386,9 @@ def segment_large_steps(
             f"{source.path} cannot be read a block at a time (every block would read it "
             "whole); convert it to TIFF or OME-Zarr"
         )
+    from ..prediction.predict import instance_options
+
     source = model_source(source, model.in_channels)
-    instance = dict(instance or {})
     shape = tuple(source.shape[:2])
     blocks = plan_blocks(shape, model, block)
     # every block of an axis but the last has the first one's size: chunks of that size per
@@ -388,6 +400,7 @@ def segment_large_steps(
         grid = diameter
         if not isinstance(grid, Resampling):
             grid = plane_resampling(model, plane, diameter)
+    instance = instance_options(instance, model, grid.diameter, grid.source)
     labels = Path(labels)
     record = {
         **(metadata or {}),
@@ -512,7 +525,7 @@ def segment_large_steps(
             cut,
             halo,
         )
-    return LargeResult(labels, cells_n, cut, norm, len(blocks), grid)
+    return LargeResult(labels, cells_n, cut, norm, len(blocks), grid, instance)
 
 
 def _chunks(shape, chunks) -> list[tuple[slice, slice]]:
@@ -536,9 +549,16 @@ def segment_small(
     diameter: float | None = None,
 ):
     """Submit one plane (or stack) that fits one block: a single task that predicts and labels
-    it as in-process prediction does (``diameter``: as :func:`~napari_unet.predict` takes it).
-    Returns a future of ``(labels, probabilities or None, (diameter, source))``, the diameter
-    used and where it came from (:func:`~napari_unet.core.prediction.predict.resolve_diameter`)."""
+    it as in-process prediction does (``diameter``: as :func:`~napari_unet.predict` takes it;
+    ``instance``: as :func:`segment_large_steps` takes it, sized on the worker by the diameter
+    used). Returns a future of ``(labels, probabilities or None, (diameter, source),
+    options)``: the diameter used and where it came from
+    (:func:`~napari_unet.core.prediction.predict.resolve_diameter`), and the options
+    :func:`~napari_unet.to_instances` was given."""
+    from ..prediction.instances import InstanceConfig
+
+    if isinstance(instance, InstanceConfig):
+        instance = instance.options()
     return client.submit(
         _whole_task,
         name,

@@ -16,7 +16,7 @@ For a model that works at one cell size, the plane's diameter is resolved once, 
 (:func:`~napari_unet.core.large.blocks.plane_resampling`: given, fine-tuned, or estimated on the
 plane's central region), and every block is resampled, predicted and resampled back on its own
 (:func:`~napari_unet.core.large.blocks.predict_block`): blocks, halos and labels stay on the
-image's grid, and equal ``predict`` at that diameter.
+image's grid, and equal ``predict`` at that diameter; the cell sizes left open follow it too.
 """
 
 from __future__ import annotations
@@ -80,7 +80,10 @@ class PlaneStream:
     halo
         Cell halo (px): larger than a cell, so cells are whole across blocks.
     instance
-        Keyword arguments of :func:`~napari_unet.to_instances`.
+        Keyword arguments of :func:`~napari_unet.to_instances` (or an
+        :class:`~napari_unet.InstanceConfig`); ``min_size`` and ``min_core`` left ``None`` or
+        absent are sized by the plane's diameter once it is resolved, as ``predict``'s result
+        sizes them (:func:`~napari_unet.core.prediction.predict.instance_options`).
     flips
         Average the 8 flips and quarter turns (see :func:`~napari_unet.predict`).
     sample_block, sample_values
@@ -98,7 +101,10 @@ class PlaneStream:
         The blocks predicted so far, in the order they were predicted.
     resampling
         The plane's :class:`~napari_unet.core.prediction.scale.Resampling` (its diameter and
-        where it came from), once the first run resolved it; ``None`` before.
+        where it came from), once resolved (:meth:`prepare`); ``None`` before.
+    instance
+        The keyword arguments :func:`~napari_unet.to_instances` is given, sized by the
+        plane's diameter once it is resolved; ``None`` before.
     """
 
     def __init__(
@@ -118,8 +124,10 @@ class PlaneStream:
         self.source = model_source(source, model.in_channels)
         self.diameter = diameter
         self.resampling = None
+        self._asked = instance
+        self.instance: dict | None = None
         if diameter is not None:  # checked now (ValueError out of range); nothing is read
-            self.resampling = plane_resampling(model, self.source, diameter)
+            self._resolved(plane_resampling(model, self.source, diameter))
         self.shape = tuple(int(n) for n in source.shape[:2])
         self.blocks = plan_blocks(self.shape, model, step)
         self.cores = [b.inner for b in self.blocks]
@@ -131,7 +139,6 @@ class PlaneStream:
         self._near = [self.overlapping(w) for w in windows]
         self._sample = plan_blocks(self.shape, model, sample_block)
         self._sample_values = sample_values
-        self.instance = dict(instance or {})
         self.flips = flips
         self.norm = None
         self.predicted: set[int] = set()
@@ -143,6 +150,28 @@ class PlaneStream:
         self._offsets = np.zeros(len(self.blocks), np.uint64)
         self._probs: dict[int, np.ndarray] = {}
         self._owned: dict[int, np.ndarray] = {}
+
+    def _resolved(self, grid) -> None:
+        """Keep the plane's resampling ``grid``, and size the cells by its diameter."""
+        from ..prediction.predict import instance_options
+
+        self.resampling = grid
+        self.instance = instance_options(self._asked, self.model, grid.diameter, grid.source)
+
+    def prepare(self, device=None) -> None:
+        """Estimate the normalisation (reading its sample) and resolve the diameter (maybe
+        estimating it on the plane's central region), unless done already; the first
+        :meth:`run` does it too. Slow: call it where the runs go (a worker thread)."""
+        if self.norm is not None and self.resampling is not None:
+            return
+        with opened(self.source) as plane:
+            self._prepare(plane, device)
+
+    def _prepare(self, plane, device) -> None:
+        if self.norm is None:
+            self.norm = estimate_normalisation(plane, self._sample, values=self._sample_values)
+        if self.resampling is None:
+            self._resolved(plane_resampling(self.model, plane, self.diameter, device=device))
 
     @property
     def chunks(self) -> tuple[int, int]:
@@ -178,14 +207,10 @@ class PlaneStream:
     ) -> Iterator[BlockProbabilities | BlockLabels]:
         """Predict the blocks ``indices`` not predicted yet, in that order; yields each one's
         :class:`BlockProbabilities`, and the :class:`BlockLabels` of every block whose labels
-        became final. The first run estimates the normalisation (reading its sample) and
-        resolves the diameter (maybe estimating it on the plane's central region). Closed
+        became final. The first run prepares the stream (:meth:`prepare`) unless done. Closed
         between two yields, the stream stays consistent: a later run goes on from there."""
         with opened(self.source) as plane:
-            if self.norm is None:
-                self.norm = estimate_normalisation(plane, self._sample, values=self._sample_values)
-            if self.resampling is None:
-                self.resampling = plane_resampling(self.model, plane, self.diameter, device=device)
+            self._prepare(plane, device)
             for i in sorted(self.predicted):  # a run closed before labelling its last block
                 yield from self._label_around(i)
             for i in indices:

@@ -49,6 +49,7 @@ __all__ = [
     "estimate_diameter",
     "resolve_diameter",
     "resampling_for",
+    "cells_in_use",
     "instance_options",
 ]
 
@@ -455,16 +456,16 @@ def predict(
 
     Returns ``(..., H, W)`` float32 in [0, 1] (the channel axis, if any, dropped), equal to the
     untiled prediction, as :class:`~napari_unet.core.prediction.instances.Probabilities`
-    carrying the size of the image's cells (``model.metadata["cells"]`` when the image was not
-    resampled) for :func:`~napari_unet.to_instances`.
+    carrying the size of the image's cells at the diameter used (:func:`cells_in_use`: a given
+    or estimated diameter, else ``model.metadata["cells"]``) for
+    :func:`~napari_unet.to_instances`.
     """
     plan = _sized_plan(
         model, image, tile, batch_size, percentiles, center, flips, diameter, device
     )
     out = _assemble(plan, _start(model, plan, resolve_device(device, model)), progress)
-    if plan.grid.factor == 1.0:
-        return Probabilities.for_model(out, model)
-    return Probabilities(plan.grid.to_image(out), plan.grid.cells)
+    grid = plan.grid
+    return Probabilities(grid.to_image(out), cells_in_use(model, grid.diameter, grid.source))
 
 
 def estimate_diameter(model, image, *, device=None) -> DiameterEstimate:
@@ -528,23 +529,38 @@ def resampling_for(model, plane, diameter: float | None, source: str | None = GI
     return Resampling.of(plane, factor, diameter, source if diameter is not None else None)
 
 
+def cells_in_use(model, diameter: float | None, source: str | None) -> dict | None:
+    """What :func:`~napari_unet.to_instances` reads of the cells of an image predicted at
+    ``(diameter, source)`` (from :func:`resolve_diameter`): a disc of a given or estimated
+    diameter (:func:`~napari_unet.core.prediction.scale.sized_cells`), else the cells the model
+    was fine-tuned on (``model.metadata["cells"]``; ``None`` when it says nothing). The one rule
+    by which every route sizes its cells: :func:`predict`'s result carries it, and
+    :func:`instance_options` sizes blocks and batch jobs by it."""
+    if diameter is None or source not in (GIVEN, ESTIMATED):
+        return (getattr(model, "metadata", None) or {}).get("cells")
+    return sized_cells(diameter)
+
+
 def instance_options(config, model, diameter: float | None, source: str | None) -> dict:
-    """:func:`~napari_unet.to_instances`' keyword arguments of ``config`` (an
-    :class:`~napari_unet.InstanceConfig`) for a prediction at ``(diameter, source)`` (from
-    :func:`resolve_diameter`): sizes left ``None`` follow the cells of a given or estimated
-    diameter, else those the model was fine-tuned on (:meth:`InstanceConfig.for_model`)."""
-    from dataclasses import replace
+    """:func:`~napari_unet.to_instances`' keyword arguments for a prediction at
+    ``(diameter, source)`` (from :func:`resolve_diameter`, or a
+    :class:`~napari_unet.core.prediction.scale.Resampling`'s): those of ``config`` (an
+    :class:`~napari_unet.InstanceConfig`, or a dict of keyword arguments; ``None``: the
+    defaults) with ``min_size`` and ``min_core`` left ``None`` (or absent) sized by
+    :func:`cells_in_use`, as :func:`predict`'s result sizes them, so that plain arrays (blocks,
+    a worker's probabilities) label as in-process prediction at that diameter does."""
+    from .instances import InstanceConfig, size_defaults
 
-    from .instances import size_defaults
-
-    if source not in (GIVEN, ESTIMATED) or diameter is None:
-        return config.for_model(model).options()
-    size, core = size_defaults(sized_cells(diameter))
-    return replace(
-        config,
-        min_size=size if config.min_size is None else config.min_size,
-        min_core=core if config.min_core is None else config.min_core,
-    ).options()
+    if isinstance(config, InstanceConfig):
+        options = config.options()
+    else:
+        options = {**InstanceConfig().options(), **(config or {})}
+    size, core = size_defaults(cells_in_use(model, diameter, source))
+    if options.get("min_size") is None:
+        options["min_size"] = size
+    if options.get("min_core") is None:
+        options["min_core"] = core
+    return options
 
 
 def _trained_size(model) -> float | None:

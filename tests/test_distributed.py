@@ -678,7 +678,8 @@ def test_cluster_at_a_diameter_labels_as_in_process(client, sized, whole_sample,
 
     image = whole_sample[0][:384, :384]
     whole = predict(sized, image, diameter=DIAMETER)
-    reference = to_instances(np.asarray(whole), **INSTANCE)  # the blocks' options, no sizing
+    # INSTANCE leaves the cores' size open: sized by the diameter, in-process and on blocks
+    reference = to_instances(whole, **INSTANCE)
     name = share_model(client, sized)
     path, probs = tmp_path / "cells.ome.zarr", tmp_path / "prob.ome.zarr"
     options = {"block": BLOCK, "halo": HALO, "instance": INSTANCE, "probabilities": probs}
@@ -691,6 +692,7 @@ def test_cluster_at_a_diameter_labels_as_in_process(client, sized, whole_sample,
     assert n_ref > 10 and matched == n_ref == n_out and result.cut == 0
     record = read_record(path)
     assert (record["diameter"], record["diameter_source"]) == (DIAMETER, "given")
+    assert record["instances"]["min_core"] == result.instance["min_core"] == 35  # 5 % of 30 px
 
 
 def test_cli_on_cluster_resamples_as_in_process_and_records_the_diameter(

@@ -308,7 +308,10 @@ def test_cluster_route_equals_the_cli_and_cancel_stops_it(
     widget._out_folder.value = ""
     widget._block.value = 32  # many small blocks
     worker = widget.run()
-    worker.yielded.connect(lambda p: p[1] and widget._cancel.native.click())
+    # (tasks done, tasks); the job also says the diameter it predicts at (a Sized)
+    worker.yielded.connect(
+        lambda p: isinstance(p, tuple) and p[1] and widget._cancel.native.click()
+    )
     qtbot.waitUntil(lambda: not widget.running, timeout=TIMEOUT)
     assert widget.status.startswith("cancelled")
     assert [la.name for la in viewer.layers] == ["cells", "cells prediction (cluster)"]

@@ -534,9 +534,10 @@ WIDGETS = ("Annotate", "Weight map", "Fine-tune", "Predict", "Export")
 
 SCREEN_SHARE = 0.92
 """The share of the screen's width and height that ``napari-unet gui``'s window takes."""
-DOCK_SHARE, DOCK_WIDTH = 0.25, (340, 440)
+DOCK_SHARE, DOCK_WIDTH = 0.22, (340, 440)
 """The docks' share of the window's width, within ``DOCK_WIDTH`` px: the five tab names fit
-whole, and the canvas keeps more than half of the window."""
+whole, and beside napari's layer controls (320 px at the least) the canvas keeps more than half
+of the window's area on a 1600x1000 screen."""
 
 
 def open_viewer(images: list[str], viewer=None, *, fill_screen: bool = False):

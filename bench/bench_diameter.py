@@ -33,8 +33,8 @@ from scoring import Pooled
 
 from napari_unet import predict, read_image, to_instances
 from napari_unet.core.network.store import open_model
-from napari_unet.core.prediction.instances import Probabilities
 from napari_unet.core.prediction import diameter as search
+from napari_unet.core.prediction.instances import Probabilities
 from napari_unet.core.prediction.predict import estimate_diameter
 from napari_unet.core.prediction.scale import median_diameter, sized_cells
 

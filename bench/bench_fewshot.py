@@ -246,7 +246,8 @@ def main() -> None:
         "--pool",
         default="last",
         choices=["last", "first"],
-        help="usiigaci: annotate the train frames nearest the scored ones (last) or set01.. (first)",
+        help="usiigaci: annotate the train frames nearest the scored ones (last) or set01.. "
+        "(first)",
     )
     p.add_argument("--frames-fixed", type=int, default=2, help="frames for the minutes curve")
     p.add_argument("--curve-minutes", type=float, default=5.0, help="minutes for frames curve")

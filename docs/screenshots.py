@@ -8,8 +8,8 @@ five docks tabified), one picture per dock, each dock brought to the front and d
 user would drive it: Annotate (a few cells painted inside an annotated region), Weight map (the
 preview: of the sample's annotation when the sample is beside the image), Fine-tune (a pair of
 the image; a few minutes of real steps), Predict (the cell diameter measured with lines across
-cells, real tiles streamed) and Export (the prediction chosen). The whole window is saved to ``DIR/<dock>.png`` (default: ``docs/images``),
-as a 256-colour PNG.
+cells, real tiles streamed) and Export (the prediction chosen). The whole window is saved to
+``DIR/<dock>.png`` (default: ``docs/images``), as a 256-colour PNG.
 
 The image of the journey is, by default, a calibrated 512x512 frame of the Cell Tracking
 Challenge's PhC-C2DH-U373 (``../shared/data/u373``, beside the repository, as the tests find
@@ -72,8 +72,8 @@ def wait_for(widget, timeout: float = 600) -> None:
 
 
 def save_png(array: np.ndarray, path: Path) -> None:
-    """``array`` (a screenshot) as a 256-colour (or 128-colour) PNG: a third of the size of a true-colour one,
-    and the window's greys, the phase contrast and the label colours survive."""
+    """``array`` (a screenshot) as a 256-colour (or 128-colour) PNG: a third of the size of a
+    true-colour one, and the window's greys, the phase contrast and the label colours survive."""
     from PIL import Image
 
     picture = Image.fromarray(np.ascontiguousarray(array[..., :3]))
@@ -94,8 +94,10 @@ def u373_frame(folder: Path) -> tuple[Path, np.ndarray] | None:
 
     frame, mask = U373 / "images" / U373_FRAME, U373 / "masks" / U373_FRAME
     if not (frame.is_file() and mask.is_file()):
-        print(f"no calibrated frame: {frame} or {mask} not found (clone the project beside "
-              "../shared/data); the pictures show the sample alone")
+        print(
+            f"no calibrated frame: {frame} or {mask} not found (clone the project beside "
+            "../shared/data); the pictures show the sample alone"
+        )
         return None
     image, labels = read_image(frame)[U373_CROP], read_image(mask)[U373_CROP]
     path = folder / f"{U373_NAME}.tif"

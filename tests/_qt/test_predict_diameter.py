@@ -70,7 +70,7 @@ def test_typed_diameter_streams_over_the_image_and_ends_on_its_grid(setup, qtbot
     def check(event):  # runs after the dock applied the event
         layer = viewer.layers["discs prediction (running)"]
         if isinstance(event, Sized):
-            assert event.source == "typed" and event.shape == (100, 120)
+            assert event.source == "typed" and event.grid.shape == (100, 120)
         seen.append((layer.data.shape, tuple(layer.scale), tuple(layer.translate)))
 
     run(widget, qtbot, check)

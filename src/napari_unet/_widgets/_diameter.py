@@ -59,26 +59,19 @@ MAX_DIAMETER = 4096.0
 
 @dataclass(frozen=True)
 class Sized:
-    """The in-memory worker's first event: the cells' ``diameter`` (px of the image) the image
-    is predicted at and its ``source`` (``None``: as it comes, ``note`` says why when a model
-    could not estimate it), the ``factor`` and the ``(h, w)`` plane it is resampled to, and the
-    image's ``(H, W)`` ``plane``."""
+    """Every route's first worker event: how the image's planes are resampled (``grid``, the
+    core's :class:`Resampling`: factor, the ``(H, W)`` plane and the plane it is resampled to,
+    the diameter), where the diameter came from in the dock's words (``source``; ``None``: as
+    it comes) and, when a model could not estimate it, why (``note``)."""
 
-    diameter: float | None
+    grid: Resampling
     source: str | None
-    factor: float  # model diameter / diameter (1: as it comes)
-    shape: tuple[int, int]
-    plane: tuple[int, int]
     note: str = ""
 
     @property
-    def resampled(self) -> bool:
-        return tuple(self.shape) != tuple(self.plane)
-
-    @property
-    def factors(self) -> tuple[float, float]:
-        """``(h / H, w / W)``: the resampling of each axis as done (rounded shapes)."""
-        return tuple(s / p for s, p in zip(self.shape, self.plane, strict=True))
+    def diameter(self) -> float | None:
+        """The cells' diameter (px of the image) the image is predicted at."""
+        return self.grid.diameter
 
 
 def _factor(model: UNet, diameter: float | None) -> float:
@@ -124,8 +117,7 @@ def sized_of(model: UNet, grid: Resampling) -> Sized:
     if grid.diameter is None and model_diameter(model) is not None:
         note = "no cells found to estimate the diameter"
     source = words.get(grid.source) if grid.diameter is not None else None
-    plane, shape = tuple(grid.plane), tuple(grid.shape)
-    return Sized(grid.diameter, source, grid.factor, shape, plane, note)
+    return Sized(grid, source, note)
 
 
 def said(sized: Sized | None) -> str:
@@ -137,12 +129,12 @@ def said(sized: Sized | None) -> str:
 
 
 def resampled_grid(scale, translate, sized: Sized) -> tuple[tuple, tuple]:
-    """napari ``(scale, translate)`` of a layer of ``sized.shape`` planes over an image layer of
-    ``scale`` and ``translate``: pixel ``j`` of the resampled plane covers image pixels
+    """napari ``(scale, translate)`` of a layer of ``sized.grid.shape`` planes over an image
+    layer of ``scale`` and ``translate``: pixel ``j`` of the resampled plane covers image pixels
     ``[j / f, (j + 1) / f)``, so its centre is at ``(j + 0.5) / f - 0.5`` image pixels."""
     scale, translate = np.asarray(scale, float), np.asarray(translate, float)
     f = np.ones_like(scale)
-    f[-2:] = sized.factors
+    f[-2:] = sized.grid.factors
     return tuple(scale / f), tuple(translate + scale * (0.5 / f - 0.5))
 
 

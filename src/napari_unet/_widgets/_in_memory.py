@@ -67,7 +67,7 @@ def _predict_job(model, pixels, *, grey, shape, tile, center, flips, instance, t
     # the core resamples (and places tiles on the resampled plane); the model's own size for
     # "as it comes", so that it does not estimate again
     diameter = sized.diameter if sized.diameter is not None else model_diameter(model)
-    probabilities = np.zeros((*shape[:-2], *sized.shape), dtype=np.float32)
+    probabilities = np.zeros((*shape[:-2], *sized.grid.shape), dtype=np.float32)
     tiles = predict_tiles(model, pixels, tile=tile, center=center, flips=flips, diameter=diameter)
     with closing(tiles):
         for result in tiles:
@@ -170,9 +170,11 @@ class InMemoryRun:
             return "the run's layers were removed; the run stops"
         if isinstance(result, Sized):
             self.sized = result
-            if result.resampled:  # the tiles stream into the resampled grid, over the image
+            if result.grid.resampled:  # the tiles stream into the resampled grid, over the image
                 for output in self._outputs():
-                    _regrid(output.layer, result.shape, *resampled_grid(*_grid(output), result))
+                    _regrid(
+                        output.layer, result.grid.shape, *resampled_grid(*_grid(output), result)
+                    )
             return
         index = self.prefix + result.plane
         self.labels.layer.data[index][result.region] = result.probabilities > self.threshold
@@ -216,7 +218,7 @@ class InMemoryRun:
                 f"(thresholded, not split into cells){kept}"
             )
         labels, probabilities = outcome.value
-        if self.sized is not None and self.sized.resampled:  # back on the image's grid
+        if self.sized is not None and self.sized.grid.resampled:  # back on the image's grid
             for output in self._outputs():
                 _regrid(output.layer, self.shape[-2:], *_grid(output))
         self._place_result(self.labels, labels)

@@ -52,8 +52,9 @@ __all__ = [
 AUGMENTATIONS = ("elastic", "flips", "intensity", "zoom", "gamma", "illumination", "contrast")
 DEFAULT_AUGMENTATIONS = ("elastic", "flips", "intensity")  # what augment=True means
 DEFAULT_STEPS = 650
-"""Steps of a fine-tuning run unless told: a few annotated frames over-fit beyond about that
-many, and a fast CPU does them in 4-6 minutes (docs/benchmarks.md, "How long to fine-tune")."""
+"""Steps of a fine-tuning run unless told: twice as many lost on two of three kinds of two
+annotated frames (over-fitting) and gained on the third; a fast CPU does 650 in 4-6 minutes
+(docs/benchmarks.md, "How long to fine-tune")."""
 MAX_LR = 1.0
 """The largest learning rate accepted: Adam's steps are about lr in size, weights about 0.1."""
 MIN_STEPS = 200

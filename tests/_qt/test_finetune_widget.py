@@ -360,7 +360,7 @@ def test_pairs_use_the_region_chosen_in_annotate(setup):
     _add(widget, viewer, "cells", "cells annotation")
     assert widget._pairs[-1].region is region
     # 50 characters: cut in the middle to the list's 44 (the full name in the tooltip)
-    assert widget._pair_list.item(0).text() == "cells / cells annotat…cells annotated region"
+    assert widget._pair_list.item(0).text() == "cells / cells annot…lls annotated region"
     assert (
         widget._pair_list.item(0)
         .toolTip()

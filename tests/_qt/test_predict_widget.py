@@ -60,7 +60,7 @@ def test_tiles_stream_in_before_the_worker_finishes(setup, qtbot):
 
     def check(result):  # runs after the widget wrote the tile
         if isinstance(result, Sized):  # first: the cell size it predicts at (none here)
-            assert result.source is None and not result.resampled and not seen
+            assert result.source is None and not result.grid.resampled and not seen
             return
         written = layer.data[result.region]
         seen.append((bool(finished), np.array_equal(written, result.probabilities > 0.5)))

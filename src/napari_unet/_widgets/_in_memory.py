@@ -141,7 +141,7 @@ class InMemoryRun:
             labels=labels,
             probability=extra,
             prefix=prefix,
-            threshold=settings.instance["threshold"],
+            threshold=settings.config.threshold,
             shape=tuple(shape),
         )
         return run, _predict_job(

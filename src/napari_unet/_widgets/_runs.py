@@ -33,13 +33,12 @@ alike: ``segment_large``'s (and so the CLI's) defaults, whatever the block size.
 class Settings:
     """The dock's choices a run uses."""
 
-    instance: dict  # keyword arguments of to_instances, sized for the model (the preview's)
+    config: InstanceConfig  # every route's: sizes None follow the diameter used
     tile: int  # tile side of the in-memory route; 0: automatic
     block: int  # block side of the lazy and the cluster route; 0: automatic
     flips: bool
     folder: Path | None  # "save labels in"; None: the system's temporary folder
     model_label: str  # how the model is recorded with a cluster's labels
-    config: InstanceConfig | None = None  # every route's: sizes None follow the diameter used
     diameter: float | None = None  # the typed cell diameter (px); None: automatic
 
 

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Pair", "TrainingRun", "clock", "elide", "measured", "training_events", "verdict"]
 
-NAME_CHARS = 40  # characters of a pair's name in the list: they fit the 340-px dock with its check box
+NAME_CHARS = 40  # characters of a pair's name in the list: they fit the 340-px dock's check box
 
 
 def training_events(model: UNet, train: list, validation: list, grey: bool, settings: dict):

@@ -401,13 +401,12 @@ class PredictWidget(Container):
     def _settings(self, model: UNet) -> Settings:
         folder = Path(self._out_folder.value or "")
         return Settings(
-            instance=self._instances().for_model(model).options(),
+            config=self._instances(),
             tile=self._tile.value,
             block=self._block.value,
             flips=self._flips.value,
             folder=None if str(folder) in ("", ".") else folder,
             model_label=self._model_label(),
-            config=self._instances(),
             diameter=self._diameter.typed,
         )
 

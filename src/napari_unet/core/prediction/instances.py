@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -48,11 +48,6 @@ class Probabilities(np.ndarray):
         obj = np.asarray(array).view(cls)
         obj.cells = cells
         return obj
-
-    @classmethod
-    def for_model(cls, array, model) -> Probabilities:
-        """``array`` carrying ``model.metadata["cells"]`` (``None`` when absent)."""
-        return cls(array, (getattr(model, "metadata", None) or {}).get("cells"))
 
     def __array_finalize__(self, obj) -> None:
         self.cells = getattr(obj, "cells", None)
@@ -113,7 +108,8 @@ class InstanceConfig:
     """How :func:`to_instances` splits foreground into cells, as the CLI, the batch runner, the
     cluster and the Predict dock set it: its keyword arguments, with their defaults and bounds
     (checked when made: ValueError, as :func:`to_instances` says it). ``min_size`` and
-    ``min_core`` left ``None`` are sized by the cells of a model (:meth:`for_model`)."""
+    ``min_core`` left ``None`` are sized by the cells in use
+    (:func:`~napari_unet.core.prediction.predict.instance_options`)."""
 
     threshold: float = THRESHOLD
     min_size: int | None = None
@@ -123,17 +119,6 @@ class InstanceConfig:
 
     def __post_init__(self) -> None:
         _check_options(self.threshold, self.core, self.min_size, self.expand, "watershed")
-
-    def for_model(self, model) -> InstanceConfig:
-        """This config with the sizes left ``None`` made those of ``model``'s cells
-        (``model.metadata["cells"]``, :func:`size_defaults`), so that plain arrays (blocks)
-        label as a :class:`Probabilities` of ``model`` does."""
-        size, core = size_defaults((getattr(model, "metadata", None) or {}).get("cells"))
-        return replace(
-            self,
-            min_size=size if self.min_size is None else self.min_size,
-            min_core=core if self.min_core is None else self.min_core,
-        )
 
     def options(self) -> dict:
         """Keyword arguments of :func:`to_instances` (JSON-serialisable, as runs record them)."""

@@ -523,7 +523,7 @@ def resampling_for(model, plane, diameter: float | None, source: str | None = GI
     :func:`resolve_diameter`); ``None``: the cells the model was fine-tuned on, else the image
     as it comes. ValueError for a diameter too far from the model's, or for a model that says
     no size."""
-    factor = _scale(model, diameter)[0]
+    factor = _factor(model, diameter)
     if diameter is None:
         diameter, source = tuned_diameter(model), TUNED
     return Resampling.of(plane, factor, diameter, source if diameter is not None else None)
@@ -577,21 +577,20 @@ def _middle_plane(model, image) -> np.ndarray:
     return image
 
 
-def _scale(model, diameter: float | None) -> tuple[float, dict | None]:
-    """``(factor, cells)``: how much to enlarge the image for ``model`` when its cells are
-    ``diameter`` px across (:func:`predict`), and the cells' size in the image's pixels."""
+def _factor(model, diameter: float | None) -> float:
+    """How much to enlarge the image for ``model`` when its cells are ``diameter`` px across
+    (``None``: those it was fine-tuned on, else 1)."""
     known = model_diameter(model)
     if diameter is None:
         diameter = tuned_diameter(model)
         if diameter is None:
-            return 1.0, None
+            return 1.0
     if known is None:
         raise ValueError(
             f"this model does not say what cell size it works at, so a cell diameter "
             f"({diameter!r}) cannot be used; predict without one, or fine-tune the model first"
         )
-    factor = scale_factor(known, diameter)
-    return factor, sized_cells(diameter)
+    return scale_factor(known, diameter)
 
 
 def predict_window(

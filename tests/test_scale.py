@@ -68,21 +68,25 @@ def test_rescaled_image_is_anti_aliased_and_resize_to_returns_to_the_grid():
     assert resize_to(smooth, smooth.shape) is smooth
 
 
-def test_finetune_trains_at_the_models_diameter_and_records_the_annotated_size(tiny_unet):
+def test_finetune_trains_near_the_models_diameter_and_records_the_size_it_worked_at(tiny_unet):
     from napari_unet import finetune
+    from napari_unet.core.prediction.scale import WORKING_RANGE
     from napari_unet.core.training.train import at_model_size
 
     labels = discs((256, 256), radius=20, spacing=64)  # cells 40 px across
     image = (labels > 0).astype(np.float32) + 0.1
-    tiny_unet.metadata = {"diameter": 20.0}
+    tiny_unet.metadata = {"diameter": 20.0}  # 2x off: shrunk to the edge of the working range
     samples, cells, factor = at_model_size([(image, labels)], tiny_unet)
-    assert factor == pytest.approx(0.5, abs=0.02)
+    assert factor == pytest.approx(20 * WORKING_RANGE / 40, abs=0.02)
     assert samples[0][0].shape == samples[0][1].shape == (round(256 * factor),) * 2
-    assert median_diameter(samples[0][1]) == pytest.approx(20, abs=1)
+    assert median_diameter(samples[0][1]) == pytest.approx(20 * WORKING_RANGE, abs=1)
     for _ in finetune(tiny_unet, [(image, labels)], steps=2, tile=32, seed=0):
         pass
     assert tiny_unet.metadata["cells"]["median_diameter"] == pytest.approx(40, abs=1)
     assert tiny_unet.metadata["finetune"]["scale"] == pytest.approx(factor)
+    assert tiny_unet.metadata["diameter"] == pytest.approx(20 * WORKING_RANGE, abs=1)
+    tiny_unet.metadata = {"diameter": 34.0}  # within reach: the cells as they are
+    assert at_model_size([(image, labels)], tiny_unet)[2] == 1.0
     tiny_unet.metadata = {}  # a model that does not say its size trains on the images as they are
     assert at_model_size([(image, labels)], tiny_unet)[2] == 1.0
 

@@ -30,6 +30,7 @@ __all__ = [
     "tuned_diameter",
     "sized_cells",
     "scale_factor",
+    "working_diameter",
     "rescale_image",
     "rescale_labels",
     "resize_to",
@@ -42,6 +43,10 @@ MIN_FACTOR, MAX_FACTOR = 1 / 8, 8.0
 """The resampling factors allowed: a diameter more than 8x off the model's is refused."""
 SAME = 0.02
 """Factors within 2 % of 1 are not resampled (the image is used as it comes)."""
+WORKING_RANGE = 1.4
+"""A sized model is fine-tuned on cells as they come when they are within this factor of its
+diameter, and on cells resampled to that limit when they are further off (docs/benchmarks.md,
+"At which size to fine-tune")."""
 
 
 def median_diameter(labels) -> float:
@@ -93,6 +98,15 @@ def scale_factor(model_diameter: float, diameter: float) -> float:
             f"{model_diameter / MIN_FACTOR:.3g} px)"
         )
     return 1.0 if abs(factor - 1) <= SAME else factor
+
+
+def working_diameter(model_diameter: float, diameter: float) -> float:
+    """The diameter (px) to fine-tune a model that knows cells ``model_diameter`` px across on
+    cells ``diameter`` px across: ``diameter`` itself within :data:`WORKING_RANGE` of the
+    model's (the network sees such cells whole, and learns them best at their own size), else
+    the nearer limit of that range."""
+    low, high = model_diameter / WORKING_RANGE, model_diameter * WORKING_RANGE
+    return float(min(max(diameter, low), high))
 
 
 def scaled_shape(shape: tuple[int, ...], factor: float) -> tuple[int, int]:

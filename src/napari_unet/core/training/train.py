@@ -21,7 +21,7 @@ from ..image import PERCENTILES, check_label_image, normalize, split_channels
 from ..network.device import resolve_device
 from ..network.guard import FINETUNING, training_step, using
 from ..prediction.instances import THRESHOLD, cell_areas, cell_sizes, size_defaults
-from ..prediction.scale import rescale_image, rescale_labels, scale_factor
+from ..prediction.scale import rescale_image, rescale_labels, scale_factor, working_diameter
 from .augment import (
     random_cell_contrast,
     random_displacement,
@@ -316,8 +316,10 @@ def prepare_samples(
 
 def at_model_size(samples: Sequence, model) -> tuple[list, dict | None, float]:
     """``(samples, cells, factor)``: the ``(image, labels[, mask])`` samples resampled so their
-    cells have the diameter the model works at (``model.metadata["diameter"]``; samples as they
-    are for a model that has none), the size of their annotated cells in the samples' own pixels
+    cells are within reach of the diameter the model works at
+    (:func:`~napari_unet.core.prediction.scale.working_diameter` of
+    ``model.metadata["diameter"]``; samples as they are for a model that has none), the size of
+    their annotated cells in the samples' own pixels
     (:func:`~napari_unet.core.prediction.instances.cell_sizes` pooled over all samples, inside
     their masks; ``None`` when no cell is annotated) and the factor applied. Images are
     resampled with anti-aliasing, labels and masks by nearest neighbour."""
@@ -329,7 +331,8 @@ def at_model_size(samples: Sequence, model) -> tuple[list, dict | None, float]:
     diameter = (getattr(model, "metadata", None) or {}).get("diameter")
     if cells is None or diameter is None:
         return samples, cells, 1.0
-    factor = scale_factor(diameter, cells["median_diameter"])
+    annotated = cells["median_diameter"]
+    factor = scale_factor(working_diameter(diameter, annotated), annotated)
     if factor == 1.0:
         return samples, cells, factor
     resampled = []
@@ -686,8 +689,9 @@ def _diverged(config: FinetuneConfig, what: str) -> FloatingPointError:
 
 def _record(model, config: FinetuneConfig, steps: int, cells: dict | None, factor: float):
     """Put the run's settings, ``steps`` done and the ``factor`` its images were resampled by
-    into ``model.metadata["finetune"]``, and the size of the annotated cells (in the images' own
-    pixels) into ``model.metadata["cells"]``."""
+    into ``model.metadata["finetune"]``, the size of the annotated cells (in the images' own
+    pixels) into ``model.metadata["cells"]``, and for a sized model the diameter it was
+    fine-tuned at into ``model.metadata["diameter"]``."""
     metadata = dict(getattr(model, "metadata", None) or {})
     run = dataclasses.asdict(config)
     metadata["finetune"] = {
@@ -698,4 +702,6 @@ def _record(model, config: FinetuneConfig, steps: int, cells: dict | None, facto
     }
     if cells is not None:  # cells only outside the masks say nothing of their size
         metadata["cells"] = cells
+        if metadata.get("diameter") is not None:  # the size the model now knows best
+            metadata["diameter"] = float(cells["median_diameter"] * factor)
     model.metadata = metadata

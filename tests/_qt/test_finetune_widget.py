@@ -487,7 +487,7 @@ def _press(layer, key):
 def test_status_says_the_annotated_size_and_the_resampling(setup, crops, qtbot):
     """After a run the status says the median diameter of the annotated cells; for a model
     trained at one size, also the factor the frames were resampled by."""
-    from napari_unet.core.prediction.scale import median_diameter
+    from napari_unet.core.prediction.scale import WORKING_RANGE, median_diameter
 
     viewer, widget, model = setup
     _add(widget, viewer, "cells", "cells annotation")
@@ -502,10 +502,10 @@ def test_status_says_the_annotated_size_and_the_resampling(setup, crops, qtbot):
     _train(widget, qtbot, steps=1)
     tuned = session_for(viewer).model.metadata
     factor = tuned["finetune"]["scale"]
-    assert factor == pytest.approx(round(measured / 2) / measured, abs=0.02)
+    assert factor == pytest.approx(round(measured / 2) * WORKING_RANGE / measured, abs=0.02)
     assert (
-        f"median diameter {measured:.0f} px; frames resampled by {factor:.2f} to the model's "
-        f"{round(measured / 2)} px. " in widget.status
+        f"median diameter {measured:.0f} px; frames resampled by {factor:.2f} to "
+        f"{tuned['diameter']:.0f} px, near the size the model knows. " in widget.status
     )
 
 

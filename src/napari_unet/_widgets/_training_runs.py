@@ -38,9 +38,9 @@ def training_events(model: UNet, train: list, validation: list, grey: bool, sett
 
 def measured(model: UNet) -> str:
     """What a run measured of its annotated cells, from ``model.metadata`` after it: e.g.
-    ``"Annotated cells: median diameter 41 px; frames resampled by 0.49 to the model's 20 px. "``
-    (the factor only for a model trained at one size, ``"diameter"``); ``""`` when it says
-    nothing."""
+    ``"Annotated cells: median diameter 80 px; frames resampled by 0.70 to 56 px, near the size
+    the model knows. "`` (how the frames were used only for a model trained at one size,
+    ``"diameter"``); ``""`` when it says nothing."""
     metadata = getattr(model, "metadata", None) or {}
     diameter = (metadata.get("cells") or {}).get("median_diameter")
     if diameter is None:
@@ -48,8 +48,13 @@ def measured(model: UNet) -> str:
     said = f"Annotated cells: median diameter {float(diameter):.0f} px"
     trained = metadata.get("diameter")
     factor = (metadata.get("finetune") or {}).get("scale")
-    if trained is not None and factor is not None:
-        said += f"; frames resampled by {float(factor):.2f} to the model's {float(trained):.0f} px"
+    if trained is not None and factor is not None and float(factor) != 1.0:
+        said += (
+            f"; frames resampled by {float(factor):.2f} to {float(trained):.0f} px, near the size "
+            "the model knows"
+        )
+    elif trained is not None and factor is not None:
+        said += "; frames used at their own size, near the size the model knows"
     return said + ". "
 
 

@@ -394,6 +394,7 @@ def test_cli_on_cluster_resumes_and_reports_failures(client, whole_sample, tmp_p
     (folder / "broken.tif").write_bytes(b"not a tiff")
     address = client.scheduler.address
     argv = ["predict", str(folder), "--out", str(out), "--scheduler", address, "--block", "384"]
+    argv += ["--min-size", str(INSTANCE["min_size"])]  # as the in-process labels below
     assert main([*argv, "--rois"]) == 1
     err = capsys.readouterr().err
     assert "broken.tif" in err and "2 of 4 image(s) failed" in err
@@ -418,6 +419,7 @@ def test_cli_large_tiff_and_zarr_inputs_give_tiff_and_ome_zarr(client, large_run
     tifffile.imwrite(tmp_path / "big.tif", whole[0])
     address = client.scheduler.address
     argv = ["--block", str(BLOCK), "--halo", str(HALO), "--scheduler", address]
+    argv += ["--min-size", str(INSTANCE["min_size"])]  # as the cluster run's labels
     out = tmp_path / "out"
     assert main(["predict", str(tmp_path / "big.tif"), "--out", str(out), *argv]) == 0
     assert (tifffile.imread(out / "big_labels.tif") == expected).all()
@@ -472,6 +474,7 @@ def test_cli_writes_probabilities_on_cluster_as_in_process(
     inputs = [str(tmp_path / n) for n in ("big.tif", "small.tif", "img.ome.zarr")]
     argv = ["predict", *inputs, "--out", str(out), "--probabilities"]
     argv += ["--block", str(BLOCK), "--halo", str(HALO), "--scheduler", client.scheduler.address]
+    argv += ["--min-size", str(INSTANCE["min_size"])]  # as the cluster run's labels
     assert main(argv) == 0
     big = tifffile.imread(out / "big_probabilities.tif")
     assert big.dtype == np.float32 and np.abs(big - prob).max() <= 1e-5

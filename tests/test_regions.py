@@ -32,7 +32,9 @@ def test_regions_in_any_order_equal_whole_image_prediction_and_labels(whole_samp
     model = load_bundled()
     image = whole_sample[0][:256, :512]
     source = Reads(image)
-    stream = PlaneStream(model, source, step=128, halo=128, instance=INSTANCE, sample_block=128)
+    stream = PlaneStream(  # a given diameter: nothing read to estimate it
+        model, source, step=128, halo=128, instance=INSTANCE, sample_block=128, diameter=30
+    )
     assert len(stream.blocks) == 8 and stream.chunks == (128, 128)  # sampled: every block
     prob = np.full(image.shape, np.nan, np.float32)
     labels = np.zeros(image.shape, np.uint32)
@@ -50,7 +52,7 @@ def test_regions_in_any_order_equal_whole_image_prediction_and_labels(whole_samp
             labels[event.region] = event.labels
             painted.append(event.index)
     assert sorted(painted) == list(range(8)) and stream.left == 0
-    whole = predict(model, image)
+    whole = predict(model, image, diameter=30)
     assert np.abs(prob - whole).max() <= 1e-5
     reference = to_instances(whole, **INSTANCE)
     matched, n_ref, n_out = match_counts(reference, labels, 0.99)

@@ -84,7 +84,9 @@ def test_post_processing_settings_reach_the_instances(setup, qtbot):
     from napari_unet import load_bundled, to_instances
 
     viewer, widget = setup
-    session_for(viewer).set_model(load_bundled(), "bundled")  # finds cells, unlike a random net
+    model = load_bundled()  # finds cells, unlike a random net; as it comes (no diameter), so
+    model.metadata = {k: v for k, v in model.metadata.items() if k != "diameter"}  # sizes
+    session_for(viewer).set_model(model, "bundled")  # are the defaults, as below
     widget._with_probability.value = True
     widget._threshold.value = 0.45
     results = []

@@ -282,11 +282,14 @@ def test_the_run_is_recorded_in_the_metadata(sample):
     events = finetune(model, [sample], steps=5, config=config)
     next(events), next(events)
     events.close()
+    from napari_unet.core.network.precision import resolve_precision
+
     recorded = json.loads(json.dumps(model.metadata))
     assert recorded["name"] == "mine"
     assert recorded["finetune"] == {
         **dataclasses.asdict(config),
         "augment": ["elastic", "flips", "intensity"],
+        "precision": resolve_precision("auto", "cpu"),  # what ran, "auto" resolved
         "steps": 2,
         "scale": 1.0,  # a model that does not say its cell diameter trains at the images' size
     }

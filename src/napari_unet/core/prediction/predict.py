@@ -19,6 +19,7 @@ import torch
 from ..image import PERCENTILES, check_finite, normalize, split_channels
 from ..network.device import resolve_device
 from ..network.guard import PREDICTING, using
+from ..network.precision import autocast, dtype_name, resolve_precision
 from .allocator import keep_freed_memory, trim_freed_memory
 from .diameter import DiameterEstimate, search_diameter
 from .instances import Probabilities
@@ -141,6 +142,7 @@ class _Plan:
     percentiles: tuple[float, float] | None
     flips: bool
     grid: Resampling | None = None
+    precision: str = "fp32"  # resolved: "fp32", "bf16" or "fp16"
 
     @property
     def total(self) -> int:
@@ -195,7 +197,9 @@ def _check_sizes(tile, batch_size) -> None:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
 
 
-def _plan(model, image, tile, batch_size, percentiles, center, flips, grid=None) -> _Plan:
+def _plan(
+    model, image, tile, batch_size, percentiles, center, flips, grid=None, precision="fp32"
+) -> _Plan:
     _check_model(model)
     _check_sizes(tile, batch_size)
     image, stack_shape, plane_shape = _planes(np.asarray(image), model.in_channels)
@@ -211,20 +215,22 @@ def _plan(model, image, tile, batch_size, percentiles, center, flips, grid=None)
         percentiles=percentiles,
         flips=flips,
         grid=grid or Resampling.of(plane_shape),
+        precision=precision,
     )
 
 
 def _sized_plan(
-    model, image, tile, batch_size, percentiles, center, flips, diameter, device
+    model, image, tile, batch_size, percentiles, center, flips, diameter, device, precision
 ) -> _Plan:
     """The plan of :func:`predict_tiles`: the image checked, its diameter resolved, its planes
-    normalised (their own percentiles) and resampled to the model's cell size."""
+    normalised (their own percentiles) and resampled to the model's cell size; ``device`` a
+    resolved one, ``precision`` resolved for it (:func:`resolve_precision`)."""
     _check_model(model)
     _check_sizes(tile, batch_size)
     image, stack_shape, plane_shape = _planes(np.asarray(image), model.in_channels)
     source = GIVEN
     if diameter is None:
-        diameter, source = resolve_diameter(model, image, device=device)
+        diameter, source = resolve_diameter(model, image, device=device, precision=precision)
     grid = resampling_for(model, plane_shape, diameter, source)
     factor = grid.factor
     if factor != 1.0:
@@ -235,7 +241,7 @@ def _sized_plan(
         percentiles = None
         if center is not None:
             center = grid.to_resampled(center)
-    return _plan(model, image, tile, batch_size, percentiles, center, flips, grid)
+    return _plan(model, image, tile, batch_size, percentiles, center, flips, grid, precision)
 
 
 def _normalised(image: np.ndarray, stack_shape, percentiles) -> np.ndarray:
@@ -257,6 +263,7 @@ def predict_tiles(
     center: tuple[float, float] | None = None,
     flips: bool = False,
     diameter: float | None = None,
+    precision: str = "auto",
 ) -> Iterator[TileResult]:
     """Predict ``image`` tile by tile, with its cells at the model's size; yields a
     :class:`TileResult` per tile.
@@ -300,6 +307,11 @@ def predict_tiles(
         estimate of the middle plane, made by this call before it returns; for a model that
         says neither, the image as it comes). A diameter for a model that does not say its
         own cell size raises ValueError.
+    precision
+        ``"auto"`` (bfloat16 where the device computes it natively, else float32; see
+        :func:`~napari_unet.core.network.precision.resolve_precision`), ``"fp32"`` or
+        ``"bf16"``: the arithmetic of the network's convolutions (weights stay float32,
+        probabilities come out float32). Logged with the tiles. ValueError for another value.
 
     Returns
     -------
@@ -312,8 +324,9 @@ def predict_tiles(
     Notes
     -----
     Tiles start at multiples of ``2**depth`` in the mirror-padded (resampled) plane, so the
-    result equals the untiled prediction of the whole (resampled) image (to float rounding,
-    about 1e-6).
+    result equals the untiled prediction of the whole (resampled) image: in float32 to float
+    rounding (about 1e-6, within 1e-5); in bfloat16, whose convolutions round to 8 bits of
+    mantissa in an order that depends on the tile size, to about 1e-2 (see the tests).
 
     Predictions may share a model, also from several threads; a prediction that starts while
     another thread fine-tunes the model, or on another device than a running prediction,
@@ -324,16 +337,25 @@ def predict_tiles(
     the tiles of a plane, so that the next tile reuses the memory of the last, and comes back with
     the memory when the plane or the generator ends, or it is closed.
     """
+    device = resolve_device(device, model)
+    precision = resolve_precision(precision, device)
     plan = _sized_plan(
-        model, image, tile, batch_size, percentiles, center, flips, diameter, device
+        model, image, tile, batch_size, percentiles, center, flips, diameter, device, precision
     )
-    return _start(model, plan, resolve_device(device, model))
+    return _start(model, plan, device)
 
 
 def _start(model, plan: _Plan, device: torch.device) -> Iterator[TileResult]:
     """Log the tiles that will run, and return the generator that runs them."""
     rows, cols = (max(t.inner[a].stop - t.inner[a].start for t in plan.tiles) for a in (0, 1))
-    log.info("predicting %d tile(s) of up to %d x %d px on %s", plan.total, rows, cols, device)
+    log.info(
+        "predicting %d tile(s) of up to %d x %d px on %s in %s",
+        plan.total,
+        rows,
+        cols,
+        device,
+        dtype_name(plan.precision),
+    )
     return _guarded(model, plan, device)
 
 
@@ -354,9 +376,7 @@ def _results(model, plan: _Plan, device) -> Iterator[TileResult]:
             batches = list(_batches(plan.tiles, plan.batch_size))
             for i, batch in enumerate(batches):
                 # the heap keeps the activations from batch to batch; trimmed once per plane
-                probabilities = _batch(
-                    model, padded, batch, device, plan.flips, i == len(batches) - 1
-                )
+                probabilities = _batch(model, padded, batch, device, plan, i == len(batches) - 1)
                 for t, probs in zip(batch, probabilities, strict=True):
                     yield TileResult(
                         plane=plane,
@@ -382,36 +402,38 @@ def _padded(plan: _Plan, plane: tuple[int, ...]) -> torch.Tensor:
     return torch.from_numpy(padded).permute(2, 0, 1)
 
 
-def _batch(model, padded, batch: list[Tile], device, flips: bool, trim: bool) -> list[np.ndarray]:
+def _batch(model, padded, batch: list[Tile], device, plan: _Plan, trim: bool) -> list[np.ndarray]:
     """The ``(h, w)`` float32 foreground probability of each tile of ``batch``, computed in
-    inference mode and :func:`keep_freed_memory` (``trim``: give its memory back after; else it
-    stays for the next batch)."""
+    inference mode, at ``plan.precision`` and in :func:`keep_freed_memory` (``trim``: give its
+    memory back after; else it stays for the next batch)."""
     with keep_freed_memory(trim=trim), torch.inference_mode():
         inputs = torch.stack([padded[:, t.source[0], t.source[1]] for t in batch])
         inputs = inputs.to(device).contiguous(memory_format=torch.channels_last)
-        fg = _foreground(model, inputs, flips).float().cpu().numpy()
+        with autocast(plan.precision, device):
+            fg = _foreground(model, inputs, plan.flips).cpu().numpy()
         crops = [np.ascontiguousarray(p[t.crop]) for t, p in zip(batch, fg, strict=True)]
         del inputs, fg  # inside: the heap keeps their memory for the next batch
     return crops
 
 
 def _foreground(model, inputs: torch.Tensor, flips: bool) -> torch.Tensor:
-    """``(B, h, w)`` foreground probability of ``(B, C, H, W)`` inputs; with ``flips``, the mean
-    over the 8 flips and quarter turns, each mapped back.
+    """``(B, h, w)`` float32 foreground probability of ``(B, C, H, W)`` inputs (softmax of the
+    logits cast to float32, whatever the autocast); with ``flips``, the mean over the 8 flips and
+    quarter turns, each mapped back.
 
     Every tile's input starts on the pooling grid and has a length that is the same modulo
     ``2**depth``, so flipped tiles, which pool from their far end, share one grid too: the tiled
     result still equals the untiled one.
     """
     if not flips:
-        return 1.0 - torch.softmax(model(inputs), dim=1)[:, 0]
+        return 1.0 - torch.softmax(model(inputs).float(), dim=1)[:, 0]
     total = None
     for turns in range(4):
         for mirror in (False, True):
             x = torch.rot90(inputs, turns, dims=(2, 3))
             if mirror:
                 x = x.flip(3)
-            logits = model(x.contiguous(memory_format=torch.channels_last))
+            logits = model(x.contiguous(memory_format=torch.channels_last)).float()
             fg = 1.0 - torch.softmax(logits, dim=1)[:, 0]
             if mirror:
                 fg = fg.flip(2)
@@ -439,6 +461,7 @@ def predict(
     center: tuple[float, float] | None = None,
     flips: bool = False,
     diameter: float | None = None,
+    precision: str = "auto",
     progress: Callable[[TileResult], None] | None = None,
 ) -> np.ndarray:
     """Foreground probability of a whole image or stack, with its cells at the model's size.
@@ -452,27 +475,30 @@ def predict(
     ``None`` means the diameter of the cells the model was fine-tuned on; for a model trained at
     one size but not fine-tuned, :func:`estimate_diameter` of the image (of its middle plane for
     a stack); for a model that says neither, the image as it comes. A diameter for a model that
-    does not say its own cell size raises ValueError.
+    does not say its own cell size raises ValueError. ``precision`` (``"auto"``, ``"fp32"`` or
+    ``"bf16"``) is the arithmetic of the network, as :func:`predict_tiles` takes it.
 
     Returns ``(..., H, W)`` float32 in [0, 1] (the channel axis, if any, dropped), equal to the
-    untiled prediction, as :class:`~napari_unet.core.prediction.instances.Probabilities`
-    carrying the size of the image's cells at the diameter used (:func:`cells_in_use`: a given
-    or estimated diameter, else ``model.metadata["cells"]``) for
-    :func:`~napari_unet.to_instances`.
+    untiled prediction (within 1e-5 in float32), as
+    :class:`~napari_unet.core.prediction.instances.Probabilities` carrying the size of the
+    image's cells at the diameter used (:func:`cells_in_use`: a given or estimated diameter, else
+    ``model.metadata["cells"]``) for :func:`~napari_unet.to_instances`.
     """
+    device = resolve_device(device, model)
+    precision = resolve_precision(precision, device)
     plan = _sized_plan(
-        model, image, tile, batch_size, percentiles, center, flips, diameter, device
+        model, image, tile, batch_size, percentiles, center, flips, diameter, device, precision
     )
-    out = _assemble(plan, _start(model, plan, resolve_device(device, model)), progress)
+    out = _assemble(plan, _start(model, plan, device), progress)
     grid = plan.grid
     return Probabilities(grid.to_image(out), cells_in_use(model, grid.diameter, grid.source))
 
 
-def estimate_diameter(model, image, *, device=None) -> DiameterEstimate:
+def estimate_diameter(model, image, *, device=None, precision="auto") -> DiameterEstimate:
     """The median cell diameter (px) of one ``(H, W)`` or ``(H, W, C)`` image, estimated by a
     scale search with ``model`` (see :mod:`~napari_unet.core.prediction.diameter`), which must
     say the diameter it works at (``model.metadata["diameter"]``); ValueError otherwise or when no
-    cells are found at any size."""
+    cells are found at any size. ``precision`` as :func:`predict` takes it."""
     known = _trained_size(model)
     if known is None:
         raise ValueError(
@@ -483,9 +509,10 @@ def estimate_diameter(model, image, *, device=None) -> DiameterEstimate:
     if image.ndim != 2 + has_channels:
         raise ValueError(f"estimate the diameter of one plane (H, W), got shape {image.shape}")
     device = resolve_device(device, model)
+    precision = resolve_precision(precision, device)
 
     def predictor(window: np.ndarray) -> np.ndarray:
-        plan = _plan(model, window, None, None, PERCENTILES, None, False)
+        plan = _plan(model, window, None, None, PERCENTILES, None, False, precision=precision)
         return _assemble(plan, _start(model, plan, device))
 
     estimate = search_diameter(image, known, predictor)
@@ -494,14 +521,14 @@ def estimate_diameter(model, image, *, device=None) -> DiameterEstimate:
 
 
 def resolve_diameter(
-    model, image, diameter: float | None = None, *, device=None
+    model, image, diameter: float | None = None, *, device=None, precision="auto"
 ) -> tuple[float | None, str | None]:
     """``(diameter, source)``: the cells' diameter (px) to predict ``image`` at and where it
     came from: ``diameter`` as given (``GIVEN``), the model's fine-tuning (``TUNED``), or
     :func:`estimate_diameter` of the middle plane for a model trained at one size but not
     fine-tuned (``ESTIMATED``); ``(None, None)`` for the image as it comes (a model that says
     no size, or an estimate that found no cell: logged). What :func:`predict` uses, and the
-    CLI and the Predict dock report."""
+    CLI and the Predict dock report; ``precision`` is the estimate's (see :func:`predict`)."""
     if diameter is not None:
         return float(diameter), GIVEN
     if tuned_diameter(model) is not None:
@@ -509,9 +536,9 @@ def resolve_diameter(
     if _trained_size(model) is None:
         return None, None
     try:
-        return estimate_diameter(model, _middle_plane(model, image), device=device).diameter, (
-            ESTIMATED
-        )
+        plane = _middle_plane(model, image)
+        estimate = estimate_diameter(model, plane, device=device, precision=precision)
+        return estimate.diameter, ESTIMATED
     except ValueError as err:
         log.warning("%s: predicting the image as it comes", err)
         return None, None
@@ -600,6 +627,7 @@ def predict_window(
     *,
     flips: bool = False,
     device=None,
+    precision: str = "auto",
 ) -> np.ndarray:
     """Foreground probability of an ``(h, w)`` region of a larger plane, reading only its input.
 
@@ -608,10 +636,13 @@ def predict_window(
     network margin and the tiles' overhang, mirrored where the plane ends). The region is
     tiled as :func:`predict` tiles a plane of that size (automatic tile, same memory budget,
     same model guard); when it starts on the pooling grid of the plane, the result equals the
-    region of :func:`predict` of the whole plane with the same normalisation (to float
-    rounding). Returns ``(h, w)`` float32.
+    region of :func:`predict` of the whole plane with the same normalisation and ``precision``
+    (``"auto"``, ``"fp32"`` or ``"bf16"``, resolved for ``device`` here, where the window runs)
+    to float rounding (within 1e-5 in float32). Returns ``(h, w)`` float32.
     """
     _check_model(model)
+    device = resolve_device(device, model)
+    precision = resolve_precision(precision, device)
     shape = tuple(int(n) for n in shape)
     tiles = _tiles(model, shape, None, 1)
     (top, bottom), (left, right) = padding(shape, tiles, model.margin)
@@ -625,15 +656,16 @@ def predict_window(
         batch_size=1,
         percentiles=None,
         flips=flips,
+        precision=precision,
     )
-    return _assemble(plan, _guarded(model, plan, resolve_device(device, model)))
+    return _assemble(plan, _guarded(model, plan, device))
 
 
-def predict_held(model, image, device: torch.device) -> np.ndarray:
+def predict_held(model, image, device: torch.device, precision: str = "fp32") -> np.ndarray:
     """:func:`predict` with the default settings for a task that holds ``model`` already
-    (fine-tuning's validation): ``(H, W)`` float32 foreground probability; leaves the model in
-    eval mode."""
-    plan = _plan(model, image, None, None, PERCENTILES, None, False)
+    (fine-tuning's validation, at its resolved ``precision``): ``(H, W)`` float32 foreground
+    probability; leaves the model in eval mode."""
+    plan = _plan(model, image, None, None, PERCENTILES, None, False, precision=precision)
     model.eval()
     return _assemble(plan, _results(model, plan, device))
 

@@ -7,6 +7,7 @@ carved background borders), elastic deformation on the fly, loss only on real an
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import numbers
 import time
@@ -20,6 +21,7 @@ from torch.nn import functional as F
 from ..image import PERCENTILES, check_label_image, normalize, split_channels
 from ..network.device import resolve_device
 from ..network.guard import FINETUNING, training_step, using
+from ..network.precision import autocast, check_precision, dtype_name, resolve_precision
 from ..prediction.instances import THRESHOLD, cell_areas, cell_sizes, size_defaults
 from ..prediction.scale import rescale_image, rescale_labels, scale_factor, working_diameter
 from .augment import (
@@ -62,6 +64,8 @@ MIN_STEPS = 200
 few-shot protocol (docs/benchmarks.md) 178-184 steps took SEG from 0.07 to 0.33-0.38 of a
 0.41-0.43 plateau reached at 500-700 steps; a 1-minute run of 25-34 steps on a busy machine
 left 13 touching cells one object."""
+log = logging.getLogger(__name__)
+
 MIN_GAIN = 0.02
 """The least gain in SEG on the annotated cells that counts as a change (runs of one recipe and
 budget differ by about this much, docs/benchmarks.md)."""
@@ -97,6 +101,13 @@ class FinetuneConfig:
         Steps between two validation scores (when validation samples are given).
     seed
         Seed of the crop and augmentation sampling; ``None`` for a fresh one.
+    precision
+        Arithmetic of the forward pass: ``"auto"`` (bfloat16 where the device computes it
+        natively, else float32; see
+        :func:`~napari_unet.core.network.precision.resolve_precision`), ``"fp32"`` or
+        ``"bf16"`` (``"fp16"`` on a CUDA GPU, with a gradient scaler). Weights, optimiser state
+        and loss stay float32; the precision that ran is recorded in
+        ``model.metadata["finetune"]["precision"]``.
     """
 
     lr: float = 1e-3
@@ -108,6 +119,7 @@ class FinetuneConfig:
     class_balance: bool = CLASS_BALANCE
     validate_every: int = 50
     seed: int | None = None
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         if not (isinstance(self.lr, numbers.Real) and 0 < self.lr <= MAX_LR):
@@ -121,6 +133,7 @@ class FinetuneConfig:
             raise ValueError(f"class_balance must be True or False, got {self.class_balance!r}")
         if self.seed is not None and (not _is_int(self.seed) or self.seed < 0):
             raise ValueError(f"seed must be None or an integer >= 0, got {self.seed!r}")
+        check_precision(self.precision)
         # plain Python values: the config goes into the model's JSON metadata as it is
         for name, kind in [("lr", float), ("w0", float), ("sigma", float)] + [
             (name, int) for name in ("batch_size", "tile", "validate_every")
@@ -430,6 +443,7 @@ def finetune(
     seed: int | None = None,
     config: FinetuneConfig | None = None,
     score: bool = False,
+    precision: str | None = None,
 ) -> Iterator[FinetuneEvent]:
     """Train ``model`` in place on a few annotated images; a generator of :class:`FinetuneEvent`.
 
@@ -452,7 +466,7 @@ def finetune(
     max_seconds
         Stop after this much time even if steps remain; the learning-rate schedule follows
         whichever of steps and time runs out first.
-    lr, batch_size, tile, augment, w0, sigma, class_balance, validate_every, seed
+    lr, batch_size, tile, augment, w0, sigma, class_balance, validate_every, seed, precision
         The training settings, see :class:`FinetuneConfig` (which checks them and holds their
         defaults); those left ``None`` keep the default.
     validation
@@ -492,6 +506,7 @@ def finetune(
         "class_balance": class_balance,
         "validate_every": validate_every,
         "seed": seed,
+        "precision": precision,
     }
     given = {name: value for name, value in keywords.items() if value is not None}
     if config is None:
@@ -521,6 +536,9 @@ def finetune(
     )
     held_out = _validation_pairs(validation, model)
     scored = _scored_crops(samples, model) if score else []
+    device = resolve_device(device, model)
+    precision = resolve_precision(config.precision, device)
+    log.info("fine-tuning on %s in %s", device, dtype_name(precision))
     return _finetune(
         model,
         prepared,
@@ -528,7 +546,7 @@ def finetune(
         config,
         (int(steps), max_seconds),
         (side, out_side),
-        resolve_device(device, model),
+        (device, precision),
         (cells, factor),
         scored,
     )
@@ -542,13 +560,13 @@ def _validation_pairs(validation, model):
     return pairs
 
 
-def _foreground_iou(model, pairs, device) -> float:
+def _foreground_iou(model, pairs, device, precision: str) -> float:
     from ..metrics import foreground_counts
     from ..prediction.predict import predict_held
 
     inter = union = 0
     for image, truth, region in pairs:  # partial annotation: score only the annotated pixels
-        pred = predict_held(model, image, device) > THRESHOLD
+        pred = predict_held(model, image, device, precision) > THRESHOLD
         i, u = foreground_counts(truth, pred, region)
         inter, union = inter + i, union + u
     return float(inter / union) if union else 1.0
@@ -575,16 +593,17 @@ def _scored_crops(samples: Sequence, model) -> list:
     return crops
 
 
-def annotated_seg(model, crops: list, device) -> float:
+def annotated_seg(model, crops: list, device, precision: str = "fp32") -> float:
     """SEG (Cell Tracking Challenge, pooled over cells) of the model's cells on the annotated
-    cells of ``crops`` (:func:`_scored_crops`); leaves the model in eval mode."""
+    cells of ``crops`` (:func:`_scored_crops`), predicted at the resolved ``precision``; leaves
+    the model in eval mode."""
     from ..metrics import seg_score
     from ..prediction.instances import to_instances
     from ..prediction.predict import predict_held
 
     total = count = 0
     for image, truth, (min_size, min_core) in crops:
-        probabilities = predict_held(model, image, device)
+        probabilities = predict_held(model, image, device, precision)
         found = to_instances(probabilities, min_size=min_size, min_core=min_core)
         summed, n = seg_score(truth, found)
         total, count = total + summed, count + n
@@ -598,20 +617,24 @@ def _finetune(
     config: FinetuneConfig,
     budget: tuple[int, float | None],
     crop: tuple[int, int],
-    device: torch.device,
+    where: tuple[torch.device, str],
     size: tuple[dict | None, float],
     scored: list,
 ) -> Iterator[FinetuneEvent]:
     """The run: ``budget`` is ``(steps, max_seconds)`` (``None``: no time limit), ``crop`` the
-    network input side of a training crop and the output side it gives, ``size`` the annotated
+    network input side of a training crop and the output side it gives, ``where`` the device
+    and the precision resolved for it, ``size`` the annotated
     cells' sizes and the factor the samples were resampled by (:func:`at_model_size`),
     ``scored`` the crops whose SEG is measured before and after (none: not measured)."""
     rng = np.random.default_rng(config.seed)
     steps, max_seconds = budget
+    device, precision = where
     step = 0
     with using(model, FINETUNING, device, keep_mode=False):
-        seg_before = annotated_seg(model, scored, device) if scored else None
+        seg_before = annotated_seg(model, scored, device, precision) if scored else None
         optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+        # float16 gradients underflow without a scale; bfloat16 has float32's range
+        scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
         start = time.perf_counter()
         try:
             while True:
@@ -623,15 +646,17 @@ def _finetune(
                 for group in optimizer.param_groups:
                     group["lr"] = rate
                 with training_step(model):
-                    loss = _train_step(model, optimizer, samples, config, crop, device, rng)
+                    loss = _train_step(
+                        model, (optimizer, scaler), samples, config, crop, where, rng
+                    )
                     step += 1
                     elapsed = time.perf_counter() - start
                     done = step >= steps or (max_seconds is not None and elapsed >= max_seconds)
                     val_iou = seg_after = None
                     if held_out and (done or step % config.validate_every == 0):
-                        val_iou = _foreground_iou(model, held_out, device)
+                        val_iou = _foreground_iou(model, held_out, device, precision)
                     if scored and done:
-                        seg_after = annotated_seg(model, scored, device)
+                        seg_after = annotated_seg(model, scored, device, precision)
                 remaining = (steps - step) * elapsed / step
                 if max_seconds is not None:
                     remaining = min(remaining, max(max_seconds - elapsed, 0.0))
@@ -652,12 +677,19 @@ def _finetune(
         finally:
             optimizer.zero_grad(set_to_none=True)
             if step:
-                _record(model, config, step, *size)
+                _record(model, config, step, *size, precision)
 
 
-def _train_step(model, optimizer, samples, config: FinetuneConfig, crop, device, rng):
+def _train_step(model, optimizing, samples, config: FinetuneConfig, crop, where, rng):
     """One optimisation step with gradients on, whatever the thread's grad or inference mode
-    (restored on return); returns the batch's loss as a float."""
+    (restored on return); returns the batch's loss as a float.
+
+    ``optimizing`` is ``(optimizer, scaler)`` (a ``torch.amp.GradScaler`` for float16, else
+    ``None``), ``where`` the device and the resolved precision: the forward pass runs in
+    :func:`~napari_unet.core.network.precision.autocast`, the loss in float32 on float32
+    logits, the weights and their update in float32."""
+    optimizer, scaler = optimizing
+    device, precision = where
     with torch.inference_mode(False), torch.enable_grad():
         model.train()
         side, out_side = crop
@@ -665,13 +697,20 @@ def _train_step(model, optimizer, samples, config: FinetuneConfig, crop, device,
             samples, config.batch_size, side, out_side, model.margin, config.augment, rng
         )
         x = x.to(device).contiguous(memory_format=torch.channels_last)
-        loss = weighted_loss(model(x), y.to(device), w.to(device))
+        with autocast(precision, device):
+            logits = model(x)
+        loss = weighted_loss(logits.float(), y.to(device), w.to(device))
         if not torch.isfinite(loss):
             raise _diverged(config, f"loss {float(loss.detach())}")
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
         before = [p.detach().clone() for p in model.parameters()]
-        optimizer.step()
+        if scaler is None:
+            loss.backward()
+            optimizer.step()
+        else:  # skips the step when the scaled gradients overflow, and lowers the scale
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
         if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
             with torch.no_grad():  # the model keeps the weights it had before this step
                 for p, kept in zip(model.parameters(), before, strict=True):
@@ -687,16 +726,20 @@ def _diverged(config: FinetuneConfig, what: str) -> FloatingPointError:
     )
 
 
-def _record(model, config: FinetuneConfig, steps: int, cells: dict | None, factor: float):
-    """Put the run's settings, ``steps`` done and the ``factor`` its images were resampled by
-    into ``model.metadata["finetune"]``, the size of the annotated cells (in the images' own
-    pixels) into ``model.metadata["cells"]``, and for a sized model the diameter it was
-    fine-tuned at into ``model.metadata["diameter"]``."""
+def _record(
+    model, config: FinetuneConfig, steps: int, cells: dict | None, factor: float, precision: str
+):
+    """Put the run's settings (with the ``precision`` that ran, ``"auto"`` resolved), ``steps``
+    done and the ``factor`` its images were resampled by into ``model.metadata["finetune"]``,
+    the size of the annotated cells (in the images' own pixels) into
+    ``model.metadata["cells"]``, and for a sized model the diameter it was fine-tuned at into
+    ``model.metadata["diameter"]``."""
     metadata = dict(getattr(model, "metadata", None) or {})
     run = dataclasses.asdict(config)
     metadata["finetune"] = {
         **run,
         "augment": list(config.augment),
+        "precision": precision,
         "steps": steps,
         "scale": factor,
     }

@@ -182,3 +182,63 @@ def test_cuda_runs_in_its_half_precision(sample):
     fp32 = predict(model, image, device="cuda", precision="fp32")
     half = predict(model, image, device="cuda", precision="auto")
     assert np.abs(half - fp32).max() < BF16_VS_FP32
+
+
+def test_cli_precision_predicts_trains_and_records_what_ran(tmp_path, sample, caplog):
+    import tifffile
+
+    from napari_unet import load_model, save_model
+    from napari_unet.cli import main
+
+    image, labels = tmp_path / "im.tif", tmp_path / "lab.tif"
+    tifffile.imwrite(image, sample[0])
+    tifffile.imwrite(labels, sample[1])
+    torch.manual_seed(0)
+    model_file = save_model(UNet(base_channels=4, depth=3), tmp_path / "m.safetensors")
+    predicted = {}
+    for precision in ("fp32", "bf16"):
+        out = tmp_path / precision
+        args = ["predict", str(image), "--model", str(model_file), "--probabilities"]
+        with caplog.at_level("INFO", logger="napari_unet"):
+            assert main([*args, "--precision", precision, "--out", str(out)]) == 0
+        assert {"fp32": "in float32", "bf16": "in bfloat16"}[precision] in caplog.text
+        predicted[precision] = tifffile.imread(out / "im_probabilities.tif")
+    direct = predict(load_model(model_file), sample[0], precision="bf16")
+    np.testing.assert_allclose(predicted["bf16"], direct, atol=1e-6)
+    assert np.abs(predicted["bf16"] - predicted["fp32"]).max() > 0
+    out = tmp_path / "tuned.safetensors"
+    train = ["train", "--images", str(image), "--labels", str(labels), "--steps", "2"]
+    train += ["--model", "new", "--base-channels", "2", "--tile", "16", "--batch-size", "1"]
+    assert main([*train, "--precision", "bf16", "--out", str(out)]) == 0
+    assert load_model(out).metadata["finetune"]["precision"] == "bf16"
+
+
+def test_cli_bad_precision_is_one_line_and_exit_1(capsys):
+    from napari_unet.cli import main
+
+    for value in ("half", "fp16", "3"):
+        with pytest.raises(SystemExit) as exit_:
+            main(["predict", "missing.tif", "--out", "o", "--precision", value])
+        assert exit_.value.code == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "--precision" in err[0] and "'bf16'" in err[0], err
+
+
+def test_blocks_of_a_large_plane_run_at_the_precision_asked(bundled_crop):
+    """The distributed path's blocks (and the in-process stream of the Predict dock's large
+    images) take the precision down to the tiles: bfloat16 blocks equal bfloat16 ``predict``."""
+    from napari_unet.core.large.regions import PlaneStream
+
+    model, image, fp32 = bundled_crop
+    whole = predict(model, image, precision="bf16", diameter=40)
+    stream = PlaneStream(model, image, step=96, sample_block=96, diameter=40, precision="bf16")
+    prob = np.full(image.shape, np.nan, np.float32)
+    for event in stream.run(range(len(stream.blocks))):
+        if hasattr(event, "probabilities"):
+            prob[event.region] = event.probabilities
+    assert len(stream.blocks) == 4
+    # a small plane: every block in the normalisation sample, as predict normalises
+    np.testing.assert_allclose(prob, whole, atol=BF16_TILES)
+    assert np.abs(prob - fp32).max() > 0
+    with pytest.raises(ValueError, match="precision must be one of"):
+        PlaneStream(model, image, step=96, precision="half")

@@ -62,6 +62,7 @@ class BatchSettings:
     workers: int | None = None  # a local cluster of this many workers, or
     scheduler: str | None = None  # the running one at this address
     diameter: float | None = None  # cells' diameter, px (None: tuned, estimated or as it comes)
+    precision: str = "auto"  # "auto", "fp32" or "bf16": each worker resolves "auto" for its CPU
 
 
 @dataclass(frozen=True)
@@ -214,7 +215,8 @@ def run(settings: BatchSettings, folders: NewFolders) -> int:
     # compares what was asked, from which the same inputs give the same diameter and sizes
     instance = settings.instance
     flips = settings.flips
-    record = {**model_record(settings.model, model), "flips": flips}
+    precision = settings.precision
+    record = {**model_record(settings.model, model), "flips": flips, "precision": precision}
     record.update(instances_asked=instance.options(), diameter_asked=diameter)
     out = settings.out
     folders.check(out)
@@ -263,6 +265,7 @@ def run(settings: BatchSettings, folders: NewFolders) -> int:
                         instance=instance,
                         probabilities="probabilities" in targets,
                         diameter=diameter,
+                        precision=precision,
                     )
                     size = info.pixel_size if info else read_pixel_size(path)
                     small[future] = (path, targets, source, size)
@@ -282,6 +285,7 @@ def run(settings: BatchSettings, folders: NewFolders) -> int:
                     meta = {**record, "input": str(path)}
                     options = {"block": block, "halo": halo, "flips": flips}
                     options.update(instance=instance, metadata=meta, diameter=diameter)
+                    options["precision"] = precision
                     result = _segment_large(client, name, model, info, targets, options)
                     grid = result.resampling
                     said = _said(grid.diameter, grid.source)

@@ -89,6 +89,17 @@ def _checked_device(name: str | None):
         raise ValueError(f"--device: {err}") from err
 
 
+def _checked_precision(name: str, device) -> str:
+    """What ``--precision`` runs on ``device`` (``None``: the CPU), ``"auto"`` resolved;
+    ValueError saying why not."""
+    from .core.network.precision import resolve_precision
+
+    try:
+        return resolve_precision(name, device or "cpu")
+    except ValueError as err:
+        raise ValueError(f"--precision: {err}") from err
+
+
 def _check_tile(tile: int | None, model) -> None:
     """Refuse a ``--tile`` below the model's pooling step or beyond the memory of one tile."""
     if tile is None:
@@ -222,6 +233,7 @@ def _predict(args) -> int | None:
     from .core.prediction.scale import model_diameter
 
     device = _checked_device(args.device)
+    precision = _checked_precision(args.precision, device)
     images = _checked_images(args.images, args.max_pixels)
     model = open_model(args.model, device=device)
     instances = _instances(args)
@@ -236,7 +248,9 @@ def _predict(args) -> int | None:
     with tqdm(plan, desc="images", unit="image", disable=len(plan) < 2) as jobs:
         for path, targets in jobs:
             image = _load_image(path, model.in_channels, args.max_pixels)
-            diameter, source = resolve_diameter(model, image, args.diameter, device=device)
+            diameter, source = resolve_diameter(
+                model, image, args.diameter, device=device, precision=precision
+            )
             with tqdm(desc=path.name, unit="tile", leave=False) as bar:
 
                 def progress(result, bar=bar):
@@ -249,6 +263,7 @@ def _predict(args) -> int | None:
                     tile=args.tile,
                     device=device,
                     flips=args.flips,
+                    precision=precision,
                     progress=progress,
                     # the model's own size for "as it comes": no second estimate in predict
                     diameter=diameter if diameter is not None else model_diameter(model),
@@ -258,6 +273,7 @@ def _predict(args) -> int | None:
             pixel_size = read_pixel_size(path)
             record = {**model_record(args.model, model), "instances": options}
             record.update(flips=args.flips, diameter=diameter, diameter_source=source)
+            record["precision"] = precision  # what ran ("auto" resolved)
             # what was asked, as --workers/--scheduler record it (they compare it on a rerun)
             record.update(instances_asked=instances.options(), diameter_asked=args.diameter)
             # tables first, labels last: the labels record the tables' hashes and mark the end
@@ -321,6 +337,7 @@ def _predict_on_dask(args) -> int:
         _check_diameter(open_model(args.model), args.diameter)
     if args.device not in (None, "cpu"):
         raise ValueError("--device: workers predict on their own CPU (leave --device out)")
+    _checked_precision(args.precision, "cpu")
     if args.tile is not None:
         raise ValueError(
             "--tile: with --workers/--scheduler every block chooses its tile automatically "
@@ -340,6 +357,7 @@ def _predict_on_dask(args) -> int:
         scheduler=args.scheduler,
         max_pixels=args.max_pixels,
         diameter=args.diameter,
+        precision=args.precision,
     )
     return run(settings, args.folders)
 
@@ -472,6 +490,7 @@ def _train(args) -> int:
     from .core.training.train import DEFAULT_STEPS, finetune
 
     device = _checked_device(args.device)
+    _checked_precision(args.precision, device)
     if len(args.images) != len(args.labels):
         raise ValueError(
             f"{len(args.images)} image(s) but {len(args.labels)} label file(s); "
@@ -503,6 +522,7 @@ def _train(args) -> int:
         augment=not args.no_augment,
         seed=args.seed,
         device=device,
+        precision=args.precision,
         max_seconds=args.minutes * 60 if args.minutes else None,
     )
     args.folders.make(out.parent)
@@ -525,7 +545,8 @@ def _train(args) -> int:
         "loss": last.loss if last else None,
     }
     _save_or_rescue(model, out, metadata)
-    print(f"{steps_done} steps, final loss {metadata['loss']} -> {out}")
+    ran = (getattr(model, "metadata", None) or {}).get("finetune", {}).get("precision")
+    print(f"{steps_done} steps in {ran}, final loss {metadata['loss']} -> {out}")
     return 130 if interrupted else 0
 
 
@@ -618,6 +639,7 @@ def _parser() -> argparse.ArgumentParser:
     from . import __version__
     from .core.formats.io import MAX_PIXELS
     from .core.network import NEW_BASE_CHANNELS
+    from .core.network.precision import PRECISIONS
     from .core.prediction.instances import CORE, MIN_SIZE, InstanceConfig
     from .core.training.train import FinetuneConfig
     from .core.training.weightmap import CLASS_BALANCE, SIGMA, W0
@@ -640,6 +662,13 @@ def _parser() -> argparse.ArgumentParser:
         "file's header before decoding)",
     }
     device = {"help": "torch device: cpu, cuda, cuda:N or mps (default: cpu)"}
+    precision = {
+        "choices": PRECISIONS,
+        "default": defaults.precision,
+        "help": "arithmetic of the network: bf16 (bfloat16) is faster where the CPU computes it "
+        "natively (avx512_bf16/amx_bf16) or on a GPU, slower elsewhere; auto picks bf16 there "
+        "and fp32 elsewhere (the log says which runs); weights and files stay float32",
+    }
     components = {
         "action": "store_true",
         "help": "labels are a binary mask: take its connected regions as cells (touching cells "
@@ -720,6 +749,7 @@ def _parser() -> argparse.ArgumentParser:
         "in um too when the TIFF has a pixel size)",
     )
     p.add_argument("--device", **device)
+    p.add_argument("--precision", **precision)
     p.add_argument("--max-pixels", **budget)
     _distributed_options(p)
     p.set_defaults(run=_predict)
@@ -843,6 +873,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--no-augment", action="store_true", help="no elastic/flip/intensity changes")
     t.add_argument("--seed", type=int, default=0, help="seed of the crops and augmentations")
     t.add_argument("--device", **device)
+    t.add_argument("--precision", **precision)
     t.add_argument("--max-pixels", **budget)
     t.add_argument("--connected-components", **components)
     t.set_defaults(run=_train)

@@ -228,6 +228,7 @@ def predict_block(
     flips: bool = False,
     device=None,
     resampling: Resampling | None = None,
+    precision: str = "auto",
 ) -> np.ndarray:
     """``(h, w)`` float32 foreground probability of ``block`` of the plane ``source``.
 
@@ -236,7 +237,9 @@ def predict_block(
     :func:`~napari_unet.core.prediction.predict.predict_window` (tiles of the automatic size inside
     the block, the same memory budget and model guard as :func:`~napari_unet.predict`). The block
     and its tiles start on the pooling grid, so the result equals the block's region of
-    ``predict`` on the whole plane with the same normalisation (to float rounding, about 1e-6).
+    ``predict`` on the whole plane with the same normalisation and ``precision`` (``"auto"``,
+    ``"fp32"`` or ``"bf16"``, resolved where the block runs; to float rounding, about 1e-6 in
+    float32).
 
     With a ``resampling`` of the plane (``plane == source.shape[:2]``), the window predicted is
     the part of the resampled ``(H', W')`` plane that the block's pixels are interpolated from
@@ -261,7 +264,9 @@ def predict_block(
             check_finite(window, f"the image around its block at (y, x) = {(y0, x0)}")
             return norm.apply(window)
 
-        return predict_window(model, read, _size(block.inner), flips=flips, device=device)
+        return predict_window(
+            model, read, _size(block.inner), flips=flips, device=device, precision=precision
+        )
 
     grid = resampling
     needed = grid.needed(block.inner)
@@ -279,7 +284,9 @@ def predict_block(
         cols = (origin[1] + cols[0], origin[1] + cols[1])
         return grid.window(read_image, rows, cols)
 
-    probs = predict_window(model, read_resampled, shape, flips=flips, device=device)
+    probs = predict_window(
+        model, read_resampled, shape, flips=flips, device=device, precision=precision
+    )
     return grid.back(probs, origin, block.inner)
 
 
@@ -295,13 +302,16 @@ ESTIMATE_SIDE = 5120
 largest window the scale search reads (640 px at the model's size, shrunk up to 8x)."""
 
 
-def plane_resampling(model, source, diameter: float | None = None, *, device=None) -> Resampling:
+def plane_resampling(
+    model, source, diameter: float | None = None, *, device=None, precision: str = "auto"
+) -> Resampling:
     """How a large ``(H, W[, C])`` plane ``source`` (sliceable, the model's channels) is resampled
     for ``model``, as :func:`~napari_unet.predict` resolves it: ``diameter`` as given, the cells
     the model was fine-tuned on, or (a model trained at one size, not fine-tuned) estimated on
     the plane's central :data:`ESTIMATE_SIDE` px (only that region is read); a model that says
     no size predicts it as it comes. The choice is logged in one line. ValueError for a diameter
-    too far from the model's, or given to a model that says no size."""
+    too far from the model's, or given to a model that says no size. ``precision``: the
+    estimate's, as :func:`~napari_unet.predict` takes it."""
     import logging
 
     from ..prediction.predict import ESTIMATED, GIVEN, resampling_for, resolve_diameter
@@ -313,7 +323,7 @@ def plane_resampling(model, source, diameter: float | None = None, *, device=Non
     if diameter is None and model_diameter(model) is not None and tuned_diameter(model) is None:
         region = central_region(plane, ESTIMATE_SIDE)
         sample = np.asarray(source[region])
-        diameter, source_of = resolve_diameter(model, sample, device=device)
+        diameter, source_of = resolve_diameter(model, sample, device=device, precision=precision)
         where = f" on its central {sample.shape[0]} x {sample.shape[1]} px"
     elif diameter is None:
         diameter, source_of = resolve_diameter(model, None)

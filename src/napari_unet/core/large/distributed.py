@@ -202,12 +202,13 @@ def _model(name: str):
 # and dask runs most predictions before the first labelling, so held results (and a worker's
 # peak memory) grew with the number of blocks. Tasks return at most two counts.
 def _predict_task(
-    name, source, block, norm: Normalisation, flips: bool, probs: str, resampling=None
+    name, source, block, norm: Normalisation, flips: bool, probs: str, resampling, precision
 ) -> None:
     import zarr
 
     with opened(source) as plane:
-        prob = predict_block(_model(name), plane, block, norm, flips=flips, resampling=resampling)
+        options = {"flips": flips, "resampling": resampling, "precision": precision}
+        prob = predict_block(_model(name), plane, block, norm, **options)
     zarr.open_array(probs, mode="r+")[block.inner] = prob
 
 
@@ -258,10 +259,13 @@ def _level_task(labels: str, level: int, region, *_done) -> None:
     write_level(zarr.open_group(labels, mode="r+"), level, region)
 
 
-def _whole_task(name, source, flips: bool, instance: dict, probabilities: bool, diameter=None):
+def _whole_task(
+    name, source, flips: bool, instance: dict, probabilities: bool, diameter, precision
+):
     """Predict and label a plane that fits one block, as in-process prediction does (the
     diameter resolved as :func:`~napari_unet.predict` does, the sizes left open in ``instance``
-    sized by it); ``(labels, probabilities or None, (diameter, source), options)``,
+    sized by it; ``precision`` resolved on the worker); ``(labels, probabilities or None,
+    (diameter, source), options)``,
     ``options`` those :func:`~napari_unet.to_instances` was given."""
     from ..prediction.instances import to_instances
     from ..prediction.predict import instance_options, predict, resolve_diameter
@@ -270,10 +274,11 @@ def _whole_task(name, source, flips: bool, instance: dict, probabilities: bool, 
     model = _model(name)
     with opened(source) as plane:
         image = np.asarray(plane[:, :])
-    used = resolve_diameter(model, image, diameter)
+    used = resolve_diameter(model, image, diameter, precision=precision)
     # the model's own size for "as it comes": no second estimate in predict
     size = used[0] if used[0] is not None else model_diameter(model)
-    prob = np.asarray(predict(model, image, flips=flips, diameter=size), np.float32)
+    options = {"flips": flips, "diameter": size, "precision": precision}
+    prob = np.asarray(predict(model, image, **options), np.float32)
     options = instance_options(instance, model, *used)
     labels = to_instances(prob, **options)
     return labels, (prob if probabilities else None), used, options
@@ -327,6 +332,7 @@ def segment_large_steps(
     probabilities: str | os.PathLike | None = None,
     poll: float = 0.5,
     diameter: float | Resampling | None = None,
+    precision: str = "auto",
 ) -> Iterator[tuple[int, int]]:
     """Predict and label one large plane block by block on the cluster of ``client``: a
     generator yielding ``(tasks done, tasks)`` at least every ``poll`` seconds, returning a
@@ -375,6 +381,10 @@ def segment_large_steps(
         :func:`~napari_unet.core.large.blocks.plane_resampling`, which logs the choice); a
         :class:`~napari_unet.core.prediction.scale.Resampling` it returned is used as it is.
         The diameter used and its source are recorded with the labels.
+    precision
+        ``"auto"``, ``"fp32"`` or ``"bf16"``: the network's arithmetic (see
+        :func:`~napari_unet.predict`), recorded with the labels as asked; each worker resolves
+        ``"auto"`` for its own CPU (bfloat16 where it computes it natively).
     """
     import dask
 
@@ -386,8 +396,10 @@ def segment_large_steps(
             f"{source.path} cannot be read a block at a time (every block would read it "
             "whole); convert it to TIFF or OME-Zarr"
         )
+    from ..network.precision import check_precision
     from ..prediction.predict import instance_options
 
+    check_precision(precision)
     source = model_source(source, model.in_channels)
     shape = tuple(source.shape[:2])
     blocks = plan_blocks(shape, model, block)
@@ -399,7 +411,7 @@ def segment_large_steps(
         norm = estimate_normalisation(plane, sample, values=sample_values)
         grid = diameter
         if not isinstance(grid, Resampling):
-            grid = plane_resampling(model, plane, diameter)
+            grid = plane_resampling(model, plane, diameter, precision=precision)
     instance = instance_options(instance, model, grid.diameter, grid.source)
     labels = Path(labels)
     record = {
@@ -411,6 +423,7 @@ def segment_large_steps(
         "halo": halo,
         "instances": instance,
         "flips": flips,
+        "precision": precision,
     }
     root = create_multiscale(
         labels,
@@ -456,7 +469,7 @@ def segment_large_steps(
         d = dask.delayed
         resampling = grid if grid.resampled else None
         predicted = [
-            d(_predict_task, pure=True)(name, src, b, norm, flips, probs, resampling)
+            d(_predict_task, pure=True)(name, src, b, norm, flips, probs, resampling, precision)
             for b in blocks
         ]
         cores = [b.inner for b in blocks]
@@ -547,11 +560,13 @@ def segment_small(
     instance=None,
     probabilities=False,
     diameter: float | None = None,
+    precision: str = "auto",
 ):
     """Submit one plane (or stack) that fits one block: a single task that predicts and labels
     it as in-process prediction does (``diameter``: as :func:`~napari_unet.predict` takes it;
     ``instance``: as :func:`segment_large_steps` takes it, sized on the worker by the diameter
-    used). Returns a future of ``(labels, probabilities or None, (diameter, source),
+    used; ``precision``: as :func:`~napari_unet.predict` takes it, resolved on the worker).
+    Returns a future of ``(labels, probabilities or None, (diameter, source),
     options)``: the diameter used and where it came from
     (:func:`~napari_unet.core.prediction.predict.resolve_diameter`), and the options
     :func:`~napari_unet.to_instances` was given."""
@@ -567,6 +582,7 @@ def segment_small(
         dict(instance or {}),
         probabilities,
         diameter,
+        precision,
         pure=False,
     )
 

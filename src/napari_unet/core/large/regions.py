@@ -86,6 +86,9 @@ class PlaneStream:
         sizes them (:func:`~napari_unet.core.prediction.predict.instance_options`).
     flips
         Average the 8 flips and quarter turns (see :func:`~napari_unet.predict`).
+    precision
+        ``"auto"``, ``"fp32"`` or ``"bf16"``: the network's arithmetic (see
+        :func:`~napari_unet.predict`), resolved for the device of each run.
     sample_block, sample_values
         Block side of the normalisation sample's lattice, independent of ``step`` (the
         defaults are ``segment_large``'s), and its most pixels (see
@@ -119,8 +122,12 @@ class PlaneStream:
         sample_block: int = DEFAULT_BLOCK,
         sample_values: int = SAMPLE_VALUES,
         diameter: float | None = None,
+        precision: str = "auto",
     ) -> None:
+        from ..network.precision import check_precision
+
         self.model = model
+        self.precision = check_precision(precision)
         self.source = model_source(source, model.in_channels)
         self.diameter = diameter
         self.resampling = None
@@ -171,7 +178,10 @@ class PlaneStream:
         if self.norm is None:
             self.norm = estimate_normalisation(plane, self._sample, values=self._sample_values)
         if self.resampling is None:
-            self._resolved(plane_resampling(self.model, plane, self.diameter, device=device))
+            grid = plane_resampling(
+                self.model, plane, self.diameter, device=device, precision=self.precision
+            )
+            self._resolved(grid)
 
     @property
     def chunks(self) -> tuple[int, int]:
@@ -225,6 +235,7 @@ class PlaneStream:
                     flips=self.flips,
                     device=device,
                     resampling=self.resampling,
+                    precision=self.precision,
                 )
                 self._probs[i] = probs
                 self.predicted.add(i)

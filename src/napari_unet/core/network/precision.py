@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from . import PRECISIONS
+
 __all__ = [
     "PRECISIONS",
     "check_precision",
@@ -31,8 +33,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("auto", "fp32", "bf16")
-"""What ``precision`` takes (``"fp16"`` too, on a CUDA GPU only)."""
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 _NATIVE_BF16 = {"avx512_bf16", "amx_bf16", "bf16"}  # x86 flags, ARM feature
 CPUINFO = Path("/proc/cpuinfo")

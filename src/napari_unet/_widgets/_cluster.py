@@ -254,6 +254,7 @@ class ClusterResults:
             "instances_asked": settings.config.options(),
             "diameter_asked": settings.diameter,
             "flips": settings.flips,
+            "precision": settings.precision,
         }
         folder, temporary = settings.folder, None
         if folder is None:
@@ -274,5 +275,6 @@ class ClusterResults:
             flips=settings.flips,
             instance=settings.config,
             diameter=settings.diameter,
+            precision=settings.precision,
         )
         return ClusterRun(self, layer, target, temporary, settings.model_label), events

@@ -44,13 +44,16 @@ if TYPE_CHECKING:
 __all__ = ["InMemoryRun"]
 
 
-def _predict_job(model, pixels, *, grey, shape, tile, center, flips, instance, typed):
+def _predict_job(
+    model, pixels, *, grey, shape, tile, center, flips, instance, typed, precision="auto"
+):
     """The worker's generator: yield the :class:`~._diameter.Sized` the image is predicted at,
     then each :class:`~napari_unet.TileResult` (of the resampled planes, when resampled), then
     return ``(labels, probabilities)`` of ``shape``: uint16/uint32 instances and float32
     foreground, on the image's grid. ``instance``: the dock's
     :class:`~napari_unet.InstanceConfig` (sizes ``None``: sized by the diameter in use);
-    ``typed``: the typed diameter (``None``: automatic). Closing it closes the tile generator."""
+    ``typed``: the typed diameter (``None``: automatic); ``precision`` as
+    :func:`~napari_unet.predict_tiles` takes it. Closing it closes the tile generator."""
     from contextlib import closing
 
     from napari_unet.core.image import grey_if_rgb
@@ -68,7 +71,15 @@ def _predict_job(model, pixels, *, grey, shape, tile, center, flips, instance, t
     # "as it comes", so that it does not estimate again
     diameter = sized.diameter if sized.diameter is not None else model_diameter(model)
     probabilities = np.zeros((*shape[:-2], *sized.grid.shape), dtype=np.float32)
-    tiles = predict_tiles(model, pixels, tile=tile, center=center, flips=flips, diameter=diameter)
+    tiles = predict_tiles(
+        model,
+        pixels,
+        tile=tile,
+        center=center,
+        flips=flips,
+        diameter=diameter,
+        precision=precision,
+    )
     with closing(tiles):
         for result in tiles:
             probabilities[result.plane][result.region] = result.probabilities
@@ -154,6 +165,7 @@ class InMemoryRun:
             flips=settings.flips,
             instance=settings.config,
             typed=settings.diameter,
+            precision=settings.precision,
         )
 
     @property

@@ -375,6 +375,7 @@ class LazyJobs:
         # the options asked (sizes None: automatic) and the typed diameter make the sizes
         instance = tuple(sorted(settings.config.options().items()))
         key = (model_sha256(model), prefix, step, settings.flips, instance, settings.diameter)
+        key += (settings.precision,)
         visible = None
         if not rest:  # before any layer is made: a view that shows nothing is refused
             visible = visible_region(self.viewer, layer, len(shape), plane_shape)
@@ -390,6 +391,7 @@ class LazyJobs:
                 sample_block=_runs.SAMPLE[0],
                 sample_values=_runs.SAMPLE[1],
                 diameter=settings.diameter,
+                precision=settings.precision,
             )
             output = LazyOutput(self.viewer, layer, stream, len(shape), settings.folder, prefix)
             for made in (output.labels, output.probability):

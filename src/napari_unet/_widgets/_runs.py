@@ -40,6 +40,7 @@ class Settings:
     folder: Path | None  # "save labels in"; None: the system's temporary folder
     model_label: str  # how the model is recorded with a cluster's labels
     diameter: float | None = None  # the typed cell diameter (px); None: automatic
+    precision: str = "auto"  # the network's arithmetic: "auto", "fp32" or "bf16"
 
 
 class Run(Protocol):

@@ -38,7 +38,7 @@ from napari.utils import progress
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QListWidget, QListWidgetItem
 
-from ..core.network import NEW_BASE_CHANNELS
+from ..core.network import NEW_BASE_CHANNELS, PRECISIONS
 from ._layers import (
     WHOLE_IMAGE,
     annotation_of,
@@ -89,6 +89,7 @@ class FinetuneWidget(Container):
         self._viewer = viewer
         self._session = session_for(viewer)
         self._task: Task | None = None
+        self._ran_in = "float32"  # the precision of the run (its words), "auto" resolved
         self._run: TrainingRun | None = None
         self._pairs: list[Pair] = []
         self._rounds: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model: round
@@ -177,7 +178,17 @@ class FinetuneWidget(Container):
             value=True,
             tooltip="Turn RGB(A) images into grey for a one-channel model.",
         )
-        self._advanced = Container(widgets=[self._steps, self._lr, self._batch, self._tile])
+        self._precision = ComboBox(
+            label="precision",
+            choices=PRECISIONS,
+            value=defaults.precision,
+            tooltip="Arithmetic of the network: auto is bfloat16 where the processor computes it "
+            "natively (CPUs with AVX512-BF16 or AMX, recent GPUs), else float32; bf16 is "
+            "faster there and emulated (slower) elsewhere. Weights stay float32.",
+        )
+        self._advanced = Container(
+            widgets=[self._steps, self._lr, self._batch, self._tile, self._precision]
+        )
         self._settings = Container(
             widgets=[
                 self._start_from,
@@ -377,8 +388,10 @@ class FinetuneWidget(Container):
             "batch_size": self._batch.value,
             "tile": self._tile.value,
             "augment": self._augment.value,
+            "precision": self._precision.value,
             "score": True,  # the annotated cells before and after: did the run change them?
         }
+        self._ran_in = _precision_of(trainee, settings["precision"])
         events = training_events(trainee, train, validation, self._grey.value, settings)
         self._task = Task(
             events,
@@ -392,7 +405,7 @@ class FinetuneWidget(Container):
         self._run = TrainingRun(trainee, bar, len(train), seconds, round_)
         self._plot.clear()
         self._show_progress(0, settings["steps"], 0.0)
-        self._status.value = "preparing the training data…"
+        self._status.value = f"preparing the training data… (training in {self._ran_in})"
         self._validation.value = (
             f"validation on {plural(len(validation), 'held-out pair')}: pending"
             if validation
@@ -451,13 +464,13 @@ class FinetuneWidget(Container):
         if not self._task.cancelling:
             if self._timed(event.step, event.total, event.elapsed):
                 self._status.value = (
-                    f"{clock(event.elapsed)} of {clock(run.seconds)}, step {event.step}, "
-                    f"loss {event.loss:.3g}"
+                    f"{clock(event.elapsed)} of {clock(run.seconds)}, step {event.step} in "
+                    f"{self._ran_in}, loss {event.loss:.3g}"
                 )
             else:
                 self._status.value = (
-                    f"step {event.step}/{event.total}, loss {event.loss:.3g}, "
-                    f"{clock(event.remaining)} left"
+                    f"step {event.step}/{event.total} in {self._ran_in}, loss "
+                    f"{event.loss:.3g}, {clock(event.remaining)} left"
                 )
         self._plot.add(event.step, event.loss)
         if event.val_iou is not None:
@@ -482,10 +495,8 @@ class FinetuneWidget(Container):
             return
         how, said = "stopped at" if outcome.cancelled else "done:", verdict(run)
         self._status.value = (
-            f"{how} step {run.steps}, loss {run.loss:.3g}, {clock(run.elapsed)} of training. "
-            + said
-            + measured(run.model)
-            + NEXT_ROUND
+            f"{how} step {run.steps}, loss {run.loss:.3g}, {clock(run.elapsed)} of training "
+            f"in {self._ran_in}. " + said + measured(run.model) + NEXT_ROUND
         )
         if run.check.too_short or run.check.unchanged:
             _say.warning(said.strip())
@@ -496,3 +507,12 @@ class FinetuneWidget(Container):
             source = f"round {run.round}: continued from round {run.round - 1} on {source}"
         self._rounds[run.model] = run.round
         self._session.set_model(run.model, source, undoable=True)
+
+
+def _precision_of(model, asked: str) -> str:
+    """The words of the precision ``asked`` ("auto" resolved) that fine-tuning ``model`` runs
+    in where its weights are, e.g. ``"float32"``."""
+    from ..core.network.device import resolve_device
+    from ..core.network.precision import dtype_name, resolve_precision
+
+    return dtype_name(resolve_precision(asked, resolve_device(None, model)))

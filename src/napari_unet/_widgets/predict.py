@@ -28,6 +28,7 @@ from magicgui.widgets import (
 from napari.layers import Image
 from qtpy.QtCore import QTimer
 
+from ..core.network import PRECISIONS
 from ..core.prediction.instances import CORE, MIN_CORE, MIN_SIZE, InstanceConfig, size_defaults
 from ..core.prediction.scale import sized_cells
 from ._cluster import ClusterResults
@@ -104,6 +105,14 @@ class PredictWidget(Container):
             value=False,
             tooltip="Average the 8 flips and quarter turns of each tile: 8x slower, more accurate",
         )
+        self._precision = ComboBox(
+            label="precision",
+            choices=PRECISIONS,
+            value="auto",
+            tooltip="Arithmetic of the network: auto is bfloat16 where the processor computes it "
+            "natively (CPUs with AVX512-BF16 or AMX, recent GPUs), else float32; bf16 is "
+            "faster there and emulated (slower) elsewhere. Weights stay float32.",
+        )
         defaults = InstanceConfig()
         self._threshold = FloatSpinBox(
             label="threshold", min=0.05, max=CORE, step=0.05, value=defaults.threshold
@@ -161,6 +170,7 @@ class PredictWidget(Container):
                 self._tile,
                 self._block,
                 self._flips,
+                self._precision,
                 self._threshold,
                 self._auto_size,
                 self._min_size,
@@ -354,8 +364,19 @@ class PredictWidget(Container):
         except Exception as err:  # e.g. the image cannot be read into memory
             _say.error(f"could not start: {err}")
             return
-        self._of, self._gone = (layer, self._model_label()), ""
+        self._of, self._gone = (layer, f"{self._model_label()}, {self._ran_in(model)}"), ""
         self._start(run, events)
+
+    def _ran_in(self, model: UNet) -> str:
+        """The precision a run in this process computes in, e.g. ``"float32"`` (on a cluster,
+        each worker resolves "auto" for its CPU)."""
+        from ..core.network.device import resolve_device
+        from ..core.network.precision import dtype_name, resolve_precision
+
+        asked = self._precision.value
+        if self._run_on.value != THIS_PROCESS and asked == "auto":
+            return "precision auto"
+        return dtype_name(resolve_precision(asked, resolve_device(None, model)))
 
     def _make_run(self, layer: Image, model: UNet, layout, rest: bool):
         """``(run, generator)`` on the route the choices and the image call for."""
@@ -408,6 +429,7 @@ class PredictWidget(Container):
             folder=None if str(folder) in ("", ".") else folder,
             model_label=self._model_label(),
             diameter=self._diameter.typed,
+            precision=self._precision.value,
         )
 
     def _start(self, run: Run, events) -> None:

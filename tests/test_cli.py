@@ -595,7 +595,7 @@ def test_the_diameter_used_is_said_with_its_source(tmp_path, sized_file, capsys,
     out = str(tmp_path / "out")
     seen = []
 
-    def estimate(model, image, *, device=None):
+    def estimate(model, image, *, device=None, precision="auto"):
         seen.append(image.shape)
         return DiameterEstimate(diameter=30.0, cells=4, confidence=0.9, tries=())
 

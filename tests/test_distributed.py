@@ -725,7 +725,7 @@ def test_cli_on_cluster_resamples_as_in_process_and_records_the_diameter(
     # region, before the graph runs (here by a stand-in: the scale search is tested elsewhere)
     seen = []
 
-    def estimate(model, image, *, device=None):
+    def estimate(model, image, *, device=None, precision="auto"):
         seen.append(image.shape)
         return DiameterEstimate(diameter=DIAMETER, cells=9, confidence=0.9, tries=())
 
@@ -753,7 +753,7 @@ def test_cli_on_cluster_sizes_cells_by_the_estimated_diameter_as_in_process(
     from napari_unet.core.prediction.instances import size_defaults
     from napari_unet.core.prediction.scale import sized_cells
 
-    def estimate(model, image, *, device=None):  # a stand-in (the scale search: test_scale)
+    def estimate(model, image, *, device=None, precision="auto"):  # a stand-in (test_scale)
         return DiameterEstimate(diameter=DIAMETER, cells=9, confidence=0.9, tries=())
 
     monkeypatch.setattr(predict_module, "estimate_diameter", estimate)

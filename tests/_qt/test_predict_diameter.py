@@ -97,7 +97,7 @@ def test_automatic_diameter_is_estimated_in_the_worker(setup, qtbot, discs, monk
     model = session_for(viewer).model
     threads = []
 
-    def estimate(model, image, *, device=None):
+    def estimate(model, image, *, device=None, precision="auto"):
         import threading
 
         threads.append(threading.current_thread() is threading.main_thread())
@@ -221,7 +221,7 @@ def estimated_at(diameter: float, seen: list):
     """A stand-in for the scale search (tested in test_scale) that finds ``diameter``."""
     from napari_unet.core.prediction.diameter import DiameterEstimate
 
-    def estimate(model, image, *, device=None):
+    def estimate(model, image, *, device=None, precision="auto"):
         seen.append(image.shape)
         return DiameterEstimate(diameter=diameter, cells=9, confidence=0.9, tries=())
 

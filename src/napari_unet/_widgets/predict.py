@@ -70,7 +70,7 @@ class PredictWidget(Container):
         self._session = session_for(viewer)
         self._task: Task | None = None
         self._run: Run | None = None
-        self._of: tuple[Image, str] | None = None  # a run's image and model label
+        self._of: tuple[Image, str, str] | None = None  # a run's image, model, precision
         self._gone = ""  # the name of a run's image closed while it ran
         self._lazy = LazyJobs(viewer)  # lazy layers' jobs and outputs
         self._cluster = ClusterResults(viewer)  # the temporary folders of a cluster's labels
@@ -364,7 +364,7 @@ class PredictWidget(Container):
         except Exception as err:  # e.g. the image cannot be read into memory
             _say.error(f"could not start: {err}")
             return
-        self._of, self._gone = (layer, f"{self._model_label()}, {self._ran_in(model)}"), ""
+        self._of, self._gone = (layer, self._model_label(), self._ran_in(model)), ""
         self._start(run, events)
 
     def _ran_in(self, model: UNet) -> str:
@@ -501,4 +501,5 @@ class PredictWidget(Container):
             _say.warning(f"'{self._gone}' was closed while it was predicted; no result is added")
             return
         said = run.finish(outcome)
-        self._status.value = said if outcome.error else f"{said} (model: {self._of[1]})"
+        _, label, ran = self._of
+        self._status.value = said if outcome.error else f"{said}, {ran} (model: {label})"

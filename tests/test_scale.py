@@ -166,6 +166,19 @@ def test_the_estimate_is_the_size_that_stays_the_same_across_tries():
     assert estimate.cells == 12 and estimate.tries == tuple(tries)
 
 
+def test_an_estimate_outside_the_sizes_tried_is_brought_within_them(caplog):
+    """ISBI EM with the bundled model: specks of texture found at the smallest try (8 px) measured
+    22 px at the model's 40, an estimate of 4.4 px, which predict then refused (factor 9)."""
+    from napari_unet.core.prediction.diameter import _choose
+
+    tries = [(8.0, 40, 22.0, 0.7), (11.3, 35, 15.6, 0.7), (16.0, 2, 40.0, 0.6)]
+    with caplog.at_level("WARNING"):
+        assert _choose(tries, 40.0).diameter == 8.0
+    assert "outside the sizes tried (8-16 px): using 8 px" in caplog.text
+    tries = [(128.0, 5, 90.0, 0.8), (181.0, 4, 64.0, 0.8), (256.0, 3, 46.0, 0.8)]
+    assert _choose(tries, 40.0).diameter == 256.0  # blobs that grow with every shrink
+
+
 def test_predict_tiles_at_a_diameter_yields_tiles_of_the_resampled_plane_placed_on_the_image(
     tiny_unet,
 ):

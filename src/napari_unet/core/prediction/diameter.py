@@ -98,8 +98,9 @@ def _inner(labels: np.ndarray) -> np.ndarray:
 
 def _choose(tries: list, known: float) -> DiameterEstimate:
     """The median estimate (image px) of the longest run of consecutive tries that found cells
-    and agree within :data:`AGREE` (ties: the more shrunk run); its confidence and cells are
-    those of the run's middle try."""
+    and agree within :data:`AGREE` (ties: the more shrunk run), brought within the sizes tried
+    (an estimate outside them could not be predicted at); its confidence and cells are those of
+    the run's middle try."""
     found = [(t, t[2] * t[0] / known) for t in tries if t[1] >= MIN_CELLS]
     if not found:
         raise ValueError(
@@ -115,8 +116,20 @@ def _choose(tries: list, known: float) -> DiameterEstimate:
             if last + 1 - first >= len(run):
                 run = found[first : last + 1]
     middle = run[len(run) // 2][0]
+    estimate = float(np.median([e for _, e in run]))
+    low, high = tries[0][0], tries[-1][0]
+    if not low <= estimate <= high:  # e.g. specks of EM texture measured at the smallest try
+        log.warning(
+            "the cells found measure %.3g px, outside the sizes tried (%.3g-%.3g px): "
+            "using %.3g px",
+            estimate,
+            low,
+            high,
+            min(max(estimate, low), high),
+        )
+        estimate = min(max(estimate, low), high)
     return DiameterEstimate(
-        diameter=float(np.median([e for _, e in run])),
+        diameter=estimate,
         cells=middle[1],
         confidence=middle[3],
         tries=tuple(tries),

@@ -76,3 +76,26 @@ def plural(n: int, word: str) -> str:
 def row(*widgets) -> Container:
     """``widgets`` side by side, without labels (e.g. two buttons)."""
     return Container(layout="horizontal", labels=False, widgets=widgets)
+
+
+def precision_box(value: str) -> ComboBox:
+    """The precision choice of the Predict and Fine-tune docks."""
+    from ..core.network import PRECISIONS
+
+    return ComboBox(
+        label="precision",
+        choices=PRECISIONS,
+        value=value,
+        tooltip="Arithmetic of the network: auto is bfloat16 where the processor computes it "
+        "natively (CPUs with AVX512-BF16 or AMX, recent GPUs), else float32; bf16 is faster "
+        "there and emulated (slower) elsewhere. Weights stay float32.",
+    )
+
+
+def precision_words(asked: str, model) -> str:
+    """What ``model`` computes in for the precision ``asked`` ("auto" resolved where its weights
+    are), in the words of a status line, e.g. ``"float32"``."""
+    from ..core.network.device import resolve_device
+    from ..core.network.precision import dtype_name, resolve_precision
+
+    return dtype_name(resolve_precision(asked, resolve_device(None, model)))

@@ -38,7 +38,7 @@ from napari.utils import progress
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QListWidget, QListWidgetItem
 
-from ..core.network import NEW_BASE_CHANNELS, PRECISIONS
+from ..core.network import NEW_BASE_CHANNELS
 from ._layers import (
     WHOLE_IMAGE,
     annotation_of,
@@ -51,7 +51,7 @@ from ._layers import (
 from ._loss_plot import LossPlot
 from ._session import CHANGE, TRAINING, session_for
 from ._training_runs import Pair, TrainingRun, clock, measured, training_events, verdict
-from ._ui import Messages, narrow, plural, row
+from ._ui import Messages, narrow, plural, precision_box, precision_words, row
 from ._worker import Task
 
 if TYPE_CHECKING:
@@ -178,14 +178,7 @@ class FinetuneWidget(Container):
             value=True,
             tooltip="Turn RGB(A) images into grey for a one-channel model.",
         )
-        self._precision = ComboBox(
-            label="precision",
-            choices=PRECISIONS,
-            value=defaults.precision,
-            tooltip="Arithmetic of the network: auto is bfloat16 where the processor computes it "
-            "natively (CPUs with AVX512-BF16 or AMX, recent GPUs), else float32; bf16 is "
-            "faster there and emulated (slower) elsewhere. Weights stay float32.",
-        )
+        self._precision = precision_box(defaults.precision)
         self._advanced = Container(
             widgets=[self._steps, self._lr, self._batch, self._tile, self._precision]
         )
@@ -391,7 +384,7 @@ class FinetuneWidget(Container):
             "precision": self._precision.value,
             "score": True,  # the annotated cells before and after: did the run change them?
         }
-        self._ran_in = _precision_of(trainee, settings["precision"])
+        self._ran_in = precision_words(settings["precision"], trainee)
         events = training_events(trainee, train, validation, self._grey.value, settings)
         self._task = Task(
             events,
@@ -463,15 +456,10 @@ class FinetuneWidget(Container):
         self._show_progress(event.step, event.total, event.elapsed, event.done)
         if not self._task.cancelling:
             if self._timed(event.step, event.total, event.elapsed):
-                self._status.value = (
-                    f"{clock(event.elapsed)} of {clock(run.seconds)}, step {event.step} in "
-                    f"{self._ran_in}, loss {event.loss:.3g}"
-                )
+                at = f"{clock(event.elapsed)} of {clock(run.seconds)}, step {event.step}"
             else:
-                self._status.value = (
-                    f"step {event.step}/{event.total} in {self._ran_in}, loss "
-                    f"{event.loss:.3g}, {clock(event.remaining)} left"
-                )
+                at = f"step {event.step}/{event.total} ({clock(event.remaining)} left)"
+            self._status.value = f"{at} in {self._ran_in}, loss {event.loss:.3g}"
         self._plot.add(event.step, event.loss)
         if event.val_iou is not None:
             self._validation.value = f"validation IoU {event.val_iou:.3f} (step {event.step})"
@@ -507,12 +495,3 @@ class FinetuneWidget(Container):
             source = f"round {run.round}: continued from round {run.round - 1} on {source}"
         self._rounds[run.model] = run.round
         self._session.set_model(run.model, source, undoable=True)
-
-
-def _precision_of(model, asked: str) -> str:
-    """The words of the precision ``asked`` ("auto" resolved) that fine-tuning ``model`` runs
-    in where its weights are, e.g. ``"float32"``."""
-    from ..core.network.device import resolve_device
-    from ..core.network.precision import dtype_name, resolve_precision
-
-    return dtype_name(resolve_precision(asked, resolve_device(None, model)))

@@ -28,7 +28,6 @@ from magicgui.widgets import (
 from napari.layers import Image
 from qtpy.QtCore import QTimer
 
-from ..core.network import PRECISIONS
 from ..core.prediction.instances import CORE, MIN_CORE, MIN_SIZE, InstanceConfig, size_defaults
 from ..core.prediction.scale import sized_cells
 from ._cluster import ClusterResults
@@ -38,7 +37,7 @@ from ._layers import full_resolution, image_choices, plane_index, watch_layers
 from ._lazy import LazyJobs, goes_lazy
 from ._runs import Run, Settings
 from ._session import CHANGE, PREDICTING, session_for
-from ._ui import FixedRadioButtons, Messages, narrow
+from ._ui import FixedRadioButtons, Messages, narrow, precision_box, precision_words
 from ._worker import Task
 
 if TYPE_CHECKING:
@@ -105,14 +104,7 @@ class PredictWidget(Container):
             value=False,
             tooltip="Average the 8 flips and quarter turns of each tile: 8x slower, more accurate",
         )
-        self._precision = ComboBox(
-            label="precision",
-            choices=PRECISIONS,
-            value="auto",
-            tooltip="Arithmetic of the network: auto is bfloat16 where the processor computes it "
-            "natively (CPUs with AVX512-BF16 or AMX, recent GPUs), else float32; bf16 is "
-            "faster there and emulated (slower) elsewhere. Weights stay float32.",
-        )
+        self._precision = precision_box("auto")
         defaults = InstanceConfig()
         self._threshold = FloatSpinBox(
             label="threshold", min=0.05, max=CORE, step=0.05, value=defaults.threshold
@@ -368,15 +360,10 @@ class PredictWidget(Container):
         self._start(run, events)
 
     def _ran_in(self, model: UNet) -> str:
-        """The precision a run in this process computes in, e.g. ``"float32"`` (on a cluster,
-        each worker resolves "auto" for its CPU)."""
-        from ..core.network.device import resolve_device
-        from ..core.network.precision import dtype_name, resolve_precision
-
-        asked = self._precision.value
-        if self._run_on.value != THIS_PROCESS and asked == "auto":
+        """What a run computes in, e.g. ``"float32"`` (a cluster's workers resolve "auto")."""
+        if self._run_on.value != THIS_PROCESS and self._precision.value == "auto":
             return "precision auto"
-        return dtype_name(resolve_precision(asked, resolve_device(None, model)))
+        return precision_words(self._precision.value, model)
 
     def _make_run(self, layer: Image, model: UNet, layout, rest: bool):
         """``(run, generator)`` on the route the choices and the image call for."""

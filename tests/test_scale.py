@@ -85,6 +85,8 @@ def test_finetune_trains_near_the_models_diameter_and_records_the_size_it_worked
     assert tiny_unet.metadata["cells"]["median_diameter"] == pytest.approx(40, abs=1)
     assert tiny_unet.metadata["finetune"]["scale"] == pytest.approx(factor)
     assert tiny_unet.metadata["diameter"] == pytest.approx(20 * WORKING_RANGE, abs=1)
+    assert at_model_size([(image, labels)], tiny_unet)[2] == pytest.approx(factor)  # round 2:
+    assert tiny_unet.metadata["trained_diameter"] == 20.0  # the base's range, no drift to 40 px
     tiny_unet.metadata = {"diameter": 34.0}  # within reach: the cells as they are
     assert at_model_size([(image, labels)], tiny_unet)[2] == 1.0
     tiny_unet.metadata = {}  # a model that does not say its size trains on the images as they are

@@ -341,7 +341,8 @@ def at_model_size(samples: Sequence, model) -> tuple[list, dict | None, float]:
     checked = [_checked_sample(s, f"sample {i}", model.in_channels) for i, s in enumerate(samples)]
     areas = np.concatenate([cell_areas(labels, mask) for _, labels, mask in checked])
     cells = cell_sizes(areas) if areas.size else None
-    diameter = (getattr(model, "metadata", None) or {}).get("diameter")
+    metadata = getattr(model, "metadata", None) or {}
+    diameter = metadata.get("trained_diameter", metadata.get("diameter"))  # not the last tuning's
     if cells is None or diameter is None:
         return samples, cells, 1.0
     annotated = cells["median_diameter"]
@@ -733,7 +734,8 @@ def _record(
     done and the ``factor`` its images were resampled by into ``model.metadata["finetune"]``,
     the size of the annotated cells (in the images' own pixels) into
     ``model.metadata["cells"]``, and for a sized model the diameter it was fine-tuned at into
-    ``model.metadata["diameter"]``."""
+    ``model.metadata["diameter"]`` (the size it was trained at kept as ``"trained_diameter"``,
+    so that rounds of fine-tuning keep the working range of the base and do not drift)."""
     metadata = dict(getattr(model, "metadata", None) or {})
     run = dataclasses.asdict(config)
     metadata["finetune"] = {
@@ -745,6 +747,7 @@ def _record(
     }
     if cells is not None:  # cells only outside the masks say nothing of their size
         metadata["cells"] = cells
-        if metadata.get("diameter") is not None:  # the size the model now knows best
+        if metadata.get("diameter") is not None:  # the size the model now knows best; the
+            metadata.setdefault("trained_diameter", metadata["diameter"])  # range stays its base's
             metadata["diameter"] = float(cells["median_diameter"] * factor)
     model.metadata = metadata

@@ -12,6 +12,7 @@ from napari_unet.core.prediction.instances import (
     Probabilities,
     cell_areas,
     cell_sizes,
+    fill_cell_holes,
     size_defaults,
 )
 from napari_unet.core.training.weightmap import carve_borders
@@ -54,6 +55,23 @@ def test_cells_without_a_confident_core_are_kept_and_small_ones_dropped():
     labels = to_instances(prob, min_size=5)
     assert labels.max() == 1 and (labels[2:12, 2:12] == 1).all()
     assert to_instances(prob, min_size=4).max() == 2
+
+
+def test_a_hole_inside_one_cell_is_that_cell_and_a_gap_between_cells_stays():
+    """A ring of probability (a rounded cell whose middle the network misses) is one whole cell;
+    background enclosed by two touching cells is not given to either."""
+    yy, xx = np.mgrid[:60, :60]
+    r = np.hypot(yy - 30, xx - 30)
+    ring = ((r > 6) & (r < 16)).astype(np.float32)
+    labels = to_instances(ring, min_core=1)
+    assert labels.max() == 1 and (labels[r < 16] == 1).all()
+    two = np.zeros((40, 40), np.uint16)
+    two[5:35, 5:20], two[5:35, 20:35] = 1, 2
+    two[15:25, 15:25] = 0  # enclosed by both
+    two[8:10, 8:10] = 0  # enclosed by cell 1 only
+    filled = fill_cell_holes(two)
+    assert (filled[15:25, 15:25] == 0).all() and (filled[8:10, 8:10] == 1).all()
+    assert (filled[two > 0] == two[two > 0]).all()
 
 
 def test_stack_planes_are_labelled_separately():

@@ -17,6 +17,7 @@ __all__ = [
     "cell_areas",
     "cell_sizes",
     "size_defaults",
+    "fill_cell_holes",
 ]
 
 METHODS = ("watershed", "components")
@@ -139,6 +140,36 @@ def _check_options(threshold, core, min_size, expand, method: str) -> None:
         raise ValueError(f"expand must be >= 0 px, got {expand}")
 
 
+def fill_cell_holes(labels: np.ndarray) -> np.ndarray:
+    """``(H, W)`` labels where each hole of a cell (background 4-connected pixels enclosed by
+    that one cell) is that cell; gaps enclosed by several cells stay background."""
+    holes, n = ndi.label(ndi.binary_fill_holes(labels > 0) & (labels == 0))
+    if n == 0:
+        return labels
+    inside = holes > 0
+    # (hole, cell) for every 4-neighbour of a hole pixel; np.roll's wrap-around is harmless,
+    # since no hole touches the border
+    pairs = np.unique(
+        np.concatenate(
+            [
+                np.stack([holes[inside], np.roll(labels, shift, axis)[inside]])
+                for axis in (0, 1)
+                for shift in (1, -1)
+            ],
+            axis=1,
+        ),
+        axis=1,
+    )
+    pairs = pairs[:, pairs[1] > 0]
+    owners = np.bincount(pairs[0], minlength=n + 1)
+    single = pairs[:, owners[pairs[0]] == 1]
+    owner = np.zeros(n + 1, labels.dtype)
+    owner[single[0]] = single[1]
+    filled = labels.copy()
+    filled[inside] = owner[holes[inside]]
+    return filled
+
+
 def _label_plane(
     prob, threshold: float, core: float, min_core: int, min_size: int, expand: int, method: str
 ):
@@ -158,6 +189,7 @@ def _label_plane(
         if orphans.any():
             extra, _ = ndi.label(orphans)
             labels[orphans] = extra[orphans] + n
+    labels = fill_cell_holes(labels)
     if min_size > 1:
         small = np.bincount(labels.ravel()) < min_size
         small[0] = False
@@ -206,6 +238,9 @@ def to_instances(
         1 px scored best on training images (bench_accuracy.py --training-images).
     method
         ``"watershed"`` (default) or ``"components"`` (plain connected components).
+
+    A hole inside one cell (its middle predicted as background, as in rounded phase-contrast
+    cells with a bright halo) becomes part of that cell (:func:`fill_cell_holes`).
 
     Returns
     -------

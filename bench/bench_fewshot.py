@@ -276,6 +276,11 @@ def main() -> None:
     p.add_argument("--json", type=Path, help="write every run here")
     p.add_argument("--plot", type=Path, help="PNG of the curves")
     args = p.parse_args()
+    if args.plot:  # before the runs, not after an hour of them
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise SystemExit("--plot needs matplotlib: pip install matplotlib") from None
     args.minutes = [float(m) for m in args.minutes.split(",") if m]
     args.frames = [int(f) for f in args.frames.split(",") if f]
     settings = parse_settings(args.set)

@@ -146,15 +146,14 @@ def fill_cell_holes(labels: np.ndarray) -> np.ndarray:
     holes, n = ndi.label(ndi.binary_fill_holes(labels > 0) & (labels == 0))
     if n == 0:
         return labels
-    inside = holes > 0
-    # (hole, cell) for every 4-neighbour of a hole pixel; np.roll's wrap-around is harmless,
-    # since no hole touches the border
+    rows, cols = np.nonzero(holes)
+    hole = holes[rows, cols]
+    # (hole, cell) for the 4 neighbours of every hole pixel (no hole touches the border)
     pairs = np.unique(
         np.concatenate(
             [
-                np.stack([holes[inside], np.roll(labels, shift, axis)[inside]])
-                for axis in (0, 1)
-                for shift in (1, -1)
+                np.stack([hole, labels[rows + dy, cols + dx]])
+                for dy, dx in ((1, 0), (-1, 0), (0, 1), (0, -1))
             ],
             axis=1,
         ),
@@ -166,7 +165,7 @@ def fill_cell_holes(labels: np.ndarray) -> np.ndarray:
     owner = np.zeros(n + 1, labels.dtype)
     owner[single[0]] = single[1]
     filled = labels.copy()
-    filled[inside] = owner[holes[inside]]
+    filled[rows, cols] = owner[hole]
     return filled
 
 
